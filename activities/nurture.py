@@ -1,0 +1,299 @@
+"""Every side effect of the lead workflow, each idempotent.
+
+A retried activity must find the row its earlier attempt wrote (unique keys:
+the message send key, (lead, event) for score changes, (lead, cycle) for
+handoffs) and return the same answer instead of acting twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from channels.base import EmailChannel, OutgoingEmail, OutgoingSms, SmsChannel
+from channels.render import message_context, render_email, render_sms
+from models.db import (
+    Enrollment,
+    Handoff,
+    Lead,
+    Message,
+    SalesRepRow,
+    ScoreChange,
+    StageChange,
+    utcnow,
+)
+from models.jinja import template_environment
+from models.workflow_io import (
+    FinishEnrollment,
+    HandoffRequest,
+    HandoffResult,
+    ScoreUpdate,
+    SendOutcome,
+    SendRequest,
+    StartEnrollment,
+)
+
+log = logging.getLogger("nurture.activities")
+
+
+class NurtureActivities:
+    def __init__(
+        self,
+        sessions: sessionmaker,
+        email: EmailChannel,
+        sms: SmsChannel,
+        templates_dir: Path,
+        sender: dict[str, str],
+        public_url: str,
+    ):
+        self.sessions = sessions
+        self.email = email
+        self.sms = sms
+        self.templates_dir = Path(templates_dir)
+        self.sender = sender
+        self.public_url = public_url.rstrip("/")
+
+    def all(self) -> list:
+        return [
+            self.start_enrollment,
+            self.finish_enrollment,
+            self.send_message,
+            self.record_score,
+            self.hand_off,
+        ]
+
+    # --- enrollments ---------------------------------------------------------------------
+
+    @activity.defn
+    def start_enrollment(self, request: StartEnrollment) -> None:
+        with self.sessions.begin() as session:
+            if session.get(Enrollment, request.enrollment_id) is None:
+                session.add(
+                    Enrollment(
+                        id=request.enrollment_id,
+                        lead_id=request.lead_id,
+                        sequence_id=request.sequence_id,
+                        sequence_version=request.sequence_version,
+                        segment=request.segment,
+                        workflow_id=request.workflow_id,
+                    )
+                )
+
+    @activity.defn
+    def finish_enrollment(self, request: FinishEnrollment) -> None:
+        with self.sessions.begin() as session:
+            enrollment = session.get(Enrollment, request.enrollment_id)
+            if enrollment is not None and enrollment.ended_at is None:
+                enrollment.status = request.status
+                enrollment.exit_reason = request.reason
+                enrollment.ended_at = utcnow()
+
+    # --- sends ------------------------------------------------------------------------------
+
+    @activity.defn
+    def send_message(self, request: SendRequest) -> SendOutcome:
+        message = self._claim(request)
+        if message.status != "claimed":
+            return _outcome(message)  # an earlier attempt finished this send
+
+        with self.sessions.begin() as session:
+            lead = session.get(Lead, request.lead_id)
+            message = session.get(Message, message.id)
+            if lead is None:
+                raise ApplicationError(f"lead {request.lead_id} does not exist", non_retryable=True)
+            skip = self._skip_reason(lead, request.channel)
+            if skip:
+                message.status, message.status_reason = "skipped", skip
+                return _outcome(message)
+            profile = lead.profile()
+            recipient = lead.email if request.channel == "email" else lead.phone
+
+        context = message_context(profile, self.sender, self._unsubscribe_url(request))
+        tags = {
+            "lead_id": request.lead_id,
+            "enrollment_id": request.enrollment_id,
+            "step_id": request.step_id,
+            "message_id": message.id,
+        }
+        if request.channel == "email":
+            rendered = render_email(self.templates_dir, request.template, context)
+            subject, body = rendered.subject, rendered.text
+            result = self.email.send_email(
+                OutgoingEmail(
+                    message_id=message.id,
+                    to=recipient,
+                    from_email=self.sender["email"],
+                    from_name=self.sender["name"],
+                    subject=rendered.subject,
+                    html=rendered.html,
+                    text=rendered.text,
+                    headers={"List-Unsubscribe": f"<{context['unsubscribe_url']}>"},
+                    tags=tags,
+                )
+            )
+        else:
+            subject, body = None, render_sms(self.templates_dir, request.template, context)
+            result = self.sms.send_sms(OutgoingSms(message.id, recipient, body, tags))
+
+        with self.sessions.begin() as session:
+            message = session.get(Message, message.id)
+            message.recipient, message.subject, message.body = recipient, subject, body
+            message.provider, message.provider_message_id = (
+                result.provider,
+                result.provider_message_id,
+            )
+            message.status, message.sent_at = "sent", utcnow()
+        log.info("sent %s step=%s lead=%s", request.channel, request.step_id, request.lead_id)
+        return _outcome(message)
+
+    def _claim(self, request: SendRequest) -> Message:
+        """Claim the send key before the provider is called, or find the earlier claim."""
+        try:
+            with self.sessions.begin() as session:
+                message = Message(
+                    send_key=request.send_key,
+                    lead_id=request.lead_id,
+                    enrollment_id=request.enrollment_id,
+                    step_id=request.step_id,
+                    channel=request.channel,
+                    template=request.template,
+                    recipient="",
+                    body="",
+                )
+                session.add(message)
+            return message
+        except IntegrityError:
+            with self.sessions() as session:
+                return session.scalars(
+                    select(Message).where(Message.send_key == request.send_key)
+                ).one()
+
+    @staticmethod
+    def _skip_reason(lead: Lead, channel: str) -> str | None:
+        if channel == "email" and not lead.email_consent:
+            return "lead opted out of email"
+        if channel == "sms" and not lead.sms_consent:
+            return "lead opted out of SMS"
+        if channel == "sms" and not lead.phone:
+            return "lead has no phone number"
+        return None
+
+    def _unsubscribe_url(self, request: SendRequest) -> str:
+        return f"{self.public_url}/unsubscribe/{request.lead_id}"
+
+    # --- scoring ------------------------------------------------------------------------------
+
+    @activity.defn
+    def record_score(self, update: ScoreUpdate) -> None:
+        """Store the score change and any stage changes with the lead row, in one transaction."""
+        try:
+            with self.sessions.begin() as session:
+                lead = session.get(Lead, update.lead_id)
+                if lead is None:
+                    raise ApplicationError(
+                        f"lead {update.lead_id} does not exist", non_retryable=True
+                    )
+                session.add(
+                    ScoreChange(
+                        lead_id=update.lead_id,
+                        event_id=update.event_id,
+                        old_score=update.old_score,
+                        new_score=update.new_score,
+                        reason=update.reason,
+                    )
+                )
+                previous = update.old_stage
+                for stage in update.stages_entered:
+                    session.add(
+                        StageChange(
+                            lead_id=update.lead_id,
+                            change_key=f"{update.cycle}:{stage}",
+                            from_stage=previous,
+                            to_stage=stage,
+                            reason=f"score {update.new_score} after {update.reason}",
+                        )
+                    )
+                    previous = stage
+                lead.score, lead.stage = update.new_score, update.new_stage
+        except IntegrityError:
+            return  # an earlier attempt stored this change already
+
+    # --- handoff -------------------------------------------------------------------------------
+
+    @activity.defn
+    def hand_off(self, request: HandoffRequest) -> HandoffResult:
+        """Assign a rep (round-robin over active reps), store the handoff, notify the rep."""
+        with self.sessions.begin() as session:
+            handoff = session.scalars(
+                select(Handoff).where(
+                    Handoff.lead_id == request.lead_id, Handoff.cycle == request.cycle
+                )
+            ).one_or_none()
+            if handoff is None:
+                handoff = self._assign(session, request)
+            rep = session.get(SalesRepRow, handoff.rep_id)
+            lead = session.get(Lead, request.lead_id)
+            profile, rep_email, rep_name = lead.profile(), rep.email, rep.name
+            handoff_id = handoff.id
+
+        env = template_environment(str(self.templates_dir))
+        context = {"lead": profile, "rep": {"name": rep_name}, "score": request.score,
+                   "reasons": request.reasons, "handoff_id": handoff_id}  # fmt: skip
+        self.email.send_email(
+            OutgoingEmail(
+                message_id=f"handoff-{handoff_id}",  # same ID on retry: one notification
+                to=rep_email,
+                from_email=self.sender["email"],
+                from_name="Nurture",
+                subject=" ".join(
+                    env.get_template("sales/handoff_subject.txt").render(context).split()
+                ),
+                html=env.get_template("sales/handoff.html").render(context),
+                text=env.get_template("sales/handoff.txt").render(context),
+                tags={"lead_id": request.lead_id, "handoff_id": handoff_id},
+            )
+        )
+        log.info("handed off lead=%s rep=%s", request.lead_id, rep_name)
+        return HandoffResult(handoff_id=handoff_id, rep_id=handoff.rep_id, rep_name=rep_name)
+
+    @staticmethod
+    def _assign(session: Session, request: HandoffRequest) -> Handoff:
+        lead = session.get(Lead, request.lead_id)
+        query = (
+            select(SalesRepRow)
+            .where(SalesRepRow.active.is_(True))
+            .order_by(SalesRepRow.last_assigned_at.asc().nulls_first(), SalesRepRow.id)
+            .limit(1)
+            .with_for_update()  # concurrent handoffs on PostgreSQL take turns
+        )
+        rep = session.scalars(query).first()
+        if rep is None:
+            raise ApplicationError("no active sales rep to hand the lead to (check sales.yaml)")
+        rep.last_assigned_at = utcnow()
+        handoff = Handoff(
+            lead_id=request.lead_id,
+            cycle=request.cycle,
+            rep_id=rep.id,
+            score=request.score,
+            reason="; ".join(request.reasons),
+        )
+        session.add(handoff)
+        lead.owner_rep_id = rep.id
+        session.flush()
+        return handoff
+
+
+def _outcome(message: Message) -> SendOutcome:
+    return SendOutcome(
+        message_id=message.id,
+        status=message.status,
+        reason=message.status_reason,
+        provider=message.provider,
+        provider_message_id=message.provider_message_id,
+    )

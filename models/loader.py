@@ -1,0 +1,251 @@
+"""Load a definitions directory into typed models, reporting every problem at once.
+
+Layout of a definitions directory (the repository root by default):
+
+    sequences/*.yaml     one sequence per file
+    segments.yaml        rules choosing a sequence per lead (first match wins) and a default
+    scoring.yaml         points per response type, MQL and SQL thresholds
+    sales.yaml           the sales reps leads are handed to
+    templates/email/<name>/{subject.txt,body.html,body.txt}
+    templates/sms/<name>.txt
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from models.definitions import (
+    BranchStep,
+    SalesTeam,
+    ScoringModel,
+    Segments,
+    Sequence,
+    _LocatedValueError,
+)
+from models.jinja import ConditionError, compile_condition, evaluate_condition
+from models.yaml_source import DefinitionError, DefinitionProblem, LocatedYaml, load_located
+
+M = TypeVar("M", bound=BaseModel)
+
+EMAIL_PARTS = ("subject.txt", "body.html", "body.txt")
+STEP_TYPES = ("email", "sms", "wait", "wait_for", "branch", "exit")
+
+
+@dataclass
+class Definitions:
+    root: Path
+    sequences: dict[str, Sequence]
+    segments: Segments
+    scoring: ScoringModel
+    sales: SalesTeam
+    warnings: list[DefinitionProblem] = field(default_factory=list)
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / "templates"
+
+    def choose_segment(self, lead: dict[str, Any]) -> tuple[str, str]:
+        """(segment id, sequence id) for a lead: the first matching rule, else the default."""
+        for segment in self.segments.segments:
+            if evaluate_condition(segment.when, {"lead": lead}):
+                return segment.id, segment.sequence
+        return self.segments.default.id, self.segments.default.sequence
+
+
+def load_definitions(root: Path | str) -> Definitions:
+    """Load and cross-check everything under `root`; raise DefinitionError listing all errors."""
+    definitions, problems = check_definitions(root)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors or definitions is None:
+        raise DefinitionError(errors)
+    return definitions
+
+
+def check_definitions(root: Path | str) -> tuple[Definitions | None, list[DefinitionProblem]]:
+    """Load what can be loaded and return it with every problem (errors and warnings)."""
+    root = Path(root)
+    problems: list[DefinitionProblem] = []
+
+    sequences: dict[str, Sequence] = {}
+    sequence_sources: dict[str, LocatedYaml] = {}
+    sequence_files = sorted((root / "sequences").glob("*.yaml"))
+    if not sequence_files:
+        problems.append(DefinitionProblem(str(root / "sequences"), None, None, "", "no *.yaml"))
+    for path in sequence_files:
+        loaded = _load_model(path, Sequence, problems)
+        if loaded is None:
+            continue
+        sequence, source = loaded
+        if sequence.id in sequences:
+            problems.append(
+                source.problem(("id",), f"sequence id {sequence.id!r} is also used by another file")
+            )
+            continue
+        sequences[sequence.id] = sequence
+        sequence_sources[sequence.id] = source
+        problems += _check_sequence(root, sequence, source)
+
+    segments = _load_model(root / "segments.yaml", Segments, problems)
+    if segments is not None:
+        problems += _check_segments(*segments, sequences)
+    scoring = _load_model(root / "scoring.yaml", ScoringModel, problems)
+    sales = _load_model(root / "sales.yaml", SalesTeam, problems)
+
+    if segments is None or scoring is None or sales is None:
+        return None, problems
+    definitions = Definitions(root, sequences, segments[0], scoring[0], sales[0])
+    definitions.warnings = [p for p in problems if p.severity != "error"]
+    return definitions, problems
+
+
+def _load_model(
+    path: Path, model: type[M], problems: list[DefinitionProblem]
+) -> tuple[M, LocatedYaml] | None:
+    if not path.is_file():
+        problems.append(DefinitionProblem(str(path), None, None, "", "file is missing"))
+        return None
+    try:
+        source = load_located(path)
+    except DefinitionError as exc:
+        problems += exc.problems
+        return None
+    if not isinstance(source.data, dict):
+        problems.append(source.problem((), "expected a mapping at the top of the file"))
+        return None
+    try:
+        return model.model_validate(source.data), source
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = _data_loc(source.data, error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            cause = (error.get("ctx") or {}).get("error")
+            if isinstance(cause, _LocatedValueError):
+                loc = (*loc, *cause.loc)
+            problems.append(source.problem(loc, message))
+        return None
+
+
+def _data_loc(data: Any, loc: tuple) -> tuple:
+    """Map a pydantic `loc` onto the data, dropping union tags (`steps.2.wait.duration`)."""
+    path: list = []
+    node = data
+    for part in loc:
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+        if in_dict or in_list:
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, dict) and part not in STEP_TYPES:
+            path.append(part)  # a missing field: name it, located at its parent
+            break
+    return tuple(path)
+
+
+def _check_sequence(root: Path, sequence: Sequence, source: LocatedYaml) -> list[DefinitionProblem]:
+    problems: list[DefinitionProblem] = []
+    for index, step in enumerate(sequence.steps):
+        if step.type == "email":
+            for part in EMAIL_PARTS:
+                if not (root / "templates" / "email" / step.template / part).is_file():
+                    problems.append(
+                        source.problem(
+                            ("steps", index, "template"),
+                            f"email template {step.template!r} has no "
+                            f"templates/email/{step.template}/{part}",
+                        )
+                    )
+        elif step.type == "sms":
+            if not (root / "templates" / "sms" / f"{step.template}.txt").is_file():
+                problems.append(
+                    source.problem(
+                        ("steps", index, "template"),
+                        f"SMS template {step.template!r} has no templates/sms/{step.template}.txt",
+                    )
+                )
+        elif isinstance(step, BranchStep):
+            try:
+                compile_condition(step.condition)
+            except ConditionError as exc:
+                problems.append(source.problem(("steps", index, "if"), str(exc)))
+    problems += _check_reachability(sequence, source)
+    return problems
+
+
+def _check_reachability(sequence: Sequence, source: LocatedYaml) -> list[DefinitionProblem]:
+    """Warn about steps no path reaches; error on loops that never wait."""
+    problems: list[DefinitionProblem] = []
+    index_of = {step.id: i for i, step in enumerate(sequence.steps)}
+
+    reached: set[str] = set()
+    frontier = [sequence.steps[0].id]
+    while frontier:
+        current = frontier.pop()
+        if current in reached:
+            continue
+        reached.add(current)
+        frontier += sequence.successors(current)
+    for step in sequence.steps:
+        if step.id not in reached:
+            problems.append(
+                source.problem(
+                    ("steps", index_of[step.id], "id"),
+                    f"step {step.id!r} can never be reached",
+                    severity="warning",
+                )
+            )
+
+    # A cycle made only of non-waiting steps would send or spin without end.
+    instant = {s.id for s in sequence.steps if s.type not in ("wait", "wait_for")}
+
+    def cycle_from(start: str) -> bool:
+        stack, seen = [start], set()
+        while stack:
+            node = stack.pop()
+            for nxt in sequence.successors(node):
+                if nxt == start:
+                    return True
+                if nxt in instant and nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        return False
+
+    for step_id in sorted(instant & reached, key=index_of.get):
+        if cycle_from(step_id):
+            problems.append(
+                source.problem(
+                    ("steps", index_of[step_id], "id"),
+                    f"step {step_id!r} is on a loop with no wait, which would never pause",
+                )
+            )
+            break
+    return problems
+
+
+def _check_segments(
+    segments: Segments, source: LocatedYaml, sequences: dict[str, Sequence]
+) -> list[DefinitionProblem]:
+    problems: list[DefinitionProblem] = []
+    for index, segment in enumerate(segments.segments):
+        try:
+            compile_condition(segment.when)
+        except ConditionError as exc:
+            problems.append(source.problem(("segments", index, "when"), str(exc)))
+        if segment.sequence not in sequences:
+            problems.append(
+                source.problem(
+                    ("segments", index, "sequence"),
+                    f"no sequence {segment.sequence!r} (known: {', '.join(sorted(sequences))})",
+                )
+            )
+    if segments.default.sequence not in sequences:
+        problems.append(
+            source.problem(
+                ("default", "sequence"),
+                f"no sequence {segments.default.sequence!r} (known: {', '.join(sorted(sequences))})",
+            )
+        )
+    return problems

@@ -1,0 +1,124 @@
+"""Inputs and outputs of the lead workflow and its activities.
+
+Single typed objects (pydantic), so fields can be added with defaults without
+breaking histories of leads already in flight.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from models.definitions import ScoringModel, Sequence
+
+
+def lead_workflow_id(lead_id: str) -> str:
+    return f"lead-{lead_id}"
+
+
+class LeadInput(BaseModel):
+    lead_id: str
+    profile: dict[str, Any] = Field(default_factory=dict)
+    scoring: ScoringModel
+    score: int = 0
+    stage: str = "lead"
+
+
+class EnrollRequest(BaseModel):
+    enrollment_id: str
+    sequence: Sequence
+    segment: str | None = None
+    profile: dict[str, Any] = Field(default_factory=dict)
+
+
+class ResponseEvent(BaseModel):
+    event_id: str
+    type: str
+    occurred_at: datetime
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class LeadState(BaseModel):
+    """What the `state` query answers."""
+
+    lead_id: str
+    stage: str
+    score: int
+    sequence_id: str | None = None
+    enrollment_id: str | None = None
+    enrollment_status: str | None = None  # active | completed | exited | handed_off
+    step_id: str | None = None
+    next_action_at: datetime | None = None
+    waiting_for: str | None = None
+    responses_handled: int = 0
+    handoff_rep_id: str | None = None
+    sent_steps: list[str] = Field(default_factory=list)
+
+
+# --- activity inputs and outputs -------------------------------------------------------
+
+
+class StartEnrollment(BaseModel):
+    lead_id: str
+    enrollment_id: str
+    workflow_id: str
+    sequence_id: str
+    sequence_version: int
+    segment: str | None = None
+
+
+class FinishEnrollment(BaseModel):
+    enrollment_id: str
+    status: str
+    reason: str
+
+
+class SendRequest(BaseModel):
+    lead_id: str
+    enrollment_id: str
+    sequence_id: str
+    step_id: str
+    visit: int
+    channel: str  # email | sms
+    template: str
+
+    @property
+    def send_key(self) -> str:
+        # Stable across retries and continue-as-new: lead, enrollment, step and visit.
+        return f"{self.lead_id}:{self.enrollment_id}:{self.step_id}:{self.visit}"
+
+
+class SendOutcome(BaseModel):
+    message_id: str
+    status: str  # sent | skipped
+    reason: str | None = None
+    provider: str | None = None
+    provider_message_id: str | None = None
+
+
+class ScoreUpdate(BaseModel):
+    lead_id: str
+    event_id: str
+    response_type: str
+    old_score: int
+    new_score: int
+    reason: str
+    old_stage: str
+    new_stage: str
+    stages_entered: list[str] = Field(default_factory=list)
+    cycle: int = 1
+
+
+class HandoffRequest(BaseModel):
+    lead_id: str
+    cycle: int
+    score: int
+    reasons: list[str]
+
+
+class HandoffResult(BaseModel):
+    handoff_id: str
+    rep_id: str
+    rep_name: str

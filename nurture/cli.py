@@ -1,0 +1,167 @@
+"""The `nurture` command.
+
+Exit codes: 0 success; 1 the command ran and failed (e.g. definitions with
+errors, a demo without a handoff); 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from models.yaml_source import DefinitionError
+from nurture.settings import get_settings
+
+app = typer.Typer(
+    help="Nurture: lead-nurture sequences on durable Temporal workflows.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+
+def _logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+@app.command()
+def validate(
+    directory: Path = typer.Argument(
+        None, help="definitions directory [default: NURTURE_DEFINITIONS or .]"
+    ),
+) -> None:
+    """Check sequences, segments, scoring, sales reps and templates; list every problem.
+
+    Example: nurture validate .
+    """
+    from nurture.validate import validate as run_validation
+
+    root = directory or get_settings().definitions_dir
+    problems = run_validation(root)
+    for problem in problems:
+        style = "red" if problem.severity == "error" else "yellow"
+        console.print(f"[{style}]{problem.severity}[/{style}] {problem}", highlight=False)
+    error_count = sum(p.severity == "error" for p in problems)
+    if error_count:
+        console.print(f"[red]{error_count} error(s)[/red] in {root}")
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/green]: definitions in {root} are valid"
+                  + (f" ({len(problems)} warning(s))" if problems else ""))  # fmt: skip
+
+
+@app.command()
+def worker(verbose: bool = typer.Option(True, help="log activity")) -> None:
+    """Run a worker against TEMPORAL_ADDRESS (same as `python worker.py`).
+
+    Example: TEMPORAL_ADDRESS=temporal.internal:7233 nurture worker
+    """
+    import worker as worker_module
+
+    _logging(verbose)
+    _fail_on_definition_errors(lambda: asyncio.run(worker_module.run_worker()))
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP API alone (uvicorn) against TEMPORAL_ADDRESS.
+
+    Example: NURTURE_API_PORT=8080 nurture api
+    """
+    import uvicorn
+
+    from api.app import create_app
+    from nurture.intake import Intake
+    from nurture.runtime import connect_temporal, load_and_prepare
+
+    _logging(True)
+    settings = get_settings()
+
+    async def serve() -> None:
+        definitions, database = load_and_prepare(settings)
+        client = await connect_temporal(settings)
+        intake = Intake(definitions, database.sessions, client, settings.task_queue)
+        app_ = create_app(intake, settings.resolved_api_token())
+        config = uvicorn.Config(app_, host=settings.api_host, port=settings.api_port)
+        await uvicorn.Server(config).serve()
+
+    _fail_on_definition_errors(lambda: asyncio.run(serve()))
+
+
+@app.command()
+def dev() -> None:
+    """Start the Temporal dev server, a worker and the API together; Ctrl-C stops them all.
+
+    The dev server keeps its state in NURTURE_STATE_DIR/temporal.db, so leads in
+    flight resume after a restart.
+
+    Example: nurture dev
+    """
+    from nurture.devserver import TemporalDevServer
+    from nurture.stack import running_stack
+
+    _logging(True)
+    settings = get_settings()
+    server = TemporalDevServer(
+        port=int(settings.temporal_address.rsplit(":", 1)[1]),
+        ui_port=settings.temporal_ui_port,
+        db_file=settings.state_dir / "temporal.db",
+        log_file=settings.state_dir / "temporal.log",
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        async with running_stack(settings) as stack:
+            console.print(f"Temporal:  {settings.temporal_address}  (web UI {server.ui_url})")
+            console.print(f"API:       {stack.api_url}  (docs {stack.api_url}/docs)")
+            console.print(f"API token: in {settings.state_dir / 'api-token'} or NURTURE_API_TOKEN")
+            console.print(f"Outbox:    {settings.outbox_dir}/")
+            console.print("Press Ctrl-C to stop.")
+            await stop.wait()
+            console.print("stopping...")
+
+    with server:
+        _fail_on_definition_errors(lambda: asyncio.run(run()))
+
+
+@app.command()
+def demo(
+    timeout: float = typer.Option(170, help="give up after this many seconds"),
+) -> None:
+    """Run a self-contained demo: 24 leads nurtured, scored and handed off.
+
+    Starts its own Temporal dev server, worker and API on free ports with a fresh
+    database under NURTURE_STATE_DIR/demo; exits 0 only if a handoff happened.
+
+    Example: nurture demo
+    """
+    from nurture.demo import run_demo
+
+    _logging(False)
+    ok = _fail_on_definition_errors(lambda: run_demo(console, timeout))
+    raise typer.Exit(0 if ok else 1)
+
+
+def _fail_on_definition_errors(action):
+    try:
+        return action()
+    except DefinitionError as exc:
+        for problem in exc.problems:
+            errors.print(f"[red]error[/red] {problem}", highlight=False)
+        errors.print("fix the definitions above (see `nurture validate`)")
+        raise typer.Exit(1) from None
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,90 @@
+"""Wiring: turn settings into a database, channels, a Temporal client and a worker.
+
+Shared by `worker.py`, the API, the CLI and the tests, so every process is put
+together the same way.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import sessionmaker
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from activities.nurture import NurtureActivities
+from channels.outbox import OutboxChannel
+from models.db import SalesRepRow, create_schema, make_engine, session_factory
+from models.loader import Definitions, load_definitions
+from nurture.settings import Settings
+from workflows.lead import LeadWorkflow
+
+
+@dataclass
+class Database:
+    engine: Engine
+    sessions: sessionmaker
+
+
+def open_database(settings: Settings) -> Database:
+    """Connect and make sure the schema exists (migrations come with Alembic later)."""
+    if settings.database_url is None:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.effective_database_url)
+    create_schema(engine)
+    return Database(engine, session_factory(engine))
+
+
+def sync_sales_reps(database: Database, definitions: Definitions) -> None:
+    """Make the sales_reps table match sales.yaml (reps are never deleted: handoffs refer to them)."""
+    with database.sessions.begin() as session:
+        for rep in definitions.sales.reps:
+            row = session.get(SalesRepRow, rep.id) or SalesRepRow(id=rep.id)
+            row.name, row.email, row.phone, row.active = rep.name, rep.email, rep.phone, rep.active
+            session.add(row)
+
+
+async def connect_temporal(settings: Settings) -> Client:
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+    )
+
+
+def build_activities(settings: Settings, database: Database) -> NurtureActivities:
+    outbox = OutboxChannel(settings.outbox_dir)  # real providers plug in here
+    return NurtureActivities(
+        sessions=database.sessions,
+        email=outbox,
+        sms=outbox,
+        templates_dir=settings.definitions_dir / "templates",
+        sender=settings.sender,
+        public_url=settings.public_url,
+    )
+
+
+def build_worker(
+    client: Client, settings: Settings, activities: NurtureActivities, **options
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=[LeadWorkflow],
+        activities=activities.all(),
+        activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=32),
+        graceful_shutdown_timeout=timedelta(seconds=10),
+        **options,
+    )
+
+
+def load_and_prepare(settings: Settings) -> tuple[Definitions, Database]:
+    """Definitions checked, database ready, reps synced: what every process needs first."""
+    definitions = load_definitions(settings.definitions_dir)
+    database = open_database(settings)
+    sync_sales_reps(database, definitions)
+    return definitions, database

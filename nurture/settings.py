@@ -1,0 +1,72 @@
+"""One typed settings object, read from the environment (and `.env` in development)."""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    state_dir: Path = Field(default=Path(".nurture"), alias="NURTURE_STATE_DIR")
+    definitions_dir: Path = Field(default=Path("."), alias="NURTURE_DEFINITIONS")
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+
+    temporal_address: str = Field(default="localhost:7233", alias="TEMPORAL_ADDRESS")
+    temporal_namespace: str = Field(default="default", alias="TEMPORAL_NAMESPACE")
+    task_queue: str = Field(default="nurture", alias="NURTURE_TASK_QUEUE")
+    temporal_ui_port: int = Field(default=8233, alias="NURTURE_TEMPORAL_UI_PORT")
+
+    api_host: str = Field(default="127.0.0.1", alias="NURTURE_API_HOST")
+    api_port: int = Field(default=8000, alias="NURTURE_API_PORT")
+    api_token: SecretStr | None = Field(default=None, alias="NURTURE_API_TOKEN")
+    public_url: str = Field(default="http://127.0.0.1:8000", alias="NURTURE_PUBLIC_URL")
+
+    sender_name: str = Field(default="Nurture Demo", alias="NURTURE_SENDER_NAME")
+    sender_email: str = Field(default="hello@example.com", alias="NURTURE_SENDER_EMAIL")
+    sender_company: str = Field(default="Nurture Demo Co", alias="NURTURE_SENDER_COMPANY")
+    sender_postal_address: str = Field(
+        default="1 Example Street, Springfield, USA", alias="NURTURE_SENDER_POSTAL_ADDRESS"
+    )
+
+    @property
+    def effective_database_url(self) -> str:
+        """DATABASE_URL, or a SQLite file under the state directory."""
+        return self.database_url or f"sqlite:///{(self.state_dir / 'nurture.db').resolve()}"
+
+    def resolved_api_token(self) -> str:
+        """NURTURE_API_TOKEN, or a token generated once into the state directory.
+
+        The generated token keeps the embedded default runnable without putting a
+        secret in the repository; production sets NURTURE_API_TOKEN.
+        """
+        if self.api_token is not None:
+            return self.api_token.get_secret_value()
+        path = self.state_dir / "api-token"
+        if not path.exists():
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(32))
+        return path.read_text().strip()
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.state_dir / "outbox"
+
+    @cached_property
+    def sender(self) -> dict[str, str]:
+        return {
+            "name": self.sender_name,
+            "email": self.sender_email,
+            "company": self.sender_company,
+            "postal_address": self.sender_postal_address,
+        }
+
+
+def get_settings() -> Settings:
+    return Settings()

