@@ -75,9 +75,11 @@ def check_definitions(root: Path | str) -> tuple[Definitions | None, list[Defini
     sequence_files = sorted((root / "sequences").glob("*.yaml"))
     if not sequence_files:
         problems.append(DefinitionProblem(str(root / "sequences"), None, None, "", "no *.yaml"))
+    broken: set[str] = set()  # sequences whose file has errors: already reported once
     for path in sequence_files:
         loaded = _load_model(path, Sequence, problems)
         if loaded is None:
+            broken.add(path.stem)
             continue
         sequence, source = loaded
         if sequence.id in sequences:
@@ -91,7 +93,7 @@ def check_definitions(root: Path | str) -> tuple[Definitions | None, list[Defini
 
     segments = _load_model(root / "segments.yaml", Segments, problems)
     if segments is not None:
-        problems += _check_segments(*segments, sequences)
+        problems += _check_segments(*segments, sequences, broken)
     scoring = _load_model(root / "scoring.yaml", ScoringModel, problems)
     sales = _load_model(root / "sales.yaml", SalesTeam, problems)
 
@@ -121,6 +123,8 @@ def _load_model(
     except ValidationError as exc:
         for error in exc.errors():
             loc = _data_loc(source.data, error["loc"])
+            if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                loc = (*loc, "type")
             message = error["msg"].removeprefix("Value error, ")
             cause = (error.get("ctx") or {}).get("error")
             if isinstance(cause, _LocatedValueError):
@@ -226,7 +230,7 @@ def _check_reachability(sequence: Sequence, source: LocatedYaml) -> list[Definit
 
 
 def _check_segments(
-    segments: Segments, source: LocatedYaml, sequences: dict[str, Sequence]
+    segments: Segments, source: LocatedYaml, sequences: dict[str, Sequence], broken: set[str]
 ) -> list[DefinitionProblem]:
     problems: list[DefinitionProblem] = []
     for index, segment in enumerate(segments.segments):
@@ -234,14 +238,14 @@ def _check_segments(
             compile_condition(segment.when)
         except ConditionError as exc:
             problems.append(source.problem(("segments", index, "when"), str(exc)))
-        if segment.sequence not in sequences:
+        if segment.sequence not in sequences and segment.sequence not in broken:
             problems.append(
                 source.problem(
                     ("segments", index, "sequence"),
                     f"no sequence {segment.sequence!r} (known: {', '.join(sorted(sequences))})",
                 )
             )
-    if segments.default.sequence not in sequences:
+    if segments.default.sequence not in sequences and segments.default.sequence not in broken:
         problems.append(
             source.problem(
                 ("default", "sequence"),

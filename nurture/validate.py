@@ -7,6 +7,7 @@ longer than one segment are reported.
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
 from jinja2 import TemplateError
@@ -38,32 +39,41 @@ def validate(root: Path) -> list[DefinitionProblem]:
     if definitions is None:
         return problems
     context = message_context(SAMPLE_LEAD, SAMPLE_SENDER, "https://example.com/unsubscribe/x")
+    users: dict[tuple[str, str], list[str]] = {}  # (channel, template) -> "sequence.step"
     for sequence in definitions.sequences.values():
-        path = str(root / "sequences" / f"{sequence.id}.yaml")
         for step_id, channel, template in sequence.templates():
-            where = DefinitionProblem(path, None, None, f"steps.{step_id}.template", "")
-            try:
-                if channel == "email":
-                    render_email(definitions.templates_dir, template, context)
-                    continue
-                text = render_sms(definitions.templates_dir, template, context)
-            except TemplateError as exc:
-                line = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
-                problems.append(_with(where, f"template {template!r}{line}: {exc.message}"))
+            users.setdefault((channel, template), []).append(f"{sequence.id}.{step_id}")
+    templates_dir = definitions.templates_dir
+    for (channel, template), used_by in sorted(users.items()):
+        where = f"used by {', '.join(used_by)}"
+        try:
+            if channel == "email":
+                render_email(templates_dir, template, context)
                 continue
-            if (segments := sms_segments(text)) > 1:
-                problems.append(
-                    _with(
-                        where,
-                        f"SMS {template!r} is {len(text)} characters: {segments} segments "
-                        "(each is billed; keep it to one)",
-                        "warning",
-                    )  # fmt: skip
+            text = render_sms(templates_dir, template, context)
+        except TemplateError as exc:
+            problems.append(_template_problem(templates_dir, exc, f"{exc.message} ({where})"))
+            continue
+        if (segments := sms_segments(text)) > 1:
+            problems.append(
+                DefinitionProblem(
+                    str(templates_dir / "sms" / f"{template}.txt"), None, None, "",
+                    f"SMS is {len(text)} characters when rendered for the sample lead: "
+                    f"{segments} segments, each billed ({where})", "warning",
                 )
+            )  # fmt: skip
     return problems
 
 
-def _with(problem: DefinitionProblem, message: str, severity: str = "error") -> DefinitionProblem:
-    return DefinitionProblem(
-        problem.file, problem.line, problem.column, problem.field, message, severity
-    )
+def _template_problem(templates_dir: Path, exc: TemplateError, message: str) -> DefinitionProblem:
+    """Locate a template error in its own file: syntax errors carry it, render errors
+    are found in the traceback, where Jinja2 puts the template's file and line."""
+    file, line = getattr(exc, "filename", None), getattr(exc, "lineno", None)
+    if file is None:
+        for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+            if frame.filename.startswith(str(templates_dir.resolve())) or frame.filename.startswith(
+                str(templates_dir)
+            ):
+                file, line = frame.filename, frame.lineno
+                break
+    return DefinitionProblem(file or str(templates_dir), line, None, "", message)
