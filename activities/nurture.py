@@ -98,9 +98,18 @@ class NurtureActivities:
 
     @activity.defn
     def send_message(self, request: SendRequest) -> SendOutcome:
-        message = self._claim(request)
+        message, claimed_now = self._claim(request)
+        channel = self.email if request.channel == "email" else self.sms
         if message.status != "claimed":
             return _outcome(message)  # an earlier attempt finished this send
+        if not claimed_now and not channel.idempotent:
+            # An earlier attempt claimed it and stopped before recording the answer:
+            # it may have been sent. Never risk a second send; record that we do not know.
+            with self.sessions.begin() as session:
+                message = session.get(Message, message.id)
+                message.status = "unknown"
+                message.status_reason = "interrupted after the claim; provider outcome unknown"
+            return _outcome(message)
 
         with self.sessions.begin() as session:
             lead = session.get(Lead, request.lead_id)
@@ -152,8 +161,10 @@ class NurtureActivities:
         log.info("sent %s step=%s lead=%s", request.channel, request.step_id, request.lead_id)
         return _outcome(message)
 
-    def _claim(self, request: SendRequest) -> Message:
-        """Claim the send key before the provider is called, or find the earlier claim."""
+    def _claim(self, request: SendRequest) -> tuple[Message, bool]:
+        """Claim the send key before the provider is called, or find the earlier claim.
+
+        Returns the message and whether this attempt made the claim."""
         try:
             with self.sessions.begin() as session:
                 message = Message(
@@ -167,12 +178,13 @@ class NurtureActivities:
                     body="",
                 )
                 session.add(message)
-            return message
+            return message, True
         except IntegrityError:
             with self.sessions() as session:
-                return session.scalars(
+                existing = session.scalars(
                     select(Message).where(Message.send_key == request.send_key)
                 ).one()
+                return existing, False
 
     @staticmethod
     def _skip_reason(lead: Lead, channel: str) -> str | None:

@@ -38,8 +38,14 @@ class SendResult:
 
 
 class EmailChannel(Protocol):
+    # True when sending the same message ID twice delivers it once (the outbox);
+    # otherwise an interrupted send's outcome is unknown and is not repeated.
+    idempotent: bool
+
     def send_email(self, email: OutgoingEmail) -> SendResult: ...
 
 
 class SmsChannel(Protocol):
+    idempotent: bool
+
     def send_sms(self, sms: OutgoingSms) -> SendResult: ...

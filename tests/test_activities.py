@@ -1,0 +1,133 @@
+"""Activities against a real database (SQLite and PostgreSQL): each is idempotent."""
+
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy import func, select
+
+from models.db import Enrollment, Handoff, Lead, Message, SalesRepRow, ScoreChange, StageChange
+from models.workflow_io import (
+    FinishEnrollment,
+    HandoffRequest,
+    ScoreUpdate,
+    SendRequest,
+    StartEnrollment,
+)
+from nurture.runtime import build_activities
+
+
+def make_lead(database, **fields) -> str:
+    with database.sessions.begin() as session:
+        lead = Lead(email=fields.pop("email", "lin@example.com"), first_name="Lin", **fields)
+        session.add(lead)
+        session.flush()
+        return lead.id
+
+
+def count(database, model) -> int:
+    with database.sessions() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def start(activities, lead_id: str) -> str:
+    activities.start_enrollment(
+        StartEnrollment(lead_id=lead_id, enrollment_id=f"{lead_id}:month:v1",
+                        workflow_id=f"lead-{lead_id}", sequence_id="month", sequence_version=1)
+    )  # fmt: skip
+    return f"{lead_id}:month:v1"
+
+
+def test_send_is_claimed_once_and_retries_return_the_same_message(settings, database):
+    activities = build_activities(settings, database)
+    lead_id = make_lead(database, phone="+14155550100")
+    enrollment_id = start(activities, lead_id)
+    request = SendRequest(lead_id=lead_id, enrollment_id=enrollment_id, sequence_id="month",
+                          step_id="welcome", visit=1, channel="email", template="hello")  # fmt: skip
+    first = activities.send_message(request)
+    again = activities.send_message(request)  # a retry after the worker lost the answer
+    assert first.status == "sent" and again == first
+    assert count(database, Message) == 1
+    (eml,) = settings.outbox_dir.glob("*.eml")
+    content = eml.read_text()
+    assert "Subject: Hello Lin" in content and "To: lin@example.com" in content
+    assert f"X-Nurture-Lead-Id: {lead_id}" in content and "List-Unsubscribe" in content
+    # A later visit of the same step is a different send.
+    activities.send_message(request.model_copy(update={"visit": 2}))
+    assert count(database, Message) == 2
+
+
+def test_concurrent_claims_send_once(settings, database):
+    activities = build_activities(settings, database)
+    lead_id = make_lead(database, phone="+14155550100")
+    enrollment_id = start(activities, lead_id)
+    request = SendRequest(lead_id=lead_id, enrollment_id=enrollment_id, sequence_id="month",
+                          step_id="nudge", visit=1, channel="sms", template="ping")  # fmt: skip
+    outcomes = []
+    threads = [
+        threading.Thread(target=lambda: outcomes.append(activities.send_message(request)))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert count(database, Message) == 1
+    assert len(list(settings.outbox_dir.glob("*.sms.txt"))) == 1
+    assert {o.message_id for o in outcomes} == {outcomes[0].message_id}
+
+
+def test_opted_out_lead_is_skipped(settings, database):
+    activities = build_activities(settings, database)
+    lead_id = make_lead(database, email_consent=False)
+    enrollment_id = start(activities, lead_id)
+    outcome = activities.send_message(
+        SendRequest(lead_id=lead_id, enrollment_id=enrollment_id, sequence_id="month",
+                    step_id="welcome", visit=1, channel="email", template="hello")  # fmt: skip
+    )
+    assert (outcome.status, outcome.reason) == ("skipped", "lead opted out of email")
+    assert not settings.outbox_dir.exists() or not list(settings.outbox_dir.iterdir())
+
+
+def test_score_and_stage_changes_are_recorded_once(settings, database):
+    activities = build_activities(settings, database)
+    lead_id = make_lead(database)
+    update = ScoreUpdate(lead_id=lead_id, event_id="evt-1", response_type="webinar.attended",
+                         old_score=0, new_score=55, reason="webinar.attended +55",
+                         old_stage="lead", new_stage="sql", stages_entered=["mql", "sql"])  # fmt: skip
+    activities.record_score(update)
+    activities.record_score(update)
+    assert count(database, ScoreChange) == 1
+    with database.sessions() as session:
+        stages = session.execute(select(StageChange.from_stage, StageChange.to_stage)).all()
+        assert sorted(stages) == [("lead", "mql"), ("mql", "sql")]
+        assert (session.get(Lead, lead_id).score, session.get(Lead, lead_id).stage) == (55, "sql")
+
+
+def test_handoff_once_per_cycle_round_robin_over_active_reps(settings, database):
+    activities = build_activities(settings, database)
+    reps = []
+    for n in range(4):
+        lead_id = make_lead(database, email=f"l{n}@example.com")
+        request = HandoffRequest(lead_id=lead_id, cycle=1, score=60, reasons=["email.reply +30"])
+        first = activities.hand_off(request)
+        assert activities.hand_off(request) == first  # retried: same handoff, same rep
+        reps.append(first.rep_id)
+    assert reps == ["alice", "bob", "alice", "bob"]  # carol is inactive
+    assert count(database, Handoff) == 4
+    assert len(list(settings.outbox_dir.glob("handoff-*.eml"))) == 4
+    with database.sessions() as session:
+        assert session.get(SalesRepRow, "carol").last_assigned_at is None
+
+
+def test_enrollment_rows(settings, database):
+    activities = build_activities(settings, database)
+    lead_id = make_lead(database)
+    enrollment_id = start(activities, lead_id)
+    start(activities, lead_id)
+    finish = FinishEnrollment(enrollment_id=enrollment_id, status="exited", reason="done")
+    activities.finish_enrollment(finish)
+    activities.finish_enrollment(finish.model_copy(update={"reason": "later"}))
+    with database.sessions() as session:
+        (row,) = session.scalars(select(Enrollment)).all()
+        assert (row.status, row.exit_reason) == ("exited", "done") and row.ended_at is not None
