@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
@@ -276,29 +276,51 @@ class NurtureActivities:
 
     @staticmethod
     def _assign(session: Session, request: HandoffRequest) -> Handoff:
-        lead = session.get(Lead, request.lead_id)
-        query = (
-            select(SalesRepRow)
-            .where(SalesRepRow.active.is_(True))
-            .order_by(SalesRepRow.last_assigned_at.asc().nulls_first(), SalesRepRow.id)
-            .limit(1)
-            .with_for_update()  # concurrent handoffs on PostgreSQL take turns
-        )
-        rep = session.scalars(query).first()
-        if rep is None:
-            raise ApplicationError("no active sales rep to hand the lead to (check sales.yaml)")
-        rep.last_assigned_at = utcnow()
+        rep_id = _next_rep(session)
         handoff = Handoff(
             lead_id=request.lead_id,
             cycle=request.cycle,
-            rep_id=rep.id,
+            rep_id=rep_id,
             score=request.score,
             reason="; ".join(request.reasons),
         )
         session.add(handoff)
-        lead.owner_rep_id = rep.id
+        session.get(Lead, request.lead_id).owner_rep_id = rep_id
         session.flush()
         return handoff
+
+
+def _next_rep(session: Session) -> str:
+    """Round-robin: the active rep assigned longest ago (never-assigned first).
+
+    Taken with a compare-and-set on `last_assigned_at`, so two handoffs at the
+    same moment cannot both take the same rep, on SQLite as on PostgreSQL.
+    """
+    for _attempt in range(20):
+        rep = session.scalars(
+            select(SalesRepRow)
+            .where(SalesRepRow.active.is_(True))
+            .order_by(SalesRepRow.last_assigned_at.asc().nulls_first(), SalesRepRow.id)
+            .limit(1)
+        ).first()
+        if rep is None:
+            raise ApplicationError("no active sales rep to hand the lead to (check sales.yaml)")
+        previous = rep.last_assigned_at
+        unchanged = (
+            SalesRepRow.last_assigned_at.is_(None)
+            if previous is None
+            else SalesRepRow.last_assigned_at == previous
+        )
+        taken = session.execute(
+            update(SalesRepRow)
+            .where(SalesRepRow.id == rep.id, unchanged)
+            .values(last_assigned_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        session.expire(rep)
+        if taken.rowcount == 1:
+            return rep.id
+    raise ApplicationError("could not assign a rep: too much contention, will retry")
 
 
 def _outcome(message: Message) -> SendOutcome:

@@ -22,7 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
+console = Console(soft_wrap=True)  # long lines stay whole in logs and pipes
 errors = Console(stderr=True)
 
 

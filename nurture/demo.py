@@ -34,8 +34,10 @@ HOT_JOURNEY = [
     ("page.view", {"url": "/pricing"}),
     ("content.download", {"asset": "roi-calculator"}),
     ("webinar.attended", {"webinar": "product-tour"}),
+    ("trial.started", {}),
     ("email.reply", {"step": "check_in"}),
 ]
+HOT_LEADS = ("priya.natarajan@example.com", "tom.becker@example.org", "raj.patel@example.com")
 WARM_JOURNEY = [
     ("email.open", {}),
     ("email.click", {"step": "welcome"}),
@@ -79,7 +81,8 @@ async def _demo(console: Console, settings: Settings, timeout: float) -> bool:
             watcher = asyncio.create_task(_watch(console, stack))
             leads = await _import_leads(console, http)
             await _play_responses(console, http, leads, started, timeout)
-            handed_off = await _wait_for_handoffs(stack, started, timeout)
+            remaining = max(5.0, timeout - (time.monotonic() - started))
+            handed_off = await _wait_for_handoffs(stack, len(HOT_LEADS), min(30.0, remaining))
             watcher.cancel()
         _summary(console, stack, time.monotonic() - started)
     if handed_off:
@@ -103,7 +106,7 @@ async def _import_leads(console: Console, http: httpx.AsyncClient) -> list[dict]
         body = response.json()
         leads.append(payload | body)
         console.print(
-            f"[cyan]enrolled[/cyan] {payload['email']:<34} segment={body['segment']:<20} "
+            f"[cyan]enrolled[/cyan] {payload['email']:<30} segment={body['segment']:<20} "
             f"sequence={body['sequence']}",
             highlight=False,
         )
@@ -115,8 +118,8 @@ async def _play_responses(
 ) -> None:
     """Three hot leads walk the hot journey, others browse a little; one event every ~1.5 s."""
     rng = random.Random(7)
-    hot = leads[:3]
-    warm = rng.sample(leads[3:], 6)
+    hot = [lead for lead in leads if lead["email"] in HOT_LEADS]
+    warm = rng.sample([lead for lead in leads if lead not in hot], 6)
     plan: list[tuple[dict, str, dict]] = []
     for step in range(max(len(HOT_JOURNEY), len(WARM_JOURNEY))):
         for lead in hot:
@@ -141,22 +144,21 @@ async def _play_responses(
         response = await http.post("/events", json=batch)
         response.raise_for_status()
         for event, (lead, kind, _data) in zip(batch, plan[index : index + 4], strict=True):
-            console.print(f"[magenta]response[/magenta] {lead['email']:<34} {kind}"
+            console.print(f"[magenta]response[/magenta] {lead['email']:<30} {kind}"
                           f"  (POST /events {event['event_id'][-20:]})", highlight=False)  # fmt: skip
         await asyncio.sleep(1.5)
 
 
-async def _wait_for_handoffs(stack: RunningStack, started: float, timeout: float) -> int:
-    expected = 3
-    while time.monotonic() - started < timeout:
+async def _wait_for_handoffs(stack: RunningStack, expected: int, timeout: float) -> int:
+    """Wait (at most `timeout` s) until the hot leads are handed off; return how many were."""
+    deadline = time.monotonic() + timeout
+    while True:
         with stack.database.sessions() as session:
             count = session.scalar(select(func.count()).select_from(Handoff))
-        if count >= expected:
+        if count >= expected or time.monotonic() > deadline:
             await asyncio.sleep(1)  # let the watcher print the last lines
             return count
-        await asyncio.sleep(0.5)
-    with stack.database.sessions() as session:
-        return session.scalar(select(func.count()).select_from(Handoff))
+        await asyncio.sleep(0.3)
 
 
 async def _watch(console: Console, stack: RunningStack) -> None:
@@ -168,24 +170,24 @@ async def _watch(console: Console, stack: RunningStack) -> None:
             for message in session.scalars(select(Message).where(Message.status == "sent")):
                 if message.id not in seen["message"]:
                     seen["message"].add(message.id)
-                    console.print(f"[blue]sent[/blue]     {emails[message.lead_id]:<34} "
+                    console.print(f"[blue]sent[/blue]     {emails[message.lead_id]:<30} "
                                   f"{message.channel:<5} step={message.step_id}", highlight=False)  # fmt: skip
             for change in session.scalars(select(ScoreChange).order_by(ScoreChange.id)):
                 if change.id not in seen["score"]:
                     seen["score"].add(change.id)
-                    console.print(f"[yellow]score[/yellow]    {emails[change.lead_id]:<34} "
+                    console.print(f"[yellow]score[/yellow]    {emails[change.lead_id]:<30} "
                                   f"{change.old_score:>3} -> {change.new_score:<3} {change.reason}",
                                   highlight=False)  # fmt: skip
             for stage in session.scalars(select(StageChange).order_by(StageChange.id)):
                 if stage.id not in seen["stage"]:
                     seen["stage"].add(stage.id)
-                    console.print(f"[bold green]stage[/bold green]    {emails[stage.lead_id]:<34} "
+                    console.print(f"[bold green]stage[/bold green]    {emails[stage.lead_id]:<30} "
                                   f"{stage.from_stage} -> {stage.to_stage.upper()}", highlight=False)  # fmt: skip
             for handoff in session.scalars(select(Handoff)):
                 if handoff.id not in seen["handoff"]:
                     seen["handoff"].add(handoff.id)
                     rep = session.get(SalesRepRow, handoff.rep_id)
-                    console.print(f"[bold red]HANDOFF[/bold red]  {emails[handoff.lead_id]:<34} "
+                    console.print(f"[bold red]HANDOFF[/bold red]  {emails[handoff.lead_id]:<30} "
                                   f"-> {rep.name} (score {handoff.score})", highlight=False)  # fmt: skip
         await asyncio.sleep(0.3)
 

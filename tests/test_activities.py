@@ -131,3 +131,19 @@ def test_enrollment_rows(settings, database):
     with database.sessions() as session:
         (row,) = session.scalars(select(Enrollment)).all()
         assert (row.status, row.exit_reason) == ("exited", "done") and row.ended_at is not None
+
+
+def test_concurrent_handoffs_spread_over_reps(settings, database):
+    activities = build_activities(settings, database)
+    lead_ids = [make_lead(database, email=f"c{n}@example.com") for n in range(4)]
+    results = []
+
+    def hand_off(lead_id):
+        results.append(activities.hand_off(HandoffRequest(lead_id=lead_id, cycle=1, score=60, reasons=[])))
+
+    threads = [threading.Thread(target=hand_off, args=(lead_id,)) for lead_id in lead_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.rep_id for r in results) == ["alice", "alice", "bob", "bob"]
