@@ -5,7 +5,6 @@ database; signalling the lead's workflow comes after, and a relay re-drives
 anything that did not get through.
 """
 
-
 import asyncio
 import contextlib
 import hmac

@@ -249,7 +249,7 @@ def _check_segments(
         problems.append(
             source.problem(
                 ("default", "sequence"),
-                f"no sequence {segments.default.sequence!r} (known: {', '.join(sorted(sequences))})",
+                f"no sequence {segments.default.sequence!r} (known: {', '.join(sorted(sequences))})",  # noqa: E501
             )
         )
     return problems

@@ -144,8 +144,10 @@ async def _play_responses(
         response = await http.post("/events", json=batch)
         response.raise_for_status()
         for event, (lead, kind, _data) in zip(batch, plan[index : index + 4], strict=True):
-            console.print(f"[magenta]response[/magenta] {lead['email']:<30} {kind}"
-                          f"  (POST /events {event['event_id'][-20:]})", highlight=False)  # fmt: skip
+            text = f"{kind}  (POST /events {event['event_id'][-20:]})"
+            console.print(
+                f"[magenta]response[/magenta] {lead['email']:<30} {text}", highlight=False
+            )
         await asyncio.sleep(1.5)
 
 
@@ -163,32 +165,28 @@ async def _wait_for_handoffs(stack: RunningStack, expected: int, timeout: float)
 
 async def _watch(console: Console, stack: RunningStack) -> None:
     """Print messages, score changes, stage changes and handoffs as rows appear."""
-    seen: dict[str, set] = {"message": set(), "score": set(), "stage": set(), "handoff": set()}
+    seen: set[tuple[str, object]] = set()
+
+    def show(kind: str, key: object, style: str, email: str, text: str) -> None:
+        if (kind, key) not in seen:
+            seen.add((kind, key))
+            console.print(f"[{style}]{kind:<8}[/{style}] {email:<30} {text}", highlight=False)
+
     while True:
         with stack.database.sessions() as session:
             emails = dict(session.execute(select(Lead.id, Lead.email)).all())
-            for message in session.scalars(select(Message).where(Message.status == "sent")):
-                if message.id not in seen["message"]:
-                    seen["message"].add(message.id)
-                    console.print(f"[blue]sent[/blue]     {emails[message.lead_id]:<30} "
-                                  f"{message.channel:<5} step={message.step_id}", highlight=False)  # fmt: skip
-            for change in session.scalars(select(ScoreChange).order_by(ScoreChange.id)):
-                if change.id not in seen["score"]:
-                    seen["score"].add(change.id)
-                    console.print(f"[yellow]score[/yellow]    {emails[change.lead_id]:<30} "
-                                  f"{change.old_score:>3} -> {change.new_score:<3} {change.reason}",
-                                  highlight=False)  # fmt: skip
-            for stage in session.scalars(select(StageChange).order_by(StageChange.id)):
-                if stage.id not in seen["stage"]:
-                    seen["stage"].add(stage.id)
-                    console.print(f"[bold green]stage[/bold green]    {emails[stage.lead_id]:<30} "
-                                  f"{stage.from_stage} -> {stage.to_stage.upper()}", highlight=False)  # fmt: skip
-            for handoff in session.scalars(select(Handoff)):
-                if handoff.id not in seen["handoff"]:
-                    seen["handoff"].add(handoff.id)
-                    rep = session.get(SalesRepRow, handoff.rep_id)
-                    console.print(f"[bold red]HANDOFF[/bold red]  {emails[handoff.lead_id]:<30} "
-                                  f"-> {rep.name} (score {handoff.score})", highlight=False)  # fmt: skip
+            for m in session.scalars(select(Message).where(Message.status == "sent")):
+                show("sent", m.id, "blue", emails[m.lead_id], f"{m.channel:<5} step={m.step_id}")
+            for c in session.scalars(select(ScoreChange).order_by(ScoreChange.id)):
+                text = f"{c.old_score:>3} -> {c.new_score:<3} {c.reason}"
+                show("score", c.id, "yellow", emails[c.lead_id], text)
+            for c in session.scalars(select(StageChange).order_by(StageChange.id)):
+                text = f"{c.from_stage} -> {c.to_stage.upper()}"
+                show("stage", c.id, "bold green", emails[c.lead_id], text)
+            for h in session.scalars(select(Handoff)):
+                rep = session.get(SalesRepRow, h.rep_id)
+                text = f"-> {rep.name} (score {h.score})"
+                show("HANDOFF", h.id, "bold red", emails[h.lead_id], text)
         await asyncio.sleep(0.3)
 
 

@@ -52,7 +52,9 @@ class LeadIn(BaseModel):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Paris)")
+            raise ValueError(
+                f"unknown time zone {value!r} (use an IANA name such as Europe/Paris)"
+            ) from None
         return value
 
 
@@ -121,7 +123,7 @@ class Intake:
         sequence_id = sequence_id or chosen
         if sequence_id not in self.definitions.sequences:
             raise UnknownSequence(
-                f"no sequence {sequence_id!r} (known: {', '.join(sorted(self.definitions.sequences))})"
+                f"no sequence {sequence_id!r} (known: {', '.join(self.definitions.sequences)})"
             )
         sequence = self.definitions.sequences[sequence_id]
         request = EnrollRequest(

@@ -40,7 +40,7 @@ def open_database(settings: Settings) -> Database:
 
 
 def sync_sales_reps(database: Database, definitions: Definitions) -> None:
-    """Make the sales_reps table match sales.yaml (reps are never deleted: handoffs refer to them)."""
+    """Make sales_reps match sales.yaml (reps are never deleted: handoffs refer to them)."""
     with database.sessions.begin() as session:
         for rep in definitions.sales.reps:
             row = session.get(SalesRepRow, rep.id) or SalesRepRow(id=rep.id)

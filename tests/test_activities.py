@@ -38,12 +38,16 @@ def start(activities, lead_id: str) -> str:
     return f"{lead_id}:month:v1"
 
 
+def send_request(lead_id, enrollment_id, step_id, channel, template) -> SendRequest:
+    return SendRequest(lead_id=lead_id, enrollment_id=enrollment_id, sequence_id="month",
+                       step_id=step_id, visit=1, channel=channel, template=template)  # fmt: skip
+
+
 def test_send_is_claimed_once_and_retries_return_the_same_message(settings, database):
     activities = build_activities(settings, database)
     lead_id = make_lead(database, phone="+14155550100")
     enrollment_id = start(activities, lead_id)
-    request = SendRequest(lead_id=lead_id, enrollment_id=enrollment_id, sequence_id="month",
-                          step_id="welcome", visit=1, channel="email", template="hello")  # fmt: skip
+    request = send_request(lead_id, enrollment_id, "welcome", "email", "hello")
     first = activities.send_message(request)
     again = activities.send_message(request)  # a retry after the worker lost the answer
     assert first.status == "sent" and again == first
@@ -61,8 +65,7 @@ def test_concurrent_claims_send_once(settings, database):
     activities = build_activities(settings, database)
     lead_id = make_lead(database, phone="+14155550100")
     enrollment_id = start(activities, lead_id)
-    request = SendRequest(lead_id=lead_id, enrollment_id=enrollment_id, sequence_id="month",
-                          step_id="nudge", visit=1, channel="sms", template="ping")  # fmt: skip
+    request = send_request(lead_id, enrollment_id, "nudge", "sms", "ping")
     outcomes = []
     threads = [
         threading.Thread(target=lambda: outcomes.append(activities.send_message(request)))
@@ -82,8 +85,7 @@ def test_opted_out_lead_is_skipped(settings, database):
     lead_id = make_lead(database, email_consent=False)
     enrollment_id = start(activities, lead_id)
     outcome = activities.send_message(
-        SendRequest(lead_id=lead_id, enrollment_id=enrollment_id, sequence_id="month",
-                    step_id="welcome", visit=1, channel="email", template="hello")  # fmt: skip
+        send_request(lead_id, enrollment_id, "welcome", "email", "hello")
     )
     assert (outcome.status, outcome.reason) == ("skipped", "lead opted out of email")
     assert not settings.outbox_dir.exists() or not list(settings.outbox_dir.iterdir())
@@ -92,9 +94,11 @@ def test_opted_out_lead_is_skipped(settings, database):
 def test_score_and_stage_changes_are_recorded_once(settings, database):
     activities = build_activities(settings, database)
     lead_id = make_lead(database)
-    update = ScoreUpdate(lead_id=lead_id, event_id="evt-1", response_type="webinar.attended",
-                         old_score=0, new_score=55, reason="webinar.attended +55",
-                         old_stage="lead", new_stage="sql", stages_entered=["mql", "sql"])  # fmt: skip
+    update = ScoreUpdate(
+        lead_id=lead_id, event_id="evt-1", response_type="webinar.attended", old_score=0,
+        new_score=55, reason="webinar.attended +55", old_stage="lead", new_stage="sql",
+        stages_entered=["mql", "sql"],
+    )  # fmt: skip
     activities.record_score(update)
     activities.record_score(update)
     assert count(database, ScoreChange) == 1
@@ -139,7 +143,9 @@ def test_concurrent_handoffs_spread_over_reps(settings, database):
     results = []
 
     def hand_off(lead_id):
-        results.append(activities.hand_off(HandoffRequest(lead_id=lead_id, cycle=1, score=60, reasons=[])))
+        results.append(
+            activities.hand_off(HandoffRequest(lead_id=lead_id, cycle=1, score=60, reasons=[]))
+        )
 
     threads = [threading.Thread(target=hand_off, args=(lead_id,)) for lead_id in lead_ids]
     for thread in threads:

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from models.definitions import parse_duration
-from models.loader import check_definitions, load_definitions
+from models.loader import load_definitions
 from models.yaml_source import DefinitionError
 from nurture.cli import app
 from nurture.validate import sms_segments, validate
@@ -52,7 +52,9 @@ def test_fixture_and_shipped_examples_are_valid():
         assert len(sequence.steps) >= 5 and channels == {"email", "sms"}
         assert sum(s.duration for s in sequence.steps if s.type == "wait") >= 14 * 86400
     demo_waits = [s for s in shipped.sequences["demo"].steps if s.type in ("wait", "wait_for")]
-    assert demo_waits and all(getattr(s, "duration", 0) + getattr(s, "timeout", 0) < 60 for s in demo_waits)
+    assert demo_waits and all(
+        getattr(s, "duration", 0) + getattr(s, "timeout", 0) < 60 for s in demo_waits
+    )
 
 
 def test_segments_first_match_wins_with_default(fixture_definitions):
@@ -108,7 +110,9 @@ def test_unknown_step_type_and_typo_keys(defs):
     found = {(p.line, p.field) for p in errors(defs)}
     assert (5, "steps.0.type") in found  # the step type
     assert (8, "steps.1.duraton") in found  # the typo
-    assert any(p.field == "steps.1.duration" and "Field required" in p.message for p in errors(defs))
+    assert any(
+        p.field == "steps.1.duration" and "Field required" in p.message for p in errors(defs)
+    )
 
 
 def test_branch_to_missing_step(defs):
@@ -224,7 +228,10 @@ def test_load_raises_with_every_error(defs):
     write(defs, "sales.yaml", "reps: []\n")
     with pytest.raises(DefinitionError) as raised:
         load_definitions(defs)
-    assert {p.file.rsplit("/", 1)[1] for p in raised.value.problems} == {"scoring.yaml", "sales.yaml"}
+    assert {p.file.rsplit("/", 1)[1] for p in raised.value.problems} == {
+        "scoring.yaml",
+        "sales.yaml",
+    }
 
 
 def test_validate_command_exit_codes(defs):

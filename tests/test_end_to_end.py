@@ -38,7 +38,9 @@ async def test_lead_nurtured_scored_and_handed_off(dev_server_env, settings):
             lead = {"email": "Grace@Example.com", "first_name": "Grace", "phone": "+14155550111",
                     "sequence": "quick"}  # fmt: skip
             assert (await http.post("/leads", json=lead)).status_code == 401
-            bad = await http.post("/leads", json={"email": "nope", "timezone": "Mars/Base"}, headers=auth)
+            bad = await http.post(
+                "/leads", json={"email": "nope", "timezone": "Mars/Base"}, headers=auth
+            )
             assert bad.status_code == 422
             assert {p["field"] for p in bad.json()["problems"]} == {"email", "timezone"}
 
@@ -74,7 +76,12 @@ async def test_lead_nurtured_scored_and_handed_off(dev_server_env, settings):
             assert posted.status_code == 202, posted.text
             assert posted.json()["accepted"] == 2 and posted.json()["duplicates"] == 0
             replay = await http.post("/events", json=events[1], headers=auth)
-            assert replay.json() == {"accepted": 0, "duplicates": 1, "delivered": 0, "event_ids": []}
+            assert replay.json() == {
+                "accepted": 0,
+                "duplicates": 1,
+                "delivered": 0,
+                "event_ids": [],
+            }
 
             def handed_off():
                 with stack.database.sessions() as session:

@@ -106,8 +106,6 @@ class LeadWorkflow:
             f"{k}={v}" for k, v in sorted(event.data.items()) if k in ("step", "url")
         )
         change = apply_response(self._scoring, self._score, self._stage, event.type, detail)
-        self._score, self._stage = change.new_score, change.new_stage
-        self._reasons.append(change.reason)
         await workflow.execute_activity_method(
             NurtureActivities.record_score,
             ScoreUpdate(
@@ -124,6 +122,9 @@ class LeadWorkflow:
             ),
             **QUICK,
         )
+        # Responses are handled one at a time, so the state moves only once it is stored.
+        self._score, self._stage = change.new_score, change.new_stage
+        self._reasons.append(change.reason)
         if "sql" in change.stages_crossed:
             await self._hand_off()
 
