@@ -21,6 +21,7 @@ from channels.outbox import OutboxChannel
 from models.db import SalesRepRow, create_schema, make_engine, session_factory
 from models.loader import Definitions, load_definitions
 from nurture.settings import Settings
+from workflows import sandbox_runner
 from workflows.lead import LeadWorkflow
 
 
@@ -75,6 +76,7 @@ def build_worker(
         client,
         task_queue=settings.task_queue,
         workflows=[LeadWorkflow],
+        workflow_runner=sandbox_runner(),
         activities=activities.all(),
         activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=32),
         graceful_shutdown_timeout=timedelta(seconds=10),

@@ -33,8 +33,12 @@ async def record() -> None:
         test_server_existing_path=server, data_converter=pydantic_data_converter
     )
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(NURTURE_STATE_DIR=Path(tmp), NURTURE_DEFINITIONS=FIXTURE_DEFINITIONS,
-                            DATABASE_URL=f"sqlite:///{tmp}/n.db", NURTURE_TASK_QUEUE="record")  # fmt: skip
+        settings = Settings(
+            NURTURE_STATE_DIR=Path(tmp),
+            NURTURE_DEFINITIONS=FIXTURE_DEFINITIONS,
+            DATABASE_URL=f"sqlite:///{tmp}/n.db",
+            NURTURE_TASK_QUEUE="record",
+        )
         definitions = load_definitions(FIXTURE_DEFINITIONS)
         database = open_database(settings)
         sync_sales_reps(database, definitions)
@@ -57,12 +61,15 @@ async def record() -> None:
             print(f"recorded {name}: {len(history.events)} events")
 
         async with worker:
-            await scenario("month_with_click", LeadIn(email="a@example.com", phone="+14155550100"),
-                           [(1, "email.click"), (2, "page.view"), (30, None)])  # fmt: skip
-            await scenario("hot_lead_handoff", LeadIn(email="b@example.com"),
-                           [(1, "webinar.attended"), (0, "webinar.attended"), (2, None)])  # fmt: skip
-            await scenario("exit_early", LeadIn(email="c@example.com", country="DE"),
-                           [(1, None), (3, "page.view")])  # fmt: skip
+            month = LeadIn(email="a@example.com", phone="+14155550100")
+            await scenario(
+                "month_with_click", month, [(1, "email.click"), (2, "page.view"), (30, None)]
+            )
+            hot = LeadIn(email="b@example.com")
+            twice = [(1, "webinar.attended"), (0, "webinar.attended"), (2, None)]
+            await scenario("hot_lead_handoff", hot, twice)
+            exiting = LeadIn(email="c@example.com", country="DE")
+            await scenario("exit_early", exiting, [(1, None), (3, "page.view")])
     await env.shutdown()
 
 
