@@ -111,8 +111,8 @@ class Intake:
             else:
                 for name, value in fields.items():
                     setattr(lead, name, value)
-            if lead.segment is None or created:
-                lead.segment = self.definitions.choose_segment(_profile_of(lead))[0]
+            if lead.segment is None:  # a lead keeps the segment it was first given
+                lead.segment = self.definitions.choose_segment(lead.profile())[0]
             session.flush()
             return lead, created
 
@@ -132,20 +132,26 @@ class Intake:
             segment=segment,
             profile=profile,
         )
+        await self._signal_with_start(lead, "enroll", request)
+        return request
+
+    async def _signal_with_start(self, lead: Lead, signal: str, argument: object) -> None:
+        """Signal the lead's workflow, starting it first if it is not running."""
         await self.client.start_workflow(
             LeadWorkflow.run,
-            self._lead_input(lead),
+            LeadInput(
+                lead_id=lead.id,
+                profile=lead.profile(),
+                scoring=self.definitions.scoring,
+                score=lead.score,
+                stage=lead.stage,
+            ),  # fmt: skip
             id=lead_workflow_id(lead.id),
             task_queue=self.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal="enroll",
-            start_signal_args=[request],
+            start_signal=signal,
+            start_signal_args=[argument],
         )
-        return request
-
-    def _lead_input(self, lead: Lead) -> LeadInput:
-        return LeadInput(lead_id=lead.id, profile=lead.profile(), scoring=self.definitions.scoring,
-                         score=lead.score, stage=lead.stage)  # fmt: skip
 
     # --- responses ------------------------------------------------------------------------
 
@@ -196,22 +202,9 @@ class Intake:
         for row in rows:
             with self.sessions() as session:
                 lead = session.get(Lead, row.lead_id)
-            await self.client.start_workflow(
-                LeadWorkflow.run,
-                self._lead_input(lead),
-                id=lead_workflow_id(lead.id),
-                task_queue=self.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                start_signal="respond",
-                start_signal_args=[
-                    ResponseEvent(
-                        event_id=row.event_id,
-                        type=row.type,
-                        data=row.data,
-                        occurred_at=_aware(row.occurred_at),
-                    )  # fmt: skip
-                ],
-            )
+            event = ResponseEvent(event_id=row.event_id, type=row.type, data=row.data,
+                                  occurred_at=_aware(row.occurred_at))  # fmt: skip
+            await self._signal_with_start(lead, "respond", event)
             with self.sessions.begin() as session:
                 session.get(Response, row.id).delivered_at = utcnow()
             delivered += 1
@@ -227,10 +220,6 @@ class Intake:
                 )
             )  # fmt: skip
         return await self.deliver(rows)
-
-
-def _profile_of(lead: Lead) -> dict[str, Any]:
-    return lead.profile()
 
 
 def _aware(moment: datetime) -> datetime:
