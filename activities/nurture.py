@@ -8,6 +8,7 @@ handoffs) and return the same answer instead of acting twice.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import select, update
@@ -17,6 +18,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from channels.base import EmailChannel, OutgoingEmail, OutgoingSms, SmsChannel
+from channels.errors import ProviderRejected, ProviderUnavailable
 from channels.render import message_context, render_email, render_sms
 from models.db import (
     Enrollment,
@@ -125,6 +127,7 @@ class NurtureActivities:
 
         context = message_context(profile, self.sender, self._unsubscribe_url(request))
         tags = {
+            "sequence_id": request.sequence_id,
             "lead_id": request.lead_id,
             "enrollment_id": request.enrollment_id,
             "step_id": request.step_id,
@@ -133,22 +136,32 @@ class NurtureActivities:
         if request.channel == "email":
             rendered = render_email(self.templates_dir, request.template, context)
             subject, body = rendered.subject, rendered.text
-            result = self.email.send_email(
-                OutgoingEmail(
-                    message_id=message.id,
-                    to=recipient,
-                    from_email=self.sender["email"],
-                    from_name=self.sender["name"],
-                    subject=rendered.subject,
-                    html=rendered.html,
-                    text=rendered.text,
-                    headers={"List-Unsubscribe": f"<{context['unsubscribe_url']}>"},
-                    tags=tags,
-                )
+            outgoing = OutgoingEmail(
+                message_id=message.id,
+                to=recipient,
+                from_email=self.sender["email"],
+                from_name=self.sender["name"],
+                subject=rendered.subject,
+                html=rendered.html,
+                text=rendered.text,
+                headers={  # RFC 8058 one-click unsubscribe
+                    "List-Unsubscribe": f"<{context['unsubscribe_url']}>",
+                    "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                },
+                tags=tags,
+                categories=(request.sequence_id, f"{request.sequence_id}:{request.step_id}"),
             )
+            deliver = partial(self.email.send_email, outgoing)
         else:
             subject, body = None, render_sms(self.templates_dir, request.template, context)
-            result = self.sms.send_sms(OutgoingSms(message.id, recipient, body, tags))
+            deliver = partial(self.sms.send_sms, OutgoingSms(message.id, recipient, body, tags))
+        try:
+            result = deliver()
+        except ProviderRejected as exc:  # final: record the provider's reason
+            return self._set_status(message.id, "failed", exc.reason)
+        except ProviderUnavailable as exc:  # nothing sent: release the claim, retry later
+            self._set_status(message.id, "retrying", str(exc))
+            raise ApplicationError(f"provider unavailable: {exc}") from None
 
         with self.sessions.begin() as session:
             message = session.get(Message, message.id)
@@ -159,6 +172,12 @@ class NurtureActivities:
             )
             message.status, message.sent_at = "sent", utcnow()
         log.info("sent %s step=%s lead=%s", request.channel, request.step_id, request.lead_id)
+        return _outcome(message)
+
+    def _set_status(self, message_id: str, status: str, reason: str) -> SendOutcome:
+        with self.sessions.begin() as session:
+            message = session.get(Message, message_id)
+            message.status, message.status_reason = status, reason
         return _outcome(message)
 
     def _claim(self, request: SendRequest) -> tuple[Message, bool]:
@@ -183,8 +202,21 @@ class NurtureActivities:
             with self.sessions() as session:
                 existing = session.scalars(
                     select(Message).where(Message.send_key == request.send_key)
-                ).one()
+                ).one_or_none()
+            if existing is None:
+                raise  # not a duplicate claim: a real integrity problem
+
+            if existing.status != "retrying":
                 return existing, False
+            # The provider refused the last attempt with a 429/5xx: nothing went out, so
+            # this attempt may claim it again (one attempt wins if several race).
+            with self.sessions.begin() as session:
+                taken = session.execute(
+                    update(Message)
+                    .where(Message.id == existing.id, Message.status == "retrying")
+                    .values(status="claimed")
+                ).rowcount
+                return session.get(Message, existing.id), taken == 1
 
     @staticmethod
     def _skip_reason(lead: Lead, channel: str) -> str | None:

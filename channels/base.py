@@ -21,6 +21,7 @@ class OutgoingEmail:
     text: str
     headers: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)  # lead, enrollment, step ids
+    categories: tuple[str, ...] = ()  # for the provider's per-sequence and per-step stats
 
 
 @dataclass(frozen=True)

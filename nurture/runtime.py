@@ -17,7 +17,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from activities.nurture import NurtureActivities
+from channels.base import EmailChannel, SmsChannel
 from channels.outbox import OutboxChannel
+from channels.sendgrid_email import SendGridEmailChannel
+from channels.twilio_sms import TwilioSmsChannel
 from models.db import SalesRepRow, create_schema, make_engine, session_factory
 from models.loader import Definitions, load_definitions
 from nurture.settings import Settings
@@ -57,12 +60,33 @@ async def connect_temporal(settings: Settings) -> Client:
     )
 
 
+def build_channels(settings: Settings) -> tuple[EmailChannel, SmsChannel]:
+    """SendGrid and Twilio when their keys are set; the outbox otherwise."""
+    outbox = OutboxChannel(settings.outbox_dir)
+    email: EmailChannel = outbox
+    sms: SmsChannel = outbox
+    if settings.sendgrid_api_key:
+        email = SendGridEmailChannel(
+            settings.sendgrid_api_key.get_secret_value(), host=settings.sendgrid_host
+        )
+    if settings.twilio_account_sid and settings.twilio_auth_token:
+        sms = TwilioSmsChannel(
+            settings.twilio_account_sid,
+            settings.twilio_auth_token.get_secret_value(),
+            from_number=settings.twilio_from_number,
+            messaging_service_sid=settings.twilio_messaging_service_sid,
+            status_callback=f"{settings.public_url.rstrip('/')}/webhooks/twilio/status",
+            api_base=settings.twilio_api_base,
+        )
+    return email, sms
+
+
 def build_activities(settings: Settings, database: Database) -> NurtureActivities:
-    outbox = OutboxChannel(settings.outbox_dir)  # real providers plug in here
+    email, sms = build_channels(settings)
     return NurtureActivities(
         sessions=database.sessions,
-        email=outbox,
-        sms=outbox,
+        email=email,
+        sms=sms,
         templates_dir=settings.definitions_dir / "templates",
         sender=settings.sender,
         public_url=settings.public_url,

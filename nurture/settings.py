@@ -34,6 +34,17 @@ class Settings(BaseSettings):
         default="1 Example Street, Springfield, USA", alias="NURTURE_SENDER_POSTAL_ADDRESS"
     )
 
+    # Providers: each is used when its key is set; the outbox otherwise.
+    sendgrid_api_key: SecretStr | None = Field(default=None, alias="SENDGRID_API_KEY")
+    sendgrid_host: str = Field(default="https://api.sendgrid.com", alias="SENDGRID_HOST")
+    twilio_account_sid: str | None = Field(default=None, alias="TWILIO_ACCOUNT_SID")
+    twilio_auth_token: SecretStr | None = Field(default=None, alias="TWILIO_AUTH_TOKEN")
+    twilio_from_number: str | None = Field(default=None, alias="TWILIO_FROM_NUMBER")
+    twilio_messaging_service_sid: str | None = Field(
+        default=None, alias="TWILIO_MESSAGING_SERVICE_SID"
+    )
+    twilio_api_base: str | None = Field(default=None, alias="TWILIO_API_BASE")
+
     @property
     def effective_database_url(self) -> str:
         """DATABASE_URL, or a SQLite file under the state directory."""

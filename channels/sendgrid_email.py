@@ -1,0 +1,44 @@
+"""Email through SendGrid's v3 Mail Send API, with the official `sendgrid` SDK."""
+
+from __future__ import annotations
+
+from python_http_client.exceptions import HTTPError
+from sendgrid import SendGridAPIClient
+from sendgrid.helpers.mail import Category, CustomArg, Header, Mail
+
+from channels.base import OutgoingEmail, SendResult
+from channels.errors import classify
+
+
+class SendGridEmailChannel:
+    name = "sendgrid"
+    idempotent = False  # SendGrid has no idempotency key: a repeat is a second email
+
+    def __init__(self, api_key: str, host: str = "https://api.sendgrid.com"):
+        self.client = SendGridAPIClient(api_key=api_key, host=host)
+
+    def send_email(self, email: OutgoingEmail) -> SendResult:
+        mail = Mail(
+            from_email=(email.from_email, email.from_name),
+            to_emails=email.to,
+            subject=email.subject,
+            plain_text_content=email.text,
+            html_content=email.html,
+        )
+        for key, value in email.tags.items():
+            # Echoed back in every event webhook: how events find their message.
+            mail.add_custom_arg(CustomArg(key, value))
+        for category in email.categories:
+            mail.add_category(Category(category))
+        for name, value in email.headers.items():
+            mail.add_header(Header(name, value))
+        try:
+            response = self.client.send(mail)
+        except HTTPError as exc:
+            raise classify(exc.status_code, _reason(exc)) from None
+        return SendResult(self.name, response.headers.get("X-Message-Id", ""))
+
+
+def _reason(exc: HTTPError) -> str:
+    body = exc.body.decode() if isinstance(exc.body, bytes) else str(exc.body)
+    return body[:500]

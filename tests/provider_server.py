@@ -1,0 +1,101 @@
+"""A local HTTP server that answers like SendGrid's and Twilio's APIs and records every request.
+
+The official SDKs are pointed at it, so tests check the exact calls they make.
+`fail_next` scripts provider errors (429, 5xx, 4xx) for the next requests.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body)
+
+    def form(self) -> dict[str, str]:
+        return {k: v[0] for k, v in parse_qs(self.body.decode()).items()}
+
+
+@dataclass
+class ProviderServer:
+    sendgrid_key: str = "SG.test-key"
+    twilio_sid: str = "AC00000000000000000000000000000001"
+    twilio_token: str = "twilio-test-token"
+    requests: list[Recorded] = field(default_factory=list)
+    failures: list[tuple[int, str]] = field(default_factory=list)
+
+    def __post_init__(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_args):
+                pass
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length)
+                recorded = Recorded("POST", self.path, dict(self.headers.items()), body)
+                server.requests.append(recorded)
+                if self.path == "/v3/mail/send":
+                    server._sendgrid(self, recorded)
+                elif self.path == f"/2010-04-01/Accounts/{server.twilio_sid}/Messages.json":
+                    server._twilio(self, recorded)
+                else:
+                    self._answer(404, {"message": "not found"})
+
+            def _answer(self, status, payload, headers=None):
+                data = json.dumps(payload).encode() if payload is not None else b""
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def fail_next(self, status: int, message: str = "scripted failure") -> None:
+        self.failures.append((status, message))
+
+    def _sendgrid(self, handler, recorded: Recorded) -> None:
+        if recorded.headers.get("Authorization") != f"Bearer {self.sendgrid_key}":
+            return handler._answer(401, {"errors": [{"message": "authorization required"}]})
+        if self.failures:
+            status, message = self.failures.pop(0)
+            return handler._answer(status, {"errors": [{"message": message, "field": None}]})
+        handler._answer(202, None, {"X-Message-Id": f"sg-{uuid.uuid4().hex[:16]}"})
+
+    def _twilio(self, handler, recorded: Recorded) -> None:
+        expected = base64.b64encode(f"{self.twilio_sid}:{self.twilio_token}".encode()).decode()
+        if recorded.headers.get("Authorization") != f"Basic {expected}":
+            return handler._answer(401, {"code": 20003, "message": "Authenticate", "status": 401})
+        if self.failures:
+            status, message = self.failures.pop(0)
+            return handler._answer(status, {"code": 21211, "message": message, "status": status})
+        form = recorded.form()
+        sid = f"SM{uuid.uuid4().hex}"
+        handler._answer(201, {
+            "sid": sid, "account_sid": self.twilio_sid, "to": form["To"], "body": form["Body"],
+            "from": form.get("From"), "messaging_service_sid": form.get("MessagingServiceSid"),
+            "status": "queued", "num_segments": "1", "direction": "outbound-api",
+            "uri": f"/2010-04-01/Accounts/{self.twilio_sid}/Messages/{sid}.json",
+        })  # fmt: skip
+
+    def close(self) -> None:
+        self.httpd.shutdown()

@@ -1,0 +1,123 @@
+"""SendGrid and Twilio through their official SDKs, against our imitation of their APIs."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import select
+from temporalio.exceptions import ApplicationError
+
+from channels.outbox import OutboxChannel
+from channels.sendgrid_email import SendGridEmailChannel
+from channels.twilio_sms import TwilioSmsChannel
+from models.db import Enrollment, Lead, Message
+from models.workflow_io import SendRequest
+from nurture.runtime import build_activities, build_channels
+from tests.provider_server import ProviderServer
+
+
+@pytest.fixture
+def providers():
+    server = ProviderServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def provider_settings(settings, providers):
+    return settings.model_copy(
+        update={
+            "sendgrid_api_key": SecretStr(providers.sendgrid_key),
+            "sendgrid_host": providers.url,
+            "twilio_account_sid": providers.twilio_sid,
+            "twilio_auth_token": SecretStr(providers.twilio_token),
+            "twilio_from_number": "+14155550000",
+            "twilio_api_base": providers.url,
+        }
+    )
+
+
+def lead_and_request(database, channel: str, template: str, step: str = "welcome"):
+    with database.sessions.begin() as session:
+        lead = Lead(email="ada@example.com", first_name="Ada", phone="+14155550199")
+        session.add(lead)
+        session.flush()
+        lead_id = lead.id
+        session.add(Enrollment(id=f"{lead_id}:month:v1", lead_id=lead_id, sequence_id="month",
+                               sequence_version=1, workflow_id=f"lead-{lead_id}"))  # fmt: skip
+    return SendRequest(lead_id=lead_id, enrollment_id=f"{lead_id}:month:v1", sequence_id="month",
+                       step_id=step, visit=1, channel=channel, template=template)  # fmt: skip
+
+
+def test_channels_chosen_by_settings(settings, provider_settings):
+    email, sms = build_channels(settings)
+    assert isinstance(email, OutboxChannel) and isinstance(sms, OutboxChannel)
+    email, sms = build_channels(provider_settings)
+    assert isinstance(email, SendGridEmailChannel) and isinstance(sms, TwilioSmsChannel)
+
+
+def test_email_goes_through_sendgrid_with_tracking_fields(provider_settings, database, providers):
+    activities = build_activities(provider_settings, database)
+    request = lead_and_request(database, "email", "hello")
+    outcome = activities.send_message(request)
+    assert outcome.status == "sent" and outcome.provider == "sendgrid"
+    (call,) = providers.requests
+    assert call.path == "/v3/mail/send"
+    payload = call.json()
+    assert payload["personalizations"][0]["to"] == [{"email": "ada@example.com"}]
+    assert payload["subject"] == "Hello Ada"
+    assert [c["type"] for c in payload["content"]] == ["text/plain", "text/html"]
+    assert "<p>Hi Ada & welcome.</p>" in payload["content"][1]["value"]
+    custom_args = payload["personalizations"][0].get("custom_args") or payload.get("custom_args")
+    assert custom_args["lead_id"] == request.lead_id
+    assert custom_args["step_id"] == "welcome" and custom_args["message_id"] == outcome.message_id
+    assert set(payload["categories"]) == {"month", "month:welcome"}
+    assert payload["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert payload["headers"]["List-Unsubscribe"].startswith("<http")
+    with database.sessions() as session:
+        stored = session.get(Message, outcome.message_id)
+        assert stored.provider_message_id == outcome.provider_message_id
+        assert stored.provider_message_id.startswith("sg-")
+
+
+def test_sms_goes_through_twilio(provider_settings, database, providers):
+    activities = build_activities(provider_settings, database)
+    outcome = activities.send_message(lead_and_request(database, "sms", "ping", "nudge"))
+    assert outcome.status == "sent" and outcome.provider_message_id.startswith("SM")
+    (call,) = providers.requests
+    form = call.form()
+    assert form["To"] == "+14155550199" and form["From"] == "+14155550000"
+    assert form["Body"].startswith("Hi Ada, reply YES")
+    assert form["StatusCallback"].endswith("/webhooks/twilio/status")
+
+
+def test_provider_5xx_is_retried_without_a_second_send(provider_settings, database, providers):
+    activities = build_activities(provider_settings, database)
+    request = lead_and_request(database, "email", "hello")
+    providers.fail_next(503, "try later")
+    with pytest.raises(ApplicationError, match="provider unavailable"):
+        activities.send_message(request)
+    with database.sessions() as session:
+        assert session.scalars(select(Message.status)).one() == "retrying"
+    outcome = activities.send_message(request)  # Temporal's retry
+    assert outcome.status == "sent"
+    assert activities.send_message(request) == outcome  # and a late duplicate retry
+    assert len(providers.requests) == 2  # the refused one and the one that went out
+
+
+def test_provider_4xx_is_final_with_the_reason(provider_settings, database, providers):
+    activities = build_activities(provider_settings, database)
+    request = lead_and_request(database, "sms", "ping", "nudge")
+    providers.fail_next(400, "The 'To' number is not a valid phone number.")
+    outcome = activities.send_message(request)
+    assert outcome.status == "failed" and "not a valid phone number" in outcome.reason
+    assert activities.send_message(request).status == "failed"
+    assert len(providers.requests) == 1
+
+
+def test_interrupted_send_is_never_repeated(provider_settings, database, providers):
+    activities = build_activities(provider_settings, database)
+    request = lead_and_request(database, "email", "hello")
+    activities._claim(request)  # an attempt that claimed, then crashed before the answer
+    outcome = activities.send_message(request)
+    assert outcome.status == "unknown" and providers.requests == []
