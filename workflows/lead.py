@@ -13,7 +13,7 @@ responses still score. It decides; activities do (no I/O here).
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -261,6 +261,3 @@ class LeadWorkflow:
             # A broken condition must not stall the lead: take the `else` path, loudly.
             workflow.logger.error("branch condition failed for %s: %s", self._lead_id, exc)
             return False
-
-
-__all__ = ["LeadWorkflow", "datetime"]
