@@ -12,9 +12,9 @@ from nurture.settings import get_settings
 
 async def run_worker() -> None:
     settings = get_settings()
-    _definitions, database = load_and_prepare(settings)
+    definitions, database = load_and_prepare(settings)
     client = await connect_temporal(settings)
-    worker = build_worker(client, settings, build_activities(settings, database))
+    worker = build_worker(client, settings, build_activities(settings, database, definitions))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from functools import partial
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -19,7 +20,9 @@ from temporalio.exceptions import ApplicationError
 
 from channels.base import EmailChannel, OutgoingEmail, OutgoingSms, SmsChannel
 from channels.errors import ProviderRejected, ProviderUnavailable
-from channels.render import message_context, render_email, render_sms
+from channels.policy import SendTime, earliest_send_time
+from channels.render import compliance_problems, message_context, render_email, render_sms
+from models.consent import ConsentEffect, opt_out_reason, set_consent
 from models.db import (
     Enrollment,
     Handoff,
@@ -28,8 +31,10 @@ from models.db import (
     SalesRepRow,
     ScoreChange,
     StageChange,
+    as_utc,
     utcnow,
 )
+from models.definitions import DeliveryPolicy
 from models.jinja import template_environment
 from models.workflow_io import (
     FinishEnrollment,
@@ -43,6 +48,9 @@ from models.workflow_io import (
 
 log = logging.getLogger("nurture.activities")
 
+# Message states a new attempt may claim again: nothing went out in them.
+RECLAIMABLE = ("retrying", "deferred")
+
 
 class NurtureActivities:
     def __init__(
@@ -53,8 +61,10 @@ class NurtureActivities:
         templates_dir: Path,
         sender: dict[str, str],
         public_url: str,
+        delivery: DeliveryPolicy,
     ):
         self.sessions = sessions
+        self.delivery = delivery
         self.email = email
         self.sms = sms
         self.templates_dir = Path(templates_dir)
@@ -100,6 +110,8 @@ class NurtureActivities:
 
     @activity.defn
     def send_message(self, request: SendRequest) -> SendOutcome:
+        """Send one step's message at most once: claim, check consent, quiet hours and caps
+        (deferring if needed), render, call the provider, record its answer."""
         message, claimed_now = self._claim(request)
         channel = self.email if request.channel == "email" else self.sms
         if message.status != "claimed":
@@ -107,20 +119,31 @@ class NurtureActivities:
         if not claimed_now and not channel.idempotent:
             # An earlier attempt claimed it and stopped before recording the answer:
             # it may have been sent. Never risk a second send; record that we do not know.
-            with self.sessions.begin() as session:
-                message = session.get(Message, message.id)
-                message.status = "unknown"
-                message.status_reason = "interrupted after the claim; provider outcome unknown"
-            return _outcome(message)
+            log.warning(
+                "send outcome unknown: step=%s lead=%s message=%s (interrupted mid-send; "
+                "not repeated - check the provider)", request.step_id, request.lead_id, message.id
+            )  # fmt: skip
+            return self._set_status(
+                message.id, "unknown", "interrupted after the claim; provider outcome unknown"
+            )
 
         with self.sessions.begin() as session:
             lead = session.get(Lead, request.lead_id)
             message = session.get(Message, message.id)
             if lead is None:
                 raise ApplicationError(f"lead {request.lead_id} does not exist", non_retryable=True)
-            skip = self._skip_reason(lead, request.channel)
+            # Consent is read here, at send time, whatever sequence asked for the send.
+            skip = opt_out_reason(lead, request.channel)
             if skip:
                 message.status, message.status_reason = "skipped", skip
+                return _outcome(message)
+            due = max(as_utc(request.due_at) if request.due_at else utcnow(), utcnow())
+            when = self._send_time(session, lead, request, due)
+            message.scheduled_at = when.at
+            message.counts_for_caps = not request.ignore_frequency_caps
+            if when.deferred:
+                message.status, message.not_before = "deferred", when.at
+                message.status_reason = "; ".join(when.reasons)
                 return _outcome(message)
             profile = lead.profile()
             recipient = lead.email if request.channel == "email" else lead.phone
@@ -135,6 +158,9 @@ class NurtureActivities:
         }
         if request.channel == "email":
             rendered = render_email(self.templates_dir, request.template, context)
+            missing = compliance_problems(rendered, self.sender, context["unsubscribe_url"])
+            if missing:  # never send a marketing email without them (CAN-SPAM, RFC 8058)
+                return self._set_status(message.id, "failed", "; ".join(missing))
             subject, body = rendered.subject, rendered.text
             outgoing = OutgoingEmail(
                 message_id=message.id,
@@ -158,7 +184,7 @@ class NurtureActivities:
         try:
             result = deliver()
         except ProviderRejected as exc:  # final: record the provider's reason
-            return self._set_status(message.id, "failed", exc.reason)
+            return self._rejected(message.id, request, exc)
         except ProviderUnavailable as exc:  # nothing sent: release the claim, retry later
             self._set_status(message.id, "retrying", str(exc))
             raise ApplicationError(f"provider unavailable: {exc}") from None
@@ -172,6 +198,42 @@ class NurtureActivities:
             )
             message.status, message.sent_at = "sent", utcnow()
         log.info("sent %s step=%s lead=%s", request.channel, request.step_id, request.lead_id)
+        return _outcome(message)
+
+    def _send_time(self, session: Session, lead: Lead, request: SendRequest, due) -> SendTime:
+        """Quiet hours in the lead's time zone, then caps over the lead's earlier sends on
+        this channel from every sequence."""
+        window = request.send_window or self.delivery.send_windows[request.channel]
+        caps = self.delivery.frequency_caps[request.channel]
+        if request.ignore_frequency_caps:
+            caps = ()
+        sent = []
+        if caps:
+            sent = [
+                as_utc(moment)
+                for moment in session.scalars(
+                    select(Message.scheduled_at).where(
+                        Message.lead_id == lead.id,
+                        Message.channel == request.channel,
+                        Message.counts_for_caps.is_(True),
+                        Message.status.in_(("sent", "unknown")),
+                        Message.scheduled_at.is_not(None),
+                    )
+                )
+            ]
+        return earliest_send_time(due, _zone(lead.timezone), window, caps, sent, request.channel)
+
+    def _rejected(self, message_id: str, request: SendRequest, exc: ProviderRejected):
+        """A final refusal: keep the provider's reason; a bad address or a provider-side
+        opt-out stops the channel for this lead."""
+        with self.sessions.begin() as session:
+            message = session.get(Message, message_id)
+            message.status, message.status_reason = "failed", exc.reason
+            if exc.consent_reason:
+                effect = ConsentEffect(request.channel, False, exc.consent_reason, exc.reason)
+                set_consent(session, session.get(Lead, request.lead_id), effect)
+        log.warning("provider refused %s step=%s lead=%s: %s", request.channel,
+                    request.step_id, request.lead_id, exc.reason)  # fmt: skip
         return _outcome(message)
 
     def _set_status(self, message_id: str, status: str, reason: str) -> SendOutcome:
@@ -206,27 +268,17 @@ class NurtureActivities:
             if existing is None:
                 raise  # not a duplicate claim: a real integrity problem
 
-            if existing.status != "retrying":
+            if existing.status not in RECLAIMABLE:
                 return existing, False
-            # The provider refused the last attempt with a 429/5xx: nothing went out, so
-            # this attempt may claim it again (one attempt wins if several race).
+            # Nothing went out last time (the provider refused with a 429/5xx, or the send
+            # was deferred): this attempt may claim it again (one wins if several race).
             with self.sessions.begin() as session:
                 taken = session.execute(
                     update(Message)
-                    .where(Message.id == existing.id, Message.status == "retrying")
+                    .where(Message.id == existing.id, Message.status.in_(RECLAIMABLE))
                     .values(status="claimed")
                 ).rowcount
                 return session.get(Message, existing.id), taken == 1
-
-    @staticmethod
-    def _skip_reason(lead: Lead, channel: str) -> str | None:
-        if channel == "email" and not lead.email_consent:
-            return "lead opted out of email"
-        if channel == "sms" and not lead.sms_consent:
-            return "lead opted out of SMS"
-        if channel == "sms" and not lead.phone:
-            return "lead has no phone number"
-        return None
 
     def _unsubscribe_url(self, request: SendRequest) -> str:
         return f"{self.public_url}/unsubscribe/{request.lead_id}"
@@ -355,11 +407,19 @@ def _next_rep(session: Session) -> str:
     raise ApplicationError("could not assign a rep: too much contention, will retry")
 
 
+def _zone(name: str | None) -> ZoneInfo:
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):  # intake checks zones; older rows may not be
+        return ZoneInfo("UTC")
+
+
 def _outcome(message: Message) -> SendOutcome:
     return SendOutcome(
         message_id=message.id,
         status=message.status,
         reason=message.status_reason,
+        retry_at=as_utc(message.not_before) if message.status == "deferred" else None,
         provider=message.provider,
         provider_message_id=message.provider_message_id,
     )

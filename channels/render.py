@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import css_inline
+
 from models.jinja import template_environment
+
+# Mail clients drop <style> blocks: styles go inline. Never fetch remote stylesheets.
+_INLINER = css_inline.CSSInliner(load_remote_stylesheets=False)
 
 
 @dataclass(frozen=True)
@@ -21,9 +27,24 @@ def render_email(templates_dir: Path, name: str, context: dict[str, Any]) -> Ren
     subject = env.get_template(f"email/{name}/subject.txt").render(context)
     return RenderedEmail(
         subject=" ".join(subject.split()),  # a subject is one line
-        html=env.get_template(f"email/{name}/body.html").render(context),
+        html=_INLINER.inline(env.get_template(f"email/{name}/body.html").render(context)),
         text=env.get_template(f"email/{name}/body.txt").render(context),
     )
+
+
+def compliance_problems(
+    email: RenderedEmail, sender: dict[str, str], unsubscribe_url: str
+) -> list[str]:
+    """What a marketing email lacks: the sender's postal address (CAN-SPAM) and the
+    unsubscribe link, in both the HTML and the text part."""
+    problems = []
+    parts = {"HTML": html.unescape(email.html), "text": email.text}
+    for part, content in parts.items():
+        if " ".join(sender["postal_address"].split()) not in " ".join(content.split()):
+            problems.append(f"the {part} part has no postal address of the sender (CAN-SPAM)")
+        if unsubscribe_url not in content:
+            problems.append(f"the {part} part has no unsubscribe link")
+    return problems
 
 
 def render_sms(templates_dir: Path, name: str, context: dict[str, Any]) -> str:

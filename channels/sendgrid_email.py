@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import Category, CustomArg, Header, Mail
@@ -35,10 +38,23 @@ class SendGridEmailChannel:
         try:
             response = self.client.send(mail)
         except HTTPError as exc:
-            raise classify(exc.status_code, _reason(exc)) from None
+            reason, bad_address = _reason(exc)
+            consent = "bad_address" if bad_address else None
+            raise classify(exc.status_code, reason, consent) from None
         return SendResult(self.name, response.headers.get("X-Message-Id", ""))
 
 
-def _reason(exc: HTTPError) -> str:
+def _reason(exc: HTTPError) -> tuple[str, bool]:
+    """SendGrid's error messages, and whether they are about the recipient's address
+    (an error on the field `personalizations.N.to.N.email`)."""
     body = exc.body.decode() if isinstance(exc.body, bytes) else str(exc.body)
-    return body[:500]
+    try:
+        errors = json.loads(body).get("errors") or []
+    except (ValueError, AttributeError):
+        return body[:500], False
+    messages = "; ".join(str(e.get("message")) for e in errors if isinstance(e, dict))
+    bad_address = any(
+        re.fullmatch(r"personalizations\.\d+\.to(\.\d+\.email)?", str(e.get("field") or ""))
+        for e in errors if isinstance(e, dict)
+    )  # fmt: skip
+    return (messages or body)[:500], bad_address

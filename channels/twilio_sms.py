@@ -8,6 +8,10 @@ from twilio.rest import Client
 from channels.base import OutgoingSms, SendResult
 from channels.errors import classify
 
+# Twilio error codes that say the number itself is unusable, or opted out at Twilio.
+BAD_NUMBER_CODES = frozenset({21211, 21614})  # invalid 'To'; not a mobile number
+OPTED_OUT_CODES = frozenset({21610})  # the recipient replied STOP to our sender
+
 
 class TwilioSmsChannel:
     name = "twilio"
@@ -41,5 +45,9 @@ class TwilioSmsChannel:
         try:
             message = self.client.messages.create(to=sms.to, body=sms.body, **options)
         except TwilioRestException as exc:
-            raise classify(exc.status, f"{exc.code}: {exc.msg}") from None
+            consent = (
+                "bad_address" if exc.code in BAD_NUMBER_CODES
+                else "stop" if exc.code in OPTED_OUT_CODES else None
+            )  # fmt: skip
+            raise classify(exc.status, f"Twilio {exc.code}: {exc.msg}", consent) from None
         return SendResult(self.name, message.sid)

@@ -29,6 +29,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes for what was stored as UTC: make them aware."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -57,8 +62,11 @@ class Lead(Base):
     stage: Mapped[str] = mapped_column(String(20), default="lead")
     score: Mapped[int] = mapped_column(Integer, default=0)
     owner_rep_id: Mapped[str | None] = mapped_column(ForeignKey("sales_reps.id"))
+    # Consent per channel; models/consent.py is the only writer (with a ConsentChange row).
     email_consent: Mapped[bool] = mapped_column(default=True)
     sms_consent: Mapped[bool] = mapped_column(default=True)
+    email_opt_out_reason: Mapped[str | None] = mapped_column(Text)
+    sms_opt_out_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -117,9 +125,14 @@ class Message(Base):
     provider: Mapped[str | None] = mapped_column(String(50))
     provider_message_id: Mapped[str | None] = mapped_column(String(200))
     # claimed -> sent | skipped | failed (4xx, final) | retrying (429/5xx, nothing sent)
+    #         | deferred (quiet hours or a frequency cap: tried again at `not_before`)
     #         | unknown (interrupted mid-send: maybe sent, never repeated)
-    status: Mapped[str] = mapped_column(String(20), default="claimed")
+    status: Mapped[str] = mapped_column(String(20), default="claimed", index=True)
     status_reason: Mapped[str | None] = mapped_column(Text)
+    # When the workflow wanted it sent (workflow time): what quiet hours and caps judge.
+    scheduled_at: Mapped[datetime | None] = mapped_column()
+    not_before: Mapped[datetime | None] = mapped_column()
+    counts_for_caps: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column()
 
@@ -138,6 +151,22 @@ class Response(Base):
     occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class ConsentChange(Base):
+    """Every opt-out and opt-in, with why and what caused it: the consent audit trail."""
+
+    __tablename__ = "consent_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    lead_id: Mapped[str] = mapped_column(ForeignKey("leads.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(10))
+    opted_in: Mapped[bool] = mapped_column()
+    # unsubscribe | stop | hard_bounce | spam_report | bad_address | manual | start | ...
+    reason: Mapped[str] = mapped_column(String(30))
+    detail: Mapped[str | None] = mapped_column(Text)
+    source_event_id: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ScoreChange(Base):

@@ -25,6 +25,7 @@ RESPONSE_TYPES: frozenset[str] = frozenset(
         "sms.delivered",
         "sms.reply",
         "sms.stop",
+        "sms.start",
         "page.view",
         "content.download",
         "webinar.registered",
@@ -37,6 +38,8 @@ RESPONSE_TYPES: frozenset[str] = frozenset(
 )
 
 STAGES = ("lead", "mql", "sql")
+CHANNELS = ("email", "sms")
+Channel = Literal["email", "sms"]
 IDENTIFIER = r"^[a-z][a-z0-9_]*$"
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
@@ -125,6 +128,132 @@ class ExitStep(_Step):
     reason: str = "sequence finished"
 
 
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+DAY_GROUPS = {"weekdays": WEEKDAYS[:5], "weekends": WEEKDAYS[5:], "every day": WEEKDAYS}
+_HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+
+class SendWindow(_Definition):
+    """When a channel may send, in the lead's own time zone; outside it are quiet hours.
+
+    Written as `always`, or `{days: weekdays, hours: "09:00-20:00"}` (days: `weekdays`,
+    `weekends`, `every day`, or a list such as `[mon, wed, fri]`).
+    """
+
+    days: tuple[str, ...] = WEEKDAYS
+    hours: str = "00:00-24:00"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _always(cls, value: object) -> object:
+        if value == "always":
+            return {}
+        if isinstance(value, str):
+            raise ValueError(f"{value!r}: write `always` or a mapping with `days` and `hours`")
+        return value
+
+    @field_validator("days", mode="before")
+    @classmethod
+    def _days(cls, value: object) -> tuple[str, ...]:
+        if isinstance(value, str):
+            if value not in DAY_GROUPS:
+                raise ValueError(
+                    f"{value!r} is not a day group; use {', '.join(DAY_GROUPS)} or a list of "
+                    f"days ({', '.join(WEEKDAYS)})"
+                )
+            return DAY_GROUPS[value]
+        days = tuple(value) if isinstance(value, list | tuple) else ()
+        unknown = [day for day in days if day not in WEEKDAYS]
+        if not days or unknown:
+            raise ValueError(f"days must be a list of {', '.join(WEEKDAYS)} (got {value!r})")
+        return tuple(day for day in WEEKDAYS if day in days)
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, value: str) -> str:
+        match = _HOURS.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a range of hours such as '09:00-20:00'")
+        start, end = (int(h) * 60 + int(m) for h, m in (match.group(1, 2), match.group(3, 4)))
+        if not 0 <= start < end <= 24 * 60 or int(match.group(2)) > 59 or int(match.group(4)) > 59:
+            raise ValueError(
+                f"{value!r}: hours must be between 00:00 and 24:00 and end after they start"
+            )
+        return f"{start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}"
+
+    @property
+    def minutes(self) -> tuple[int, int]:
+        """(first minute, end minute) of the window within a day."""
+        start, end = self.hours.split("-")
+        return tuple(int(part[:2]) * 60 + int(part[3:]) for part in (start, end))  # type: ignore[return-value]
+
+    @property
+    def weekdays(self) -> frozenset[int]:
+        return frozenset(WEEKDAYS.index(day) for day in self.days)
+
+    @property
+    def always(self) -> bool:
+        return len(self.days) == 7 and self.hours == "00:00-24:00"
+
+    def describe(self) -> str:
+        if self.always:
+            return "any time"
+        days = next((name for name, group in DAY_GROUPS.items() if group == self.days), None)
+        return f"{days or ', '.join(self.days)} {self.hours}"
+
+
+class FrequencyCap(_Definition):
+    """At most `max` messages on a channel per `per` (a duration), across all sequences."""
+
+    max: int = Field(gt=0)
+    per: int
+
+    _parse = field_validator("per", mode="before")(parse_duration)
+
+    def describe(self, channel: str) -> str:
+        return f"at most {self.max} {channel} per {_duration_text(self.per)}"
+
+
+def _duration_text(seconds: int) -> str:
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _default_windows() -> dict[str, SendWindow]:
+    return {"email": SendWindow(), "sms": SendWindow(days=DAY_GROUPS["weekdays"],
+                                                     hours="09:00-20:00")}  # fmt: skip
+
+
+def _default_caps() -> dict[str, tuple[FrequencyCap, ...]]:
+    return {
+        "email": (FrequencyCap(max=1, per=86400), FrequencyCap(max=3, per=604800)),
+        "sms": (FrequencyCap(max=1, per=86400), FrequencyCap(max=2, per=604800)),
+    }
+
+
+class DeliveryPolicy(_Definition):
+    """`delivery.yaml`: send windows (quiet hours) and frequency caps for every sequence.
+
+    Channels left out keep the defaults: email any time, SMS 09:00-20:00 on weekdays;
+    at most 1 email a day and 3 a week, 1 SMS a day and 2 a week.
+    """
+
+    send_windows: dict[Channel, SendWindow] = Field(default_factory=_default_windows)
+    frequency_caps: dict[Channel, tuple[FrequencyCap, ...]] = Field(default_factory=_default_caps)
+
+    @field_validator("send_windows", mode="after")
+    @classmethod
+    def _fill_windows(cls, windows: dict[str, SendWindow]) -> dict[str, SendWindow]:
+        return _default_windows() | windows
+
+    @field_validator("frequency_caps", mode="after")
+    @classmethod
+    def _fill_caps(cls, caps: dict[str, tuple]) -> dict[str, tuple]:
+        return _default_caps() | caps
+
+
 Step = Annotated[
     EmailStep | SmsStep | WaitStep | WaitForStep | BranchStep | ExitStep,
     Field(discriminator="type"),
@@ -136,6 +265,11 @@ class Sequence(_Definition):
     name: str
     version: int = 1
     description: str = ""
+    # Per-channel overrides of delivery.yaml's send windows, for this sequence's sends.
+    send_windows: dict[Channel, SendWindow] = Field(default_factory=dict)
+    # Sends of this sequence are neither held back by frequency caps nor counted by them
+    # (e.g. the seconds-long demo); all other sequences' caps still apply.
+    ignore_frequency_caps: bool = False
     steps: list[Step] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -6,6 +6,7 @@ Layout of a definitions directory (the repository root by default):
     segments.yaml        rules choosing a sequence per lead (first match wins) and a default
     scoring.yaml         points per response type, MQL and SQL thresholds
     sales.yaml           the sales reps leads are handed to
+    delivery.yaml        optional: send windows (quiet hours) and frequency caps
     templates/email/<name>/{subject.txt,body.html,body.txt}
     templates/sms/<name>.txt
 """
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from models.definitions import (
     BranchStep,
+    DeliveryPolicy,
     SalesTeam,
     ScoringModel,
     Segments,
@@ -42,6 +44,7 @@ class Definitions:
     segments: Segments
     scoring: ScoringModel
     sales: SalesTeam
+    delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     warnings: list[DefinitionProblem] = field(default_factory=list)
 
     @property
@@ -96,10 +99,13 @@ def check_definitions(root: Path | str) -> tuple[Definitions | None, list[Defini
         problems += _check_segments(*segments, sequences, broken)
     scoring = _load_model(root / "scoring.yaml", ScoringModel, problems)
     sales = _load_model(root / "sales.yaml", SalesTeam, problems)
+    delivery: tuple[DeliveryPolicy, Any] | None = (DeliveryPolicy(), None)
+    if (root / "delivery.yaml").exists():  # optional: the defaults otherwise
+        delivery = _load_model(root / "delivery.yaml", DeliveryPolicy, problems)
 
-    if segments is None or scoring is None or sales is None:
+    if segments is None or scoring is None or sales is None or delivery is None:
         return None, problems
-    definitions = Definitions(root, sequences, segments[0], scoring[0], sales[0])
+    definitions = Definitions(root, sequences, segments[0], scoring[0], sales[0], delivery[0])
     definitions.warnings = [p for p in problems if p.severity != "error"]
     return definitions, problems
 

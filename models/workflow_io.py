@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from models.definitions import ScoringModel, Sequence
+from models.definitions import ScoringModel, SendWindow, Sequence
 
 
 def lead_workflow_id(lead_id: str) -> str:
@@ -55,6 +55,16 @@ class LeadState(BaseModel):
     responses_handled: int = 0
     handoff_rep_id: str | None = None
     sent_steps: list[str] = Field(default_factory=list)
+    deferred: DeferredSend | None = None  # a send held back by quiet hours or a cap
+    # Sends that did not go out and need a person: failed (4xx) or unknown (interrupted).
+    send_problems: list[str] = Field(default_factory=list)
+
+
+class DeferredSend(BaseModel):
+    step_id: str
+    channel: str
+    until: datetime
+    reason: str
 
 
 # --- activity inputs and outputs -------------------------------------------------------
@@ -83,6 +93,10 @@ class SendRequest(BaseModel):
     visit: int
     channel: str  # email | sms
     template: str
+    # Workflow time when the send was due: quiet hours and caps are judged at it.
+    due_at: datetime | None = None
+    send_window: SendWindow | None = None  # the sequence's own window for this channel
+    ignore_frequency_caps: bool = False
 
     @property
     def send_key(self) -> str:
@@ -92,8 +106,9 @@ class SendRequest(BaseModel):
 
 class SendOutcome(BaseModel):
     message_id: str
-    status: str  # sent | skipped
+    status: str  # sent | skipped | deferred | failed | unknown
     reason: str | None = None
+    retry_at: datetime | None = None  # when deferred: the first time it may go out
     provider: str | None = None
     provider_message_id: str | None = None
 

@@ -92,6 +92,12 @@ async def _demo(console: Console, settings: Settings, timeout: float) -> bool:
     return handed_off > 0
 
 
+def _check(response: httpx.Response, what: str) -> None:
+    """Fail with the API's own explanation, not just the status line."""
+    if response.is_error:
+        raise RuntimeError(f"{what}: the API answered {response.status_code}: {response.text}")
+
+
 async def _import_leads(console: Console, http: httpx.AsyncClient) -> list[dict]:
     with LEADS_FILE.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -102,7 +108,7 @@ async def _import_leads(console: Console, http: httpx.AsyncClient) -> list[dict]
             payload["company_size"] = int(payload["company_size"])
         payload["sequence"] = "demo"  # the seconds-long sequence; the segment is still chosen
         response = await http.post("/leads", json=payload)
-        response.raise_for_status()
+        _check(response, f"{LEADS_FILE.name} lead {payload.get('email')}")
         body = response.json()
         leads.append(payload | body)
         console.print(
@@ -142,7 +148,7 @@ async def _play_responses(
             for n, (lead, kind, data) in enumerate(plan[index : index + 4], start=index)
         ]
         response = await http.post("/events", json=batch)
-        response.raise_for_status()
+        _check(response, "demo events")
         for event, (lead, kind, _data) in zip(batch, plan[index : index + 4], strict=True):
             text = f"{kind}  (POST /events {event['event_id'][-20:]})"
             console.print(

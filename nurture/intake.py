@@ -7,17 +7,19 @@ first (the inbox) and only then signalled, so a Temporal outage loses nothing:
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+import phonenumbers
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationInfo, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 
-from models.db import Lead, Response, new_id, utcnow
+from models.consent import ConsentEffect, classify_response, set_consent
+from models.db import Lead, Response, as_utc, new_id, utcnow
 from models.definitions import RESPONSE_TYPES
 from models.loader import Definitions
 from models.workflow_io import EnrollRequest, LeadInput, ResponseEvent, lead_workflow_id
@@ -29,6 +31,8 @@ class LeadIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     email: EmailStr
+    # Before `phone`: a number without a +country code is read in the lead's country.
+    country: str | None = Field(default=None, min_length=2, max_length=2)
     phone: str | None = None
     first_name: str | None = None
     last_name: str | None = None
@@ -36,7 +40,6 @@ class LeadIn(BaseModel):
     company: str | None = None
     company_size: int | None = Field(default=None, ge=0)
     industry: str | None = None
-    country: str | None = Field(default=None, min_length=2, max_length=2)
     timezone: str = "UTC"
     source: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
@@ -56,6 +59,33 @@ class LeadIn(BaseModel):
                 f"unknown time zone {value!r} (use an IANA name such as Europe/Paris)"
             ) from None
         return value
+
+    @field_validator("country")
+    @classmethod
+    def _upper_country(cls, value: str | None) -> str | None:
+        return value.upper() if value else value
+
+    @field_validator("phone")
+    @classmethod
+    def _phone_in_e164(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else normalise_phone(value, info.data.get("country"))
+
+
+def normalise_phone(raw: str, country: str | None = None) -> str | None:
+    """A phone number in E.164 (+4915123456789), read in the lead's country if it has no
+    +prefix. Raises ValueError saying why a number is not usable; blank means none."""
+    if not raw.strip():
+        return None
+    try:
+        number = phonenumbers.parse(raw, country)
+    except phonenumbers.NumberParseException as exc:
+        hint = "" if country else " (give it with +country code, or give the lead's country)"
+        raise ValueError(f"phone {raw!r} is not a phone number: {exc._msg}{hint}") from None
+    if not phonenumbers.is_valid_number(number):
+        region = phonenumbers.region_code_for_number(number) or country
+        where = f" in {region}" if region else ""
+        raise ValueError(f"phone {raw!r} is not a valid number{where}")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 class EventIn(BaseModel):
@@ -109,6 +139,8 @@ class Intake:
                 lead = Lead(**fields)
                 session.add(lead)
             else:
+                if "phone" in fields and fields["phone"] != lead.phone:
+                    _new_number_clears_bad_address(session, lead)
                 for name, value in fields.items():
                     setattr(lead, name, value)
             if lead.segment is None:  # a lead keeps the segment it was first given
@@ -161,26 +193,30 @@ class Intake:
         Raises UnknownLead (and stores nothing) if any event names no known lead.
         """
         with self.sessions.begin() as session:
-            rows: list[Response] = []
+            rows: list[tuple[Response, ConsentEffect | None]] = []
             for index, event in enumerate(events):
                 lead = self._find_lead(session, event)
                 if lead is None:
                     who = event.lead_id or event.email
                     raise UnknownLead(f"event {index}: no lead {who!r}")
-                rows.append(
-                    Response(
-                        event_id=event.event_id or f"api-{new_id()}",
-                        lead_id=lead.id,
-                        type=event.type,
-                        data=event.data,
-                        occurred_at=event.occurred_at or utcnow(),
-                    )
+                # An SMS reply "STOP" is recorded as sms.stop, and opts the lead out.
+                kind, consent = classify_response(event.type, event.data, lead)
+                row = Response(
+                    event_id=event.event_id or f"api-{new_id()}",
+                    lead_id=lead.id,
+                    type=kind,
+                    data=event.data,
+                    occurred_at=event.occurred_at or utcnow(),
                 )
+                rows.append((row, consent))
         stored, duplicates = [], 0
-        for row in rows:  # one insert each, so a duplicate key drops only itself
+        for row, consent in rows:  # one insert each, so a duplicate key drops only itself
             try:
                 with self.sessions.begin() as session:
                     session.add(row)
+                    if consent is not None:  # in the same transaction as the response
+                        session.flush()
+                        set_consent(session, session.get(Lead, row.lead_id), consent, row.event_id)
                 stored.append(row)
             except IntegrityError:
                 duplicates += 1
@@ -203,7 +239,7 @@ class Intake:
             with self.sessions() as session:
                 lead = session.get(Lead, row.lead_id)
             event = ResponseEvent(event_id=row.event_id, type=row.type, data=row.data,
-                                  occurred_at=_aware(row.occurred_at))  # fmt: skip
+                                  occurred_at=as_utc(row.occurred_at))  # fmt: skip
             await self._signal_with_start(lead, "respond", event)
             with self.sessions.begin() as session:
                 session.get(Response, row.id).delivered_at = utcnow()
@@ -222,5 +258,7 @@ class Intake:
         return await self.deliver(rows)
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+def _new_number_clears_bad_address(session, lead: Lead) -> None:
+    """A number the provider rejected stops SMS; a new number lifts that (nothing else)."""
+    if not lead.sms_consent and (lead.sms_opt_out_reason or "").startswith("bad_address"):
+        set_consent(session, lead, ConsentEffect("sms", True, "new_phone"))

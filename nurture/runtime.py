@@ -81,7 +81,12 @@ def build_channels(settings: Settings) -> tuple[EmailChannel, SmsChannel]:
     return email, sms
 
 
-def build_activities(settings: Settings, database: Database) -> NurtureActivities:
+def build_activities(
+    settings: Settings, database: Database, definitions: Definitions | None = None
+) -> NurtureActivities:
+    """The activities, with the delivery policy (quiet hours, caps) of `definitions`
+    (loaded from the settings' definitions directory if not given)."""
+    definitions = definitions or load_definitions(settings.definitions_dir)
     email, sms = build_channels(settings)
     return NurtureActivities(
         sessions=database.sessions,
@@ -90,6 +95,7 @@ def build_activities(settings: Settings, database: Database) -> NurtureActivitie
         templates_dir=settings.definitions_dir / "templates",
         sender=settings.sender,
         public_url=settings.public_url,
+        delivery=definitions.delivery,
     )
 
 

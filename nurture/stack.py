@@ -51,7 +51,7 @@ async def running_stack(settings: Settings) -> AsyncIterator[RunningStack]:
     """Worker and API against `settings.temporal_address`, until the block exits."""
     definitions, database = load_and_prepare(settings)
     client = await connect_temporal(settings)
-    worker = build_worker(client, settings, build_activities(settings, database))
+    worker = build_worker(client, settings, build_activities(settings, database, definitions))
     intake = Intake(definitions, database.sessions, client, settings.task_queue)
     app = create_app(intake, settings.resolved_api_token())
     server = _EmbeddedServer(

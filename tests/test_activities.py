@@ -6,6 +6,7 @@ import threading
 
 from sqlalchemy import func, select
 
+from models.consent import ConsentEffect, set_consent
 from models.db import Enrollment, Handoff, Lead, Message, SalesRepRow, ScoreChange, StageChange
 from models.workflow_io import (
     FinishEnrollment,
@@ -82,12 +83,14 @@ def test_concurrent_claims_send_once(settings, database):
 
 def test_opted_out_lead_is_skipped(settings, database):
     activities = build_activities(settings, database)
-    lead_id = make_lead(database, email_consent=False)
+    lead_id = make_lead(database)
+    with database.sessions.begin() as session:
+        set_consent(session, session.get(Lead, lead_id), ConsentEffect("email", False, "manual"))
     enrollment_id = start(activities, lead_id)
     outcome = activities.send_message(
         send_request(lead_id, enrollment_id, "welcome", "email", "hello")
     )
-    assert (outcome.status, outcome.reason) == ("skipped", "lead opted out of email")
+    assert (outcome.status, outcome.reason) == ("skipped", "opted out of email (manual)")
     assert not settings.outbox_dir.exists() or not list(settings.outbox_dir.iterdir())
 
 

@@ -67,7 +67,9 @@ def test_email_goes_through_sendgrid_with_tracking_fields(provider_settings, dat
     assert payload["personalizations"][0]["to"] == [{"email": "ada@example.com"}]
     assert payload["subject"] == "Hello Ada"
     assert [c["type"] for c in payload["content"]] == ["text/plain", "text/html"]
-    assert "<p>Hi Ada & welcome.</p>" in payload["content"][1]["value"]
+    # Rendered, autoescaped, and the <style> rules inlined for mail clients.
+    assert '<p style="color: #333333;">Hi Ada &amp; welcome.</p>' in payload["content"][1]["value"]
+    assert "<style>" not in payload["content"][1]["value"]
     custom_args = payload["personalizations"][0].get("custom_args") or payload.get("custom_args")
     assert custom_args["lead_id"] == request.lead_id
     assert custom_args["step_id"] == "welcome" and custom_args["message_id"] == outcome.message_id

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from models.definitions import BranchStep, EmailStep, SmsStep, WaitForStep, WaitStep
     from models.jinja import ConditionError, evaluate_condition
     from models.workflow_io import (
+        DeferredSend,
         EnrollRequest,
         FinishEnrollment,
         HandoffRequest,
@@ -214,20 +215,43 @@ class LeadWorkflow:
         )
 
     async def _send(self, enrollment: EnrollRequest, step: EmailStep | SmsStep, visit: int) -> None:
-        await workflow.execute_activity_method(
-            NurtureActivities.send_message,
-            SendRequest(
-                lead_id=self._lead_id,
-                enrollment_id=enrollment.enrollment_id,
-                sequence_id=enrollment.sequence.id,
-                step_id=step.id,
-                visit=visit,
-                channel=step.type,
-                template=step.template,
-            ),
-            start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=ACTIVITY_RETRY,
+        """Send the step's message; while quiet hours or a frequency cap hold it back, wait
+        on a durable timer for the time the activity names, then ask again. Never dropped;
+        only a handoff ends the wait (nurture stops)."""
+        sequence = enrollment.sequence
+        request = SendRequest(
+            lead_id=self._lead_id,
+            enrollment_id=enrollment.enrollment_id,
+            sequence_id=sequence.id,
+            step_id=step.id,
+            visit=visit,
+            channel=step.type,
+            template=step.template,
+            due_at=workflow.now(),
+            send_window=sequence.send_windows.get(step.type),
+            ignore_frequency_caps=sequence.ignore_frequency_caps,
         )
+        while True:
+            outcome = await workflow.execute_activity_method(
+                NurtureActivities.send_message,
+                request,
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=ACTIVITY_RETRY,
+            )
+            if outcome.status != "deferred" or outcome.retry_at is None:
+                break
+            self._state.deferred = DeferredSend(
+                step_id=step.id, channel=step.type, until=outcome.retry_at,
+                reason=outcome.reason or "deferred",
+            )  # fmt: skip
+            wait = max((outcome.retry_at - workflow.now()).total_seconds(), 1)
+            await self._sleep(int(wait + 0.999))
+            self._state.deferred = None
+            if self._nurture_stopped:
+                return
+            request = request.model_copy(update={"due_at": workflow.now()})
+        if outcome.status in ("failed", "unknown"):
+            self._state.send_problems.append(f"{step.id}: {outcome.status}: {outcome.reason}")
         self._state.sent_steps.append(step.id)
         self._events_since_send.clear()
 
