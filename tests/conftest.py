@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from pydantic import SecretStr
 from sqlalchemy import create_engine, text
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -16,6 +17,7 @@ from models.loader import Definitions, load_definitions
 from nurture.devserver import find_binary
 from nurture.runtime import Database, open_database, sync_sales_reps
 from nurture.settings import Settings
+from tests.provider_server import ProviderServer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_DEFINITIONS = FIXTURES / "definitions"
@@ -108,3 +110,26 @@ def database(settings, fixture_definitions) -> Iterator[Database]:
     sync_sales_reps(db, fixture_definitions)
     yield db
     db.engine.dispose()
+
+
+@pytest.fixture
+def providers() -> Iterator[ProviderServer]:
+    """A local imitation of the SendGrid and Twilio APIs (tests/provider_server.py)."""
+    server = ProviderServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def provider_settings(settings, providers) -> Settings:
+    """Settings that send through the official SDKs to the imitation."""
+    return settings.model_copy(
+        update={
+            "sendgrid_api_key": SecretStr(providers.sendgrid_key),
+            "sendgrid_host": providers.url,
+            "twilio_account_sid": providers.twilio_sid,
+            "twilio_auth_token": SecretStr(providers.twilio_token),
+            "twilio_from_number": "+14155550000",
+            "twilio_api_base": providers.url,
+        }
+    )

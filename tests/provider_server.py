@@ -35,7 +35,7 @@ class ProviderServer:
     twilio_sid: str = "AC00000000000000000000000000000001"
     twilio_token: str = "twilio-test-token"
     requests: list[Recorded] = field(default_factory=list)
-    failures: list[tuple[int, str]] = field(default_factory=list)
+    failures: list[tuple[int, str, dict]] = field(default_factory=list)
 
     def __post_init__(self):
         server = self
@@ -70,15 +70,18 @@ class ProviderServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def fail_next(self, status: int, message: str = "scripted failure") -> None:
-        self.failures.append((status, message))
+    def fail_next(self, status: int, message: str = "scripted failure", **extra) -> None:
+        """Answer the next request with `status`. `extra`: Twilio's `code` (default 21211),
+        or SendGrid's error `field` (default none)."""
+        self.failures.append((status, message, extra))
 
     def _sendgrid(self, handler, recorded: Recorded) -> None:
         if recorded.headers.get("Authorization") != f"Bearer {self.sendgrid_key}":
             return handler._answer(401, {"errors": [{"message": "authorization required"}]})
         if self.failures:
-            status, message = self.failures.pop(0)
-            return handler._answer(status, {"errors": [{"message": message, "field": None}]})
+            status, message, extra = self.failures.pop(0)
+            error = {"message": message, "field": extra.get("field")}
+            return handler._answer(status, {"errors": [error]})
         handler._answer(202, None, {"X-Message-Id": f"sg-{uuid.uuid4().hex[:16]}"})
 
     def _twilio(self, handler, recorded: Recorded) -> None:
@@ -86,8 +89,9 @@ class ProviderServer:
         if recorded.headers.get("Authorization") != f"Basic {expected}":
             return handler._answer(401, {"code": 20003, "message": "Authenticate", "status": 401})
         if self.failures:
-            status, message = self.failures.pop(0)
-            return handler._answer(status, {"code": 21211, "message": message, "status": status})
+            status, message, extra = self.failures.pop(0)
+            code = extra.get("code", 21211)
+            return handler._answer(status, {"code": code, "message": message, "status": status})
         form = recorded.form()
         sid = f"SM{uuid.uuid4().hex}"
         handler._answer(201, {
@@ -96,6 +100,21 @@ class ProviderServer:
             "status": "queued", "num_segments": "1", "direction": "outbound-api",
             "uri": f"/2010-04-01/Accounts/{self.twilio_sid}/Messages/{sid}.json",
         })  # fmt: skip
+
+    def for_lead(self, lead_id: str, phone: str | None = None) -> dict[str, int]:
+        """How many sends reached each API for one lead: SendGrid by our custom_args,
+        Twilio by the lead's number."""
+        counts = {"email": 0, "sms": 0}
+        for request in list(self.requests):
+            if request.path == "/v3/mail/send":
+                payload = request.json()
+                args = payload["personalizations"][0].get("custom_args") or payload.get(
+                    "custom_args", {}
+                )
+                counts["email"] += args.get("lead_id") == lead_id
+            elif request.path.endswith("/Messages.json"):
+                counts["sms"] += phone is not None and request.form().get("To") == phone
+        return counts
 
     def close(self) -> None:
         self.httpd.shutdown()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import select
 from temporalio.exceptions import ApplicationError
 
@@ -13,28 +12,6 @@ from channels.twilio_sms import TwilioSmsChannel
 from models.db import Enrollment, Lead, Message
 from models.workflow_io import SendRequest
 from nurture.runtime import build_activities, build_channels
-from tests.provider_server import ProviderServer
-
-
-@pytest.fixture
-def providers():
-    server = ProviderServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def provider_settings(settings, providers):
-    return settings.model_copy(
-        update={
-            "sendgrid_api_key": SecretStr(providers.sendgrid_key),
-            "sendgrid_host": providers.url,
-            "twilio_account_sid": providers.twilio_sid,
-            "twilio_auth_token": SecretStr(providers.twilio_token),
-            "twilio_from_number": "+14155550000",
-            "twilio_api_base": providers.url,
-        }
-    )
 
 
 def lead_and_request(database, channel: str, template: str, step: str = "welcome"):
