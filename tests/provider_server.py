@@ -1,7 +1,8 @@
 """A local HTTP server that answers like SendGrid's and Twilio's APIs and records every request.
 
 The official SDKs are pointed at it, so tests check the exact calls they make.
-`fail_next` scripts provider errors (429, 5xx, 4xx) for the next requests.
+`fail_next` scripts provider errors (429, 5xx, 4xx) for the next requests; `delay` makes
+every answer slow (the request is recorded at once, as the provider has it).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +38,7 @@ class ProviderServer:
     twilio_token: str = "twilio-test-token"
     requests: list[Recorded] = field(default_factory=list)
     failures: list[tuple[int, str, dict]] = field(default_factory=list)
+    delay: float = 0.0  # seconds before each answer
 
     def __post_init__(self):
         server = self
@@ -49,6 +52,7 @@ class ProviderServer:
                 body = self.rfile.read(length)
                 recorded = Recorded("POST", self.path, dict(self.headers.items()), body)
                 server.requests.append(recorded)
+                time.sleep(server.delay)
                 if self.path == "/v3/mail/send":
                     server._sendgrid(self, recorded)
                 elif self.path == f"/2010-04-01/Accounts/{server.twilio_sid}/Messages.json":

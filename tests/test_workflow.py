@@ -2,77 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
-from temporalio.service import RPCError
 
-from models.db import Enrollment, Handoff, Lead, Message, ScoreChange, StageChange
-from models.workflow_io import lead_workflow_id
-from nurture.intake import EventIn, Intake, LeadIn
-from nurture.runtime import build_activities, build_worker, open_database, sync_sales_reps
-from workflows.lead import LeadWorkflow
+from models.db import Enrollment, Handoff, Lead, ScoreChange, StageChange
+from tests.harness import running_harness
 
 
 @pytest.fixture
 async def harness(time_skipping_env, sqlite_settings, fixture_definitions):
-    database = open_database(sqlite_settings)
-    sync_sales_reps(database, fixture_definitions)
-    client = time_skipping_env.client
-    worker = build_worker(client, sqlite_settings, build_activities(sqlite_settings, database))
-    intake = Intake(fixture_definitions, database.sessions, client, sqlite_settings.task_queue)
-    async with worker:
-        yield Harness(time_skipping_env, intake, database, sqlite_settings)
-    for workflow_id in Harness.started:
-        with contextlib.suppress(Exception):  # already closed is fine
-            await client.get_workflow_handle(workflow_id).terminate("test over")
-    Harness.started.clear()
-    database.engine.dispose()
-
-
-class Harness:
-    started: list[str] = []
-
-    def __init__(self, env, intake, database, settings):
-        self.env, self.intake, self.database, self.settings = env, intake, database, settings
-
-    async def enroll(self, **fields) -> str:
-        lead, _ = self.intake.upsert_lead(LeadIn(**fields))
-        await self.intake.enroll(lead)
-        Harness.started.append(lead_workflow_id(lead.id))
-        return lead.id
-
-    async def respond(self, lead_id: str, kind: str, event_id: str | None = None) -> None:
-        rows, _ = self.intake.store_events([EventIn(lead_id=lead_id, type=kind, event_id=event_id)])
-        await self.intake.deliver(rows)
-
-    def handle(self, lead_id: str):
-        return self.env.client.get_workflow_handle_for(LeadWorkflow.run, lead_workflow_id(lead_id))
-
-    async def state(self, lead_id: str):
-        return await self.handle(lead_id).query(LeadWorkflow.state)
-
-    async def until(self, lead_id: str, predicate, timeout: float = 15):
-        """Poll the workflow's state (in real time, without skipping time) until predicate holds."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        state = None
-        while True:
-            with contextlib.suppress(RPCError):  # a query can time out while the worker is busy
-                state = await self.state(lead_id)
-                if predicate(state):
-                    return state
-            assert asyncio.get_running_loop().time() < deadline, f"gave up waiting: {state}"
-            await asyncio.sleep(0.1)
-
-    def rows(self, model, lead_id: str):
-        with self.database.sessions() as session:
-            return list(session.scalars(select(model).where(model.lead_id == lead_id)))
-
-    def sent_steps(self, lead_id: str) -> list[str]:
-        return [m.step_id for m in self.rows(Message, lead_id) if m.status == "sent"]
+    async with running_harness(time_skipping_env, sqlite_settings, fixture_definitions) as h:
+        yield h
 
 
 async def test_thirty_day_sequence_runs_to_the_end(harness):

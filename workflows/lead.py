@@ -244,8 +244,7 @@ class LeadWorkflow:
                 step_id=step.id, channel=step.type, until=outcome.retry_at,
                 reason=outcome.reason or "deferred",
             )  # fmt: skip
-            wait = max((outcome.retry_at - workflow.now()).total_seconds(), 1)
-            await self._sleep(int(wait + 0.999))
+            await self._sleep(max((outcome.retry_at - workflow.now()).total_seconds(), 1.0))
             self._state.deferred = None
             if self._nurture_stopped:
                 return
@@ -255,7 +254,7 @@ class LeadWorkflow:
         self._state.sent_steps.append(step.id)
         self._events_since_send.clear()
 
-    async def _sleep(self, seconds: int, until=None) -> bool:
+    async def _sleep(self, seconds: float, until=None) -> bool:
         """A durable timer that ends early on a handoff (or when `until` holds).
 
         Returns True if `until` became true before the time was up.
