@@ -61,7 +61,10 @@ def create_app(intake: Intake, api_token: str, relay: bool = True) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
-            {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
+            {
+                "field": ".".join(str(p) for p in e["loc"] if p != "body"),
+                "message": e["msg"].removeprefix("Value error, "),
+            }
             for e in exc.errors()
         ]
         return JSONResponse({"detail": "invalid request", "problems": problems}, status_code=422)

@@ -20,9 +20,10 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
 def utcnow() -> datetime:
@@ -74,6 +75,13 @@ class Lead(Base):
         "email", "phone", "first_name", "last_name", "title", "company", "company_size",
         "industry", "country", "timezone", "source", "attributes",
     )  # fmt: skip
+
+    @classmethod
+    def find(cls, session: Session, key: str) -> Lead | None:
+        """A lead by ID or by email address (as the CLI takes them)."""
+        if "@" in key:
+            return session.scalars(select(cls).where(cls.email == key.strip().lower())).first()
+        return session.get(cls, key)
 
     def profile(self) -> dict[str, Any]:
         """The lead as templates and conditions see it."""

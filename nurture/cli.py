@@ -153,6 +153,116 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
+@app.command()
+def consent(
+    lead: str = typer.Argument(..., help="the lead's email address or ID"),
+    channel: str = typer.Option(None, help="email or sms"),
+    opt_out: bool = typer.Option(None, "--opt-out/--opt-in", help="change consent"),
+    reason: str = typer.Option(None, help="why (kept in the consent history)"),
+) -> None:
+    """Show a lead's consent per channel and its history, or change it by hand.
+
+    Examples:
+      nurture consent ada@example.com
+      nurture consent ada@example.com --channel sms --opt-out --reason "asked by phone"
+    """
+    from sqlalchemy import select
+
+    from models.consent import ConsentEffect, set_consent
+    from models.db import ConsentChange, Lead
+    from nurture.runtime import open_database
+
+    if (channel is None) != (opt_out is None):
+        errors.print("give both --channel and --opt-out/--opt-in to change consent")
+        raise typer.Exit(2)
+    if channel not in (None, "email", "sms"):
+        errors.print(f"--channel must be email or sms, not {channel!r}")
+        raise typer.Exit(2)
+    database = open_database(get_settings())
+    with database.sessions.begin() as session:
+        row = Lead.find(session, lead)
+        if row is None:
+            errors.print(f"no lead {lead!r} (give an email address or a lead ID)")
+            raise typer.Exit(1)
+        if channel is not None:
+            effect = ConsentEffect(channel, not opt_out, "manual", reason)
+            changed = set_consent(session, row, effect)
+            verb = "opted out of" if opt_out else "opted in to"
+            console.print(f"{row.email} {verb} {channel}" + ("" if changed else " (no change)"))
+        for name in ("email", "sms"):
+            allowed = getattr(row, f"{name}_consent")
+            why = getattr(row, f"{name}_opt_out_reason")
+            console.print(f"{name:<6} {'allowed' if allowed else 'opted out: ' + (why or '')}")
+        history = session.scalars(
+            select(ConsentChange).where(ConsentChange.lead_id == row.id)
+            .order_by(ConsentChange.id)
+        )  # fmt: skip
+        for change in history:
+            direction = "in " if change.opted_in else "out"
+            console.print(
+                f"  {change.created_at:%Y-%m-%d %H:%M} {change.channel:<5} {direction} "
+                f"{change.reason}" + (f" ({change.detail})" if change.detail else ""),
+                highlight=False,
+            )
+
+
+MESSAGE_STATUSES = ("claimed", "sent", "skipped", "deferred", "retrying", "failed", "unknown")
+
+
+@app.command()
+def messages(
+    status: str = typer.Option(None, help=f"only this status: {', '.join(MESSAGE_STATUSES)}"),
+    lead: str = typer.Option(None, help="only this lead (email or ID)"),
+    limit: int = typer.Option(50, help="at most this many, newest first"),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines instead of a table"),
+) -> None:
+    """List sends. `--status unknown` lists sends interrupted mid-call: they may or may not
+    have reached the lead, are never repeated, and need a look at the provider's log.
+
+    Examples:
+      nurture messages --status unknown
+      nurture messages --lead ada@example.com --json
+    """
+    import json
+
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from models.db import Lead, Message
+    from nurture.runtime import open_database
+
+    if status is not None and status not in MESSAGE_STATUSES:
+        errors.print(f"--status must be one of {', '.join(MESSAGE_STATUSES)}, not {status!r}")
+        raise typer.Exit(2)
+    database = open_database(get_settings())
+    with database.sessions() as session:
+        query = select(Message).order_by(Message.created_at.desc()).limit(limit)
+        if status:
+            query = query.where(Message.status == status)
+        if lead:
+            row = Lead.find(session, lead)
+            if row is None:
+                errors.print(f"no lead {lead!r}")
+                raise typer.Exit(1)
+            query = query.where(Message.lead_id == row.id)
+        rows = session.scalars(query).all()
+    fields = ("created_at", "lead_id", "enrollment_id", "step_id", "channel", "status",
+              "status_reason", "provider", "provider_message_id", "not_before")  # fmt: skip
+    if as_json:
+        for message in rows:
+            print(json.dumps({f: getattr(message, f) for f in fields}, default=str))
+        return
+    table = Table("created", "lead", "step", "channel", "status", "reason / provider id")
+    for m in rows:
+        detail = m.status_reason or m.provider_message_id or ""
+        if m.status == "deferred" and m.not_before:
+            detail = f"until {m.not_before:%Y-%m-%d %H:%M} UTC: {detail}"
+        table.add_row(f"{m.created_at:%Y-%m-%d %H:%M:%S}", m.lead_id[:12], m.step_id or "",
+                      m.channel, m.status, detail)  # fmt: skip
+    console.print(table)
+    console.print(f"{len(rows)} message(s)")
+
+
 def _fail_on_definition_errors(action):
     try:
         return action()

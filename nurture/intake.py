@@ -82,8 +82,8 @@ def normalise_phone(raw: str, country: str | None = None) -> str | None:
         hint = "" if country else " (give it with +country code, or give the lead's country)"
         raise ValueError(f"phone {raw!r} is not a phone number: {exc._msg}{hint}") from None
     if not phonenumbers.is_valid_number(number):
-        region = phonenumbers.region_code_for_number(number) or country
-        where = f" in {region}" if region else ""
+        region = phonenumbers.region_code_for_country_code(number.country_code)
+        where = f" in {region}" if region not in ("ZZ", "001") else ""
         raise ValueError(f"phone {raw!r} is not a valid number{where}")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jinja2 import TemplateError
 
-from channels.render import message_context, render_email, render_sms
+from channels.render import compliance_problems, message_context, render_email, render_sms
 from models.jinja import SAMPLE_LEAD
 from models.loader import check_definitions
 from models.yaml_source import DefinitionProblem
@@ -38,7 +38,8 @@ def validate(root: Path) -> list[DefinitionProblem]:
     definitions, problems = check_definitions(root)
     if definitions is None:
         return problems
-    context = message_context(SAMPLE_LEAD, SAMPLE_SENDER, "https://example.com/unsubscribe/x")
+    unsubscribe_url = "https://example.com/unsubscribe/x"
+    context = message_context(SAMPLE_LEAD, SAMPLE_SENDER, unsubscribe_url)
     users: dict[tuple[str, str], list[str]] = {}  # (channel, template) -> "sequence.step"
     for sequence in definitions.sequences.values():
         for step_id, channel, template in sequence.templates():
@@ -48,7 +49,15 @@ def validate(root: Path) -> list[DefinitionProblem]:
         where = f"used by {', '.join(used_by)}"
         try:
             if channel == "email":
-                render_email(templates_dir, template, context)
+                rendered = render_email(templates_dir, template, context)
+                for missing in compliance_problems(rendered, SAMPLE_SENDER, unsubscribe_url):
+                    # An email lacking these would be refused at send time: an error now.
+                    part = "body.html" if "HTML" in missing else "body.txt"
+                    problems.append(DefinitionProblem(
+                        str(templates_dir / "email" / template / part), None, None, "",
+                        f"{missing}: use {{{{ sender.postal_address }}}} and "
+                        f"{{{{ unsubscribe_url }}}}, or the shared footer ({where})",
+                    ))  # fmt: skip
                 continue
             text = render_sms(templates_dir, template, context)
         except TemplateError as exc:

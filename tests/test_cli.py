@@ -64,3 +64,38 @@ def test_worker_refuses_broken_definitions(tmp_path):
                             text=True, timeout=60)  # fmt: skip
     assert result.returncode == 1
     assert "segments.yaml: file is missing" in result.stderr
+
+
+def test_consent_and_unknown_sends_from_the_command_line(
+    tmp_path, monkeypatch, provider_settings, database, fixture_definitions
+):
+    from typer.testing import CliRunner
+
+    from nurture.cli import app
+    from nurture.runtime import build_activities
+    from tests.test_providers import lead_and_request
+
+    monkeypatch.setenv("DATABASE_URL", provider_settings.effective_database_url)
+    monkeypatch.setenv("COLUMNS", "200")
+    runner = CliRunner()
+    request = lead_and_request(database, "sms", "ping", "nudge")
+    activities = build_activities(provider_settings, database)
+    activities._claim(request)  # a worker that died mid-send
+    assert activities.send_message(request).status == "unknown"
+
+    listed = runner.invoke(app, ["messages", "--status", "unknown"])
+    assert listed.exit_code == 0, listed.output
+    assert "nudge" in listed.output and "provider outcome unknown" in listed.output
+    assert "1 message(s)" in listed.output
+    assert runner.invoke(app, ["messages", "--status", "lost"]).exit_code == 2
+
+    out = runner.invoke(app, ["consent", "ada@example.com", "--channel", "sms", "--opt-out",
+                              "--reason", "asked by phone"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert "opted out of sms" in out.output and "manual (asked by phone)" in out.output
+    assert activities.send_message(request.model_copy(update={"visit": 2})).status == "skipped"
+    back = runner.invoke(app, ["consent", "ada@example.com", "--channel", "sms", "--opt-in"])
+    assert "sms    allowed" in back.output
+    assert activities.send_message(request.model_copy(update={"visit": 3})).status == "sent"
+    missing = runner.invoke(app, ["consent", "nobody@example.com"])
+    assert missing.exit_code == 1 and "no lead 'nobody@example.com'" in missing.output

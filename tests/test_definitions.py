@@ -242,3 +242,12 @@ def test_validate_command_exit_codes(defs):
     bad = runner.invoke(app, ["validate", str(defs)])
     assert bad.exit_code == 1
     assert "sales.yaml" in bad.output and "1 error" in bad.output
+
+
+def test_email_without_postal_address_or_unsubscribe_link_is_an_error(defs):
+    (defs / "templates/email/hello/body.html").write_text("<p>Hi {{ lead.first_name }}</p>\n")
+    found = errors(defs)
+    assert {p.file.rsplit("/", 2)[-2:][1] for p in found} == {"body.html"}
+    messages = " / ".join(p.message for p in found)
+    assert "no postal address of the sender (CAN-SPAM)" in messages
+    assert "no unsubscribe link" in messages and "month.welcome" in messages

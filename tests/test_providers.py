@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from sqlalchemy import select
 from temporalio.exceptions import ApplicationError
@@ -12,6 +14,7 @@ from channels.twilio_sms import TwilioSmsChannel
 from models.db import Enrollment, Lead, Message
 from models.workflow_io import SendRequest
 from nurture.runtime import build_activities, build_channels
+from tests.conftest import FIXTURE_DEFINITIONS
 
 
 def lead_and_request(database, channel: str, template: str, step: str = "welcome"):
@@ -100,3 +103,21 @@ def test_interrupted_send_is_never_repeated(provider_settings, database, provide
     activities._claim(request)  # an attempt that claimed, then crashed before the answer
     outcome = activities.send_message(request)
     assert outcome.status == "unknown" and providers.requests == []
+
+
+def test_email_without_a_postal_address_is_never_sent(
+    provider_settings, database, providers, tmp_path
+):
+    definitions = tmp_path / "defs"
+    shutil.copytree(FIXTURE_DEFINITIONS, definitions)
+    (definitions / "templates/email/hello/body.txt").write_text("Hi {{ lead.first_name }}\n")
+    settings = provider_settings.model_copy(update={"definitions_dir": definitions})
+    outcome = build_activities(settings, database).send_message(
+        lead_and_request(database, "email", "hello")
+    )
+    assert outcome.status == "failed"
+    assert outcome.reason == (
+        "the text part has no postal address of the sender (CAN-SPAM); "
+        "the text part has no unsubscribe link"
+    )
+    assert providers.requests == []
