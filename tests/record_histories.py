@@ -1,7 +1,8 @@
 """Record workflow histories of real runs into tests/histories/ for the replay test.
 
-Run it after a deliberate, compatible change to add new histories; never re-record
-old ones to make the replay test pass (that would hide a break for leads in flight):
+Run it after a deliberate, compatible change to add new histories. Histories already
+saved are skipped: never re-record old ones to make the replay test pass (that would
+hide a break for leads in flight):
 
     .venv/bin/python -m tests.record_histories
 """
@@ -9,13 +10,15 @@ old ones to make the replay test pass (that would hide a break for leads in flig
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import tempfile
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from models.definitions import DeliveryPolicy, FrequencyCap, SendWindow
 from models.loader import load_definitions
 from models.workflow_io import lead_workflow_id
 from nurture.devserver import find_binary
@@ -44,10 +47,30 @@ async def record() -> None:
         sync_sales_reps(database, definitions)
         intake = Intake(definitions, database.sessions, env.client, settings.task_queue)
         worker = build_worker(env.client, settings, build_activities(settings, database))
+        # SMS on weekday hours only, one email a day: sends get deferred.
+        strict = dataclasses.replace(definitions, delivery=DeliveryPolicy(
+            send_windows={"email": SendWindow(), "sms": SendWindow(days="weekdays",
+                                                                   hours="09:00-20:00")},
+            frequency_caps={"email": (FrequencyCap(max=1, per="1d"),), "sms": ()},
+        ))  # fmt: skip
+        strict_settings = settings.model_copy(update={"task_queue": "record-strict"})
+        strict_intake = Intake(strict, database.sessions, env.client, "record-strict")
+        strict_worker = build_worker(
+            env.client, strict_settings, build_activities(strict_settings, database, strict)
+        )
 
-        async def scenario(name: str, lead: LeadIn, plan: list[tuple[int, str | None]]) -> None:
+        async def scenario(
+            name: str,
+            lead: LeadIn,
+            plan: list[tuple[int, str | None]],
+            sequence: str | None = None,
+            intake: Intake = intake,
+        ) -> None:
+            if (HISTORIES / f"{name}.json").exists():
+                print(f"kept {name}: already recorded")
+                return
             row, _ = intake.upsert_lead(lead)
-            await intake.enroll(row)
+            await intake.enroll(row, sequence)
             for days, event_type in plan:
                 await env.sleep(timedelta(days=days))
                 if event_type:
@@ -60,7 +83,7 @@ async def record() -> None:
             (HISTORIES / f"{name}.json").write_text(history.to_json())
             print(f"recorded {name}: {len(history.events)} events")
 
-        async with worker:
+        async with worker, strict_worker:
             month = LeadIn(email="a@example.com", phone="+14155550100")
             await scenario(
                 "month_with_click", month, [(1, "email.click"), (2, "page.view"), (30, None)]
@@ -70,6 +93,12 @@ async def record() -> None:
             await scenario("hot_lead_handoff", hot, twice)
             exiting = LeadIn(email="c@example.com", country="DE")
             await scenario("exit_early", exiting, [(1, None), (3, "page.view")])
+            # quick: welcome email, ping SMS at 3 am (quiet hours), later email (capped).
+            offset = (3 - datetime.now(UTC).hour) % 24
+            offset = offset - 24 if offset > 12 else offset
+            night = LeadIn(email="d@example.com", phone="+14155550101",
+                           timezone="UTC" if offset == 0 else f"Etc/GMT{-offset:+d}")  # fmt: skip
+            await scenario("deferred_sends", night, [(0, None), (4, None)], "quick", strict_intake)
     await env.shutdown()
 
 
