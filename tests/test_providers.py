@@ -121,3 +121,15 @@ def test_email_without_a_postal_address_is_never_sent(
         "the text part has no unsubscribe link"
     )
     assert providers.requests == []
+
+
+def test_sms_through_a_messaging_service(provider_settings, database, providers):
+    settings = provider_settings.model_copy(
+        update={"twilio_from_number": None, "twilio_messaging_service_sid": "MG" + "1" * 32}
+    )
+    outcome = build_activities(settings, database).send_message(
+        lead_and_request(database, "sms", "ping", "nudge")
+    )
+    assert outcome.status == "sent"
+    form = providers.requests[0].form()
+    assert form["MessagingServiceSid"] == "MG" + "1" * 32 and "From" not in form
