@@ -6,7 +6,13 @@ import asyncio
 import logging
 import signal
 
-from nurture.runtime import build_activities, build_worker, connect_temporal, load_and_prepare
+from nurture.runtime import (
+    build_activities,
+    build_worker,
+    configure_logging,
+    connect_temporal,
+    load_and_prepare,
+)
 from nurture.settings import get_settings
 
 
@@ -28,7 +34,7 @@ async def run_worker() -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     asyncio.run(run_worker())
 
 

@@ -50,6 +50,8 @@ log = logging.getLogger("nurture.activities")
 
 # Message states a new attempt may claim again: nothing went out in them.
 RECLAIMABLE = ("retrying", "deferred")
+# claimed (checks, rendering: nothing sent) -> sending (the provider call) -> sent | failed
+# | retrying. Only `sending` can hide a send we do not know about.
 
 
 class NurtureActivities:
@@ -112,21 +114,15 @@ class NurtureActivities:
     def send_message(self, request: SendRequest) -> SendOutcome:
         """Send one step's message at most once: claim, check consent, quiet hours and caps
         (deferring if needed), render, call the provider, record its answer."""
-        message, claimed_now = self._claim(request)
+        message = self._claim(request)
         channel = self.email if request.channel == "email" else self.sms
-        if message.status != "claimed":
+        if message.status == "sending" and not channel.idempotent:
+            return self._unknown(message.id, request)
+        if message.status not in ("claimed", "sending"):
             return _outcome(message)  # an earlier attempt finished this send
-        if not claimed_now and not channel.idempotent:
-            # An earlier attempt claimed it and stopped before recording the answer:
-            # it may have been sent. Never risk a second send; record that we do not know.
-            log.warning(
-                "send outcome unknown: step=%s lead=%s message=%s (interrupted mid-send; "
-                "not repeated - check the provider)", request.step_id, request.lead_id, message.id
-            )  # fmt: skip
-            return self._set_status(
-                message.id, "unknown", "interrupted after the claim; provider outcome unknown"
-            )
 
+        # Checks and rendering change nothing outside our database: a crash here is
+        # harmless, and the next attempt starts again from the claim.
         with self.sessions.begin() as session:
             lead = session.get(Lead, request.lead_id)
             message = session.get(Message, message.id)
@@ -181,6 +177,9 @@ class NurtureActivities:
         else:
             subject, body = None, render_sms(self.templates_dir, request.template, context)
             deliver = partial(self.sms.send_sms, OutgoingSms(message.id, recipient, body, tags))
+        # From here a crash leaves the outcome unknown: mark it just before the call.
+        if not self._mark_sending(message.id, channel.idempotent, recipient, subject, body):
+            return self._concurrent_outcome(message.id, request)
         try:
             result = deliver()
         except ProviderRejected as exc:  # final: record the provider's reason
@@ -191,7 +190,6 @@ class NurtureActivities:
 
         with self.sessions.begin() as session:
             message = session.get(Message, message.id)
-            message.recipient, message.subject, message.body = recipient, subject, body
             message.provider, message.provider_message_id = (
                 result.provider,
                 result.provider_message_id,
@@ -242,10 +240,11 @@ class NurtureActivities:
             message.status, message.status_reason = status, reason
         return _outcome(message)
 
-    def _claim(self, request: SendRequest) -> tuple[Message, bool]:
-        """Claim the send key before the provider is called, or find the earlier claim.
+    def _claim(self, request: SendRequest) -> Message:
+        """Claim the send key before anything else, or find the earlier claim.
 
-        Returns the message and whether this attempt made the claim."""
+        A claim left `retrying` (the provider refused with a 429/5xx) or `deferred`
+        (quiet hours, a cap) sent nothing, so it is claimed again."""
         try:
             with self.sessions.begin() as session:
                 message = Message(
@@ -259,26 +258,62 @@ class NurtureActivities:
                     body="",
                 )
                 session.add(message)
-            return message, True
+            return message
         except IntegrityError:
-            with self.sessions() as session:
+            with self.sessions.begin() as session:
                 existing = session.scalars(
                     select(Message).where(Message.send_key == request.send_key)
                 ).one_or_none()
-            if existing is None:
-                raise  # not a duplicate claim: a real integrity problem
-
-            if existing.status not in RECLAIMABLE:
-                return existing, False
-            # Nothing went out last time (the provider refused with a 429/5xx, or the send
-            # was deferred): this attempt may claim it again (one wins if several race).
-            with self.sessions.begin() as session:
-                taken = session.execute(
+                if existing is None:
+                    raise  # not a duplicate claim: a real integrity problem
+                session.execute(
                     update(Message)
                     .where(Message.id == existing.id, Message.status.in_(RECLAIMABLE))
                     .values(status="claimed")
+                    .execution_options(synchronize_session=False)
+                )
+                session.expire(existing)
+                session.refresh(existing)
+                return existing
+
+    def _mark_sending(
+        self, message_id: str, idempotent: bool, recipient: str, subject: str | None, body: str
+    ) -> bool:
+        """claimed -> sending, committed immediately before the provider is called.
+
+        A compare-and-set: of two attempts racing (a timed-out one still alive), one
+        calls the provider. An idempotent channel may repeat a `sending` message."""
+        allowed = ("claimed", "sending") if idempotent else ("claimed",)
+        with self.sessions.begin() as session:
+            return (
+                session.execute(
+                    update(Message)
+                    .where(Message.id == message_id, Message.status.in_(allowed))
+                    .values(status="sending", recipient=recipient, subject=subject, body=body)
+                    .execution_options(synchronize_session=False)
                 ).rowcount
-                return session.get(Message, existing.id), taken == 1
+                == 1
+            )
+
+    def _unknown(self, message_id: str, request: SendRequest) -> SendOutcome:
+        """An earlier attempt died during the provider call: the message may have gone
+        out. Never risk a second send; record that we do not know, loudly."""
+        log.warning(
+            "send outcome unknown: step=%s lead=%s message=%s (interrupted during the provider "
+            "call; not repeated - check the provider)", request.step_id, request.lead_id,
+            message_id,
+        )  # fmt: skip
+        return self._set_status(
+            message_id, "unknown", "interrupted during the provider call; outcome unknown"
+        )
+
+    def _concurrent_outcome(self, message_id: str, request: SendRequest) -> SendOutcome:
+        """Another attempt took the send first: its outcome, or unknown while it runs."""
+        with self.sessions() as session:
+            message = session.get(Message, message_id)
+        if message.status in ("sending", "claimed"):
+            return _outcome(message).model_copy(update={"status": "unknown"})
+        return _outcome(message)
 
     def _unsubscribe_url(self, request: SendRequest) -> str:
         return f"{self.public_url}/unsubscribe/{request.lead_id}"

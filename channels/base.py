@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+# Seconds a provider call may take; the send activity's own timeout is longer.
+PROVIDER_TIMEOUT_SECONDS = 10.0
+
 
 @dataclass(frozen=True)
 class OutgoingEmail:

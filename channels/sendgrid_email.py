@@ -9,7 +9,7 @@ from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import Category, CustomArg, Header, Mail
 
-from channels.base import OutgoingEmail, SendResult
+from channels.base import PROVIDER_TIMEOUT_SECONDS, OutgoingEmail, SendResult
 from channels.errors import classify
 
 
@@ -19,6 +19,8 @@ class SendGridEmailChannel:
 
     def __init__(self, api_key: str, host: str = "https://api.sendgrid.com"):
         self.client = SendGridAPIClient(api_key=api_key, host=host)
+        # A hung connection must fail well inside the activity's timeout (then retried).
+        self.client.client.timeout = PROVIDER_TIMEOUT_SECONDS
 
     def send_email(self, email: OutgoingEmail) -> SendResult:
         mail = Mail(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from channels.base import OutgoingSms, SendResult
+from channels.base import PROVIDER_TIMEOUT_SECONDS, OutgoingSms, SendResult
 from channels.errors import classify
 
 # Twilio error codes that say the number itself is unusable, or opted out at Twilio.
@@ -28,7 +29,10 @@ class TwilioSmsChannel:
     ):
         if not (from_number or messaging_service_sid):
             raise ValueError("Twilio needs TWILIO_FROM_NUMBER or TWILIO_MESSAGING_SERVICE_SID")
-        self.client = Client(account_sid, auth_token)
+        # A hung connection must fail well inside the activity's timeout (then retried).
+        self.client = Client(
+            account_sid, auth_token, http_client=TwilioHttpClient(timeout=PROVIDER_TIMEOUT_SECONDS)
+        )
         if api_base:  # a local imitation of the API, in tests
             self.client.api.base_url = api_base
         self.sender = (

@@ -132,9 +132,10 @@ class Message(Base):
     body: Mapped[str] = mapped_column(Text)
     provider: Mapped[str | None] = mapped_column(String(50))
     provider_message_id: Mapped[str | None] = mapped_column(String(200))
-    # claimed -> sent | skipped | failed (4xx, final) | retrying (429/5xx, nothing sent)
-    #         | deferred (quiet hours or a frequency cap: tried again at `not_before`)
-    #         | unknown (interrupted mid-send: maybe sent, never repeated)
+    # claimed -> skipped (consent) | deferred (quiet hours, a cap: again at `not_before`)
+    #         -> sending (committed just before the provider call)
+    #         -> sent | failed (4xx, final) | retrying (429/5xx, nothing sent)
+    #          | unknown (a retry found it `sending`: maybe sent, never repeated)
     status: Mapped[str] = mapped_column(String(20), default="claimed", index=True)
     status_reason: Mapped[str | None] = mapped_column(Text)
     # When the workflow wanted it sent (workflow time): what quiet hours and caps judge.

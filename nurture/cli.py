@@ -7,7 +7,6 @@ errors, a demo without a handoff); 2 bad usage.
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from pathlib import Path
 
@@ -27,10 +26,9 @@ errors = Console(stderr=True)
 
 
 def _logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    from nurture.runtime import configure_logging
+
+    configure_logging(verbose)
 
 
 @app.command()
@@ -206,7 +204,9 @@ def consent(
             )
 
 
-MESSAGE_STATUSES = ("claimed", "sent", "skipped", "deferred", "retrying", "failed", "unknown")
+MESSAGE_STATUSES = (
+    "claimed", "sending", "sent", "skipped", "deferred", "retrying", "failed", "unknown"
+)  # fmt: skip
 
 
 @app.command()

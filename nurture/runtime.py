@@ -7,6 +7,7 @@ together the same way.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -26,6 +27,16 @@ from models.loader import Definitions, load_definitions
 from nurture.settings import Settings
 from workflows import sandbox_runner
 from workflows.lead import LeadWorkflow
+
+
+def configure_logging(verbose: bool = True) -> None:
+    """One log format for every process. The Twilio SDK logs each request with its
+    parameters (phone numbers, message bodies) at INFO: kept to warnings."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
 
 
 @dataclass

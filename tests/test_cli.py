@@ -73,19 +73,19 @@ def test_consent_and_unknown_sends_from_the_command_line(
 
     from nurture.cli import app
     from nurture.runtime import build_activities
-    from tests.test_providers import lead_and_request
+    from tests.test_providers import died_during_the_call, lead_and_request
 
     monkeypatch.setenv("DATABASE_URL", provider_settings.effective_database_url)
     monkeypatch.setenv("COLUMNS", "200")
     runner = CliRunner()
     request = lead_and_request(database, "sms", "ping", "nudge")
     activities = build_activities(provider_settings, database)
-    activities._claim(request)  # a worker that died mid-send
+    died_during_the_call(activities, request)
     assert activities.send_message(request).status == "unknown"
 
     listed = runner.invoke(app, ["messages", "--status", "unknown"])
     assert listed.exit_code == 0, listed.output
-    assert "nudge" in listed.output and "provider outcome unknown" in listed.output
+    assert "nudge" in listed.output and "outcome unknown" in listed.output
     assert "1 message(s)" in listed.output
     assert runner.invoke(app, ["messages", "--status", "lost"]).exit_code == 2
 

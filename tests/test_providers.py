@@ -97,12 +97,29 @@ def test_provider_4xx_is_final_with_the_reason(provider_settings, database, prov
     assert len(providers.requests) == 1
 
 
-def test_interrupted_send_is_never_repeated(provider_settings, database, providers):
+def died_during_the_call(activities, request) -> None:
+    """What a worker killed inside the provider call leaves behind."""
+    message = activities._claim(request)
+    assert activities._mark_sending(message.id, False, "ada@example.com", "Hello", "...")
+
+
+def test_send_interrupted_during_the_call_is_never_repeated(provider_settings, database, providers):
     activities = build_activities(provider_settings, database)
     request = lead_and_request(database, "email", "hello")
-    activities._claim(request)  # an attempt that claimed, then crashed before the answer
+    died_during_the_call(activities, request)
     outcome = activities.send_message(request)
     assert outcome.status == "unknown" and providers.requests == []
+    assert "interrupted during the provider call" in outcome.reason
+    assert activities.send_message(request).status == "unknown"  # and stays so
+
+
+def test_send_interrupted_before_the_call_is_sent_once(provider_settings, database, providers):
+    activities = build_activities(provider_settings, database)
+    request = lead_and_request(database, "email", "hello")
+    activities._claim(request)  # claimed, then the worker died checking or rendering
+    assert activities.send_message(request).status == "sent"
+    assert activities.send_message(request).status == "sent"
+    assert len(providers.requests) == 1
 
 
 def test_email_without_a_postal_address_is_never_sent(

@@ -235,7 +235,9 @@ class LeadWorkflow:
             outcome = await workflow.execute_activity_method(
                 NurtureActivities.send_message,
                 request,
-                start_to_close_timeout=timedelta(seconds=60),
+                # Longer than the provider timeout (10 s); short, so a send cut off by a
+                # dead worker is retried by another within 30 s.
+                start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=ACTIVITY_RETRY,
             )
             if outcome.status != "deferred" or outcome.retry_at is None:
