@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from channels.base import EmailChannel, OutgoingEmail, OutgoingSms, SmsChannel
 from channels.errors import ProviderRejected, ProviderUnavailable
+from channels.links import Links
 from channels.policy import SendTime, earliest_send_time
 from channels.render import compliance_problems, message_context, render_email, render_sms
 from models.consent import ConsentEffect, opt_out_reason, set_consent
@@ -62,7 +63,7 @@ class NurtureActivities:
         sms: SmsChannel,
         templates_dir: Path,
         sender: dict[str, str],
-        public_url: str,
+        links: Links,
         delivery: DeliveryPolicy,
     ):
         self.sessions = sessions
@@ -71,7 +72,7 @@ class NurtureActivities:
         self.sms = sms
         self.templates_dir = Path(templates_dir)
         self.sender = sender
-        self.public_url = public_url.rstrip("/")
+        self.links = links
 
     def all(self) -> list:
         return [
@@ -144,7 +145,8 @@ class NurtureActivities:
             profile = lead.profile()
             recipient = lead.email if request.channel == "email" else lead.phone
 
-        context = message_context(profile, self.sender, self._unsubscribe_url(request))
+        unsubscribe_url = self.links.unsubscribe_url(request.lead_id, request.channel)
+        context = message_context(profile, self.sender, unsubscribe_url)
         tags = {
             "sequence_id": request.sequence_id,
             "lead_id": request.lead_id,
@@ -172,6 +174,7 @@ class NurtureActivities:
                 },
                 tags=tags,
                 categories=(request.sequence_id, f"{request.sequence_id}:{request.step_id}"),
+                reply_to=self.links.reply_to(message.id),  # replies find their lead
             )
             deliver = partial(self.email.send_email, outgoing)
         else:
@@ -314,9 +317,6 @@ class NurtureActivities:
         if message.status in ("sending", "claimed"):
             return _outcome(message).model_copy(update={"status": "unknown"})
         return _outcome(message)
-
-    def _unsubscribe_url(self, request: SendRequest) -> str:
-        return f"{self.public_url}/unsubscribe/{request.lead_id}"
 
     # --- scoring ------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The HTTP API: lead and event intake (later: provider webhooks, sales answers).
+"""The HTTP API: leads, our own events, provider webhooks and unsubscribe links.
 
 A request is answered 2xx only after what it carries is committed to the
 database; signalling the lead's workflow comes after, and a relay re-drives
@@ -18,10 +18,16 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
+from api.limits import BodySizeLimit
+from api.unsubscribe import unsubscribe_router
+from api.webhooks import webhook_router
 from nurture.intake import EventIn, Intake, LeadIn, UnknownLead, UnknownSequence
+from nurture.runtime import build_links
+from nurture.settings import Settings
 
 log = logging.getLogger("nurture.api")
 RELAY_INTERVAL_SECONDS = 2.0
+MAX_BATCH = 1000
 
 
 class LeadOut(BaseModel):
@@ -35,13 +41,20 @@ class LeadOut(BaseModel):
 
 class EventsOut(BaseModel):
     accepted: int
-    duplicates: int
+    duplicates: int  # event IDs seen before: counted, not stored again
+    pending: int  # for an email or phone no lead has yet: kept, matched when it arrives
     delivered: int
     event_ids: list[str]
 
 
-def create_app(intake: Intake, api_token: str, relay: bool = True) -> FastAPI:
+# Inbound Parse posts whole emails, attachments included.
+INBOUND_BODY_LIMIT = 20_000_000
+
+
+def create_app(intake: Intake, settings: Settings, relay: bool = True) -> FastAPI:
     bearer = HTTPBearer(auto_error=False)
+    api_token = settings.resolved_api_token()
+    links = build_links(settings)
 
     def authenticated(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -57,6 +70,13 @@ def create_app(intake: Intake, api_token: str, relay: bool = True) -> FastAPI:
             task.cancel()
 
     app = FastAPI(title="Nurture", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(
+        BodySizeLimit,
+        limit=settings.max_body_bytes,
+        overrides={"/webhooks/sendgrid/inbound": max(INBOUND_BODY_LIMIT, settings.max_body_bytes)},
+    )
+    app.include_router(webhook_router(intake, settings, links))
+    app.include_router(unsubscribe_router(intake, links, settings.sender_company))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -82,6 +102,10 @@ def create_app(intake: Intake, api_token: str, relay: bool = True) -> FastAPI:
             enrollment = await intake.enroll(lead, lead_in.sequence)
         except UnknownSequence as exc:
             raise HTTPException(422, str(exc)) from None
+        try:  # events that arrived before the lead did
+            await intake.redeliver(lead_id=lead.id)
+        except Exception as exc:  # stored; the relay delivers them
+            log.warning("pending events of lead %s not yet delivered: %s", lead.id, exc)
         return LeadOut(
             lead_id=lead.id,
             created=created,
@@ -93,24 +117,27 @@ def create_app(intake: Intake, api_token: str, relay: bool = True) -> FastAPI:
 
     @app.post("/events", dependencies=[Depends(authenticated)], status_code=202)
     async def post_events(body: EventIn | list[EventIn]) -> EventsOut:
+        """Our own events (page views, downloads, webinars, trial and product actions),
+        one or a batch of up to 1,000. Each may carry an idempotency key (`event_id`)."""
         events = body if isinstance(body, list) else [body]
         if not events:
             raise HTTPException(422, "no events in the batch")
-        for index, event in enumerate(events):
-            if not (event.lead_id or event.email):
-                raise HTTPException(422, f"event {index}: give lead_id or email")
+        if len(events) > MAX_BATCH:
+            raise HTTPException(413, f"at most {MAX_BATCH} events in a batch")
         try:
-            rows, duplicates = intake.store_events(events)
+            result = intake.store_events(events)
         except UnknownLead as exc:
             raise HTTPException(404, str(exc)) from None
         delivered = 0
         try:
-            delivered = await intake.deliver(rows)
+            delivered = await intake.deliver(result.stored)
         except Exception as exc:  # stored already; the relay will deliver it later
             log.warning("events stored but not yet delivered: %s", exc)
+        rows = result.stored + result.pending
         return EventsOut(
             accepted=len(rows),
-            duplicates=duplicates,
+            duplicates=result.duplicates,
+            pending=len(result.pending),
             delivered=delivered,
             event_ids=[row.event_id for row in rows],
         )

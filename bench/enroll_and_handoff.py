@@ -64,7 +64,8 @@ async def main(leads: int) -> None:
             latencies = []
             for lead_id in ids[: leads // 2]:
                 posted = time.perf_counter()
-                rows, _ = intake.store_events([EventIn(lead_id=lead_id, type="webinar.attended")])
+                events = [EventIn(lead_id=lead_id, type="webinar.attended")]
+                rows = intake.store_events(events).stored
                 await intake.deliver(rows)
                 while count(Handoff, Handoff.lead_id == lead_id) == 0:
                     await asyncio.sleep(0.005)

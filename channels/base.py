@@ -25,6 +25,7 @@ class OutgoingEmail:
     headers: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)  # lead, enrollment, step ids
     categories: tuple[str, ...] = ()  # for the provider's per-sequence and per-step stats
+    reply_to: str | None = None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ class OutboxChannel:
         message["To"] = email.to
         message["Subject"] = email.subject
         message["X-Nurture-Message-Id"] = email.message_id
+        if email.reply_to:
+            message["Reply-To"] = email.reply_to
         for name, value in {**email.headers, **_tag_headers(email.tags)}.items():
             message[name] = value
         message.set_content(email.text)

@@ -7,7 +7,7 @@ import re
 
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
-from sendgrid.helpers.mail import Category, CustomArg, Header, Mail
+from sendgrid.helpers.mail import Category, CustomArg, Header, Mail, ReplyTo
 
 from channels.base import PROVIDER_TIMEOUT_SECONDS, OutgoingEmail, SendResult
 from channels.errors import classify
@@ -37,6 +37,8 @@ class SendGridEmailChannel:
             mail.add_category(Category(category))
         for name, value in email.headers.items():
             mail.add_header(Header(name, value))
+        if email.reply_to:
+            mail.reply_to = ReplyTo(email.reply_to)
         try:
             response = self.client.send(mail)
         except HTTPError as exc:

@@ -27,6 +27,16 @@ SMS_HELP_WORDS = frozenset({"HELP", "INFO"})
 
 # Bounce types that say nothing about the address itself: no opt-out.
 SOFT_BOUNCES = frozenset({"soft", "blocked", "deferred"})
+# SendGrid drops a message to an address on one of its suppression lists; the reason says
+# which. Ours must agree, or every later send is dropped again.
+DROP_REASONS = {
+    "bounced address": "hard_bounce",
+    "unsubscribed address": "unsubscribe",
+    "spam reporting address": "spam_report",
+    "invalid": "bad_address",
+}
+# Twilio delivery error codes that say the number cannot take SMS.
+UNDELIVERABLE_NUMBER_CODES = frozenset({"30005", "30006"})  # unknown number; landline
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,14 @@ def classify_response(
     effect = effects.get(response_type)
     if response_type == "email.bounce" and data.get("bounce_type", "hard") not in SOFT_BOUNCES:
         effect = ConsentEffect("email", False, "hard_bounce", detail)
+    if response_type == "email.dropped":
+        reason = str(data.get("reason") or "").lower()
+        found = next((r for text, r in DROP_REASONS.items() if text in reason), None)
+        effect = ConsentEffect("email", False, found, detail) if found else None
+    if response_type == "sms.undelivered" and str(data.get("error_code")) in (
+        UNDELIVERABLE_NUMBER_CODES
+    ):
+        effect = ConsentEffect("sms", False, "bad_address", f"Twilio {data['error_code']}")
     return response_type, effect
 
 

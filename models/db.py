@@ -131,13 +131,15 @@ class Message(Base):
     subject: Mapped[str | None] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)
     provider: Mapped[str | None] = mapped_column(String(50))
-    provider_message_id: Mapped[str | None] = mapped_column(String(200))
+    provider_message_id: Mapped[str | None] = mapped_column(String(200), index=True)
     # claimed -> skipped (consent) | deferred (quiet hours, a cap: again at `not_before`)
     #         -> sending (committed just before the provider call)
     #         -> sent | failed (4xx, final) | retrying (429/5xx, nothing sent)
     #          | unknown (a retry found it `sending`: maybe sent, never repeated)
     status: Mapped[str] = mapped_column(String(20), default="claimed", index=True)
     status_reason: Mapped[str | None] = mapped_column(Text)
+    # What the provider reported later (delivered, bounce, undelivered...), from webhooks.
+    delivery_status: Mapped[str | None] = mapped_column(String(30))
     # When the workflow wanted it sent (workflow time): what quiet hours and caps judge.
     scheduled_at: Mapped[datetime | None] = mapped_column()
     not_before: Mapped[datetime | None] = mapped_column()
@@ -147,19 +149,27 @@ class Message(Base):
 
 
 class Response(Base):
-    """A lead's response (open, click, page view...). Doubles as the intake inbox:
-    rows with `delivered_at` unset have not reached the lead's workflow yet."""
+    """A lead's response (open, click, page view...). Doubles as the intake inbox: a row is
+    committed before the request that brought it is answered; `delivered_at` is set once
+    the lead's workflow has it. A row with no lead yet (`lead_id` unset) waits for a lead
+    with its `lead_email` or `lead_phone` to appear."""
 
     __tablename__ = "responses"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    # sg_event_id, Twilio MessageSid (+ status), or the caller's idempotency key.
     event_id: Mapped[str] = mapped_column(String(200), unique=True)
-    lead_id: Mapped[str] = mapped_column(ForeignKey("leads.id"), index=True)
+    lead_id: Mapped[str | None] = mapped_column(ForeignKey("leads.id"), index=True)
+    lead_email: Mapped[str | None] = mapped_column(String(320), index=True)
+    lead_phone: Mapped[str | None] = mapped_column(String(32), index=True)
     type: Mapped[str] = mapped_column(String(50))
+    source: Mapped[str] = mapped_column(String(20), default="api")  # api | sendgrid | twilio
+    message_id: Mapped[str | None] = mapped_column(String(32))  # ours, when it answers one
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(index=True)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)  # repeats dropped
 
 
 class ConsentChange(Base):

@@ -15,7 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # Every response type Nurture understands. Webhooks and the events API map onto these.
 RESPONSE_TYPES: frozenset[str] = frozenset(
     {
+        "email.processed",
         "email.delivered",
+        "email.deferred",
+        "email.dropped",
         "email.open",
         "email.click",
         "email.reply",
@@ -23,6 +26,7 @@ RESPONSE_TYPES: frozenset[str] = frozenset(
         "email.unsubscribe",
         "email.spamreport",
         "sms.delivered",
+        "sms.undelivered",
         "sms.reply",
         "sms.stop",
         "sms.start",

@@ -87,7 +87,7 @@ def api() -> None:
         definitions, database = load_and_prepare(settings)
         client = await connect_temporal(settings)
         intake = Intake(definitions, database.sessions, client, settings.task_queue)
-        app_ = create_app(intake, settings.resolved_api_token())
+        app_ = create_app(intake, settings)
         config = uvicorn.Config(app_, host=settings.api_host, port=settings.api_port)
         await uvicorn.Server(config).serve()
 

@@ -7,19 +7,28 @@ first (the inbox) and only then signalled, so a Temporal outage loses nothing:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import phonenumbers
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationInfo, field_validator
-from sqlalchemy import select
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 
 from models.consent import ConsentEffect, classify_response, set_consent
-from models.db import Lead, Response, as_utc, new_id, utcnow
+from models.db import Lead, Message, Response, as_utc, new_id, utcnow
 from models.definitions import RESPONSE_TYPES
 from models.loader import Definitions
 from models.workflow_io import EnrollRequest, LeadInput, ResponseEvent, lead_workflow_id
@@ -89,15 +98,34 @@ def normalise_phone(raw: str, country: str | None = None) -> str | None:
 
 
 class EventIn(BaseModel):
-    """A response from a lead, sent to `POST /events`."""
+    """A response from a lead: `POST /events`, or a provider webhook translated.
+
+    The lead is named by `lead_id`, or by `email` or `phone`; an email or phone no lead
+    has yet is kept and matched when that lead arrives."""
 
     model_config = ConfigDict(extra="forbid")
     type: str
-    lead_id: str | None = None
+    lead_id: str | None = Field(default=None, max_length=32)
     email: EmailStr | None = None
-    event_id: str | None = Field(default=None, max_length=200, description="idempotency key")
+    phone: str | None = Field(default=None, max_length=32)
+    event_id: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="idempotency key: an event with a key already seen is counted, not stored",
+    )  # fmt: skip
     occurred_at: datetime | None = None
+    message_id: str | None = Field(default=None, max_length=32, description="our message ID")
     data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        return None if value is None else normalise_phone(value)
+
+    @model_validator(mode="after")
+    def _names_a_lead(self) -> EventIn:
+        if not (self.lead_id or self.email or self.phone or self.message_id):
+            raise ValueError("name the lead: give lead_id, email or phone")
+        return self
 
     @field_validator("type")
     @classmethod
@@ -111,6 +139,13 @@ class EventIn(BaseModel):
 
 class UnknownLead(LookupError):
     pass
+
+
+@dataclass
+class StoreResult:
+    stored: list[Response] = field(default_factory=list)  # for a known lead: to deliver
+    pending: list[Response] = field(default_factory=list)  # waiting for their lead
+    duplicates: int = 0
 
 
 class UnknownSequence(LookupError):
@@ -146,6 +181,7 @@ class Intake:
             if lead.segment is None:  # a lead keeps the segment it was first given
                 lead.segment = self.definitions.choose_segment(lead.profile())[0]
             session.flush()
+            self._match_pending(session, lead)
             return lead, created
 
     async def enroll(self, lead: Lead, sequence_id: str | None = None) -> EnrollRequest:
@@ -187,50 +223,84 @@ class Intake:
 
     # --- responses ------------------------------------------------------------------------
 
-    def store_events(self, events: list[EventIn]) -> tuple[list[Response], int]:
-        """Commit events to the inbox in one transaction; returns (new rows, duplicates).
+    def store_events(
+        self, events: list[EventIn], source: str = "api", unknown_ids_pending: bool = False
+    ) -> StoreResult:
+        """Commit events to the inbox; each a transaction of its own with its consent change.
 
-        Raises UnknownLead (and stores nothing) if any event names no known lead.
+        Raises UnknownLead (and stores nothing) if an event names a lead ID we do not have.
+        An event whose email or phone belongs to no lead yet is stored as pending.
+        A repeated event ID is not stored again: the first row counts it.
         """
-        with self.sessions.begin() as session:
-            rows: list[tuple[Response, ConsentEffect | None]] = []
+        with self.sessions() as session:
             for index, event in enumerate(events):
-                lead = self._find_lead(session, event)
-                if lead is None:
-                    who = event.lead_id or event.email
-                    raise UnknownLead(f"event {index}: no lead {who!r}")
-                # An SMS reply "STOP" is recorded as sms.stop, and opts the lead out.
-                kind, consent = classify_response(event.type, event.data, lead)
-                row = Response(
-                    event_id=event.event_id or f"api-{new_id()}",
-                    lead_id=lead.id,
-                    type=kind,
-                    data=event.data,
-                    occurred_at=event.occurred_at or utcnow(),
-                )
-                rows.append((row, consent))
-        stored, duplicates = [], 0
-        for row, consent in rows:  # one insert each, so a duplicate key drops only itself
+                if unknown_ids_pending or not event.lead_id:
+                    continue  # providers echo IDs back: match those by address instead
+                if session.get(Lead, event.lead_id) is None:
+                    raise UnknownLead(f"event {index}: no lead {event.lead_id!r}")
+        result = StoreResult()
+        for event in events:
+            event_id = event.event_id or f"{source}-{new_id()}"
             try:
                 with self.sessions.begin() as session:
+                    lead = self._find_lead(session, event)
+                    row = Response(
+                        event_id=event_id,
+                        lead_id=lead.id if lead else None,
+                        lead_email=str(event.email).lower() if event.email else None,
+                        lead_phone=event.phone,
+                        type=event.type,
+                        source=source,
+                        message_id=event.message_id,
+                        data=event.data,
+                        occurred_at=event.occurred_at or utcnow(),
+                    )
                     session.add(row)
-                    if consent is not None:  # in the same transaction as the response
-                        session.flush()
-                        set_consent(session, session.get(Lead, row.lead_id), consent, row.event_id)
-                stored.append(row)
+                    session.flush()  # a duplicate event ID fails here, before any change
+                    if lead is not None:
+                        _apply_consent(session, lead, row)
+                    _note_delivery(session, row)
+                (result.stored if row.lead_id else result.pending).append(row)
             except IntegrityError:
-                duplicates += 1
-        return stored, duplicates
+                with self.sessions.begin() as session:
+                    counted = session.execute(
+                        update(Response).where(Response.event_id == event_id)
+                        .values(duplicates=Response.duplicates + 1)
+                    ).rowcount  # fmt: skip
+                if not counted:
+                    raise  # not a duplicate: a real integrity problem
+                result.duplicates += 1
+        return result
+
+    def _match_pending(self, session, lead: Lead) -> None:
+        """Events that arrived before their lead: give them to it (in its transaction)."""
+        keys = [Response.lead_email == lead.email]
+        if lead.phone:
+            keys.append(Response.lead_phone == lead.phone)
+        waiting = session.scalars(
+            select(Response).where(Response.lead_id.is_(None), or_(*keys))
+            .order_by(Response.received_at)
+        ).all()  # fmt: skip
+        for row in waiting:
+            row.lead_id = lead.id
+            _apply_consent(session, lead, row)
 
     @staticmethod
     def _find_lead(session, event: EventIn) -> Lead | None:
-        if event.lead_id:
-            return session.get(Lead, event.lead_id)
+        if event.lead_id and (lead := session.get(Lead, event.lead_id)) is not None:
+            return lead
+        if event.message_id and (message := session.get(Message, event.message_id)):
+            return session.get(Lead, message.lead_id)  # a reply to one of our messages
         if event.email:
             return session.scalars(
                 select(Lead).where(Lead.email == str(event.email).lower())
             ).one_or_none()
-        return None
+        if not event.phone:
+            return None
+        # A number can belong to several leads (shared phones): the newest one.
+        return session.scalars(
+            select(Lead).where(Lead.phone == event.phone).order_by(Lead.created_at.desc())
+        ).first()
 
     async def deliver(self, rows: list[Response]) -> int:
         """Signal stored responses to their workflows; mark the ones Temporal accepted."""
@@ -246,16 +316,40 @@ class Intake:
             delivered += 1
         return delivered
 
-    async def redeliver(self, limit: int = 500) -> int:
-        """The relay: signal what was stored but never reached a workflow."""
+    async def redeliver(self, limit: int = 500, lead_id: str | None = None) -> int:
+        """The relay: signal what was stored but never reached a workflow (all leads, or one)."""
+        query = (
+            select(Response)
+            .where(Response.delivered_at.is_(None), Response.lead_id.is_not(None))
+            .order_by(Response.received_at)
+            .limit(limit)
+        )
+        if lead_id is not None:
+            query = query.where(Response.lead_id == lead_id)
         with self.sessions() as session:
-            rows = list(
-                session.scalars(
-                    select(Response).where(Response.delivered_at.is_(None))
-                    .order_by(Response.received_at).limit(limit)
-                )
-            )  # fmt: skip
+            rows = list(session.scalars(query))
         return await self.deliver(rows)
+
+
+def _apply_consent(session, lead: Lead, row: Response) -> None:
+    """An SMS reply "STOP" is recorded as sms.stop and opts the lead out, in the same
+    transaction as the response row."""
+    row.type, consent = classify_response(row.type, row.data, lead)
+    if consent is not None:
+        set_consent(session, lead, consent, row.event_id)
+
+
+# Provider reports about a message we sent: kept on the message row too, for reports.
+DELIVERY_EVENTS = frozenset({"email.processed", "email.delivered", "email.deferred",
+                             "email.bounce", "email.dropped", "sms.delivered",
+                             "sms.undelivered"})  # fmt: skip
+
+
+def _note_delivery(session, row: Response) -> None:
+    if row.message_id and row.type in DELIVERY_EVENTS:
+        message = session.get(Message, row.message_id)
+        if message is not None:
+            message.delivery_status = row.type.split(".", 1)[1]
 
 
 def _new_number_clears_bad_address(session, lead: Lead) -> None:

@@ -19,6 +19,7 @@ from temporalio.worker import Worker
 
 from activities.nurture import NurtureActivities
 from channels.base import EmailChannel, SmsChannel
+from channels.links import Links
 from channels.outbox import OutboxChannel
 from channels.sendgrid_email import SendGridEmailChannel
 from channels.twilio_sms import TwilioSmsChannel
@@ -92,6 +93,10 @@ def build_channels(settings: Settings) -> tuple[EmailChannel, SmsChannel]:
     return email, sms
 
 
+def build_links(settings: Settings) -> Links:
+    return Links(settings.resolved_secret_key(), settings.public_url, settings.inbound_domain)
+
+
 def build_activities(
     settings: Settings, database: Database, definitions: Definitions | None = None
 ) -> NurtureActivities:
@@ -105,7 +110,7 @@ def build_activities(
         sms=sms,
         templates_dir=settings.definitions_dir / "templates",
         sender=settings.sender,
-        public_url=settings.public_url,
+        links=build_links(settings),
         delivery=definitions.delivery,
     )
 

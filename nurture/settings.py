@@ -26,6 +26,21 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, alias="NURTURE_API_PORT")
     api_token: SecretStr | None = Field(default=None, alias="NURTURE_API_TOKEN")
     public_url: str = Field(default="http://127.0.0.1:8000", alias="NURTURE_PUBLIC_URL")
+    # Signs unsubscribe links and reply-to addresses; generated into the state dir if unset.
+    secret_key: SecretStr | None = Field(default=None, alias="NURTURE_SECRET_KEY")
+    max_body_bytes: int = Field(default=1_000_000, alias="NURTURE_MAX_BODY_BYTES", gt=0)
+
+    # Webhooks. Each is refused (403) until its verification secret is set.
+    sendgrid_webhook_public_key: str | None = Field(
+        default=None, alias="SENDGRID_WEBHOOK_PUBLIC_KEY"
+    )
+    webhook_tolerance_seconds: int = Field(
+        default=300, alias="NURTURE_WEBHOOK_TOLERANCE_SECONDS", gt=0
+    )
+    # Inbound Parse has no signature: SendGrid is given https://sendgrid:<this>@host/...
+    inbound_parse_secret: SecretStr | None = Field(default=None, alias="SENDGRID_INBOUND_SECRET")
+    # Replies go to reply+<signed message id>@<this domain> (an Inbound Parse domain).
+    inbound_domain: str | None = Field(default=None, alias="NURTURE_INBOUND_DOMAIN")
 
     sender_name: str = Field(default="Nurture Demo", alias="NURTURE_SENDER_NAME")
     sender_email: str = Field(default="hello@example.com", alias="NURTURE_SENDER_EMAIL")
@@ -56,9 +71,16 @@ class Settings(BaseSettings):
         The generated token keeps the embedded default runnable without putting a
         secret in the repository; production sets NURTURE_API_TOKEN.
         """
-        if self.api_token is not None:
-            return self.api_token.get_secret_value()
-        path = self.state_dir / "api-token"
+        return self._secret(self.api_token, "api-token")
+
+    def resolved_secret_key(self) -> str:
+        """NURTURE_SECRET_KEY, or one generated once into the state directory."""
+        return self._secret(self.secret_key, "secret-key")
+
+    def _secret(self, value: SecretStr | None, file_name: str) -> str:
+        if value is not None:
+            return value.get_secret_value()
+        path = self.state_dir / file_name
         if not path.exists():
             self.state_dir.mkdir(parents=True, exist_ok=True)
             path.touch(mode=0o600)

@@ -53,7 +53,7 @@ async def running_stack(settings: Settings) -> AsyncIterator[RunningStack]:
     client = await connect_temporal(settings)
     worker = build_worker(client, settings, build_activities(settings, database, definitions))
     intake = Intake(definitions, database.sessions, client, settings.task_queue)
-    app = create_app(intake, settings.resolved_api_token())
+    app = create_app(intake, settings)
     server = _EmbeddedServer(
         uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
     )

@@ -46,7 +46,9 @@ class Harness:
         return lead.id
 
     async def respond(self, lead_id: str, kind: str, event_id: str | None = None) -> None:
-        rows, _ = self.intake.store_events([EventIn(lead_id=lead_id, type=kind, event_id=event_id)])
+        rows = self.intake.store_events(
+            [EventIn(lead_id=lead_id, type=kind, event_id=event_id)]
+        ).stored
         await self.intake.deliver(rows)
 
     def handle(self, lead_id: str):

@@ -74,7 +74,8 @@ async def record() -> None:
             for days, event_type in plan:
                 await env.sleep(timedelta(days=days))
                 if event_type:
-                    stored, _ = intake.store_events([EventIn(lead_id=row.id, type=event_type)])
+                    events = [EventIn(lead_id=row.id, type=event_type)]
+                    stored = intake.store_events(events).stored
                     await intake.deliver(stored)
                 await asyncio.sleep(0.5)
             handle = env.client.get_workflow_handle(lead_workflow_id(row.id))

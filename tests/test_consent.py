@@ -65,8 +65,9 @@ def test_stop_and_its_synonyms_opt_out_of_sms_only(
 ):
     lead, intake = new_lead(database, fixture_definitions)
     sender = Sender(build_activities(provider_settings, database), lead.id)
-    stored, _ = intake.store_events([EventIn(lead_id=lead.id, type="sms.reply",
+    stored = intake.store_events([EventIn(lead_id=lead.id, type="sms.reply",
                                              data={"body": body})])  # fmt: skip
+    stored = stored.stored
     assert stored[0].type == "sms.stop"  # recorded as what it is
     outcome = sender.send("sms")
     assert outcome.status == "skipped" and outcome.reason.startswith("opted out of SMS (stop")
@@ -85,8 +86,8 @@ def test_start_resubscribes_sms_and_yes_only_when_opted_out(
     sender = Sender(build_activities(provider_settings, database), lead.id)
 
     def reply(body: str) -> str:
-        (row,), _ = intake.store_events([EventIn(lead_id=lead.id, type="sms.reply",
-                                                 data={"body": body})])  # fmt: skip
+        (row,) = intake.store_events([EventIn(lead_id=lead.id, type="sms.reply",
+                                              data={"body": body})]).stored  # fmt: skip
         return row.type
 
     assert reply("YES") == "sms.reply"  # an answer to "reply YES", not an opt-in
@@ -124,8 +125,8 @@ def test_email_opt_outs(event_type, data, opted_out_reason, settings, database,
 def test_a_duplicate_event_changes_consent_once(settings, database, fixture_definitions):
     lead, intake = new_lead(database, fixture_definitions)
     event = EventIn(lead_id=lead.id, type="sms.stop", event_id="tw-1")
-    assert intake.store_events([event])[1] == 0
-    assert intake.store_events([event])[1] == 1  # the duplicate is dropped
+    assert intake.store_events([event]).duplicates == 0
+    assert intake.store_events([event]).duplicates == 1  # the duplicate is dropped
     with database.sessions() as session:
         changes = session.scalars(select(ConsentChange).where(ConsentChange.lead_id == lead.id))
         assert len(list(changes)) == 1

@@ -12,8 +12,10 @@ import pytest
 from sqlalchemy import func, select
 
 from models.db import Enrollment, Handoff, Lead, Message, Response, StageChange
+from models.workflow_io import lead_workflow_id
 from nurture.devserver import free_port
 from nurture.stack import running_stack
+from workflows.lead import LeadWorkflow
 
 pytestmark = pytest.mark.devserver
 
@@ -22,10 +24,19 @@ async def eventually(check, timeout: float = 30):
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
         if result:
             return result
         assert asyncio.get_running_loop().time() < deadline, "condition never held"
         await asyncio.sleep(0.2)
+
+
+async def _scored(stack, lead_id: str):
+    """The lead's workflow state once it has scored something."""
+    workflow_id = lead_workflow_id(lead_id)
+    state = await stack.intake.client.get_workflow_handle(workflow_id).query(LeadWorkflow.state)
+    return state if state.score else None
 
 
 async def test_lead_nurtured_scored_and_handed_off(dev_server_env, settings):
@@ -60,9 +71,14 @@ async def test_lead_nurtured_scored_and_handed_off(dev_server_env, settings):
             assert await eventually(lambda: sent() == ["ping", "welcome"])
 
             unknown = await http.post(
-                "/events", json={"email": "nobody@example.com", "type": "page.view"}, headers=auth
+                "/events", json={"lead_id": "f" * 32, "type": "page.view"}, headers=auth
             )
-            assert unknown.status_code == 404 and "nobody@example.com" in unknown.json()["detail"]
+            assert unknown.status_code == 404 and "f" * 32 in unknown.json()["detail"]
+            # An event for an address no lead has yet is kept, and given to the lead later.
+            early = await http.post(
+                "/events", json={"email": "Early@example.com", "type": "page.view"}, headers=auth
+            )
+            assert early.status_code == 202 and early.json()["pending"] == 1
             wrong_type = await http.post(
                 "/events", json={"lead_id": lead_id, "type": "email.teleport"}, headers=auth
             )
@@ -79,6 +95,7 @@ async def test_lead_nurtured_scored_and_handed_off(dev_server_env, settings):
             assert replay.json() == {
                 "accepted": 0,
                 "duplicates": 1,
+                "pending": 0,
                 "delivered": 0,
                 "event_ids": [],
             }
@@ -97,8 +114,11 @@ async def test_lead_nurtured_scored_and_handed_off(dev_server_env, settings):
             # Nurture stops at the handoff: the hour-long wait ends and nothing more is sent.
             assert await eventually(lambda: enrollment_status() == "handed_off")
             assert sent() == ["ping", "welcome"]
-            openapi = await http.get("/openapi.json")
-            assert {"/leads", "/events", "/health"} <= set(openapi.json()["paths"])
+
+            late = await http.post("/leads", json={"email": "early@example.com"}, headers=auth)
+            late_id = late.json()["lead_id"]
+            state = await eventually(lambda: _scored(stack, late_id))
+            assert state.responses_handled == 1 and state.score == 10  # the early page view
 
         with stack.database.sessions() as session:
             stored = session.get(Lead, lead_id)
@@ -106,6 +126,9 @@ async def test_lead_nurtured_scored_and_handed_off(dev_server_env, settings):
             assert stored.email == "grace@example.com"
             stages = session.scalars(select(StageChange.to_stage).order_by(StageChange.id)).all()
             assert stages == ["mql", "sql"]
-            assert session.scalar(select(func.count()).select_from(Response)) == 2
+            assert session.scalar(select(func.count()).select_from(Response)) == 3
+            early_row = session.scalars(select(Response).where(Response.type == "page.view")).one()
+            assert early_row.lead_id == late_id and early_row.lead_email == "early@example.com"
+            assert session.scalars(select(Response.duplicates)).all().count(1) == 1
             assert session.scalar(select(func.count()).where(Response.delivered_at.is_(None))) == 0
         assert len(list(settings.outbox_dir.glob("handoff-*.eml"))) == 1

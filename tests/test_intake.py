@@ -41,13 +41,13 @@ def test_unusable_phones_are_refused_with_the_reason(phone, country, message):
     assert error["loc"] == ("phone",) and message in error["msg"]
 
 
-def test_api_refuses_a_bad_phone_and_stores_nothing(database, fixture_definitions):
+def test_api_refuses_a_bad_phone_and_stores_nothing(settings, database, fixture_definitions):
     intake = Intake(fixture_definitions, database.sessions, client=None, task_queue="unused")
-    client = TestClient(create_app(intake, "token", relay=False))
+    client = TestClient(create_app(intake, settings, relay=False))
     response = client.post(
         "/leads",
         json={"email": "bad@example.com", "phone": "555-0100", "country": "US"},
-        headers={"Authorization": "Bearer token"},
+        headers={"Authorization": "Bearer test-token"},
     )
     assert response.status_code == 422
     assert response.json()["problems"] == [
