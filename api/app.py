@@ -80,14 +80,9 @@ def create_app(intake: Intake, settings: Settings, relay: bool = True) -> FastAP
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [
-            {
-                "field": ".".join(str(p) for p in e["loc"] if p != "body"),
-                "message": e["msg"].removeprefix("Value error, "),
-            }
-            for e in exc.errors()
-        ]
-        return JSONResponse({"detail": "invalid request", "problems": problems}, status_code=422)
+        return JSONResponse(
+            {"detail": "invalid request", "problems": _problems(exc)}, status_code=422
+        )
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -143,6 +138,22 @@ def create_app(intake: Intake, settings: Settings, relay: bool = True) -> FastAP
         )
 
     return app
+
+
+def _problems(exc: RequestValidationError) -> list[dict[str, str]]:
+    """Pydantic's errors as {field, message}. A body that may be one object or a list is
+    validated both ways: only the errors of the shape that was sent are kept, and the
+    union's branch names (`list[EventIn]`, `function-after[...]`) left out of fields."""
+    sent_list = isinstance(exc.body, list)
+    problems = []
+    for error in exc.errors():
+        loc = [part for part in error["loc"] if part != "body"]
+        branch = next((p for p in loc if isinstance(p, str) and "[" in p), None)
+        if branch is not None and branch.startswith("list[") != sent_list:
+            continue  # the error of the shape that was not sent
+        field = ".".join(str(p) for p in loc if not (isinstance(p, str) and "[" in p))
+        problems.append({"field": field, "message": error["msg"].removeprefix("Value error, ")})
+    return problems or [{"field": "", "message": "the body has the wrong shape"}]
 
 
 async def _relay_loop(intake: Intake) -> None:

@@ -5,8 +5,6 @@ button sends, and what mail clients send for `List-Unsubscribe-Post:
 List-Unsubscribe=One-Click`. The token is signed and names the lead and channel.
 """
 
-from __future__ import annotations
-
 import contextlib
 from html import escape
 

@@ -5,9 +5,10 @@ signature is a 403 and nothing is stored), then its events are committed, and on
 then answered 2xx; signalling the lead workflows follows (the relay retries).
 Providers retry whatever is not answered 2xx, so events we do not use are ignored
 (and counted) rather than refused.
-"""
 
-from __future__ import annotations
+(No `from __future__ import annotations`: FastAPI must resolve the `Annotated`
+dependencies of the handlers defined inside `webhook_router`.)
+"""
 
 import binascii
 import contextlib
