@@ -13,20 +13,25 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from sqlalchemy import select
+from temporalio.service import RPCError
 
 from api.limits import BodySizeLimit
 from api.unsubscribe import unsubscribe_router
 from api.webhooks import webhook_router
+from models.db import Response
 from nurture.intake import EventIn, Intake, LeadIn, UnknownLead, UnknownSequence
 from nurture.runtime import build_links
 from nurture.settings import Settings
 
 log = logging.getLogger("nurture.api")
 RELAY_INTERVAL_SECONDS = 2.0
+ENROLL_TIMEOUT = 5.0  # seconds POST /leads waits for Temporal before answering 503
 MAX_BATCH = 1000
 
 
@@ -92,15 +97,26 @@ def create_app(intake: Intake, settings: Settings, relay: bool = True) -> FastAP
     async def create_lead(lead_in: LeadIn) -> LeadOut:
         if lead_in.sequence and lead_in.sequence not in intake.definitions.sequences:
             raise HTTPException(422, f"no sequence {lead_in.sequence!r}")
-        lead, created = intake.upsert_lead(lead_in)
+        lead, created = await run_in_threadpool(intake.upsert_lead, lead_in)
         try:
-            enrollment = await intake.enroll(lead, lead_in.sequence)
+            enrollment = await asyncio.wait_for(
+                intake.enroll(lead, lead_in.sequence), timeout=ENROLL_TIMEOUT
+            )
         except UnknownSequence as exc:
             raise HTTPException(422, str(exc)) from None
-        try:  # events that arrived before the lead did
-            await intake.redeliver(lead_id=lead.id)
-        except Exception as exc:  # stored; the relay delivers them
-            log.warning("pending events of lead %s not yet delivered: %s", lead.id, exc)
+        except (TimeoutError, RPCError) as exc:
+            # The lead is stored; enrolling again is harmless, so the caller can retry.
+            raise HTTPException(
+                503, f"lead {lead.id} is stored but could not be enrolled now (Temporal: "
+                f"{type(exc).__name__}); send it again"
+            ) from None  # fmt: skip
+        # Events that arrived before the lead did (the relay goes on if this falls short).
+        with intake.sessions() as session:
+            waiting = session.scalars(
+                select(Response).where(Response.lead_id == lead.id,
+                                       Response.delivered_at.is_(None))
+            ).all()  # fmt: skip
+        await intake.deliver_now(list(waiting))
         return LeadOut(
             lead_id=lead.id,
             created=created,
@@ -120,14 +136,10 @@ def create_app(intake: Intake, settings: Settings, relay: bool = True) -> FastAP
         if len(events) > MAX_BATCH:
             raise HTTPException(413, f"at most {MAX_BATCH} events in a batch")
         try:
-            result = intake.store_events(events)
+            result = await run_in_threadpool(intake.store_events, events)
         except UnknownLead as exc:
             raise HTTPException(404, str(exc)) from None
-        delivered = 0
-        try:
-            delivered = await intake.deliver(result.stored)
-        except Exception as exc:  # stored already; the relay will deliver it later
-            log.warning("events stored but not yet delivered: %s", exc)
+        delivered = await intake.deliver_now(result.stored)
         rows = result.stored + result.pending
         return EventsOut(
             accepted=len(rows),

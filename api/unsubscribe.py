@@ -5,7 +5,6 @@ button sends, and what mail clients send for `List-Unsubscribe-Post:
 List-Unsubscribe=One-Click`. The token is signed and names the lead and channel.
 """
 
-import contextlib
 from html import escape
 
 from fastapi import APIRouter
@@ -66,8 +65,7 @@ def unsubscribe_router(intake: Intake, links: Links, company: str) -> APIRouter:
                          data={"via": "unsubscribe link"})],
                 source="unsubscribe",
             )  # fmt: skip
-            with contextlib.suppress(Exception):  # committed: the relay delivers it
-                await intake.deliver(result.stored)
+            await intake.deliver_now(result.stored)  # committed: else the relay does
         return page("You are unsubscribed", f"<p>{escape(_masked(lead, channel))} will get "
                     f"no more of these messages from {escape(company)}.</p>")  # fmt: skip
 

@@ -23,6 +23,7 @@ from email.utils import getaddresses, parseaddr
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ValidationError
 from sendgrid.helpers.eventwebhook import EventWebhook
@@ -31,7 +32,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from channels.links import Links
 from models.db import Message
-from nurture.intake import EventIn, Intake, StoreResult
+from nurture.intake import EventIn, Intake
 from nurture.settings import Settings
 
 log = logging.getLogger("nurture.webhooks")
@@ -68,8 +69,10 @@ def webhook_router(intake: Intake, settings: Settings, links: Links) -> APIRoute
     basic = HTTPBasic(auto_error=False)
 
     async def accept(events: list[EventIn], source: str, ignored: int = 0) -> WebhookOut:
-        result = intake.store_events(events, source=source, unknown_ids_pending=True)
-        await _deliver_soon(intake, result)
+        result = await run_in_threadpool(
+            intake.store_events, events, source=source, unknown_ids_pending=True
+        )
+        await intake.deliver_now(result.stored)
         return WebhookOut(accepted=len(result.stored) + len(result.pending),
                           duplicates=result.duplicates, pending=len(result.pending),
                           ignored=ignored)  # fmt: skip
@@ -260,11 +263,3 @@ def _inbound_reply(fields: dict[str, str], links: Links) -> EventIn | None:
     if message_id is not None:  # the token wins over a From header anyone can write
         return _event(type="email.reply", message_id=message_id, event_id=event_id, data=data)
     return _event(type="email.reply", email=sender, event_id=event_id, data=data)
-
-
-async def _deliver_soon(intake: Intake, result: StoreResult) -> None:
-    """Signal now what can be; the relay re-drives anything Temporal did not take."""
-    try:
-        await intake.deliver(result.stored)
-    except Exception as exc:  # stored already: the relay delivers it later
-        log.warning("stored %d event(s), not yet delivered: %s", len(result.stored), exc)

@@ -7,6 +7,8 @@ first (the inbox) and only then signalled, so a Temporal outage loses nothing:
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -33,6 +35,8 @@ from models.definitions import RESPONSE_TYPES
 from models.loader import Definitions
 from models.workflow_io import EnrollRequest, LeadInput, ResponseEvent, lead_workflow_id
 from workflows.lead import LeadWorkflow
+
+log = logging.getLogger("nurture.intake")
 
 
 class LeadIn(BaseModel):
@@ -135,6 +139,10 @@ class EventIn(BaseModel):
                 f"unknown event type {value!r}; known: {', '.join(sorted(RESPONSE_TYPES))}"
             )
         return value
+
+
+# Seconds a request may spend signalling workflows after its events are committed.
+INLINE_BUDGET = 1.0
 
 
 class UnknownLead(LookupError):
@@ -314,6 +322,26 @@ class Intake:
             with self.sessions.begin() as session:
                 session.get(Response, row.id).delivered_at = utcnow()
             delivered += 1
+        return delivered
+
+    async def deliver_now(self, rows: list[Response], budget: float = INLINE_BUDGET) -> int:
+        """Try to deliver at once, for at most `budget` seconds; never raises.
+
+        What a request handler calls after committing: its answer must not wait on a
+        Temporal outage (the SDK retries a failed call for ~10 s). Whatever is not
+        delivered in time is left to the relay. Returns how many were delivered."""
+        delivered = 0
+
+        async def each() -> None:
+            nonlocal delivered
+            for row in rows:
+                delivered += await self.deliver([row])
+
+        try:
+            await asyncio.wait_for(each(), timeout=budget)
+        except Exception as exc:  # a timeout, or Temporal unreachable: the relay goes on
+            log.warning("%d of %d event(s) delivered now; the relay has the rest (%s)",
+                        delivered, len(rows), type(exc).__name__)  # fmt: skip
         return delivered
 
     async def redeliver(self, limit: int = 500, lead_id: str | None = None) -> int:
