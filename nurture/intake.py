@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import phonenumbers
@@ -319,8 +319,12 @@ class Intake:
             event = ResponseEvent(event_id=row.event_id, type=row.type, data=row.data,
                                   occurred_at=as_utc(row.occurred_at))  # fmt: skip
             await self._signal_with_start(lead, "respond", event)
-            with self.sessions.begin() as session:
-                session.get(Response, row.id).delivered_at = utcnow()
+            with self.sessions.begin() as session:  # the first delivery's time stays
+                session.execute(
+                    update(Response)
+                    .where(Response.id == row.id, Response.delivered_at.is_(None))
+                    .values(delivered_at=utcnow())
+                )
             delivered += 1
         return delivered
 
@@ -344,16 +348,17 @@ class Intake:
                         delivered, len(rows), type(exc).__name__)  # fmt: skip
         return delivered
 
-    async def redeliver(self, limit: int = 500, lead_id: str | None = None) -> int:
-        """The relay: signal what was stored but never reached a workflow (all leads, or one)."""
+    async def redeliver(self, limit: int = 500) -> int:
+        """The relay: signal what was stored but never reached a workflow."""
+        # Rows younger than the inline budget may be on their way already: leave them.
+        settled = utcnow() - timedelta(seconds=INLINE_BUDGET + 1)
         query = (
             select(Response)
             .where(Response.delivered_at.is_(None), Response.lead_id.is_not(None))
+            .where(Response.received_at < settled)
             .order_by(Response.received_at)
             .limit(limit)
         )
-        if lead_id is not None:
-            query = query.where(Response.lead_id == lead_id)
         with self.sessions() as session:
             rows = list(session.scalars(query))
         return await self.deliver(rows)
