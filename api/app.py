@@ -64,7 +64,9 @@ def create_app(intake: Intake, settings: Settings, relay: bool = True) -> FastAP
     def authenticated(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> None:
-        if credentials is None or not hmac.compare_digest(credentials.credentials, api_token):
+        if credentials is None or not hmac.compare_digest(
+            credentials.credentials.encode(), api_token.encode()
+        ):
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token")
 
     @contextlib.asynccontextmanager

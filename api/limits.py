@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 
+from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """Raised while a body streams in; an HTTPException, so FastAPI's body parsing passes
+    it on instead of calling it a parse error."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"request body too large: the limit is {limit} bytes")
 
 
 class BodySizeLimit:
@@ -37,7 +42,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:

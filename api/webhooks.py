@@ -84,13 +84,17 @@ def webhook_router(intake: Intake, settings: Settings, links: Links) -> APIRoute
         _verify_sendgrid(raw, request, settings)
         try:
             batch = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise HTTPException(400, "body is not JSON") from None
         if not isinstance(batch, list) or not all(isinstance(e, dict) for e in batch):
             raise HTTPException(400, "expected a JSON array of event objects")
         events, ignored = [], 0
         for index, item in enumerate(batch):
-            event = _sendgrid_event(item, index)
+            try:
+                event = _sendgrid_event(item, index)
+            except HTTPException as exc:  # one unusable event must not hold up the batch:
+                log.warning("SendGrid event ignored: %s", exc.detail)  # SendGrid would retry
+                event = None  # the whole batch for a day
             if event is None:
                 ignored += 1
             else:
@@ -141,6 +145,8 @@ def webhook_router(intake: Intake, settings: Settings, links: Links) -> APIRoute
         sid, status = form.get("MessageSid"), form.get("MessageStatus")
         if not sid or not status:
             raise HTTPException(400, "MessageSid and MessageStatus are required")
+        if len(status) > 30 or len(sid) > 64 or "\x00" in sid + status:
+            raise HTTPException(400, "MessageSid or MessageStatus is not one of Twilio's")
         with intake.sessions.begin() as session:
             message = session.query(Message).filter_by(provider_message_id=sid).first()
             if message is not None:
@@ -197,7 +203,11 @@ async def _verified_twilio_form(request: Request, settings: Settings) -> dict[st
     url = settings.public_url.rstrip("/") + request.url.path
     if request.url.query:
         url += f"?{request.url.query}"
-    if not RequestValidator(token.get_secret_value()).validate(url, form, signature):
+    try:
+        valid = RequestValidator(token.get_secret_value()).validate(url, form, signature)
+    except (UnicodeError, ValueError):  # text Twilio could not have signed
+        valid = False
+    if not valid:
         raise HTTPException(403, "the Twilio signature does not match")
     return form
 
@@ -247,8 +257,10 @@ def _inbound_reply(fields: dict[str, str], links: Links) -> EventIn | None:
     """An `email.reply`: the lead of the message its reply+token address names (signed by
     us), or else the lead with the sender's address."""
     recipients = [address for _name, address in getaddresses([fields.get("to", "")])]
-    with contextlib.suppress(ValueError, AttributeError):  # a broken envelope: use `to`
-        recipients += json.loads(fields.get("envelope") or "{}").get("to") or []
+    with contextlib.suppress(ValueError, AttributeError, RecursionError):  # else use `to`
+        envelope_to = json.loads(fields.get("envelope") or "{}").get("to")
+        if isinstance(envelope_to, list):
+            recipients += [r for r in envelope_to if isinstance(r, str)]
     message_id = next((m for r in recipients if (m := links.read_reply(str(r)))), None)
     sender = parseaddr(fields.get("from", ""))[1] or None
     if sender is None and message_id is None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import phonenumbers
@@ -39,25 +40,67 @@ from workflows.lead import LeadWorkflow
 log = logging.getLogger("nurture.intake")
 
 
-class LeadIn(BaseModel):
-    """A lead as it arrives from a form, an import or the API."""
+def storable(value: Any, where: str = "", depth: int = 0) -> None:
+    """Refuse what a database column or a JSON document cannot hold, naming where it is:
+    NUL characters and unpaired surrogates in text, NaN and infinities, deep nesting."""
+    if depth > MAX_NESTING:
+        raise ValueError(f"{where or 'value'}: nested deeper than {MAX_NESTING} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{where or 'text'}: contains a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{where or 'text'}: contains an unpaired surrogate") from None
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where or 'number'}: {value} is not a JSON number")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            # The path may name a key that is itself unprintable: escape it.
+            name = str(key).encode("utf-8", "backslashreplace").decode("utf-8")[:50]
+            path = f"{where}.{name}" if where else name
+            storable(key, f"{path} (the key)", depth + 1)
+            storable(item, path, depth + 1)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            storable(item, f"{where}.{index}" if where else str(index), depth + 1)
+
+
+MAX_NESTING = 20
+EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
+
+
+class _Incoming(BaseModel):
+    """What arrives from outside: unknown fields refused, everything storable."""
 
     model_config = ConfigDict(extra="forbid")
-    email: EmailStr
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            storable(data)
+        return data
+
+
+class LeadIn(_Incoming):
+    """A lead as it arrives from a form, an import or the API (sizes: the columns')."""
+
+    email: EmailStr = Field(max_length=320)
     # Before `phone`: a number without a +country code is read in the lead's country.
     country: str | None = Field(default=None, min_length=2, max_length=2)
-    phone: str | None = None
-    first_name: str | None = None
-    last_name: str | None = None
-    title: str | None = None
-    company: str | None = None
-    company_size: int | None = Field(default=None, ge=0)
-    industry: str | None = None
-    timezone: str = "UTC"
-    source: str | None = None
+    phone: str | None = Field(default=None, max_length=40)
+    first_name: str | None = Field(default=None, max_length=100)
+    last_name: str | None = Field(default=None, max_length=100)
+    title: str | None = Field(default=None, max_length=200)
+    company: str | None = Field(default=None, max_length=200)
+    company_size: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    industry: str | None = Field(default=None, max_length=100)
+    timezone: str = Field(default="UTC", max_length=64)
+    source: str | None = Field(default=None, max_length=100)
     attributes: dict[str, Any] = Field(default_factory=dict)
     sequence: str | None = Field(
-        default=None, description="enroll in this sequence instead of the segment's"
+        default=None, max_length=100, description="enroll in this sequence instead of the segment's"
     )
 
     @field_validator("timezone")
@@ -101,14 +144,13 @@ def normalise_phone(raw: str, country: str | None = None) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-class EventIn(BaseModel):
+class EventIn(_Incoming):
     """A response from a lead: `POST /events`, or a provider webhook translated.
 
     The lead is named by `lead_id`, or by `email` or `phone`; an email or phone no lead
     has yet is kept and matched when that lead arrives."""
 
-    model_config = ConfigDict(extra="forbid")
-    type: str
+    type: str = Field(max_length=50)
     lead_id: str | None = Field(default=None, max_length=32)
     email: EmailStr | None = None
     phone: str | None = Field(default=None, max_length=32)
@@ -124,6 +166,16 @@ class EventIn(BaseModel):
     @classmethod
     def _phone(cls, value: str | None) -> str | None:
         return None if value is None else normalise_phone(value)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _plausible_time(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        value = value if value.tzinfo else value.replace(tzinfo=UTC)
+        if not EARLIEST <= value <= LATEST:
+            raise ValueError(f"{value.isoformat()} is not a plausible time for an event")
+        return value
 
     @model_validator(mode="after")
     def _names_a_lead(self) -> EventIn:

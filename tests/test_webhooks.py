@@ -1,7 +1,7 @@
 """Provider webhooks and unsubscribe links, signed with real keys; forgeries store nothing.
 
 The app runs in-process (TestClient) against a real database; Temporal is the
-time-skipping server's client with no worker on the queue, so a signal is accepted
+dev server's client with no worker on the queue, so a signal is accepted
 and waits: what is under test is what the API stores and answers.
 """
 
@@ -50,8 +50,8 @@ def app_settings(settings, sendgrid_key):
 
 
 @pytest.fixture
-def api(app_settings, database, fixture_definitions, time_skipping_env):
-    intake = Intake(fixture_definitions, database.sessions, time_skipping_env.client,
+def api(app_settings, database, fixture_definitions, dev_server_env):
+    intake = Intake(fixture_definitions, database.sessions, dev_server_env.client,
                     f"no-worker-{uuid.uuid4().hex[:6]}")  # fmt: skip
     lead, _ = intake.upsert_lead(LeadIn(email="ada@example.com", phone="+14155550123"))
     with TestClient(create_app(intake, app_settings, relay=False)) as client:
