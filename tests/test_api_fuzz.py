@@ -11,8 +11,8 @@ credentials also checks that some of its requests were accepted (2xx), so the fu
 the code behind authentication and validation, down to the database and Temporal.
 
 Every 4xx is JSON with a `detail`, except the unsubscribe pages (HTML). The app runs
-in-process on a real database (SQLite and PostgreSQL); Temporal is the dev
-dev server's real client with no worker on the queue: a signal is accepted and waits.
+in-process on a real database (SQLite and PostgreSQL); Temporal is the dev server's
+real client with no worker on the queue: a signal is accepted and waits.
 An exception inside the app is raised into the test, with its traceback.
 """
 
