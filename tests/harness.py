@@ -16,6 +16,19 @@ from nurture.runtime import build_activities, build_worker, open_database, sync_
 from workflows.lead import LeadWorkflow
 
 
+async def eventually(check, timeout: float = 30, what: str = "condition"):
+    """Poll `check` (plain or async) until it returns something truthy; return that."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        assert asyncio.get_running_loop().time() < deadline, f"{what}: not within {timeout:.0f}s"
+        await asyncio.sleep(0.2)
+
+
 @contextlib.asynccontextmanager
 async def running_harness(env, settings, definitions) -> AsyncIterator[Harness]:
     """A worker on `env` with real activities (SQLite, the outbox) for `definitions`."""

@@ -5,8 +5,6 @@ Runs on SQLite and on PostgreSQL (the `database_url` fixture).
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 from sqlalchemy import func, select
@@ -15,21 +13,10 @@ from models.db import Enrollment, Handoff, Lead, Message, Response, StageChange
 from models.workflow_io import lead_workflow_id
 from nurture.devserver import free_port
 from nurture.stack import running_stack
+from tests.harness import eventually
 from workflows.lead import LeadWorkflow
 
 pytestmark = pytest.mark.devserver
-
-
-async def eventually(check, timeout: float = 30):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        assert asyncio.get_running_loop().time() < deadline, "condition never held"
-        await asyncio.sleep(0.2)
 
 
 async def _scored(stack, lead_id: str):

@@ -21,6 +21,7 @@ from models.db import Response, ScoreChange
 from models.workflow_io import lead_workflow_id
 from nurture.devserver import TemporalDevServer, free_port
 from nurture.stack import running_stack
+from tests.harness import eventually
 from workflows.lead import LeadWorkflow
 
 pytestmark = pytest.mark.devserver
@@ -30,18 +31,6 @@ LEADS = 5
 # "Quickly": what a caller may wait for a 202 while Temporal is down.
 MAX_ANSWER_SECONDS = 3.0
 RECOVERY_SECONDS = 60
-
-
-async def eventually(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s"
-        await asyncio.sleep(0.25)
 
 
 def outage_events(lead_ids: list[str]) -> list[list[dict]]:
