@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import sys
 
 from nurture.runtime import (
     build_activities,
@@ -36,6 +38,13 @@ async def run_worker() -> None:
 def main() -> None:
     configure_logging()
     asyncio.run(run_worker())
+    # The worker has shut down gracefully (tasks finished or handed back). Leave without
+    # interpreter finalisation: tearing down the SDK's native threads there has been seen
+    # to abort the process (SIGABRT) after a clean stop.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ async def test_worker_process_runs_and_stops_on_sigterm(tmp_path, dev_server_env
             line = worker.stderr.readline()
         assert target in line and "queue=cli-worker" in line
         worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=20) == 0
+        code = worker.wait(timeout=20)
+        assert code == 0, f"exit {code}: {worker.stderr.read()[-3000:]}"
     finally:
         if worker.poll() is None:
             worker.kill()
