@@ -12,6 +12,7 @@ dependencies of the handlers defined inside `webhook_router`.)
 
 import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -182,12 +183,17 @@ def _verify_sendgrid(raw: bytes, request: Request, settings: Settings) -> None:
     if age > settings.webhook_tolerance_seconds:
         raise HTTPException(403, "the webhook timestamp is outside the tolerance window")
     try:
-        verifier = EventWebhook(key)
-        valid = verifier.verify_signature(raw.decode("utf-8"), signature, timestamp)
+        valid = _sendgrid_verifier(key).verify_signature(raw.decode("utf-8"), signature, timestamp)
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         valid = False
     if not valid:
         raise HTTPException(403, "the SendGrid webhook signature does not match")
+
+
+@functools.lru_cache(maxsize=4)
+def _sendgrid_verifier(public_key: str) -> EventWebhook:
+    """The key is parsed once, not on every webhook request (a hot path)."""
+    return EventWebhook(public_key)
 
 
 async def _verified_twilio_form(request: Request, settings: Settings) -> dict[str, str]:
