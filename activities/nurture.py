@@ -37,15 +37,20 @@ from models.db import (
 )
 from models.definitions import DeliveryPolicy
 from models.jinja import template_environment
+from models.loader import Definitions
 from models.workflow_io import (
     FinishEnrollment,
     HandoffRequest,
     HandoffResult,
+    ScoreRequest,
+    ScoreResult,
     ScoreUpdate,
     SendOutcome,
     SendRequest,
     StartEnrollment,
 )
+from scoring.engine import decide_stage, score
+from scoring.records import lead_responses, record_card
 
 log = logging.getLogger("nurture.activities")
 
@@ -65,9 +70,11 @@ class NurtureActivities:
         sender: dict[str, str],
         links: Links,
         delivery: DeliveryPolicy,
+        definitions: Definitions | None = None,
     ):
         self.sessions = sessions
         self.delivery = delivery
+        self.definitions = definitions  # the scoring models
         self.email = email
         self.sms = sms
         self.templates_dir = Path(templates_dir)
@@ -79,7 +86,8 @@ class NurtureActivities:
             self.start_enrollment,
             self.finish_enrollment,
             self.send_message,
-            self.record_score,
+            self.score_lead,
+            self.record_score,  # only workflows started before the score card call it
             self.hand_off,
         ]
 
@@ -321,6 +329,62 @@ class NurtureActivities:
     # --- scoring ------------------------------------------------------------------------------
 
     @activity.defn
+    def score_lead(self, request: ScoreRequest) -> ScoreResult:
+        """Score the lead with its segment's model at the workflow's moment and store the
+        card, the score change and any stage changes with the lead row, in one transaction.
+
+        Once per (lead, event): a retry finds the stored result and answers the same.
+        A decay or rescore that moves nothing stores nothing.
+        """
+        if self.definitions is None:
+            raise ApplicationError("this worker has no scoring models", non_retryable=True)
+        try:
+            with self.sessions.begin() as session:
+                stored = _stored_result(session, request)
+                if stored is not None:
+                    return stored
+                lead = session.get(Lead, request.lead_id)
+                if lead is None:
+                    raise ApplicationError(
+                        f"lead {request.lead_id} does not exist", non_retryable=True
+                    )
+                model = self.definitions.scoring_model(lead.segment)
+                if request.model_fingerprint and request.model_fingerprint != model.fingerprint:
+                    # Retried until the workers run the model `nurture rescore` used.
+                    raise ApplicationError(
+                        f"this worker scores with {model.fingerprint} but the rescore used "
+                        f"{request.model_fingerprint}: restart the workers on the new "
+                        "scoring.yaml"
+                    )
+                responses = lead_responses(session, lead.id, request.event_id)
+                # A response stamped a moment after the workflow's clock still counts.
+                at = max([as_utc(request.at), *(r.occurred_at for r in responses)])
+                profile = lead.profile()
+                card = score(model, profile, responses, at)
+                decision = decide_stage(model, lead.stage, card, profile)
+                result = ScoreResult(
+                    total=card.total, fit=card.fit, engagement=card.engagement,
+                    grade=card.grade, old_stage=decision.old, stage=decision.new,
+                    entered=decision.entered, recycled=decision.recycled,
+                    decaying=card.decaying, reasons=card.reasons(),
+                    rescore_in=model.rescore_every if card.decaying else None,
+                )  # fmt: skip
+                for problem in card.problems:
+                    log.warning("scoring %s: %s", lead.id, problem)
+                record_card(
+                    session, lead, model, card, decision, request.event_id, request.cause,
+                    result=result.model_dump(mode="json"),
+                    always=request.cause not in ("decay", "rescore"),
+                )  # fmt: skip
+                return result
+        except IntegrityError:  # a concurrent attempt stored it first
+            with self.sessions() as session:
+                stored = _stored_result(session, request)
+            if stored is None:
+                raise
+            return stored
+
+    @activity.defn
     def record_score(self, update: ScoreUpdate) -> None:
         """Store the score change and any stage changes with the lead row, in one transaction."""
         try:
@@ -440,6 +504,15 @@ def _next_rep(session: Session) -> str:
         if taken.rowcount == 1:
             return rep.id
     raise ApplicationError("could not assign a rep: too much contention, will retry")
+
+
+def _stored_result(session: Session, request: ScoreRequest) -> ScoreResult | None:
+    stored = session.scalars(
+        select(ScoreChange.result).where(
+            ScoreChange.lead_id == request.lead_id, ScoreChange.event_id == request.event_id
+        )
+    ).first()
+    return ScoreResult.model_validate(stored) if stored else None
 
 
 def _zone(name: str | None) -> ZoneInfo:

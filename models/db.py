@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -60,8 +61,14 @@ class Lead(Base):
     source: Mapped[str | None] = mapped_column(String(100))
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     segment: Mapped[str | None] = mapped_column(String(100))
-    stage: Mapped[str] = mapped_column(String(20), default="lead")
-    score: Mapped[int] = mapped_column(Integer, default=0)
+    stage: Mapped[str] = mapped_column(String(20), default="lead", index=True)
+    # The latest score card's figures (0-100); score_changes holds each card in full.
+    score: Mapped[float] = mapped_column(Float, default=0)
+    fit_score: Mapped[float] = mapped_column(Float, default=0)
+    engagement_score: Mapped[float] = mapped_column(Float, default=0)
+    grade: Mapped[str | None] = mapped_column(String(1))
+    scoring_model: Mapped[str | None] = mapped_column(String(100))
+    scored_at: Mapped[datetime | None] = mapped_column()
     owner_rep_id: Mapped[str | None] = mapped_column(ForeignKey("sales_reps.id"))
     # Consent per channel; models/consent.py is the only writer (with a ConsentChange row).
     email_consent: Mapped[bool] = mapped_column(default=True)
@@ -189,15 +196,25 @@ class ConsentChange(Base):
 
 
 class ScoreChange(Base):
+    """A lead's score card each time it was scored: after a response (`event_id` is the
+    response's), a decay rescore (`decay:...`) or a model change (`rescore:...`)."""
+
     __tablename__ = "score_changes"
     __table_args__ = (UniqueConstraint("lead_id", "event_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     lead_id: Mapped[str] = mapped_column(ForeignKey("leads.id"), index=True)
     event_id: Mapped[str] = mapped_column(String(200))
-    old_score: Mapped[int] = mapped_column(Integer)
-    new_score: Mapped[int] = mapped_column(Integer)
+    cause: Mapped[str | None] = mapped_column(String(50))  # response type | decay | rescore
+    old_score: Mapped[float] = mapped_column(Float)
+    new_score: Mapped[float] = mapped_column(Float)
     reason: Mapped[str] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(100))
+    # The score card (ScoreCard.to_dict()): fit, engagement, grade and every rule's points.
+    breakdown: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # What the workflow was told (ScoreResult), so a retried activity answers the same.
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    scored_at: Mapped[datetime | None] = mapped_column()  # the moment the card is for
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -222,7 +239,7 @@ class Handoff(Base):
     lead_id: Mapped[str] = mapped_column(ForeignKey("leads.id"), index=True)
     cycle: Mapped[int] = mapped_column(Integer)  # qualification cycle: one handoff per cycle
     rep_id: Mapped[str] = mapped_column(ForeignKey("sales_reps.id"))
-    score: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
     reason: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(20), default="pending")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

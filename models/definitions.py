@@ -41,7 +41,6 @@ RESPONSE_TYPES: frozenset[str] = frozenset(
     }
 )
 
-STAGES = ("lead", "mql", "sql")
 CHANNELS = ("email", "sms")
 Channel = Literal["email", "sms"]
 IDENTIFIER = r"^[a-z][a-z0-9_]*$"
@@ -365,51 +364,19 @@ class Segment(_Definition):
     description: str = ""
     when: str = Field(description="Jinja2 expression over `lead`")
     sequence: str
+    scoring_model: str | None = Field(default=None, description="default: default_model")
 
 
 class DefaultSegment(_Definition):
     id: Annotated[str, Field(pattern=IDENTIFIER)]
     description: str = ""
     sequence: str
+    scoring_model: str | None = None
 
 
 class Segments(_Definition):
     segments: list[Segment]
     default: DefaultSegment
-
-
-class Thresholds(_Definition):
-    mql: int = Field(gt=0)
-    sql: int = Field(gt=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Thresholds:
-        if self.sql <= self.mql:
-            raise _LocatedValueError(("sql",), f"sql ({self.sql}) must be above mql ({self.mql})")
-        return self
-
-
-class ScoringModel(_Definition):
-    """Points per response type and the MQL / SQL thresholds.
-
-    Deliberately small for now; fit rules, decay and gates extend it later.
-    """
-
-    name: str = "default"
-    points: dict[str, int]
-    thresholds: Thresholds
-
-    @field_validator("points")
-    @classmethod
-    def _known_types(cls, points: dict[str, int]) -> dict[str, int]:
-        for response_type in points:
-            if response_type not in RESPONSE_TYPES:
-                raise _LocatedValueError(
-                    (response_type,),
-                    f"unknown response type {response_type!r}; known: "
-                    f"{', '.join(sorted(RESPONSE_TYPES))}",
-                )
-        return points
 
 
 class SalesRep(_Definition):

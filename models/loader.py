@@ -4,7 +4,7 @@ Layout of a definitions directory (the repository root by default):
 
     sequences/*.yaml     one sequence per file
     segments.yaml        rules choosing a sequence per lead (first match wins) and a default
-    scoring.yaml         points per response type, MQL and SQL thresholds
+    scoring.yaml         scoring models: fit and engagement rules, decay, stages and gates
     sales.yaml           the sales reps leads are handed to
     delivery.yaml        optional: send windows (quiet hours) and frequency caps
     templates/email/<name>/{subject.txt,body.html,body.txt}
@@ -14,6 +14,7 @@ Layout of a definitions directory (the repository root by default):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,12 +24,12 @@ from models.definitions import (
     BranchStep,
     DeliveryPolicy,
     SalesTeam,
-    ScoringModel,
     Segments,
     Sequence,
     _LocatedValueError,
 )
-from models.jinja import ConditionError, compile_condition, evaluate_condition
+from models.jinja import SAMPLE_LEAD, ConditionError, compile_condition, evaluate_condition
+from models.scoring_model import ScoringBook, ScoringModel
 from models.yaml_source import DefinitionError, DefinitionProblem, LocatedYaml, load_located
 
 M = TypeVar("M", bound=BaseModel)
@@ -42,7 +43,7 @@ class Definitions:
     root: Path
     sequences: dict[str, Sequence]
     segments: Segments
-    scoring: ScoringModel
+    scoring: ScoringBook
     sales: SalesTeam
     delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     warnings: list[DefinitionProblem] = field(default_factory=list)
@@ -57,6 +58,12 @@ class Definitions:
             if evaluate_condition(segment.when, {"lead": lead}):
                 return segment.id, segment.sequence
         return self.segments.default.id, self.segments.default.sequence
+
+    def scoring_model(self, segment_id: str | None) -> ScoringModel:
+        """The scoring model a segment uses (the file's default_model if it names none)."""
+        named = {s.id: s.scoring_model for s in self.segments.segments}
+        named[self.segments.default.id] = self.segments.default.scoring_model
+        return self.scoring.model(named.get(segment_id or ""))
 
 
 def load_definitions(root: Path | str) -> Definitions:
@@ -97,7 +104,11 @@ def check_definitions(root: Path | str) -> tuple[Definitions | None, list[Defini
     segments = _load_model(root / "segments.yaml", Segments, problems)
     if segments is not None:
         problems += _check_segments(*segments, sequences, broken)
-    scoring = _load_model(root / "scoring.yaml", ScoringModel, problems)
+    scoring = _load_model(root / "scoring.yaml", ScoringBook, problems)
+    if scoring is not None:
+        problems += _check_scoring(*scoring)
+        if segments is not None:
+            problems += _check_segment_models(*segments, scoring[0])
     sales = _load_model(root / "sales.yaml", SalesTeam, problems)
     delivery: tuple[DeliveryPolicy, Any] | None = (DeliveryPolicy(), None)
     if (root / "delivery.yaml").exists():  # optional: the defaults otherwise
@@ -259,3 +270,61 @@ def _check_segments(
             )
         )
     return problems
+
+
+def _check_segment_models(
+    segments: Segments, source: LocatedYaml, scoring: ScoringBook
+) -> list[DefinitionProblem]:
+    problems: list[DefinitionProblem] = []
+    named = [(("segments", i, "scoring_model"), s.scoring_model)
+             for i, s in enumerate(segments.segments)]  # fmt: skip
+    named.append((("default", "scoring_model"), segments.default.scoring_model))
+    for loc, name in named:
+        if name is not None and name not in scoring.models:
+            problems.append(source.problem(
+                loc, f"no scoring model {name!r} in scoring.yaml "
+                f"(models: {', '.join(scoring.models)})",
+            ))  # fmt: skip
+    return problems
+
+
+def _check_scoring(scoring: ScoringBook, source: LocatedYaml) -> list[DefinitionProblem]:
+    """Evaluate every expression once on a sample lead, so a misspelt name is an error
+    here, not a stage that silently never holds."""
+    from scoring.engine import score, stage_context  # the engine imports these models
+
+    problems: list[DefinitionProblem] = []
+    for name, model in scoring.models.items():
+        card = score(model, SAMPLE_LEAD, [], _SAMPLE_MOMENT)
+        context = stage_context(card, SAMPLE_LEAD)
+        expressions = [
+            (("fit", "rules", i, "when"), rule.when, {"lead": context["lead"]})
+            for i, rule in enumerate(model.fit.rules) if rule.when
+        ]  # fmt: skip
+        for stage_name, stage in model.stages.ladder():
+            for key in ("when", "recycle_when"):
+                if getattr(stage, key):
+                    expressions.append(((stage_name, key), getattr(stage, key), context))
+            for criterion, expression in stage.gate.items():
+                expressions.append(((stage_name, "gate", criterion), expression, context))
+        for loc, expression, names in expressions:
+            if loc[0] != "fit":
+                loc = ("stages", *loc)
+            try:
+                evaluate_condition(expression, names)
+            except ConditionError as exc:
+                problems.append(source.problem(("models", name, *loc), str(exc)))
+        for index, rule in enumerate(model.engagement.rules):
+            for other in model.engagement.rules[:index]:
+                if set(rule.event) <= set(other.event) and not other.where:
+                    problems.append(source.problem(
+                        ("models", name, "engagement", "rules", index, "id"),
+                        f"rule {rule.id!r} never counts: {other.id!r} above it takes every "
+                        f"{', '.join(rule.event)} first (put specific rules first)",
+                        severity="warning",
+                    ))  # fmt: skip
+                    break
+    return problems
+
+
+_SAMPLE_MOMENT = datetime(2026, 1, 1, tzinfo=UTC)

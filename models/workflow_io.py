@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from models.definitions import ScoringModel, SendWindow, Sequence
+from models.definitions import SendWindow, Sequence
 
 
 def lead_workflow_id(lead_id: str) -> str:
@@ -21,8 +21,10 @@ def lead_workflow_id(lead_id: str) -> str:
 class LeadInput(BaseModel):
     lead_id: str
     profile: dict[str, Any] = Field(default_factory=dict)
-    scoring: ScoringModel
-    score: int = 0
+    # Only workflows started before the score card carry a model (scoring/legacy.py);
+    # now the scoring activity uses the worker's current scoring.yaml.
+    scoring: dict[str, Any] | None = None
+    score: float = 0
     stage: str = "lead"
 
 
@@ -40,12 +42,23 @@ class ResponseEvent(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+class RescoreRequest(BaseModel):
+    """`nurture rescore` asks a lead's workflow to score again (a model change)."""
+
+    event_id: str  # rescore:<run id>: scored once however often it is sent
+    model_fingerprint: str | None = None  # the model the command used; workers must match
+
+
 class LeadState(BaseModel):
     """What the `state` query answers."""
 
     lead_id: str
     stage: str
-    score: int
+    score: float
+    fit: float | None = None
+    engagement: float | None = None
+    grade: str | None = None
+    next_rescore_at: datetime | None = None  # while engagement is still decaying
     sequence_id: str | None = None
     enrollment_id: str | None = None
     enrollment_status: str | None = None  # active | completed | exited | handed_off
@@ -126,10 +139,32 @@ class ScoreUpdate(BaseModel):
     cycle: int = 1
 
 
+class ScoreRequest(BaseModel):
+    lead_id: str
+    event_id: str  # the response's, or decay:<time>, or rescore:<run>
+    cause: str  # the response type | decay | rescore
+    at: datetime  # workflow time: the moment the card is for
+    model_fingerprint: str | None = None
+
+
+class ScoreResult(BaseModel):
+    total: float
+    fit: float
+    engagement: float
+    grade: str
+    old_stage: str
+    stage: str
+    entered: list[str] = Field(default_factory=list)
+    recycled: bool = False
+    decaying: bool = False  # decay still moves the total
+    rescore_in: float | None = None  # seconds until the workflow should score it again
+    reasons: list[str] = Field(default_factory=list)  # the top lines of the breakdown
+
+
 class HandoffRequest(BaseModel):
     lead_id: str
     cycle: int
-    score: int
+    score: float
     reasons: list[str]
 
 

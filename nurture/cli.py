@@ -204,6 +204,46 @@ def consent(
             )
 
 
+@app.command()
+def score(
+    lead: str = typer.Argument(..., help="the lead's email address or ID"),
+    as_json: bool = typer.Option(False, "--json", help="the card as JSON"),
+    history: int = typer.Option(10, help="how many stored score changes to show"),
+) -> None:
+    """Show a lead's score card now: fit, engagement, grade, every rule's points after
+    decay and caps, which stage thresholds and gate criteria hold, and its score history.
+
+    Examples:
+      nurture score ada@example.com
+      nurture score ada@example.com --json
+    """
+    import json
+
+    from models.db import Lead, utcnow
+    from nurture.runtime import open_database
+    from scoring.explain import explain, print_explanation
+
+    settings = get_settings()
+    definitions = _fail_on_definition_errors(lambda: _load(settings))
+    database = open_database(settings)
+    with database.sessions() as session:
+        row = Lead.find(session, lead)
+        if row is None:
+            errors.print(f"no lead {lead!r} (give an email address or a lead ID)")
+            raise typer.Exit(1)
+        data = explain(session, definitions, row, utcnow(), history)
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print_explanation(console, data)
+
+
+def _load(settings):
+    from models.loader import load_definitions
+
+    return load_definitions(settings.definitions_dir)
+
+
 MESSAGE_STATUSES = (
     "claimed", "sending", "sent", "skipped", "deferred", "retrying", "failed", "unknown"
 )  # fmt: skip

@@ -32,7 +32,10 @@ HOT_JOURNEY = [
     ("email.open", {}),
     ("email.click", {"step": "welcome"}),
     ("page.view", {"url": "/pricing"}),
+    # A demo request that answers BANT's budget and timeline: SQL needs them too.
+    ("form.submitted", {"form": "demo-request", "budget": "approved", "timeline": "this quarter"}),
     ("content.download", {"asset": "roi-calculator"}),
+    ("product.action", {"action": "invite_teammate"}),
     ("webinar.attended", {"webinar": "product-tour"}),
     ("trial.started", {}),
     ("email.reply", {"step": "check_in"}),
@@ -184,7 +187,7 @@ async def _watch(console: Console, stack: RunningStack) -> None:
             for m in session.scalars(select(Message).where(Message.status == "sent")):
                 show("sent", m.id, "blue", emails[m.lead_id], f"{m.channel:<5} step={m.step_id}")
             for c in session.scalars(select(ScoreChange).order_by(ScoreChange.id)):
-                text = f"{c.old_score:>3} -> {c.new_score:<3} {c.reason}"
+                text = f"{c.old_score:>5.1f} -> {c.new_score:<5.1f} {c.reason}"
                 show("score", c.id, "yellow", emails[c.lead_id], text)
             for c in session.scalars(select(StageChange).order_by(StageChange.id)):
                 text = f"{c.from_stage} -> {c.to_stage.upper()}"
@@ -209,7 +212,7 @@ def _summary(console: Console, stack: RunningStack, elapsed: float) -> None:
     table = Table(title=f"after {elapsed:.0f} s")
     table.add_column("what")
     table.add_column("count", justify="right")
-    for stage in ("lead", "mql", "sql"):
+    for stage in ("lead", "mql", "pql", "sql"):
         table.add_row(f"leads at {stage.upper()}", str(stages.get(stage, 0)))
     table.add_row("emails sent", str(sent.get("email", 0)))
     table.add_row("SMS sent", str(sent.get("sms", 0)))

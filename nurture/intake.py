@@ -270,7 +270,6 @@ class Intake:
             LeadInput(
                 lead_id=lead.id,
                 profile=lead.profile(),
-                scoring=self.definitions.scoring,
                 score=lead.score,
                 stage=lead.stage,
             ),  # fmt: skip

@@ -112,6 +112,7 @@ def build_activities(
         sender=settings.sender,
         links=build_links(settings),
         delivery=definitions.delivery,
+        definitions=definitions,
     )
 
 

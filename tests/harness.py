@@ -59,8 +59,11 @@ class Harness:
         return lead.id
 
     async def respond(self, lead_id: str, kind: str, event_id: str | None = None) -> None:
+        # Stamped with the server's clock: on the session-wide time-skipping server it runs
+        # ahead of the wall clock, and a wall-clock stamp would look days old (and decayed).
+        occurred_at = await self.env.get_current_time()
         rows = self.intake.store_events(
-            [EventIn(lead_id=lead_id, type=kind, event_id=event_id)]
+            [EventIn(lead_id=lead_id, type=kind, event_id=event_id, occurred_at=occurred_at)]
         ).stored
         await self.intake.deliver(rows)
 

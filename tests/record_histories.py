@@ -20,7 +20,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from models.definitions import DeliveryPolicy, FrequencyCap, SendWindow
 from models.loader import load_definitions
-from models.workflow_io import lead_workflow_id
+from models.scoring_model import ScoringBook
+from models.workflow_io import RescoreRequest, lead_workflow_id
 from nurture.devserver import find_binary
 from nurture.intake import EventIn, Intake, LeadIn
 from nurture.runtime import build_activities, build_worker, open_database, sync_sales_reps
@@ -59,6 +60,23 @@ async def record() -> None:
             env.client, strict_settings, build_activities(strict_settings, database, strict)
         )
 
+        # Engagement halves daily: decay rescores, an MQL recycled, then a rescore signal.
+        decaying = dataclasses.replace(definitions, scoring=ScoringBook.model_validate({
+            "default_model": "d",
+            "models": {"d": {
+                "engagement": {"half_life": "1d", "rules": [
+                    {"id": "page_view", "event": "page.view", "points": 50},
+                    {"id": "reply", "event": "email.reply", "points": 95}]},
+                "weights": {"fit": 0, "engagement": 100},
+                "stages": {"mql": {"at": 40, "recycle_below": 20}, "sql": {"at": 90}},
+            }},
+        }))  # fmt: skip
+        decay_settings = settings.model_copy(update={"task_queue": "record-decay"})
+        decay_intake = Intake(decaying, database.sessions, env.client, "record-decay")
+        decay_worker = build_worker(
+            env.client, decay_settings, build_activities(decay_settings, database, decaying)
+        )
+
         async def scenario(
             name: str,
             lead: LeadIn,
@@ -73,8 +91,13 @@ async def record() -> None:
             await intake.enroll(row, sequence)
             for days, event_type in plan:
                 await env.sleep(timedelta(days=days))
-                if event_type:
-                    events = [EventIn(lead_id=row.id, type=event_type)]
+                if event_type == "rescore":
+                    handle = env.client.get_workflow_handle(lead_workflow_id(row.id))
+                    await handle.signal("rescore", RescoreRequest(event_id=f"rescore:{days}"))
+                elif event_type:
+                    # Stamped with the server's (skipped) time, as a live event would be.
+                    at = await env.get_current_time()
+                    events = [EventIn(lead_id=row.id, type=event_type, occurred_at=at)]
                     stored = intake.store_events(events).stored
                     await intake.deliver(stored)
                 await asyncio.sleep(0.5)
@@ -84,7 +107,7 @@ async def record() -> None:
             (HISTORIES / f"{name}.json").write_text(history.to_json())
             print(f"recorded {name}: {len(history.events)} events")
 
-        async with worker, strict_worker:
+        async with worker, strict_worker, decay_worker:
             month = LeadIn(email="a@example.com", phone="+14155550100")
             await scenario(
                 "month_with_click", month, [(1, "email.click"), (2, "page.view"), (30, None)]
@@ -100,6 +123,10 @@ async def record() -> None:
             night = LeadIn(email="d@example.com", phone="+14155550101",
                            timezone="UTC" if offset == 0 else f"Etc/GMT{-offset:+d}")  # fmt: skip
             await scenario("deferred_sends", night, [(0, None), (4, None)], "quick", strict_intake)
+            cooling = LeadIn(email="e@example.com")
+            plan = [(0, "page.view"), (3, None), (1, "rescore"), (1, "page.view"),
+                    (0, "email.reply"), (2, None)]  # fmt: skip
+            await scenario("score_card_decay", cooling, plan, "month", decay_intake)
     await env.shutdown()
 
 

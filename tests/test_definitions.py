@@ -193,20 +193,6 @@ def test_missing_default_segment(defs):
     assert problem.field == "default" and problem.message == "Field required"
 
 
-def test_scoring_unknown_type_and_thresholds(defs):
-    write(defs, "scoring.yaml", """
-        points:
-          email.open: 1
-          email.teleport: 5
-        thresholds:
-          mql: 50
-          sql: 40
-    """)  # fmt: skip
-    found = {p.field: p for p in errors(defs)}
-    assert found["points.email.teleport"].line == 3
-    assert found["thresholds.sql"].line == 6 and "above mql" in found["thresholds.sql"].message
-
-
 def test_template_with_undefined_variable(defs):
     (defs / "templates/email/hello/body.txt").write_text("Hi {{ lead.nickname }}\n")
     problem = only_error(defs)

@@ -38,7 +38,8 @@ async def test_response_during_a_wait_is_scored_at_once(harness):
     assert state.next_action_at == waiting.next_action_at
     (change,) = harness.rows(ScoreChange, lead_id)
     assert (change.old_score, change.new_score) == (0, 10)
-    assert "page.view +10" in change.reason
+    assert "page_view +10.0" in change.reason and change.cause == "page.view"
+    assert [line["rule"] for line in change.breakdown["breakdown"]] == ["page_view"]
     with harness.database.sessions() as session:
         assert session.get(Lead, lead_id).score == 10
 

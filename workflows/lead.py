@@ -3,7 +3,14 @@
 Two things happen side by side:
 - the *sequence* coroutine walks the enrolled sequence (sends, waits, branches);
 - the *main loop* takes responses as they arrive, in order, and rescores the
-  lead at once, even in the middle of a multi-day wait.
+  lead at once, even in the middle of a multi-day wait. While the lead's
+  engagement points are still decaying it also rescores on a durable timer
+  (daily by default); once they have faded that timer stops, so a quiet lead's
+  history does not grow. `nurture rescore` can ask for a rescore too (signal).
+
+Scoring runs in an activity (`score_lead`) over the stored responses and the
+worker's current model, so a change to the model or the engine changes what
+the activity returns, never the workflow's replay.
 
 Crossing SQL stops the sequence and hands the lead off exactly once per
 qualification cycle. The workflow stays open after a sequence ends, so later
@@ -29,12 +36,18 @@ with workflow.unsafe.imports_passed_through():
         HandoffRequest,
         LeadInput,
         LeadState,
+        RescoreRequest,
         ResponseEvent,
+        ScoreRequest,
+        ScoreResult,
         ScoreUpdate,
         SendRequest,
         StartEnrollment,
     )
-    from scoring.engine import apply_response
+    from scoring.legacy import LegacyScoringModel, legacy_apply_response
+
+# Workflows started before this patch score in-workflow with the model in their input.
+SCORE_CARD_PATCH = "score-card"
 
 ACTIVITY_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
 QUICK = {"start_to_close_timeout": timedelta(seconds=30), "retry_policy": ACTIVITY_RETRY}
@@ -46,7 +59,8 @@ class LeadWorkflow:
     def __init__(self, input: LeadInput) -> None:
         self._lead_id = input.lead_id
         self._profile = dict(input.profile)
-        self._scoring = input.scoring
+        self._legacy_scoring = input.scoring
+        self._score_card = True  # decided in run(): False only for pre-score-card histories
         self._score = input.score
         self._stage = input.stage
         self._cycle = 1
@@ -54,6 +68,8 @@ class LeadWorkflow:
         self._response_types: list[str] = []  # what the lead has done, for conditions
         self._reasons: list[str] = []
         self._inbox: list[ResponseEvent] = []
+        self._rescore_requests: list[RescoreRequest] = []
+        self._next_rescore_at = None  # while decay can still move the score
         self._enroll_requests: list[EnrollRequest] = []
         self._enrollment: EnrollRequest | None = None
         self._finished_enrollments: set[str] = set()
@@ -73,20 +89,42 @@ class LeadWorkflow:
     def respond(self, event: ResponseEvent) -> None:
         self._inbox.append(event)
 
+    @workflow.signal
+    def rescore(self, request: RescoreRequest) -> None:
+        self._rescore_requests.append(request)
+
     @workflow.query
     def state(self) -> LeadState:
-        return self._state.model_copy(update={"stage": self._stage, "score": self._score})
+        return self._state.model_copy(
+            update={"stage": self._stage, "score": self._score,
+                    "next_rescore_at": self._next_rescore_at}  # fmt: skip
+        )
 
     # --- main loop ------------------------------------------------------------------------
 
     @workflow.run
     async def run(self, input: LeadInput) -> None:
+        self._score_card = workflow.patched(SCORE_CARD_PATCH)
         while True:
-            await workflow.wait_condition(
-                lambda: bool(self._inbox) or (bool(self._enroll_requests) and self._idle())
-            )
+            timeout = None
+            if self._next_rescore_at is not None:
+                seconds = (self._next_rescore_at - workflow.now()).total_seconds()
+                timeout = timedelta(seconds=max(seconds, 1.0))
+            try:
+                await workflow.wait_condition(
+                    lambda: bool(self._inbox)
+                    or bool(self._rescore_requests)
+                    or (bool(self._enroll_requests) and self._idle()),
+                    timeout=timeout,
+                )
+            except TimeoutError:  # points have decayed a day's worth: score again
+                await self._rescore(f"decay:{workflow.now().isoformat()}", "decay")
+                continue
             if self._inbox:
                 await self._handle_response(self._inbox.pop(0))
+            elif self._rescore_requests:
+                request = self._rescore_requests.pop(0)
+                await self._rescore(request.event_id, "rescore", request.model_fingerprint)
             elif self._enroll_requests and self._idle():
                 self._start_enrollment(self._enroll_requests.pop(0))
 
@@ -102,11 +140,15 @@ class LeadWorkflow:
         self._response_types.append(event.type)
         self._events_since_send.add(event.type)
         self._state.responses_handled += 1
+        if self._score_card:
+            await self._rescore(event.event_id, event.type)
+            return
 
         detail = ", ".join(
             f"{k}={v}" for k, v in sorted(event.data.items()) if k in ("step", "url")
         )
-        change = apply_response(self._scoring, self._score, self._stage, event.type, detail)
+        scoring = LegacyScoringModel.model_validate(self._legacy_scoring)
+        change = legacy_apply_response(scoring, int(self._score), self._stage, event.type, detail)
         await workflow.execute_activity_method(
             NurtureActivities.record_score,
             ScoreUpdate(
@@ -127,6 +169,28 @@ class LeadWorkflow:
         self._score, self._stage = change.new_score, change.new_stage
         self._reasons.append(change.reason)
         if "sql" in change.stages_crossed:
+            await self._hand_off()
+
+    async def _rescore(self, event_id: str, cause: str, fingerprint: str | None = None) -> None:
+        """Score the lead now (the activity stores the card), then act on its stage."""
+        if cause == "rescore":  # responses were checked in _handle_response
+            if event_id in self._seen_event_ids:
+                return
+            self._seen_event_ids.add(event_id)
+        result: ScoreResult = await workflow.execute_activity_method(
+            NurtureActivities.score_lead,
+            ScoreRequest(lead_id=self._lead_id, event_id=event_id, cause=cause,
+                         at=workflow.now(), model_fingerprint=fingerprint),  # fmt: skip
+            **QUICK,
+        )
+        self._score, self._stage = result.total, result.stage
+        self._state.fit, self._state.engagement = result.fit, result.engagement
+        self._state.grade = result.grade
+        self._next_rescore_at = (
+            workflow.now() + timedelta(seconds=result.rescore_in) if result.rescore_in else None
+        )
+        self._reasons = result.reasons
+        if "sql" in result.entered:
             await self._hand_off()
 
     async def _hand_off(self) -> None:
