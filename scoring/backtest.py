@@ -1,12 +1,13 @@
 """Backtest the scoring models on lead history: would their stages have found the customers?
 
 Each lead is scored by its segment's model as the live system would have scored it:
-just after each of its responses, at that response's time, and at the outcome's time,
-counting only responses up to that moment and before the outcome (what a lead did
-after buying must not make the model look clever). Stages are walked forward from
-`lead` with `decide_stage`, so gates and hysteresis apply. Per lead we keep the peak
-total and the stages it reached: a lead that reached MQL and then decayed was still
-handed over as an MQL.
+just after each of its responses, at that response's time, and at the outcome's time
+(as a decay rescore would), counting only responses up to that moment and before the
+outcome (what a lead did after buying must not make the model look clever). A lead
+with no response before its outcome was never scored: its peak is 0. Stages are
+walked forward from `lead` with `decide_stage`, so gates and hysteresis apply. Per
+lead we keep the peak total and the stages it reached: a lead that reached MQL and
+then decayed was still handed over as an MQL.
 
 Per model, the report gives precision and recall of "reached the stage" against
 "became a customer", the lift by decile of peak total, and for MQL and SQL the
@@ -24,7 +25,7 @@ from typing import Any
 from models.jinja import ConditionError, evaluate_condition
 from models.loader import Definitions
 from models.scoring_model import ScoringBook, ScoringModel, Stage
-from scoring.engine import ResponseFact, ScoreCard, decide_stage, score, stage_context
+from scoring.engine import ResponseFact, decide_stage, score, stage_context
 from scoring.history import HistoryLead, profile_dict
 
 SWEPT = ("mql", "sql")  # the stages whose threshold is swept
@@ -79,7 +80,11 @@ def evaluate_lead(
         for response in lead.responses  # sorted by time
         if cutoff is None or response.at < cutoff
     ]
-    moments = sorted({fact.occurred_at for fact in facts} | ({cutoff} if cutoff else set()))
+    # No response, no score: the live system scores on responses (and rescores as they
+    # decay), never a lead alone, so the outcome's moment counts only after a response.
+    moments = sorted(
+        {fact.occurred_at for fact in facts} | ({cutoff} if cutoff and facts else set())
+    )
 
     ladder = model.stages.ladder()
     conditions = {name: _conditions(stage) for name, stage in ladder if name in SWEPT}
@@ -100,9 +105,14 @@ def evaluate_lead(
             decision = decide_stage(model, stage, card, profile)
             reached.update(decision.entered)
             stage = decision.new
+        context = None  # built once a moment, only if a condition needs it
         for name, tests in conditions.items():
             best = qualified[name]
-            if (best is None or card.total > best) and _all_hold(tests, card, profile):
+            if best is not None and card.total <= best:
+                continue
+            if tests and context is None:
+                context = stage_context(card, profile)
+            if _all_hold(tests, context):
                 qualified[name] = card.total
     return LeadResult(lead.id, model.name, lead.outcome.customer, peak, frozenset(reached),
                       stage, qualified)  # fmt: skip
@@ -112,10 +122,9 @@ def _conditions(stage: Stage) -> list[str]:
     return ([stage.when] if stage.when else []) + list(stage.gate.values())
 
 
-def _all_hold(conditions: list[str], card: ScoreCard, profile: dict[str, Any]) -> bool:
+def _all_hold(conditions: list[str], context: dict[str, Any] | None) -> bool:
     if not conditions:
         return True
-    context = stage_context(card, profile)
     try:
         return all(evaluate_condition(condition, context) for condition in conditions)
     except ConditionError:  # as in the engine: a condition that fails does not hold
@@ -371,7 +380,9 @@ def _sweep(
     current = getattr(model.stages, stage).at
     now = None
     if current is not None:
-        now = _confusion(results, lambda r: (r.qualified[stage] or -1.0) >= current)
+        now = _confusion(
+            results, lambda r: r.qualified[stage] is not None and r.qualified[stage] >= current
+        )
     threshold, counts, value = best or (None, None, None)
     return ThresholdPick(stage, current, now, threshold, counts, value, curve)
 

@@ -20,7 +20,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from models.definitions import RESPONSE_TYPES
 
@@ -57,6 +66,14 @@ class Profile(BaseModel):
     source: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("timezone", "attributes", mode="before")
+    @classmethod
+    def _empty(cls, value: Any, info: ValidationInfo) -> Any:
+        # CRM exports write null for what they do not know.
+        if value is None or value == "":
+            return "UTC" if info.field_name == "timezone" else {}
+        return value
+
 
 class HistoryResponse(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -70,14 +87,15 @@ class Outcome(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     customer: bool
-    at: Instant | None = None
+    at: Instant | None = Field(default=None, validate_default=True)
 
-    @model_validator(mode="after")
-    def _dated(self) -> Outcome:
+    @field_validator("at")
+    @classmethod
+    def _dated(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
         # Without the date the backtest could not tell what it knew before the sale.
-        if self.customer and self.at is None:
-            raise ValueError("a customer needs `at`: when it became one")
-        return self
+        if value is None and info.data.get("customer"):
+            raise ValueError("a customer needs `at`: when it became one (closed-won)")
+        return value
 
 
 class HistoryLead(BaseModel):
@@ -105,7 +123,7 @@ class HistoryError(ValueError):
 
 def iter_history(path: Path | str) -> Iterator[HistoryLead]:
     """The leads of a JSONL file one at a time, for files too big to hold."""
-    with open(path, encoding="utf-8") as lines:
+    with open(path, encoding="utf-8-sig") as lines:  # -sig: spreadsheets write a BOM
         yield from parse_leads(lines, str(path))
 
 
@@ -141,12 +159,15 @@ def parse_leads(
 def _error(source: str, number: int, exc: ValidationError) -> HistoryError:
     error = exc.errors()[0]  # the first is enough to find the line and fix the export
     if error["type"] == "json_invalid":
-        return HistoryError(source, number, "(line)", f"not JSON: {error['ctx']['error']}")
+        detail = str(error["ctx"]["error"]).replace(" at line 1 column ", " at column ")
+        return HistoryError(source, number, "(line)", f"not JSON: {detail}")
     field = ""
     for part in error["loc"]:
         field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
     problem = error["msg"].removeprefix("Value error, ")
-    if error["type"] not in ("missing", "extra_forbidden") and "input" in error:
+    # Our own checks (value_error) name the value already.
+    quiet = ("missing", "extra_forbidden", "value_error")
+    if error["type"] not in quiet and error.get("input") is not None:
         problem += f" (got {json.dumps(error['input'], default=str)[:60]})"
     return HistoryError(source, number, field or "(line)", problem)
 

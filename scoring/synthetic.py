@@ -2,10 +2,13 @@
 
 Each lead gets a hidden *fit* (from its profile: seniority, company size, industry,
 country, work email) and a hidden *intent*; intent drives how much it engages
-(emails opened and clicked, pages, downloads, webinars, a demo request, trial use)
-over ~120 days, and the chance it buys rests on both plus noise. Students and a
-competitor engage but never buy. Nothing here reads scoring.yaml: the truth is
-independent of the model, so a backtest measures the model instead of echoing it.
+(emails opened and clicked, pages, downloads, webinars, trial use) over ~120 days and
+whether it *evaluates* (a burst of pricing views, a demo request answering budget,
+authority, need and timeline, a reply to sales). The chance it buys rests on fit,
+intent and evaluating, plus noise; a buyer's evaluation comes in the weeks before the
+sale, and a lost evaluation any time. Students and a competitor engage but never buy.
+Nothing here reads scoring.yaml: the truth is independent of the model, so a backtest
+measures the model instead of echoing it.
 
 The same seed gives the same leads, and lead i does not depend on how many are made.
 
@@ -111,7 +114,9 @@ def _lead(rng: random.Random, lead_id: str) -> dict[str, Any]:
     fit = (0.45 * SENIORITY[kind] + 0.3 * size_fit + 0.15 * good_industry + 0.1 * served
            - 0.2 * free_mail)  # fmt: skip
     intent = min(rng.betavariate(1.3, 2.6) + 0.2 * max(fit, 0), 1.0)
-    odds = -6.8 + 3.5 * fit + 4.5 * intent + rng.gauss(0, 0.8)
+    # Most sales follow an evaluation (talking to sales); many evaluations are lost.
+    evaluates = not student and rng.random() < 0.04 + 0.8 * intent**2
+    odds = -7.6 + 4.5 * fit + 3 * intent + 2.5 * evaluates + rng.gauss(0, 0.8)
     buys = rng.random() < 1 / (1 + math.exp(-odds)) and not (student or competitor)
 
     attributes: dict[str, Any] = {}
@@ -123,6 +128,8 @@ def _lead(rng: random.Random, lead_id: str) -> dict[str, Any]:
     # A buyer's journey ends at the sale; everyone else is followed for DAYS.
     window = rng.uniform(20, DAYS - 10) if buys else DAYS
     responses = _responses(rng, source, intent, student, window)
+    if evaluates:
+        responses += _evaluation(rng, window if buys else rng.uniform(10, DAYS), kind)
     sale = created + timedelta(days=window)
     if buys:  # customers keep using the product: history the backtest must not peek at
         responses += [
@@ -163,7 +170,7 @@ def _responses(
     def anytime() -> float:
         return rng.uniform(0, window)
 
-    def late() -> float:  # buying signals come towards the end of the journey
+    def late() -> float:  # interest grows towards the end of the journey
         return window * math.sqrt(rng.random())
 
     # How they came in.
@@ -205,9 +212,9 @@ def _responses(
         out.append(("page.view", anytime(), {"url": SITE + rng.choice(BLOG + PRODUCT_PAGES)}))
     for _ in range(_poisson(rng, 0.2 + 1.5 * reading)):
         out.append(("content.download", anytime(), {"asset": rng.choice(["ebook", "report"])}))
-    for _ in range(_poisson(rng, 0.2 + 3 * intent**1.5)):
+    for _ in range(_poisson(rng, 0.2 + 1.5 * intent**1.5)):
         out.append(("page.view", late(), {"url": SITE + "/pricing"}))
-    if rng.random() < 0.05 + 0.5 * intent**2:
+    if rng.random() < 0.05 + 0.3 * intent**2:
         out.append(("page.view", late(), {"url": SITE + "/demo"}))
     if rng.random() < 0.1 + 0.25 * intent:
         registered = anytime()
@@ -215,18 +222,7 @@ def _responses(
         out.append(("webinar.registered", registered, webinar))
         if rng.random() < 0.5:
             out.append(("webinar.attended", min(registered + 7, window), webinar))
-    if not student and rng.random() < 0.02 + 0.45 * intent**2:
-        answers = {"form": "demo_request"}
-        for key, value, chance in (
-            ("need", "replace spreadsheets", 0.7),
-            ("timeline", "this quarter", 0.5),
-            ("budget", "yes", 0.4),
-            ("authority", "decision maker", 0.4),
-        ):
-            if rng.random() < chance:
-                answers[key] = value
-        out.append(("form.submitted", late(), answers))
-    elif rng.random() < 0.1:
+    if rng.random() < 0.1:
         out.append(("form.submitted", anytime(), {"form": "contact"}))
 
     # Trial users: what they do in the product.
@@ -235,6 +231,36 @@ def _responses(
             out.append(("product.action", anytime(), {"action": rng.choice(ACTIONS)}))
         if rng.random() < 0.1 + 0.6 * intent:
             out.append(("product.action", late(), {"action": "invite_teammate"}))
+    return out
+
+
+def _evaluation(
+    rng: random.Random, end: float, kind: str
+) -> list[tuple[str, float, dict[str, Any]]]:
+    """An evaluation ending on day `end`: pricing, the demo page, a demo request, a reply."""
+    start = max(end - rng.uniform(5, 25), 0.0)
+
+    def during() -> float:
+        return rng.uniform(start, end)
+
+    out: list[tuple[str, float, dict[str, Any]]] = [
+        ("page.view", during(), {"url": SITE + "/pricing"}) for _ in range(1 + _poisson(rng, 1))
+    ]
+    if rng.random() < 0.6:
+        out.append(("page.view", during(), {"url": SITE + "/demo"}))
+    if rng.random() < 0.85:
+        answers = {"form": "demo_request"}
+        for key, value, chance in (
+            ("need", "replace spreadsheets", 0.8),
+            ("timeline", "this quarter", 0.8),
+            ("budget", "yes", 0.7),
+            ("authority", "decision maker", 0.9 if kind == "senior" else 0.4),
+        ):
+            if rng.random() < chance:
+                answers[key] = value
+        out.append(("form.submitted", during(), answers))
+    if rng.random() < 0.4:
+        out.append(("email.reply", during(), {}))
     return out
 
 
