@@ -69,7 +69,10 @@ def evaluate_lead(
     definitions: Definitions, lead: HistoryLead, models: dict[str, ScoringModel] | None = None
 ) -> LeadResult:
     profile = profile_dict(lead)
-    segment, _ = definitions.choose_segment(profile)
+    try:
+        segment, _ = definitions.choose_segment(profile)
+    except ConditionError as exc:  # name the lead: the history is what to look at
+        raise ConditionError(f"lead {lead.id}: {exc}") from None
     profile["segment"] = segment
     models = {} if models is None else models
     model = models.get(segment) or models.setdefault(segment, definitions.scoring_model(segment))
@@ -342,7 +345,8 @@ def deciles(results: Sequence[LeadResult]) -> list[Decile]:
     base = customers / total if total else 0.0
     out, captured = [], 0
     for index in range(10):
-        group = ranked[index * total // 10 : (index + 1) * total // 10]
+        # Bounds rounded up: the top decile is never empty (fewer than ten leads: some are).
+        group = ranked[-(-index * total // 10) : -(-(index + 1) * total // 10)]
         if not group:
             continue
         hits = sum(r.customer for r in group)

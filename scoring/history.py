@@ -123,8 +123,18 @@ class HistoryError(ValueError):
 
 def iter_history(path: Path | str) -> Iterator[HistoryLead]:
     """The leads of a JSONL file one at a time, for files too big to hold."""
-    with open(path, encoding="utf-8-sig") as lines:  # -sig: spreadsheets write a BOM
-        yield from parse_leads(lines, str(path))
+    with open(path, "rb") as raw:
+        yield from parse_leads(_decoded(raw, str(path)), str(path))
+
+
+def _decoded(raw: Iterable[bytes], source: str) -> Iterator[str]:
+    # Decoded line by line, so text that is not UTF-8 is reported with its line.
+    for number, line in enumerate(raw, start=1):
+        try:  # -sig: a byte-order mark (spreadsheets write one) is dropped
+            yield line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            problem = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+            raise HistoryError(source, number, "(line)", problem) from None
 
 
 def load_history(path: Path | str) -> list[HistoryLead]:
