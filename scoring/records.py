@@ -65,7 +65,7 @@ def record_card(
     score change was stored.
     """
     old_score = lead.score or 0.0
-    moved = round(card.total, 1) != round(old_score, 1) or decision.changed
+    moved = round(round(card.total, 2), 1) != round(old_score, 1) or decision.changed  # as stored
     if not always and not moved:
         return False
     session.add(

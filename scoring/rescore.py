@@ -44,9 +44,14 @@ OnSql = Callable[[list[str], str, str], None]
 Progress = Callable[[int, int], None]
 
 _PROFILE_COLUMNS = [getattr(Lead, name) for name in Lead.PROFILE_FIELDS]
-_LEAD_COLUMNS = [*_PROFILE_COLUMNS, Lead.id, Lead.segment, Lead.stage, Lead.score, Lead.scored_at]
+_LEAD_COLUMNS = [
+    *_PROFILE_COLUMNS, Lead.id, Lead.segment, Lead.stage, Lead.score, Lead.scored_at,
+    Lead.sql_hold_until,
+]  # fmt: skip
 _MAX_PROBLEMS = 20  # distinct rule problems kept in the report
-_FIGURES = ("score", "fit_score", "engagement_score", "grade", "scoring_model", "scored_at", "stage")
+_FIGURES = (
+    "score", "fit_score", "engagement_score", "grade", "scoring_model", "scored_at", "stage",
+)  # fmt: skip
 # Core executemany: the ORM's bulk UPDATE by primary key costs twice as much per row.
 _UPDATE_LEAD = (
     update(Lead)
@@ -189,7 +194,7 @@ def _score_batch(
     event_id = report.event_id
     for row in leads:
         profile = row._asdict()
-        del profile["scored_at"]  # what Lead.profile() gives the activity, no more
+        del profile["scored_at"], profile["sql_hold_until"]  # as Lead.profile(), no more
         lead_id, stage, old_score = row.id, row.stage, row.score or 0.0
         if stage not in STAGE_LADDER:
             report.sales_owned += 1
@@ -200,7 +205,9 @@ def _score_batch(
             known = model_of[row.segment] = (model, model.fingerprint)  # a hash: once
         model, fingerprint = known
         card = score(model, profile, responses.get(lead_id, ()), now)
-        decision = decide_stage(model, stage, card, profile)
+        # Turned down by sales, in its cool-down: may reach MQL or PQL, not SQL.
+        held = row.sql_hold_until is not None and as_utc(row.sql_hold_until) > now
+        decision = decide_stage(model, stage, card, profile, hold_sql=held)
         report.scored += 1
         for problem in card.problems:
             if problem in report.problems or len(report.problems) < _MAX_PROBLEMS:
@@ -211,7 +218,9 @@ def _score_batch(
             batch.transitions[lead_id] = f"{stage}->sql (to its workflow)"
             report.to_sql += 1
             continue
-        if round(card.total, 1) == round(old_score, 1) and not decision.changed:
+        # Compared as stored (to 0.01, then to 0.1): rounding the raw total straight to
+        # 0.1 would call 12.2501 (stored as 12.25, read back as 12.2) a move every run.
+        if round(round(card.total, 2), 1) == round(old_score, 1) and not decision.changed:
             report.unchanged += 1
             continue
         report.changed += 1
