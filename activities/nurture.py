@@ -49,6 +49,7 @@ from models.workflow_io import (
     SendRequest,
     StartEnrollment,
 )
+from sales.activities import SalesActivities
 from scoring.engine import decide_stage, score
 from scoring.records import lead_responses, record_card
 
@@ -71,6 +72,7 @@ class NurtureActivities:
         links: Links,
         delivery: DeliveryPolicy,
         definitions: Definitions | None = None,
+        sales: SalesActivities | None = None,
     ):
         self.sessions = sessions
         self.delivery = delivery
@@ -80,9 +82,10 @@ class NurtureActivities:
         self.templates_dir = Path(templates_dir)
         self.sender = sender
         self.links = links
+        self.sales = sales  # the handoff's activities, registered with these
 
     def all(self) -> list:
-        return [
+        return [*(self.sales.all() if self.sales else []),
             self.start_enrollment,
             self.finish_enrollment,
             self.send_message,
@@ -361,7 +364,8 @@ class NurtureActivities:
                 at = max([as_utc(request.at), *(r.occurred_at for r in responses)])
                 profile = lead.profile()
                 card = score(model, profile, responses, at)
-                decision = decide_stage(model, lead.stage, card, profile)
+                held = lead.sql_hold_until is not None and as_utc(lead.sql_hold_until) > at
+                decision = decide_stage(model, lead.stage, card, profile, hold_sql=held)
                 result = ScoreResult(
                     total=card.total, fit=card.fit, engagement=card.engagement,
                     grade=card.grade, old_stage=decision.old, stage=decision.new,

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from temporalio.service import RPCError
 
+from api.handoffs import handoff_router
 from api.limits import BodySizeLimit
 from api.unsubscribe import unsubscribe_router
 from api.webhooks import webhook_router
@@ -84,6 +85,7 @@ def create_app(intake: Intake, settings: Settings, relay: bool = True) -> FastAP
     )
     app.include_router(webhook_router(intake, settings, links))
     app.include_router(unsubscribe_router(intake, links, settings.sender_company))
+    app.include_router(handoff_router(intake, links, api_token))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

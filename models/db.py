@@ -70,6 +70,8 @@ class Lead(Base):
     scoring_model: Mapped[str | None] = mapped_column(String(100))
     scored_at: Mapped[datetime | None] = mapped_column()
     owner_rep_id: Mapped[str | None] = mapped_column(ForeignKey("sales_reps.id"))
+    # Rejected by sales: SQL cannot be re-entered before this (the recycle cool-down).
+    sql_hold_until: Mapped[datetime | None] = mapped_column()
     # Consent per channel; models/consent.py is the only writer (with a ConsentChange row).
     email_consent: Mapped[bool] = mapped_column(default=True)
     sms_consent: Mapped[bool] = mapped_column(default=True)
@@ -241,8 +243,51 @@ class Handoff(Base):
     rep_id: Mapped[str] = mapped_column(ForeignKey("sales_reps.id"))
     score: Mapped[float] = mapped_column(Float)
     reason: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(20), default="pending")
+    # pending -> accepted | rejected | disqualified (one answer per handoff)
+    status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    grade: Mapped[str | None] = mapped_column(String(1))
+    card: Mapped[dict | None] = mapped_column(JSON)  # the score card when it was handed off
+    pool: Mapped[str | None] = mapped_column(String(64))
+    routing: Mapped[str | None] = mapped_column(Text)  # why this rep
+    due_at: Mapped[datetime | None] = mapped_column()  # the rep's SLA lapses
+    reminders: Mapped[int] = mapped_column(Integer, default=0)  # sent to the current rep
+    reassignments: Mapped[int] = mapped_column(Integer, default=0)
+    answered_at: Mapped[datetime | None] = mapped_column()
+    answered_by: Mapped[str | None] = mapped_column(String(200))
+    answer_reason: Mapped[str | None] = mapped_column(String(40))
+    answer_note: Mapped[str | None] = mapped_column(Text)
+
+
+class CompanyOwner(Base):
+    """The rep who owns a company (by its email domain; never a free-mail domain):
+    later leads from the same company go to them."""
+
+    __tablename__ = "company_owners"
+
+    domain: Mapped[str] = mapped_column(String(255), primary_key=True)
+    rep_id: Mapped[str] = mapped_column(ForeignKey("sales_reps.id"))
+    since: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class HandoffEvent(Base):
+    """What happened to a handoff: assigned, each notification on each channel,
+    reminders, reassignments, the answer. `key` makes each one happen once."""
+
+    __tablename__ = "handoff_events"
+    __table_args__ = (UniqueConstraint("handoff_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    handoff_id: Mapped[str] = mapped_column(ForeignKey("handoffs.id"), index=True)
+    key: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(30))  # assigned notified reminded reassigned answered
+    rep_id: Mapped[str | None] = mapped_column(String(64))
+    channel: Mapped[str | None] = mapped_column(String(20))  # email sms webhook crm
+    status: Mapped[str] = mapped_column(String(20), default="done")  # sending sent failed ...
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 def make_engine(url: str) -> Engine:

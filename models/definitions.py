@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
 # Every response type Nurture understands. Webhooks and the events API map onto these.
 RESPONSE_TYPES: frozenset[str] = frozenset(
@@ -379,13 +379,326 @@ class Segments(_Definition):
     default: DefaultSegment
 
 
+# --- Sales: reps, pools, routing, SLA, CRM webhook, recycling (sales.yaml) -------------
+
+NOTIFY_CHANNELS = ("email", "sms", "webhook")
+NotifyChannel = Literal["email", "sms", "webhook"]
+EVERYONE = "everyone"  # the pool of every rep, unless sales.yaml defines its own
+_ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
+# ISO 3166 alpha-2 codes phonenumbers does not list (no phone numbering plan of their own).
+_EXTRA_COUNTRIES = frozenset({"AQ", "BV", "GS", "HM", "PN", "TF", "UM"})
+
+
+def _as_tuple(value: object) -> object:
+    """`segment: saas_trial` reads as `segment: [saas_trial]`; None as empty."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return value
+
+
+def _countries_as_tuple(value: object) -> object:
+    """Like `_as_tuple`, and Norway stays Norway: YAML reads a bare NO as false."""
+    value = _as_tuple(value)
+    if isinstance(value, list | tuple):
+        return tuple("NO" if item is False else item for item in value)
+    return value
+
+
+def _country_codes(codes: tuple[str, ...]) -> tuple[str, ...]:
+    import phonenumbers  # a dependency of intake already; imported late to keep this light
+
+    known = phonenumbers.SUPPORTED_REGIONS | _EXTRA_COUNTRIES
+    result = []
+    for code in codes:
+        upper = code.strip().upper()
+        if upper not in known:
+            hint = " (the United Kingdom is GB)" if upper == "UK" else ""
+            raise ValueError(f"{code!r} is not an ISO 3166 country code such as US or DE{hint}")
+        result.append(upper)
+    return tuple(dict.fromkeys(result))
+
+
+def _e164(raw: str) -> str | None:
+    """A rep's phone in E.164, as `nurture.intake.normalise_phone` reads a lead's (without a
+    country: a rep's number is written with +country code). Not imported from there: intake
+    pulls in the workflows and activities, and loading definitions must not."""
+    import phonenumbers
+
+    if not raw.strip():
+        return None
+    try:
+        number = phonenumbers.parse(raw, None)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(
+            f"phone {raw!r} is not a phone number: {exc._msg} (write it with +country code)"
+        ) from None
+    if not phonenumbers.is_valid_number(number):
+        region = phonenumbers.region_code_for_country_code(number.country_code)
+        where = f" in {region}" if region not in ("ZZ", "001") else ""
+        raise ValueError(f"phone {raw!r} is not a valid number{where}")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _http_url(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL such as https://hooks.example.com/x")
+    return value.strip()
+
+
+def _working_days() -> SendWindow:
+    return SendWindow(days=DAY_GROUPS["weekdays"], hours="09:00-17:00")
+
+
 class SalesRep(_Definition):
+    """A sales rep: who they are, how to reach them, which leads they take and when."""
+
     id: Annotated[str, Field(pattern=IDENTIFIER)]
     name: str
-    email: str
-    phone: str | None = None
+    email: EmailStr
+    phone: str | None = Field(default=None, description="E.164; written with +country code")
+    webhook_url: str | None = Field(
+        default=None, description="Slack-compatible incoming webhook for this rep's alerts"
+    )
+    territories: tuple[str, ...] = Field(default=(), description="ISO countries; empty: any")
+    segments: tuple[str, ...] = Field(default=(), description="segment ids; empty: any")
+    timezone: str = "UTC"
+    working_hours: SendWindow = Field(default_factory=_working_days)
+    capacity: int = Field(default=20, ge=1, description="open handoffs at once")
     active: bool = True
+    sla: int | None = Field(default=None, description="seconds of working time; default: team's")
+    notify: tuple[NotifyChannel, ...] = Field(
+        default=(), description="default: every channel the rep has contact details for"
+    )
+
+    _as_tuples = field_validator("segments", "notify", mode="before")(_as_tuple)
+    _countries = field_validator("territories", mode="before")(_countries_as_tuple)
+
+    @field_validator("phone")
+    @classmethod
+    def _phone_in_e164(cls, value: str | None) -> str | None:
+        return None if value is None else _e164(value)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @field_validator("territories")
+    @classmethod
+    def _territories(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _country_codes(value)
+
+    @field_validator("segments")
+    @classmethod
+    def _segment_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for segment in value:
+            if not re.match(IDENTIFIER, segment):
+                raise ValueError(f"{segment!r} is not a segment id (see segments.yaml)")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (use an IANA name such as Europe/Berlin)"
+            ) from None
+        return value
+
+    @field_validator("sla", mode="before")
+    @classmethod
+    def _sla(cls, value: object) -> object:
+        return None if value is None else parse_duration(value)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _notify_reachable(self) -> SalesRep:
+        reachable = {"email": True, "sms": bool(self.phone), "webhook": bool(self.webhook_url)}
+        if not self.notify:
+            channels = tuple(c for c in NOTIFY_CHANNELS if reachable[c])
+            object.__setattr__(self, "notify", channels)
+            return self
+        for index, channel in enumerate(self.notify):
+            if not reachable[channel]:
+                needs = "phone" if channel == "sms" else "webhook_url"
+                raise _LocatedValueError(
+                    ("notify", index), f"notify by {channel} needs the rep's {needs}"
+                )
+        object.__setattr__(self, "notify", tuple(dict.fromkeys(self.notify)))
+        return self
+
+    def covers(self, lead: dict) -> bool:
+        """Whether the lead is in this rep's territories and segments (unknown: yes)."""
+        country = (lead.get("country") or "").upper()
+        segment = lead.get("segment")
+        if self.territories and country and country not in self.territories:
+            return False
+        return not (self.segments and segment and segment not in self.segments)
+
+
+class RoutingRule(_Definition):
+    """Leads matching every field given go to `pool` (no field: every lead). First match wins."""
+
+    pool: Annotated[str, Field(pattern=IDENTIFIER)]
+    segment: tuple[str, ...] = Field(default=(), description="the lead's segment is one of")
+    country: tuple[str, ...] = Field(default=(), description="the lead's country is one of")
+    company_size_at_least: int | None = Field(default=None, ge=0)
+    company_size_below: int | None = Field(default=None, gt=0)
+    when: str | None = Field(default=None, description="Jinja2 expression over `lead`")
+
+    _as_tuples = field_validator("segment", mode="before")(_as_tuple)
+    _countries_before = field_validator("country", mode="before")(_countries_as_tuple)
+
+    @field_validator("country")
+    @classmethod
+    def _countries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _country_codes(value)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> RoutingRule:
+        low, high = self.company_size_at_least, self.company_size_below
+        if low is not None and high is not None and low >= high:
+            raise _LocatedValueError(
+                ("company_size_below",),
+                f"no company size is at least {low} and below {high}",
+            )
+        return self
+
+    @property
+    def matches_everyone(self) -> bool:
+        return not (
+            self.segment
+            or self.country
+            or self.company_size_at_least is not None
+            or self.company_size_below is not None
+            or self.when
+        )
+
+    def matches(self, lead: dict) -> bool:
+        """Whether the lead matches; a failing `when` raises ConditionError."""
+        if self.segment and lead.get("segment") not in self.segment:
+            return False
+        if self.country and (lead.get("country") or "").upper() not in self.country:
+            return False
+        size = lead.get("company_size")
+        if self.company_size_at_least is not None and (
+            size is None or size < self.company_size_at_least
+        ):
+            return False
+        below = self.company_size_below
+        if below is not None and (size is None or size >= below):
+            return False
+        if self.when:
+            from models.jinja import evaluate_condition
+
+            return evaluate_condition(self.when, {"lead": lead})
+        return True
+
+    def describe(self) -> str:
+        parts = []
+        if self.segment:
+            parts.append(f"segment in {', '.join(self.segment)}")
+        if self.country:
+            parts.append(f"country in {', '.join(self.country)}")
+        if self.company_size_at_least is not None:
+            parts.append(f"company_size >= {self.company_size_at_least}")
+        if self.company_size_below is not None:
+            parts.append(f"company_size < {self.company_size_below}")
+        if self.when:
+            parts.append(f"when {self.when}")
+        return " and ".join(parts) or "every lead"
+
+
+class SlaPolicy(_Definition):
+    """A rep must answer a handoff within `answer_within` of their working time; they are
+    reminded `reminders` times, then the lead is reassigned."""
+
+    answer_within: int = Field(default=900, description="seconds of working time; '15m'")
+    reminders: int = Field(default=1, ge=0)
+
+    _parse = field_validator("answer_within", mode="before")(parse_duration)
+
+
+class CrmWebhook(_Definition):
+    """Where handoffs are POSTed, signed with HMAC; the secret lives in an env var only."""
+
+    url: str
+    secret_env: Annotated[str, Field(pattern=_ENV_NAME)] = "NURTURE_CRM_WEBHOOK_SECRET"
+
+    _url = field_validator("url")(_http_url)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secret(cls, value: object) -> object:
+        if isinstance(value, dict) and "secret" in value:
+            raise _LocatedValueError(
+                ("secret",),
+                "never write the secret in the file: put it in the environment variable "
+                "named by `secret_env` (default NURTURE_CRM_WEBHOOK_SECRET)",
+            )
+        return value
+
+
+class RecyclePolicy(_Definition):
+    """What happens to a lead sales rejects: back into `sequence` (none: no sequence), and
+    no new handoff before `cool_down` has passed."""
+
+    sequence: str | None = None
+    cool_down: int = Field(default=30 * 86400, description="seconds; written as '30d'")
+
+    _parse = field_validator("cool_down", mode="before")(parse_duration)
 
 
 class SalesTeam(_Definition):
+    """`sales.yaml`: the reps, their pools, how leads are routed to them, the SLA."""
+
     reps: list[SalesRep] = Field(min_length=1)
+    pools: dict[
+        Annotated[str, Field(pattern=IDENTIFIER)],
+        Annotated[tuple[str, ...], Field(min_length=1)],
+    ] = Field(default_factory=dict, description=f"pool id -> rep ids; `{EVERYONE}`: all reps")
+    routing: list[RoutingRule] = Field(default_factory=list)
+    fallback_pool: str | None = Field(default=None, description="default: every rep")
+    sla: SlaPolicy = Field(default_factory=SlaPolicy)
+    crm_webhook: CrmWebhook | None = None
+    recycle: RecyclePolicy = Field(default_factory=RecyclePolicy)
+
+    def rep(self, rep_id: str) -> SalesRep:
+        for rep in self.reps:
+            if rep.id == rep_id:
+                return rep
+        raise KeyError(rep_id)
+
+    @property
+    def pool_ids(self) -> list[str]:
+        """Every pool, with the implicit `everyone` when the file does not define it."""
+        return [*self.pools, *([] if EVERYONE in self.pools else [EVERYONE])]
+
+    def pool_members(self, pool_id: str) -> list[SalesRep]:
+        """The reps of a pool in file order (ids that are not reps are left out)."""
+        if pool_id == EVERYONE and EVERYONE not in self.pools:
+            return list(self.reps)
+        ids = self.pools[pool_id]
+        return [rep for rep in self.reps if rep.id in ids]
+
+    @property
+    def fallback_name(self) -> str:
+        if self.fallback_pool:
+            return self.fallback_pool
+        return "all reps" if EVERYONE in self.pools else EVERYONE
+
+    def fallback_members(self) -> list[SalesRep]:
+        return self.pool_members(self.fallback_pool) if self.fallback_pool else list(self.reps)
+
+    def sla_seconds(self, rep_id: str) -> int:
+        """Working seconds the rep has to answer a handoff (their own `sla`, else the team's)."""
+        own = self.rep(rep_id).sla
+        return own if own is not None else self.sla.answer_within

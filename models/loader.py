@@ -110,6 +110,11 @@ def check_definitions(root: Path | str) -> tuple[Definitions | None, list[Defini
         if segments is not None:
             problems += _check_segment_models(*segments, scoring[0])
     sales = _load_model(root / "sales.yaml", SalesTeam, problems)
+    if sales is not None:
+        known_segments = None
+        if segments is not None:
+            known_segments = [s.id for s in segments[0].segments] + [segments[0].default.id]
+        problems += _check_sales(*sales, known_segments, sequences, broken)
     delivery: tuple[DeliveryPolicy, Any] | None = (DeliveryPolicy(), None)
     if (root / "delivery.yaml").exists():  # optional: the defaults otherwise
         delivery = _load_model(root / "delivery.yaml", DeliveryPolicy, problems)
@@ -328,3 +333,88 @@ def _check_scoring(scoring: ScoringBook, source: LocatedYaml) -> list[Definition
 
 
 _SAMPLE_MOMENT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _check_sales(
+    team: SalesTeam,
+    source: LocatedYaml,
+    segment_ids: list[str] | None,
+    sequences: dict[str, Sequence],
+    broken: set[str],
+) -> list[DefinitionProblem]:
+    """Cross-check sales.yaml: every rep, pool, segment and sequence it names exists."""
+    problems: list[DefinitionProblem] = []
+    rep_ids = [rep.id for rep in team.reps]
+    for index, rep_id in enumerate(rep_ids):
+        if rep_id in rep_ids[:index]:
+            problems.append(source.problem(("reps", index, "id"), f"duplicate rep id {rep_id!r}"))
+    if segment_ids is not None:
+        for index, rep in enumerate(team.reps):
+            for position, segment in enumerate(rep.segments):
+                if segment not in segment_ids:
+                    problems.append(source.problem(
+                        ("reps", index, "segments", position),
+                        f"no segment {segment!r} in segments.yaml "
+                        f"(segments: {', '.join(segment_ids)})",
+                    ))  # fmt: skip
+    active = {rep.id for rep in team.reps if rep.active}
+    if not active:
+        problems.append(source.problem(
+            ("reps",), "no rep is active: no lead can be handed to sales", severity="warning"
+        ))  # fmt: skip
+    for pool, members in team.pools.items():
+        for position, rep_id in enumerate(members):
+            if rep_id not in rep_ids:
+                problems.append(source.problem(
+                    ("pools", pool, position),
+                    f"pool {pool!r} names {rep_id!r}, who is not a rep "
+                    f"(reps: {', '.join(rep_ids)})",
+                ))  # fmt: skip
+            elif rep_id in members[:position]:
+                problems.append(source.problem(
+                    ("pools", pool, position), f"{rep_id!r} is in pool {pool!r} twice"
+                ))  # fmt: skip
+        if active and not active & set(members) and set(members) <= set(rep_ids):
+            problems.append(source.problem(
+                ("pools", pool),
+                f"pool {pool!r} has no active rep: its leads go to the fallback pool",
+                severity="warning",
+            ))  # fmt: skip
+    pools = ", ".join(team.pool_ids)
+    for index, rule in enumerate(team.routing):
+        if rule.pool not in team.pool_ids:
+            problems.append(source.problem(
+                ("routing", index, "pool"), f"no pool {rule.pool!r} (pools: {pools})"
+            ))  # fmt: skip
+        if segment_ids is not None:
+            for position, segment in enumerate(rule.segment):
+                if segment not in segment_ids:
+                    problems.append(source.problem(
+                        ("routing", index, "segment", position),
+                        f"no segment {segment!r} in segments.yaml "
+                        f"(segments: {', '.join(segment_ids)})",
+                    ))  # fmt: skip
+        if rule.when:
+            try:
+                evaluate_condition(rule.when, {"lead": SAMPLE_LEAD})
+            except ConditionError as exc:
+                problems.append(source.problem(("routing", index, "when"), str(exc)))
+        for earlier, other in enumerate(team.routing[:index], start=1):
+            if other.matches_everyone:
+                problems.append(source.problem(
+                    ("routing", index, "pool"),
+                    f"rule {index + 1} never matches: rule {earlier} above it takes every lead",
+                    severity="warning",
+                ))  # fmt: skip
+                break
+    if team.fallback_pool is not None and team.fallback_pool not in team.pool_ids:
+        problems.append(source.problem(
+            ("fallback_pool",), f"no pool {team.fallback_pool!r} (pools: {pools})"
+        ))  # fmt: skip
+    sequence = team.recycle.sequence
+    if sequence is not None and sequence not in sequences and sequence not in broken:
+        problems.append(source.problem(
+            ("recycle", "sequence"),
+            f"no sequence {sequence!r} (known: {', '.join(sorted(sequences))})",
+        ))  # fmt: skip
+    return problems

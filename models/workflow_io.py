@@ -7,7 +7,7 @@ breaking histories of leads already in flight.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -66,6 +66,8 @@ class LeadState(BaseModel):
     next_action_at: datetime | None = None
     waiting_for: str | None = None
     responses_handled: int = 0
+    handoff: HandoffState | None = None  # the current qualification cycle's, once handed off
+    cool_down_until: datetime | None = None  # rejected by sales: recycled from then
     handoff_rep_id: str | None = None
     sent_steps: list[str] = Field(default_factory=list)
     deferred: DeferredSend | None = None  # a send held back by quiet hours or a cap
@@ -172,3 +174,83 @@ class HandoffResult(BaseModel):
     handoff_id: str
     rep_id: str
     rep_name: str
+
+
+# --- sales handoff -----------------------------------------------------------------------------
+
+Answer = Literal["accept", "reject", "disqualify"]
+# Why sales turns a lead down; a rejection needs one, a disqualification may give one.
+REJECT_REASONS = ("not_ready", "wrong_fit", "no_budget", "no_authority", "no_need",
+                  "no_timeline", "competitor", "duplicate", "unreachable", "other")  # fmt: skip
+
+
+class AssignRequest(BaseModel):
+    lead_id: str
+    cycle: int
+    at: datetime  # workflow time: routing (working hours) and the SLA start here
+
+
+class Assignment(BaseModel):
+    handoff_id: str
+    rep_id: str
+    rep_name: str
+    channels: list[str]  # the rep's: email sms webhook; plus crm when configured
+    due_at: datetime | None  # the SLA; None: no SLA
+    reminders: int  # reminders before reassigning
+    status: str = "pending"  # a retried assignment of an answered handoff says so
+
+
+class NotifyRequest(BaseModel):
+    handoff_id: str
+    rep_id: str
+    channel: str  # email sms webhook crm
+    kind: str  # new reminder reassigned_away reassigned_to
+    key: str  # unique per handoff: one notification per key
+    other_rep_id: str | None = None  # reassignments: the rep it came from or went to
+
+
+class SlaLapse(BaseModel):
+    handoff_id: str
+    at: datetime
+    remind: bool  # True: remind the rep; False: reassign to the next rep
+
+
+class SlaOutcome(BaseModel):
+    status: str  # pending (reminded or reassigned) | the answer if one came meanwhile
+    rep_id: str
+    previous_rep_id: str | None = None  # set when reassigned
+    channels: list[str] = Field(default_factory=list)
+    previous_channels: list[str] = Field(default_factory=list)
+    due_at: datetime | None = None
+    note: str = ""
+
+
+class HandoffAnswer(BaseModel):
+    handoff_id: str
+    answer: Answer
+    reason: str | None = None
+    note: str | None = Field(default=None, max_length=2000)
+    by: str | None = Field(default=None, max_length=200)  # who answered: a rep, "cli", "api"
+    at: datetime | None = None  # set by the workflow: its clock, not the caller's
+
+
+class AnswerResult(BaseModel):
+    handoff_id: str
+    answer: Answer
+    stage: str  # the lead's stage after the answer
+    message: str
+    cool_down_until: datetime | None = None  # a rejection: nurture again from then
+
+
+class RecycleRequest(BaseModel):
+    lead_id: str
+    cycle: int  # the new qualification cycle
+
+
+class HandoffState(BaseModel):
+    handoff_id: str
+    rep_id: str
+    status: str  # pending | accepted | rejected | disqualified
+    due_at: datetime | None = None
+    reminders_sent: int = 0
+    reassignments: int = 0

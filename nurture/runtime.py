@@ -26,6 +26,7 @@ from channels.twilio_sms import TwilioSmsChannel
 from models.db import SalesRepRow, create_schema, make_engine, session_factory
 from models.loader import Definitions, load_definitions
 from nurture.settings import Settings
+from sales.activities import SalesActivities
 from workflows import sandbox_runner
 from workflows.lead import LeadWorkflow
 
@@ -104,15 +105,27 @@ def build_activities(
     (loaded from the settings' definitions directory if not given)."""
     definitions = definitions or load_definitions(settings.definitions_dir)
     email, sms = build_channels(settings)
+    links = build_links(settings)
+    templates_dir = settings.definitions_dir / "templates"
+    sales = SalesActivities(
+        sessions=database.sessions,
+        definitions=definitions,
+        email=email,
+        sms=sms,
+        links=links,
+        templates_dir=templates_dir,
+        sender=settings.sender,
+    )
     return NurtureActivities(
         sessions=database.sessions,
         email=email,
         sms=sms,
-        templates_dir=settings.definitions_dir / "templates",
+        templates_dir=templates_dir,
         sender=settings.sender,
-        links=build_links(settings),
+        links=links,
         delivery=definitions.delivery,
         definitions=definitions,
+        sales=sales,
     )
 
 

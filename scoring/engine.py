@@ -239,14 +239,19 @@ def _grade(model: ScoringModel, fit: float) -> str:
 
 
 def decide_stage(
-    model: ScoringModel, current: str, card: ScoreCard, profile: Mapping[str, Any]
+    model: ScoringModel,
+    current: str,
+    card: ScoreCard,
+    profile: Mapping[str, Any],
+    hold_sql: bool = False,
 ) -> StageDecision:
     """Where the card puts a lead that is at `current`.
 
     Stages move forward (a jump passes the stages between) and never flap: a lead
     leaves MQL or PQL only when the stage's `recycle_below` / `recycle_when` holds,
     well under the entry point. SQL is left only by sales. Stages past SQL
-    (sales-owned) are never moved.
+    (sales-owned) are never moved. `hold_sql`: sales turned the lead down and its
+    cool-down runs, so it may reach MQL or PQL but not SQL.
     """
     if current not in STAGE_LADDER:
         return StageDecision(current, current, [], False, f"{current}: owned by sales")
@@ -259,7 +264,7 @@ def decide_stage(
 
     earned, gate = "lead", None
     for name, stage in ladder:
-        if not _holds(stage, card, context):
+        if not _holds(stage, card, context) or (hold_sql and name == "sql"):
             continue
         if name == "sql" and stage.gate:
             gate = {criterion: _true(expression, context, card)

@@ -39,11 +39,27 @@ async def running_harness(env, settings, definitions) -> AsyncIterator[Harness]:
     intake = Intake(definitions, database.sessions, client, settings.task_queue)
     async with worker:
         yield Harness(env, intake, database, settings)
+        # Let activities still in flight (notifications...) finish with the worker up: one
+        # cut off would keep the session-wide time-skipping server from skipping time.
+        for workflow_id in Harness.started:
+            await _settle(client.get_workflow_handle(workflow_id))
     for workflow_id in Harness.started:
         with contextlib.suppress(Exception):  # already closed is fine
             await client.get_workflow_handle(workflow_id).terminate("test over")
     Harness.started.clear()
     database.engine.dispose()
+
+
+async def _settle(handle, timeout: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            description = await handle.describe()
+        except RPCError:
+            return
+        if not description.raw_description.pending_activities:
+            return
+        await asyncio.sleep(0.1)
 
 
 class Harness:

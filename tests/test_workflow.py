@@ -81,7 +81,8 @@ async def test_two_responses_crossing_sql_hand_off_once(harness):
 async def test_handoffs_go_round_robin(harness):
     reps = []
     for n in range(3):
-        lead_id = await harness.enroll(email=f"rr{n}@example.com")
+        # Each from its own company: a company's later leads go to its owner instead.
+        lead_id = await harness.enroll(email=f"rr@company{n}.example")
         await harness.until(lead_id, lambda s: s.step_id == "pause")
         await harness.respond(lead_id, "webinar.attended")
         await harness.until(lead_id, lambda s: s.handoff_rep_id is not None)

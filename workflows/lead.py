@@ -24,33 +24,55 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.nurture import NurtureActivities
     from models.definitions import BranchStep, EmailStep, SmsStep, WaitForStep, WaitStep
     from models.jinja import ConditionError, evaluate_condition
     from models.workflow_io import (
+        REJECT_REASONS,
+        AnswerResult,
+        Assignment,
+        AssignRequest,
         DeferredSend,
         EnrollRequest,
         FinishEnrollment,
+        HandoffAnswer,
         HandoffRequest,
+        HandoffState,
         LeadInput,
         LeadState,
+        NotifyRequest,
+        RecycleRequest,
         RescoreRequest,
         ResponseEvent,
         ScoreRequest,
         ScoreResult,
         ScoreUpdate,
         SendRequest,
+        SlaLapse,
+        SlaOutcome,
         StartEnrollment,
     )
+    from sales.activities import SalesActivities
     from scoring.legacy import LegacyScoringModel, legacy_apply_response
 
 # Workflows started before this patch score in-workflow with the model in their input.
 SCORE_CARD_PATCH = "score-card"
 
+# Workflows that handed off before this patch only assigned a rep and emailed them.
+SALES_HANDOFF_PATCH = "sales-handoff"
+
 ACTIVITY_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
 QUICK = {"start_to_close_timeout": timedelta(seconds=30), "retry_policy": ACTIVITY_RETRY}
+# A rep's channel: retried with back-off; the activity gives up (and records it) on its
+# last attempt, and one failing channel never holds up the others.
+NOTIFY = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                                maximum_interval=timedelta(minutes=5), maximum_attempts=8),
+}  # fmt: skip
 
 
 @workflow.defn(name="LeadWorkflow")
@@ -76,6 +98,9 @@ class LeadWorkflow:
         self._sequence_task: asyncio.Task | None = None
         self._state = LeadState(lead_id=input.lead_id, stage=input.stage, score=input.score)
         self._nurture_stopped = False
+        self._handoff: HandoffState | None = None
+        self._answering = False  # an answer is being stored: a second one is refused
+        self._cool_down_until = None
         # Response types seen since the last send: what a `wait_for` step is satisfied by.
         self._events_since_send: set[str] = set()
 
@@ -93,11 +118,54 @@ class LeadWorkflow:
     def rescore(self, request: RescoreRequest) -> None:
         self._rescore_requests.append(request)
 
+    @workflow.update
+    async def answer(self, answer: HandoffAnswer) -> AnswerResult:
+        """Sales' answer to the open handoff: accept, reject (recycled after a cool-down)
+        or disqualify. Validated first, so a wrong or second answer leaves no trace."""
+        self._answering = True
+        answer = answer.model_copy(update={"at": workflow.now()})
+        try:
+            result: AnswerResult = await workflow.execute_activity_method(
+                SalesActivities.answer_handoff, answer, **QUICK
+            )
+        finally:
+            self._answering = False
+        self._handoff.status = {"accept": "accepted", "reject": "rejected",
+                                "disqualify": "disqualified"}[answer.answer]  # fmt: skip
+        self._stage = result.stage
+        if answer.answer == "reject":
+            self._cycle += 1
+            self._cool_down_until = result.cool_down_until
+            # Scored again at once (SQL held back until the cool-down ends): the lead
+            # may still be an MQL; then nurtured again by the recycle sequence.
+            await self._rescore(f"answer:{answer.handoff_id}", "answer")
+            asyncio.create_task(self._recycle(self._cycle))
+        return result
+
+    @answer.validator
+    def _check_answer(self, answer: HandoffAnswer) -> None:
+        handoff = self._handoff
+        if handoff is None or handoff.handoff_id != answer.handoff_id:
+            raise ValueError(f"handoff {answer.handoff_id} is not this lead's open handoff")
+        if handoff.status != "pending" or self._answering:
+            status = handoff.status if handoff.status != "pending" else "being answered"
+            raise ValueError(f"handoff {answer.handoff_id} was already answered ({status})")
+        reasons = ", ".join(REJECT_REASONS)
+        if answer.answer == "reject" and answer.reason is None:
+            raise ValueError(f"a rejection needs a reason, one of: {reasons}")
+        if answer.reason is not None and answer.reason not in REJECT_REASONS:
+            raise ValueError(f"unknown reason {answer.reason!r}; one of: {reasons}")
+
     @workflow.query
     def state(self) -> LeadState:
         return self._state.model_copy(
-            update={"stage": self._stage, "score": self._score,
-                    "next_rescore_at": self._next_rescore_at}  # fmt: skip
+            update={
+                "stage": self._stage,
+                "score": self._score,
+                "next_rescore_at": self._next_rescore_at,
+                "handoff": self._handoff.model_copy() if self._handoff else None,
+                "cool_down_until": self._cool_down_until,
+            }  # fmt: skip
         )
 
     # --- main loop ------------------------------------------------------------------------
@@ -112,9 +180,11 @@ class LeadWorkflow:
                 timeout = timedelta(seconds=max(seconds, 1.0))
             try:
                 await workflow.wait_condition(
-                    lambda: bool(self._inbox)
-                    or bool(self._rescore_requests)
-                    or (bool(self._enroll_requests) and self._idle()),
+                    lambda: (
+                        bool(self._inbox)
+                        or bool(self._rescore_requests)
+                        or (bool(self._enroll_requests) and self._idle())
+                    ),
                     timeout=timeout,
                 )
             except TimeoutError:  # points have decayed a day's worth: score again
@@ -179,8 +249,13 @@ class LeadWorkflow:
             self._seen_event_ids.add(event_id)
         result: ScoreResult = await workflow.execute_activity_method(
             NurtureActivities.score_lead,
-            ScoreRequest(lead_id=self._lead_id, event_id=event_id, cause=cause,
-                         at=workflow.now(), model_fingerprint=fingerprint),  # fmt: skip
+            ScoreRequest(
+                lead_id=self._lead_id,
+                event_id=event_id,
+                cause=cause,
+                at=workflow.now(),
+                model_fingerprint=fingerprint,
+            ),  # fmt: skip
             **QUICK,
         )
         self._score, self._stage = result.total, result.stage
@@ -194,8 +269,114 @@ class LeadWorkflow:
             await self._hand_off()
 
     async def _hand_off(self) -> None:
-        """Stop nurturing and give the lead to sales: once per qualification cycle."""
+        """Stop nurturing and give the lead to sales: once per qualification cycle. The rep
+        is told on each of their channels at once; then the SLA is followed on durable
+        timers (remind, then reassign) until sales answers (the `answer` update)."""
         self._nurture_stopped = True
+        if not workflow.patched(SALES_HANDOFF_PATCH):
+            await self._legacy_hand_off()
+            return
+        assignment: Assignment = await workflow.execute_activity_method(
+            SalesActivities.assign_handoff,
+            AssignRequest(lead_id=self._lead_id, cycle=self._cycle, at=workflow.now()),
+            **QUICK,
+        )
+        self._state.handoff_rep_id = assignment.rep_id
+        self._handoff = HandoffState(
+            handoff_id=assignment.handoff_id,
+            rep_id=assignment.rep_id,
+            status=assignment.status,
+            due_at=assignment.due_at,
+        )
+        if assignment.status == "pending":
+            self._notify(assignment.rep_id, assignment.channels, "new:0", "new")
+            asyncio.create_task(self._follow_sla(assignment.reminders))
+
+    def _notify(self, rep_id: str, channels: list[str], key: str, kind: str,
+                other_rep_id: str | None = None) -> None:  # fmt: skip
+        """Start one notification per channel; each retries on its own."""
+        handoff_id = self._handoff.handoff_id
+        for channel in channels:
+            request = NotifyRequest(handoff_id=handoff_id, rep_id=rep_id, channel=channel,
+                                    kind=kind, key=f"{key}:{rep_id}:{channel}",
+                                    other_rep_id=other_rep_id)  # fmt: skip
+            asyncio.create_task(self._notify_one(request))
+
+    async def _notify_one(self, request: NotifyRequest) -> None:
+        try:
+            await workflow.execute_activity_method(SalesActivities.notify_rep, request, **NOTIFY)
+        except ActivityError:
+            workflow.logger.warning(
+                "handoff %s: %s notification to %s failed",
+                request.handoff_id,
+                request.channel,
+                request.rep_id,
+            )
+
+    async def _follow_sla(self, reminders: int) -> None:
+        """Until sales answers: when the SLA lapses, remind the rep (`reminders` times),
+        then reassign to the next rep and tell the first; then the same for the next."""
+        handoff = self._handoff
+        lapses = 0
+        while handoff.status == "pending" and handoff.due_at is not None:
+            wait = max((handoff.due_at - workflow.now()).total_seconds(), 1.0)
+            try:
+                await workflow.wait_condition(
+                    lambda: handoff.status != "pending" or self._answering,
+                    timeout=timedelta(seconds=wait),
+                )
+                if self._answering:  # the answer is being stored: its result decides
+                    await workflow.wait_condition(lambda: not self._answering)
+                    continue
+                return
+            except TimeoutError:
+                pass
+            lapses += 1
+            outcome: SlaOutcome = await workflow.execute_activity_method(
+                SalesActivities.handle_sla_lapse,
+                SlaLapse(
+                    handoff_id=handoff.handoff_id,
+                    at=workflow.now(),
+                    remind=handoff.reminders_sent < reminders,
+                ),  # fmt: skip
+                **QUICK,
+            )
+            if outcome.status != "pending":
+                return
+            handoff.due_at = outcome.due_at
+            if outcome.due_at is None:  # every rep who could take it has had it
+                return
+            if outcome.previous_rep_id:
+                handoff.rep_id, handoff.reminders_sent = outcome.rep_id, 0
+                handoff.reassignments += 1
+                self._state.handoff_rep_id = outcome.rep_id
+                self._notify(outcome.previous_rep_id, outcome.previous_channels,
+                             f"lapse{lapses}", "reassigned_away", outcome.rep_id)  # fmt: skip
+                self._notify(outcome.rep_id, outcome.channels, f"lapse{lapses}",
+                             "reassigned_to", outcome.previous_rep_id)  # fmt: skip
+            else:
+                handoff.reminders_sent += 1
+                self._notify(outcome.rep_id, outcome.channels, f"lapse{lapses}", "reminder")
+
+    async def _recycle(self, cycle: int) -> None:
+        """After a rejection's cool-down: nurture again, with the recycle sequence."""
+        if self._cool_down_until is not None:
+            wait = (self._cool_down_until - workflow.now()).total_seconds()
+            if wait > 0:
+                await workflow.sleep(timedelta(seconds=wait))
+        if self._cycle != cycle:
+            return
+        request = await workflow.execute_activity_method(
+            SalesActivities.recycle_lead,
+            RecycleRequest(lead_id=self._lead_id, cycle=cycle),
+            **QUICK,
+        )
+        self._cool_down_until = None
+        self._nurture_stopped = False
+        if request is not None:
+            self._enroll_requests.append(request)
+
+    async def _legacy_hand_off(self) -> None:
         result = await workflow.execute_activity_method(
             NurtureActivities.hand_off,
             HandoffRequest(
