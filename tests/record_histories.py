@@ -18,15 +18,16 @@ from pathlib import Path
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from models.definitions import DeliveryPolicy, FrequencyCap, SendWindow
+from models.definitions import DeliveryPolicy, FrequencyCap, SalesTeam, SendWindow
 from models.loader import load_definitions
 from models.scoring_model import ScoringBook
-from models.workflow_io import RescoreRequest, lead_workflow_id
+from models.workflow_io import HandoffAnswer, RescoreRequest, lead_workflow_id
 from nurture.devserver import find_binary
 from nurture.intake import EventIn, Intake, LeadIn
 from nurture.runtime import build_activities, build_worker, open_database, sync_sales_reps
 from nurture.settings import Settings
 from tests.conftest import FIXTURE_DEFINITIONS
+from workflows.lead import LeadWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -77,6 +78,21 @@ async def record() -> None:
             env.client, decay_settings, build_activities(decay_settings, database, decaying)
         )
 
+        # The sales handoff: SLA lapses (remind, reassign), a rejection, the recycle.
+        selling = dataclasses.replace(definitions, sales=SalesTeam.model_validate({
+            "reps": [{"id": "alice", "name": "Alice Rep", "email": "alice@example.com",
+                      "phone": "+14155550111", "working_hours": "always"},
+                     {"id": "bob", "name": "Bob Rep", "email": "bob@example.com",
+                      "working_hours": "always"}],
+            "sla": {"answer_within": "4h", "reminders": 1},
+            "recycle": {"sequence": "quick", "cool_down": "2d"},
+        }))  # fmt: skip
+        sales_settings = settings.model_copy(update={"task_queue": "record-sales"})
+        sales_intake = Intake(selling, database.sessions, env.client, "record-sales")
+        sales_worker = build_worker(
+            env.client, sales_settings, build_activities(sales_settings, database, selling)
+        )
+
         async def scenario(
             name: str,
             lead: LeadIn,
@@ -91,7 +107,16 @@ async def record() -> None:
             await intake.enroll(row, sequence)
             for days, event_type in plan:
                 await env.sleep(timedelta(days=days))
-                if event_type == "rescore":
+                if event_type and event_type.startswith("answer:"):
+                    handle = env.client.get_workflow_handle_for(
+                        LeadWorkflow.run, lead_workflow_id(row.id)
+                    )
+                    state = await handle.query(LeadWorkflow.state)
+                    answer = HandoffAnswer(handoff_id=state.handoff.handoff_id,
+                                           answer=event_type.removeprefix("answer:"),
+                                           reason="not_ready", by="alice")  # fmt: skip
+                    await handle.execute_update(LeadWorkflow.answer, answer)
+                elif event_type == "rescore":
                     handle = env.client.get_workflow_handle(lead_workflow_id(row.id))
                     await handle.signal("rescore", RescoreRequest(event_id=f"rescore:{days}"))
                 elif event_type:
@@ -107,7 +132,7 @@ async def record() -> None:
             (HISTORIES / f"{name}.json").write_text(history.to_json())
             print(f"recorded {name}: {len(history.events)} events")
 
-        async with worker, strict_worker, decay_worker:
+        async with worker, strict_worker, decay_worker, sales_worker:
             month = LeadIn(email="a@example.com", phone="+14155550100")
             await scenario(
                 "month_with_click", month, [(1, "email.click"), (2, "page.view"), (30, None)]
@@ -127,6 +152,11 @@ async def record() -> None:
             plan = [(0, "page.view"), (3, None), (1, "rescore"), (1, "page.view"),
                     (0, "email.reply"), (2, None)]  # fmt: skip
             await scenario("score_card_decay", cooling, plan, "month", decay_intake)
+            hot = LeadIn(email="f@acme.example")
+            plan = [(0, "webinar.attended"), (1, None), (0, "answer:reject"), (3, None),
+                    (0, "email.reply"), (0, "webinar.attended"), (0, "answer:accept"),
+                    (1, None)]  # fmt: skip
+            await scenario("sales_handoff_reject_recycle", hot, plan, "month", sales_intake)
     await env.shutdown()
 
 
