@@ -287,3 +287,12 @@ async def test_answers_through_the_api_and_the_signed_link(harness):
         assert again.status_code == 409 and "already accepted" in again.json()["detail"]
     state = await harness.state(lead_id)
     assert state.stage == "accepted"
+
+
+async def test_a_companys_next_lead_goes_to_its_owner(harness):
+    _, first = await qualify(harness, "one@bigco.example")
+    _, second = await qualify(harness, "two@bigco.example")
+    assert second.rep_id == first.rep_id and "owner" in second.routing
+    # Free mail is not a company: round-robin as usual (the owner took the last turn).
+    _, third = await qualify(harness, "three@gmail.com")
+    assert third.rep_id != first.rep_id and "owner" not in third.routing
