@@ -15,7 +15,7 @@ handoff_app = typer.Typer(
     help="Handoffs to sales: list, show and answer them.", no_args_is_help=True
 )
 console = Console(soft_wrap=True)
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)
 STATUSES = ("pending", "accepted", "rejected", "disqualified")
 
 

@@ -296,3 +296,42 @@ async def test_a_companys_next_lead_goes_to_its_owner(harness):
     # Free mail is not a company: round-robin as usual (the owner took the last turn).
     _, third = await qualify(harness, "three@gmail.com")
     assert third.rep_id != first.rep_id and "owner" not in third.routing
+
+
+async def test_handoff_commands_list_show_and_answer(harness, time_skipping_env, monkeypatch):
+    import asyncio
+    import json
+
+    from typer.testing import CliRunner
+
+    from nurture.cli import app
+
+    lead_id, handoff = await qualify(harness, "cli@acme.example")
+    settings = harness.settings
+    for name, value in {
+        "DATABASE_URL": settings.effective_database_url,
+        "NURTURE_DEFINITIONS": str(settings.definitions_dir),
+        "NURTURE_STATE_DIR": str(settings.state_dir),
+        "TEMPORAL_ADDRESS": time_skipping_env.client.service_client.config.target_host,
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    def run(*args):
+        return asyncio.to_thread(CliRunner().invoke, app, ["handoff", *args])
+
+    listed = await run("list", "--status", "pending", "--json")
+    assert listed.exit_code == 0, listed.output
+    (item,) = json.loads(listed.stdout)
+    assert (item["id"], item["lead"], item["status"]) == (handoff.id, "cli@acme.example", "pending")
+    shown = await run("show", handoff.id)
+    assert shown.exit_code == 0 and "assigned" in shown.stdout and handoff.rep_id in shown.stdout
+
+    no_reason = await run("answer", handoff.id, "reject")
+    assert no_reason.exit_code == 2 and "needs --reason" in no_reason.stderr
+    done = await run("answer", handoff.id, "reject", "--reason", "no_budget", "--by", "alice")
+    assert done.exit_code == 0, (done.output, done.exception)
+    assert "rejected by alice: no budget" in done.stdout
+    again = await run("answer", handoff.id, "accept")
+    assert again.exit_code == 1 and "already rejected by alice" in again.stderr
+    state = await harness.until(lead_id, lambda s: s.handoff.status == "rejected")
+    assert state.cool_down_until is not None
