@@ -276,8 +276,9 @@ class SalesActivities:
             secret = self.environ.get(crm.secret_env) if crm else None
             if crm is None or not secret:
                 return "skipped", f"{crm.secret_env if crm else 'crm_webhook'} is not set"
+            # Several secrets, comma-separated, while rotating: one signature each.
             status = post_json(str(crm.url), crm_payload(notice), delivery_id=delivery_id,
-                               secret=secret)  # fmt: skip
+                               secret=[part.strip() for part in secret.split(",")])  # fmt: skip
             return "sent", f"HTTP {status}"
         raise ApplicationError(f"unknown channel {request.channel!r}", non_retryable=True)
 

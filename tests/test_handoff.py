@@ -25,6 +25,7 @@ from tests.webhook_sink import WebhookSink
 from workflows.lead import LeadWorkflow
 
 SECRET = "crm-test-secret"
+ROTATED = "crm-next-secret"
 
 
 def team(sink: WebhookSink, **changes) -> SalesTeam:
@@ -54,7 +55,8 @@ def sink():
 
 @pytest.fixture
 def definitions(fixture_definitions, sink, monkeypatch):
-    monkeypatch.setenv("NURTURE_CRM_WEBHOOK_SECRET", SECRET)
+    # Two secrets while rotating: each request carries a signature for both.
+    monkeypatch.setenv("NURTURE_CRM_WEBHOOK_SECRET", f"{SECRET}, {ROTATED}")
     return dataclasses.replace(fixture_definitions, sales=team(sink))
 
 
@@ -97,6 +99,7 @@ async def test_a_handoff_notifies_every_channel_with_the_reasons(harness, sink):
 
     # The CRM webhook: signed as documented (HMAC-SHA256 over "timestamp." + body).
     assert verify(SECRET, crm.header(TIMESTAMP_HEADER), crm.body, crm.header(SIGNATURE_HEADER))
+    assert verify(ROTATED, crm.header(TIMESTAMP_HEADER), crm.body, crm.header(SIGNATURE_HEADER))
     assert not verify("another", crm.header(TIMESTAMP_HEADER), crm.body,
                       crm.header(SIGNATURE_HEADER))  # fmt: skip
     payload = crm.json()
