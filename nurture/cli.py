@@ -17,7 +17,10 @@ from models.yaml_source import DefinitionError
 from nurture.settings import get_settings
 
 app = typer.Typer(
-    help="Nurture: lead-nurture sequences on durable Temporal workflows.",
+    help="Nurture: lead-nurture sequences on durable Temporal workflows.\n\n"
+    "Exit codes: 0 success; 1 the command ran and failed (invalid definitions, a refused "
+    "answer, ...); 2 bad usage. Colours only on a terminal (NO_COLOR turns them off); "
+    "--json on the commands that report, for scripts.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -36,19 +39,35 @@ def validate(
     directory: Path = typer.Argument(
         None, help="definitions directory [default: NURTURE_DEFINITIONS or .]"
     ),
+    as_json: bool = typer.Option(False, "--json", help="the problems as JSON"),
 ) -> None:
-    """Check sequences, segments, scoring, sales reps and templates; list every problem.
+    """Check sequences, segments, scoring, sales reps and templates; list every problem
+    (file:line:column field: message), errors and warnings, all at once.
 
-    Example: nurture validate .
+    Examples:
+      nurture validate .
+      nurture validate my-definitions --json
+
+    Exit codes: 0 valid (warnings allowed); 1 errors.
     """
+    import dataclasses
+    import json
+
     from nurture.validate import validate as run_validation
 
     root = directory or get_settings().definitions_dir
     problems = run_validation(root)
+    error_count = sum(p.severity == "error" for p in problems)
+    if as_json:
+        console.print_json(json.dumps({
+            "directory": str(root), "errors": error_count,
+            "warnings": len(problems) - error_count,
+            "problems": [dataclasses.asdict(p) for p in problems],
+        }))  # fmt: skip
+        raise typer.Exit(1 if error_count else 0)
     for problem in problems:
         style = "red" if problem.severity == "error" else "yellow"
         console.print(f"[{style}]{problem.severity}[/{style}] {problem}", highlight=False)
-    error_count = sum(p.severity == "error" for p in problems)
     if error_count:
         console.print(f"[red]{error_count} error(s)[/red] in {root}")
         raise typer.Exit(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import textwrap
 from pathlib import Path
@@ -228,6 +229,12 @@ def test_validate_command_exit_codes(defs):
     bad = runner.invoke(app, ["validate", str(defs)])
     assert bad.exit_code == 1
     assert "sales.yaml" in bad.output and "1 error" in bad.output
+    as_json = runner.invoke(app, ["validate", str(defs), "--json"])
+    assert as_json.exit_code == 1
+    report = json.loads(as_json.stdout)
+    (problem,) = report["problems"]
+    assert report["errors"] == 1 and problem["file"].endswith("sales.yaml")
+    assert (problem["line"], problem["column"], problem["field"]) == (1, 7, "reps")
 
 
 def test_email_without_postal_address_or_unsubscribe_link_is_an_error(defs):
