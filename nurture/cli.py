@@ -624,10 +624,15 @@ def _fail_on_definition_errors(action):
         raise typer.Exit(1) from None
 
 
-if __name__ == "__main__":
-    app()
-
-
 from nurture.cli_handoff import handoff_app  # noqa: E402  (a command group of its own)
 
 app.add_typer(handoff_app, name="handoff")
+
+from nurture.cli_simulate import preview, simulate  # noqa: E402
+
+app.command()(preview)
+app.command()(simulate)
+
+
+if __name__ == "__main__":
+    app()
