@@ -628,6 +628,16 @@ from nurture.cli_handoff import handoff_app  # noqa: E402  (a command group of i
 
 app.add_typer(handoff_app, name="handoff")
 
+from nurture.cli_reports import leads, report, status  # noqa: E402
+
+app.command()(status)
+app.command()(leads)
+app.command()(report)
+
+from nurture.cli_import import import_leads  # noqa: E402
+
+app.command("import")(import_leads)
+
 from nurture.cli_simulate import preview, simulate  # noqa: E402
 
 app.command()(preview)
