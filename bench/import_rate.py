@@ -15,9 +15,11 @@ how fast workflows are started (in production workers are other processes). Othe
 on a shared machine drifts within minutes, so imports alternate with bare runs (bare,
 import, bare, import, bare for `--rounds 2`); each round's import is compared with the
 bare runs just before and after it, and the ratio is the mean import rate over the mean
-bare rate. Target: ratio >= 0.8 at 10,000 leads. `--signal-with-start` adds a bare run
-of the tiny workflow started the way an enrollment is, to tell what the enrollment
-protocol costs the server from what the importer costs.
+bare rate. Target: ratio >= 0.8 at 10,000 leads. `--baselines` then times the tiny
+workflow started by signal-with-start (as an enrollment is) and the file's enrollments
+alone (the leads prepared in memory, `Intake.enroll` with the real payloads), then a
+bare run again: what the enrollment protocol costs Temporal, apart from what reading,
+validating and writing cost the import.
 
     .venv/bin/python -m bench.import_rate        # --leads 10000 --concurrency 50 --rounds 2
 """
@@ -49,7 +51,7 @@ from models.loader import load_definitions
 from models.workflow_io import lead_workflow_id
 from nurture.devserver import find_binary
 from nurture.importer import LeadImporter, open_csv, plan_columns
-from nurture.intake import Intake
+from nurture.intake import Intake, LeadIn
 from nurture.runtime import open_database, sync_sales_reps
 from nurture.settings import Settings
 
@@ -143,6 +145,34 @@ async def bare_rate(leads: int, concurrency: int, signal: bool = False) -> tuple
     return leads / seconds, seconds
 
 
+async def enrollment_rate(csv_path: Path, concurrency: int) -> tuple[float, float]:
+    """Enrollments per second of the file's leads prepared in memory beforehand (read,
+    validated, given their segment; no database): Intake.enroll alone, as the import
+    calls it, so import / this is what reading, validating and writing cost."""
+    definitions = load_definitions(REPO)
+    source = open_csv(csv_path)
+    plan = plan_columns(source.headers)
+    prepared = []
+    for _line, cells in source.records():
+        fields = LeadIn.model_validate(plan.data(cells)[0]).model_dump(exclude_unset=True)
+        lead = Lead(**({"id": new_id(), "timezone": "UTC", "attributes": {}, "stage": "lead",
+                        "score": 0.0} | fields))  # fmt: skip
+        lead.segment = definitions.choose_segment(lead.profile())[0]
+        prepared.append(lead)
+    async with dev_server() as env:
+        intake = Intake(definitions, None, env.client, f"enroll-{uuid.uuid4().hex[:8]}")
+        remaining = iter(prepared)
+
+        async def enroller() -> None:
+            for lead in remaining:
+                await intake.enroll(lead)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(enroller() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    return len(prepared) / seconds, seconds
+
+
 class Timed(LeadImporter):
     """The importer, noting how long its batches (read, validate, upsert) take."""
 
@@ -199,7 +229,7 @@ async def import_rate(
     return leads / seconds, seconds, notes
 
 
-async def main(leads: int, concurrency: int, rounds: int, signal_with_start: bool) -> None:
+async def main(leads: int, concurrency: int, rounds: int, baselines: bool) -> None:
     print(f"{leads:,} leads, {concurrency} in flight, a fresh in-memory dev server per run, "
           "no worker", flush=True)  # fmt: skip
     bare: list[float] = []
@@ -223,9 +253,14 @@ async def main(leads: int, concurrency: int, rounds: int, signal_with_start: boo
             for note in notes:
                 print(f"      {note}")
             await bare_run()
-        if signal_with_start:
+        if baselines:
             sws, seconds = await bare_rate(leads, concurrency, signal=True)
-            print(f"  bare Temporal, signal-with-start: {sws:7.1f} starts/s  ({seconds:.1f} s)")
+            print(f"  bare Temporal, signal-with-start: {sws:7.1f} starts/s  ({seconds:.1f} s)",
+                  flush=True)  # fmt: skip
+            enrolls, seconds = await enrollment_rate(csv_path, concurrency)
+            print(f"  enrollments alone:            {enrolls:7.1f} leads/s   ({seconds:.1f} s)",
+                  flush=True)  # fmt: skip
+            await bare_run()
     for n, rate in enumerate(imported):
         around = statistics.mean(bare[n : n + 2])
         print(f"round {n + 1}: import / bare start before and after ({around:.1f}/s): "
@@ -233,11 +268,10 @@ async def main(leads: int, concurrency: int, rounds: int, signal_with_start: boo
     ratio = statistics.mean(imported) / statistics.mean(bare)
     print(f"ratio import / bare start, all runs: {ratio:.3f}   target >= 0.8: "
           f"{'met' if ratio >= 0.8 else 'MISSED'}")  # fmt: skip
-    if signal_with_start:
-        print(
-            f"bare signal-with-start / bare start: {sws / statistics.mean(bare):.2f}; "
-            f"import / bare signal-with-start: {statistics.mean(imported) / sws:.2f}"
-        )
+    if baselines:
+        around = statistics.mean(bare[-2:])  # the bare start runs either side of them
+        print(f"baselines / bare start around them ({around:.1f}/s): signal-with-start "
+              f"{sws / around:.2f}, enrollments alone {enrolls / around:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
@@ -246,7 +280,9 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=50, help="calls in flight")
     parser.add_argument("--rounds", type=int, default=2, help="imports, each between bare runs")
     parser.add_argument(
-        "--signal-with-start", action="store_true", help="also a bare signal-with-start run"
+        "--baselines",
+        action="store_true",
+        help="then a bare signal-with-start run and the enrollments alone, and a bare run",
     )
     args = parser.parse_args()
-    asyncio.run(main(args.leads, args.concurrency, args.rounds, args.signal_with_start))
+    asyncio.run(main(args.leads, args.concurrency, args.rounds, args.baselines))

@@ -46,7 +46,10 @@ def import_leads(
         help="validate only: no database, no Temporal; only the rejects file is written",
     ),
     strict: bool = typer.Option(
-        False, "--strict", help="any rejected row refuses the whole file: nothing written, exit 1"
+        False,
+        "--strict",
+        help="any rejected row refuses the whole file: nothing written, exit 1 (with --dry-run: "
+        "exit 1)",
     ),
     rejects: Path = typer.Option(
         None,
@@ -120,7 +123,7 @@ def import_leads(
         if checked.rejected:
             _finish(checked, source, rejects_path, as_json, refused=True)
     report = _run(settings, definitions, source, plan, options, dry_run=dry_run, enroll=enroll)
-    _finish(report, source, rejects_path, as_json)
+    _finish(report, source, rejects_path, as_json, refused=strict and bool(report.rejected))
 
 
 def _default_rejects(file: Path) -> Path:
@@ -150,7 +153,12 @@ def _run(settings, definitions, source, plan, options, *, dry_run: bool, enroll:
     from nurture.intake import Intake
     from nurture.runtime import connect_temporal, open_database
 
-    database = None if dry_run else open_database(settings)
+    try:
+        database = None if dry_run else open_database(settings)
+    except SQLAlchemyError as exc:
+        errors.print(f"[red]error[/red] cannot open the database: "
+                     f"{escape(str(exc).splitlines()[0])}")  # fmt: skip
+        raise typer.Exit(1) from None
     total = source.count()
     bar = Progress(
         TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),

@@ -491,6 +491,8 @@ def test_strict_refuses_the_whole_file(command_env, tmp_path):
     assert (report["refused"], report["ok"], report["rejected"]) == (True, False, 5)
     assert not Path(command_env["DATABASE_URL"].removeprefix("sqlite:///")).exists()
     assert (tmp_path / "leads.rejects.csv").exists()
+    # A dry run with --strict says so too.
+    assert invoke(str(data), "--strict", "--dry-run").exit_code == 1
     # A clean file passes --strict.
     clean = invoke(str(IMPORTS / "crm_export.csv"), "--strict", "--no-enroll")
     assert clean.exit_code == 0, clean.output
