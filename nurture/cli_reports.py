@@ -104,7 +104,7 @@ def leads(
         None, "--stage", help=f"only leads at this stage (repeat for several): {', '.join(STAGES)}"
     ),
     segment: list[str] = typer.Option(
-        None, "--segment", help="only leads of this segment (repeat for several)"
+        None, "--segment", help="only leads of this segment (repeat for several; '(none)')"
     ),
     min_score: float = typer.Option(None, "--min-score", help="only scores >= this (0-100)"),
     max_score: float = typer.Option(None, "--max-score", help="only scores <= this (0-100)"),
@@ -124,7 +124,7 @@ def leads(
 
     Exit codes: 0 listed (also when none match); 2 bad usage.
     """
-    from sqlalchemy import select
+    from sqlalchemy import or_, select
 
     from models.db import Enrollment, Lead, as_utc
 
@@ -139,8 +139,11 @@ def leads(
     query = select(Lead).order_by(Lead.created_at.desc(), Lead.id)
     if stage:
         query = query.where(Lead.stage.in_(stage))
-    if segment:
-        query = query.where(Lead.segment.in_(segment))
+    if segment:  # "(none)": the leads without one
+        named = [s for s in segment if s != "(none)"]
+        query = query.where(or_(Lead.segment.in_(named), *(
+            [Lead.segment.is_(None)] if "(none)" in segment else []
+        )))  # fmt: skip
     if min_score is not None:
         query = query.where(Lead.score >= min_score)
     if max_score is not None:
@@ -220,7 +223,14 @@ def report(
     Exit codes: 0 reported; 2 bad usage (a date that is not one, an unknown section).
     """
     from models.db import utcnow
-    from nurture.reports import SECTIONS, ReportFilter, build_report, parse_moment, to_csv
+    from nurture.reports import (
+        SECTIONS,
+        ReportFilter,
+        analyze_never_analyzed,
+        build_report,
+        parse_moment,
+        to_csv,
+    )
 
     if as_csv and as_json:
         raise _bad_usage("give --csv or --json, not both")
@@ -241,13 +251,20 @@ def report(
     flt = ReportFilter(since=start, until=end, segments=tuple(segment or ()))
     _settings, database = _database()
     try:
+        analyzed, problem = analyze_never_analyzed(database.engine)
+        if analyzed:
+            errors.print(f"analyzed {', '.join(analyzed)}: PostgreSQL had no statistics for "
+                         "them yet (is autovacuum off?)", highlight=False)  # fmt: skip
+        if problem:
+            errors.print(f"could not analyze tables without statistics ({problem}): "
+                         "the report may be slow; run ANALYZE", highlight=False,
+                         markup=False)  # fmt: skip
         with database.sessions() as session:
-            data = build_report(session, flt)
+            data = build_report(session, flt, sections)
     finally:
         database.engine.dispose()
     if as_json:
-        keep = {"filter"} | set(sections)
-        print(json.dumps({k: v for k, v in data.items() if k in keep}, indent=2, default=str))
+        print(json.dumps(data, indent=2, default=str))
     elif as_csv:
         sys.stdout.write(to_csv(data, sections))
     else:
@@ -304,15 +321,15 @@ def _print_sends(console: Console, data: dict, sections: list[str]) -> None:
                 share("clicked"), share("replied"), share("unsubscribed"), share("bounced"),
                 str(row["sql_first_touch"]), str(row["sql_last_touch"])]  # fmt: skip
 
-    steps = data["steps"] if "steps" in sections else []
-    for sequence in data["sequences"] if "sequences" in sections else []:
+    steps = data.get("steps", [])
+    for sequence in data.get("sequences", []):
         table.add_row(sequence["sequence"], "(all)", "", *cells(sequence), style="bold")
         for step in (s for s in steps if s["sequence"] == sequence["sequence"]):
             table.add_row("", step["step"], step["channel"], *cells(step))
-    if "sequences" not in sections:
+    if "sequences" not in data:
         for step in steps:
             table.add_row(step["sequence"], step["step"], step["channel"], *cells(step))
-    if not data["sequences"]:
-        console.print("no sends in the range")
-    else:
+    if table.row_count:
         console.print(table)
+    else:
+        console.print("no sends in the range")

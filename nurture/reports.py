@@ -12,18 +12,23 @@ Definitions (also in the README, "Reports"):
 - Median times: lead -> MQL from the lead's creation to its first MQL; MQL -> SQL from
   the first MQL to the first SQL; SQL -> accepted from the last SQL entry at or before
   the first acceptance (the cycle sales accepted) to that acceptance.
-- A send is a message with status `sent`, in the date range by its `sent_at`.
+- A send is a message with status `sent` (it has `sent_at`), in the date range by its
+  `sent_at`; skipped, deferred, failed and unknown messages are not sends.
 - A response counts for the message it answers: the one named by its `message_id`
   (provider webhooks, reply-to tokens, Twilio status callbacks); else, if its data names
   a `step` (and maybe a `sequence`), the lead's latest send of that step; else the lead's
   last send on the response's channel (email.* / sms.*) at or before it occurred (how an
-  unsubscribe link or an SMS STOP, which name no message, are counted).
+  unsubscribe link or an SMS STOP, which name no message, are counted). A message's own
+  `delivery_status` (delivered; bounce, dropped, undelivered, failed) counts as well.
 - Per step, delivered ... bounced count leads (each lead once, however many opens or
   clicks); per sequence they count distinct leads over all its steps. `open_events` and
   `click_events` count every open and click.
 - SQL attribution: for each lead that became an SQL, its first touch is the first
   message it was sent and its last touch the last message sent at or before its first SQL
   entry. A step is credited if that message is one of its sends in the date range.
+
+On 100,000 leads (300,000 sends, 450,000 responses) a full report takes about 5 s on
+SQLite and 9 s on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, String, case, func, literal, or_, select, union_all
+from sqlalchemy import Select, String, case, func, literal, or_, select, text, union_all
 from sqlalchemy.orm import Session, aliased
 
 from models.db import Enrollment, Lead, Message, Response, StageChange, as_utc
@@ -58,15 +63,14 @@ EVENT_COLUMNS: dict[str, tuple[str, ...]] = {
     "bounced": ("email.bounce", "email.dropped", "sms.undelivered"),
 }
 MESSAGE_EVENTS = tuple(sorted({kind for kinds in EVENT_COLUMNS.values() for kind in kinds}))
-# What providers report on the message row itself (models/db.py Message.delivery_status).
+# What a provider set on the message row itself (Message.delivery_status: the Twilio status
+# callback, intake's delivery events) counts too, as a link row of these types.
 DELIVERED_STATUSES = ("delivered",)
 BOUNCED_STATUSES = ("bounce", "dropped", "undelivered", "failed")
-# What providers set on the message row itself (Message.delivery_status) counts too.
 STATUS_DELIVERED, STATUS_BOUNCED = "status.delivered", "status.bounced"
 EXTRA_KINDS = {"delivered": (STATUS_DELIVERED,), "bounced": (STATUS_BOUNCED,)}
-NO_SEGMENT = "(none)"
-
-NO_SEQUENCE = "(none)"
+NO_SEGMENT = "(none)"  # leads without a segment; also what --segment takes for them
+NO_SEQUENCE = "(none)"  # a message without an enrollment
 
 FUNNEL_COLUMNS = ("stage", "reached", "rate_from_previous", "rate_from_leads",
                   "median_seconds_from_previous", "timed_leads")  # fmt: skip
@@ -397,19 +401,57 @@ def send_counts(session: Session, flt: ReportFilter) -> tuple[list[dict], list[d
     return per_sequence, per_step
 
 
+# --- statistics ------------------------------------------------------------------------------
+
+REPORT_TABLES = ("leads", "stage_changes", "enrollments", "messages", "responses")
+
+
+def analyze_never_analyzed(engine) -> tuple[list[str], str | None]:
+    """PostgreSQL only: ANALYZE the report's tables that have never been analyzed.
+
+    Autovacuum analyzes tables as they grow; where it is off (or right after a bulk
+    load) the planner has no statistics, takes a big table for a few rows and may join
+    a filtered table to the response matching in a nested loop that runs for hours.
+    ANALYZE only samples the table and writes statistics. Returns (tables analyzed,
+    the error if it was not allowed)."""
+    if engine.dialect.name != "postgresql":
+        return [], None
+    query = text(
+        "SELECT c.relname FROM pg_class c WHERE c.relkind = 'r' AND c.reltuples < 0"
+        " AND c.relname = ANY(:names) AND pg_table_is_visible(c.oid) ORDER BY c.relname"
+    )
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            names = list(connection.execute(query, {"names": list(REPORT_TABLES)}).scalars())
+            if names:
+                connection.execute(text("ANALYZE " + ", ".join(f'"{n}"' for n in names)))
+    except Exception as exc:  # not the tables' owner: report anyway, maybe slowly
+        return [], f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return names, None
+
+
 # --- the whole report ----------------------------------------------------------------------------
 
 
-def build_report(session: Session, flt: ReportFilter) -> dict[str, Any]:
-    segments = segment_counts(session, flt)
-    sequences, steps = send_counts(session, flt)
-    return {
-        "filter": flt.to_dict(),
-        "funnel": funnel(session, flt, segments),
-        "sequences": sequences,
-        "steps": steps,
-        "segments": segments,
-    }
+def build_report(
+    session: Session, flt: ReportFilter, sections: Iterable[str] = tuple(SECTIONS)
+) -> dict[str, Any]:
+    """The report's `sections` (all by default): only what they need is queried."""
+    sections = set(sections)
+    out: dict[str, Any] = {"filter": flt.to_dict()}
+    if sections & {"funnel", "segments"}:
+        segments = segment_counts(session, flt)
+        if "funnel" in sections:
+            out["funnel"] = funnel(session, flt, segments)
+        if "segments" in sections:
+            out["segments"] = segments
+    if sections & {"sequences", "steps"}:
+        sequences, steps = send_counts(session, flt)
+        if "sequences" in sections:
+            out["sequences"] = sequences
+        if "steps" in sections:
+            out["steps"] = steps
+    return {k: out[k] for k in ("filter", *SECTIONS) if k in out}
 
 
 def section_rows(report: dict[str, Any], section: str) -> list[dict[str, Any]]:
