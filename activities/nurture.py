@@ -8,12 +8,13 @@ handoffs) and return the same answer instead of acting twice.
 from __future__ import annotations
 
 import logging
+import time
 from functools import partial
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -29,6 +30,7 @@ from models.db import (
     Handoff,
     Lead,
     Message,
+    Response,
     SalesRepRow,
     ScoreChange,
     StageChange,
@@ -42,6 +44,7 @@ from models.workflow_io import (
     FinishEnrollment,
     HandoffRequest,
     HandoffResult,
+    MigrateEnrollment,
     ScoreRequest,
     ScoreResult,
     ScoreUpdate,
@@ -49,9 +52,10 @@ from models.workflow_io import (
     SendRequest,
     StartEnrollment,
 )
+from nurture import metrics
 from sales.activities import SalesActivities
 from scoring.engine import decide_stage, score
-from scoring.records import lead_responses, record_card
+from scoring.records import lead_responses, mark_scored, record_card, stage_change_rows
 
 log = logging.getLogger("nurture.activities")
 
@@ -85,9 +89,11 @@ class NurtureActivities:
         self.sales = sales  # the handoff's activities, registered with these
 
     def all(self) -> list:
-        return [*(self.sales.all() if self.sales else []),
+        return [
+            *(self.sales.all() if self.sales else []),
             self.start_enrollment,
             self.finish_enrollment,
+            self.migrate_enrollment,
             self.send_message,
             self.score_lead,
             self.record_score,  # only workflows started before the score card call it
@@ -110,6 +116,14 @@ class NurtureActivities:
                         workflow_id=request.workflow_id,
                     )
                 )
+
+    @activity.defn
+    def migrate_enrollment(self, request: MigrateEnrollment) -> None:
+        """The enrollment now follows a newer version of its sequence (`nurture migrate-leads`)."""
+        with self.sessions.begin() as session:
+            enrollment = session.get(Enrollment, request.enrollment_id)
+            if enrollment is not None:
+                enrollment.sequence_version = request.sequence_version
 
     @activity.defn
     def finish_enrollment(self, request: FinishEnrollment) -> None:
@@ -144,6 +158,7 @@ class NurtureActivities:
             skip = opt_out_reason(lead, request.channel)
             if skip:
                 message.status, message.status_reason = "skipped", skip
+                _count_send(request, "skipped")
                 return _outcome(message)
             due = max(as_utc(request.due_at) if request.due_at else utcnow(), utcnow())
             when = self._send_time(session, lead, request, due)
@@ -152,6 +167,7 @@ class NurtureActivities:
             if when.deferred:
                 message.status, message.not_before = "deferred", when.at
                 message.status_reason = "; ".join(when.reasons)
+                _count_send(request, "deferred")
                 return _outcome(message)
             profile = lead.profile()
             recipient = lead.email if request.channel == "email" else lead.phone
@@ -169,7 +185,9 @@ class NurtureActivities:
             rendered = render_email(self.templates_dir, request.template, context)
             missing = compliance_problems(rendered, self.sender, context["unsubscribe_url"])
             if missing:  # never send a marketing email without them (CAN-SPAM, RFC 8058)
-                return self._set_status(message.id, "failed", "; ".join(missing))
+                outcome = self._set_status(message.id, "failed", "; ".join(missing))
+                _count_send(request, "failed")
+                return outcome
             subject, body = rendered.subject, rendered.text
             outgoing = OutgoingEmail(
                 message_id=message.id,
@@ -200,16 +218,24 @@ class NurtureActivities:
             return self._rejected(message.id, request, exc)
         except ProviderUnavailable as exc:  # nothing sent: release the claim, retry later
             self._set_status(message.id, "retrying", str(exc))
+            _count_send(request, "retrying")
             raise ApplicationError(f"provider unavailable: {exc}") from None
 
-        with self.sessions.begin() as session:
-            message = session.get(Message, message.id)
-            message.provider, message.provider_message_id = (
-                result.provider,
-                result.provider_message_id,
-            )
-            message.status, message.sent_at = "sent", utcnow()
+        def record_sent() -> Message:
+            with self.sessions.begin() as session:
+                sent = session.get(Message, message.id)
+                sent.provider, sent.provider_message_id = (
+                    result.provider,
+                    result.provider_message_id,
+                )
+                sent.status, sent.sent_at = "sent", utcnow()
+                return sent
+
+        # The provider has it: the database being away for a moment must not turn the
+        # send into `unknown` (a retry would find it `sending`), so keep trying a while.
+        message = _despite_database_outage(record_sent)
         log.info("sent %s step=%s lead=%s", request.channel, request.step_id, request.lead_id)
+        _count_send(request, "sent")
         return _outcome(message)
 
     def _send_time(self, session: Session, lead: Lead, request: SendRequest, due) -> SendTime:
@@ -238,21 +264,30 @@ class NurtureActivities:
     def _rejected(self, message_id: str, request: SendRequest, exc: ProviderRejected):
         """A final refusal: keep the provider's reason; a bad address or a provider-side
         opt-out stops the channel for this lead."""
-        with self.sessions.begin() as session:
-            message = session.get(Message, message_id)
-            message.status, message.status_reason = "failed", exc.reason
-            if exc.consent_reason:
-                effect = ConsentEffect(request.channel, False, exc.consent_reason, exc.reason)
-                set_consent(session, session.get(Lead, request.lead_id), effect)
+
+        def record_refusal() -> Message:
+            with self.sessions.begin() as session:
+                message = session.get(Message, message_id)
+                message.status, message.status_reason = "failed", exc.reason
+                if exc.consent_reason:
+                    effect = ConsentEffect(request.channel, False, exc.consent_reason, exc.reason)
+                    set_consent(session, session.get(Lead, request.lead_id), effect)
+                return message
+
+        message = _despite_database_outage(record_refusal)
         log.warning("provider refused %s step=%s lead=%s: %s", request.channel,
                     request.step_id, request.lead_id, exc.reason)  # fmt: skip
+        _count_send(request, "failed")
         return _outcome(message)
 
     def _set_status(self, message_id: str, status: str, reason: str) -> SendOutcome:
-        with self.sessions.begin() as session:
-            message = session.get(Message, message_id)
-            message.status, message.status_reason = status, reason
-        return _outcome(message)
+        def write() -> Message:
+            with self.sessions.begin() as session:
+                message = session.get(Message, message_id)
+                message.status, message.status_reason = status, reason
+                return message
+
+        return _outcome(_despite_database_outage(write))
 
     def _claim(self, request: SendRequest) -> Message:
         """Claim the send key before anything else, or find the earlier claim.
@@ -317,9 +352,11 @@ class NurtureActivities:
             "call; not repeated - check the provider)", request.step_id, request.lead_id,
             message_id,
         )  # fmt: skip
-        return self._set_status(
+        outcome = self._set_status(
             message_id, "unknown", "interrupted during the provider call; outcome unknown"
         )
+        _count_send(request, "unknown")
+        return outcome
 
     def _concurrent_outcome(self, message_id: str, request: SendRequest) -> SendOutcome:
         """Another attempt took the send first: its outcome, or unknown while it runs."""
@@ -359,7 +396,9 @@ class NurtureActivities:
                         f"{request.model_fingerprint}: restart the workers on the new "
                         "scoring.yaml"
                     )
-                responses = lead_responses(session, lead.id, request.event_id)
+                responses = lead_responses(
+                    session, lead.id, request.event_id, *request.batch_event_ids
+                )
                 # A response stamped a moment after the workflow's clock still counts.
                 at = max([as_utc(request.at), *(r.occurred_at for r in responses)])
                 profile = lead.profile()
@@ -372,21 +411,44 @@ class NurtureActivities:
                     entered=decision.entered, recycled=decision.recycled,
                     decaying=card.decaying, reasons=card.reasons(),
                     rescore_in=model.rescore_every if card.decaying else None,
+                    requested_at=request.at,
                 )  # fmt: skip
                 for problem in card.problems:
                     log.warning("scoring %s: %s", lead.id, problem)
-                record_card(
+                old_score = lead.score
+                written = record_card(
                     session, lead, model, card, decision, request.event_id, request.cause,
                     result=result.model_dump(mode="json"),
                     always=request.cause not in ("decay", "rescore"),
+                    responses=[request.event_id, *request.batch_event_ids],
                 )  # fmt: skip
-                return result
+            if written:  # committed
+                rows = stage_change_rows(lead.id, decision, request.event_id, card.total)
+                _count_score(request.cause, old_score, card.total,
+                             [(row["from_stage"], row["to_stage"]) for row in rows])  # fmt: skip
+                self._count_batch(request)
+            return result
         except IntegrityError:  # a concurrent attempt stored it first
             with self.sessions() as session:
                 stored = _stored_result(session, request)
             if stored is None:
                 raise
             return stored
+
+    def _count_batch(self, request: ScoreRequest) -> None:
+        """Responses scored together with `request.event_id`, counted by type."""
+        batch = getattr(request, "batch_event_ids", None)
+        if not batch or not metrics.enabled():
+            return
+        try:
+            with self.sessions() as session:
+                kinds = session.scalars(select(Response.type).where(
+                    Response.lead_id == request.lead_id, Response.event_id.in_(batch)
+                )).all()  # fmt: skip
+            for kind in kinds:
+                metrics.record(metrics.RESPONSES, type=kind)
+        except Exception:
+            log.debug("responses of a batch not counted", exc_info=True)
 
     @activity.defn
     def record_score(self, update: ScoreUpdate) -> None:
@@ -398,15 +460,15 @@ class NurtureActivities:
                     raise ApplicationError(
                         f"lead {update.lead_id} does not exist", non_retryable=True
                     )
-                session.add(
-                    ScoreChange(
-                        lead_id=update.lead_id,
-                        event_id=update.event_id,
-                        old_score=update.old_score,
-                        new_score=update.new_score,
-                        reason=update.reason,
-                    )
+                change = ScoreChange(
+                    lead_id=update.lead_id,
+                    event_id=update.event_id,
+                    old_score=update.old_score,
+                    new_score=update.new_score,
+                    reason=update.reason,
                 )
+                session.add(change)
+                mark_scored(session, update.lead_id, change, [update.event_id])
                 previous = update.old_stage
                 for stage in update.stages_entered:
                     session.add(
@@ -422,6 +484,9 @@ class NurtureActivities:
                 lead.score, lead.stage = update.new_score, update.new_stage
         except IntegrityError:
             return  # an earlier attempt stored this change already
+        stages = [update.old_stage, *update.stages_entered]
+        _count_score(update.response_type, update.old_score, update.new_score,
+                     list(zip(stages, stages[1:], strict=False)))  # fmt: skip
 
     # --- handoff -------------------------------------------------------------------------------
 
@@ -511,12 +576,31 @@ def _next_rep(session: Session) -> str:
 
 
 def _stored_result(session: Session, request: ScoreRequest) -> ScoreResult | None:
+    """What an earlier attempt stored for this request: the change keyed by its event,
+    or the one that already counted its response (in a burst, by an earlier run)."""
+    counted_in = select(Response.scored_in).where(Response.event_id == request.event_id)
     stored = session.scalars(
         select(ScoreChange.result).where(
-            ScoreChange.lead_id == request.lead_id, ScoreChange.event_id == request.event_id
-        )
+            ScoreChange.lead_id == request.lead_id,
+            or_(ScoreChange.event_id == request.event_id,
+                ScoreChange.id == counted_in.scalar_subquery()),
+        )  # fmt: skip
     ).first()
     return ScoreResult.model_validate(stored) if stored else None
+
+
+def _count_score(cause: str, old: float | None, new: float, stages: list[tuple[str, str]]) -> None:
+    kind = metrics.response_cause(cause)
+    if kind == "response":
+        metrics.record(metrics.RESPONSES, type=cause)
+    metrics.record(metrics.SCORE_CHANGES, cause=kind, direction=metrics.direction(old, new))
+    for old_stage, new_stage in stages:
+        metrics.record(metrics.STAGE_CHANGES, from_stage=old_stage, to_stage=new_stage)
+
+
+def _count_send(request: SendRequest, status: str) -> None:
+    metrics.record(metrics.MESSAGES, channel=request.channel, status=status,
+                   sequence=request.sequence_id)  # fmt: skip
 
 
 def _zone(name: str | None) -> ZoneInfo:
@@ -524,6 +608,28 @@ def _zone(name: str | None) -> ZoneInfo:
         return ZoneInfo(name or "UTC")
     except (ZoneInfoNotFoundError, ValueError):  # intake checks zones; older rows may not be
         return ZoneInfo("UTC")
+
+
+# How long an activity keeps retrying a write the provider's answer depends on: within
+# the send activity's 30 s, after a provider call of at most 10 s.
+OUTAGE_PATIENCE = 15.0
+
+
+def _despite_database_outage(write, patience: float = OUTAGE_PATIENCE):
+    """Run `write` (a transaction of its own), retrying while the database cannot be
+    reached, for up to `patience` seconds; then the error goes up as before."""
+    deadline = time.monotonic() + patience
+    pause = 0.25
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("database unreachable, retrying in %.1f s: %s", pause,
+                        type(exc).__name__)  # fmt: skip
+            time.sleep(pause)
+            pause = min(pause * 2, 4.0)
 
 
 def _outcome(message: Message) -> SendOutcome:

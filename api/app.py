@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from temporalio.service import RPCError
 
 from api.handoffs import handoff_router
@@ -93,6 +94,17 @@ def create_app(intake: Intake, settings: Settings, relay: bool = True) -> FastAP
             {"detail": "invalid request", "problems": _problems(exc)}, status_code=422
         )
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_away(_request: Request, exc: Exception) -> JSONResponse:
+        # Nothing was committed: the caller (a provider's webhook retries) sends it again.
+        log.warning("database unreachable: %s", type(exc).__name__)
+        return JSONResponse(
+            {"detail": "the database is unreachable; nothing was stored, send it again"},
+            status_code=503,
+            headers={"Retry-After": "10"},
+        )
+
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -104,7 +116,7 @@ def create_app(intake: Intake, settings: Settings, relay: bool = True) -> FastAP
         lead, created = await run_in_threadpool(intake.upsert_lead, lead_in)
         try:
             enrollment = await asyncio.wait_for(
-                intake.enroll(lead, lead_in.sequence), timeout=ENROLL_TIMEOUT
+                intake.enroll(lead, lead_in.sequence, new_lead=created), timeout=ENROLL_TIMEOUT
             )
         except UnknownSequence as exc:
             raise HTTPException(422, str(exc)) from None

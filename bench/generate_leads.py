@@ -25,8 +25,9 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from models.db import Lead, Response, create_schema, make_engine
+from models.db import Lead, Response, make_engine
 from models.loader import Definitions, load_definitions
+from nurture import migrate
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # fixed, so every run is the same data
@@ -143,7 +144,7 @@ def generate(
     started = time.perf_counter()
     rng = random.Random(seed)
     engine = make_engine(url)
-    create_schema(engine)
+    migrate.upgrade(engine)  # the schema the code needs, stamped
     lead_ids: list[str] = []
     trial: list[bool] = []
     segments: dict[str, int] = {}

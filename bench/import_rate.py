@@ -5,8 +5,9 @@
 - import: a generated CSV of N leads (seeded profiles from bench/generate_leads.py, with
   phones, time zones and two attribute columns under spreadsheet-style headers) through
   the importer `nurture import` runs, with the repository's definitions on SQLite:
-  read + map + validate + upsert by email (batches) + segment + signal-with-start of
-  each lead's LeadWorkflow with its real sequence, the same concurrency. Timed from
+  read + map + validate + upsert by email (batches) + segment + start of each new
+  lead's LeadWorkflow with its enrollment (its real sequence) in the start input, the
+  same concurrency. Timed from
   opening the file to the last enrollment accepted.
 
 Each run gets a fresh in-memory Temporal dev server (the server slows down as it fills
@@ -165,7 +166,7 @@ async def enrollment_rate(csv_path: Path, concurrency: int) -> tuple[float, floa
 
         async def enroller() -> None:
             for lead in remaining:
-                await intake.enroll(lead)
+                await intake.enroll(lead, new_lead=True)
 
         started = time.perf_counter()
         await asyncio.gather(*(enroller() for _ in range(concurrency)))

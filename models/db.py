@@ -179,6 +179,8 @@ class Response(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(index=True)
     duplicates: Mapped[int] = mapped_column(Integer, default=0)  # repeats dropped
+    # The score change that counted it (a burst of responses is scored once, by one change).
+    scored_in: Mapped[int | None] = mapped_column(ForeignKey("score_changes.id"))
 
 
 class ConsentChange(Base):
@@ -290,8 +292,10 @@ class HandoffEvent(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL and a busy timeout so API and worker share it."""
+def make_engine(url: str, pool_size: int = 5) -> Engine:
+    """An engine for `url`; SQLite gets WAL and a busy timeout so API and worker share it.
+    Elsewhere `pool_size` connections are kept (plus 10 more at peaks): a worker passes
+    its activity slots, so no activity thread waits for a connection."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
@@ -303,11 +307,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
-
-
-def create_schema(engine: Engine) -> None:
-    Base.metadata.create_all(engine)
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=10)
 
 
 def session_factory(engine: Engine) -> sessionmaker:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
+import phonenumbers
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
+
+from models.contact import known_timezone, normalise_phone
 
 # Every response type Nurture understands. Webhooks and the events API map onto these.
 RESPONSE_TYPES: frozenset[str] = frozenset(
@@ -387,6 +390,7 @@ EVERYONE = "everyone"  # the pool of every rep, unless sales.yaml defines its ow
 _ENV_NAME = r"^[A-Z_][A-Z0-9_]*$"
 # ISO 3166 alpha-2 codes phonenumbers does not list (no phone numbering plan of their own).
 _EXTRA_COUNTRIES = frozenset({"AQ", "BV", "GS", "HM", "PN", "TF", "UM"})
+REP_PHONE_HINT = " (write it with +country code)"  # a rep has no country to read it in
 
 
 def _as_tuple(value: object) -> object:
@@ -407,8 +411,6 @@ def _countries_as_tuple(value: object) -> object:
 
 
 def _country_codes(codes: tuple[str, ...]) -> tuple[str, ...]:
-    import phonenumbers  # a dependency of intake already; imported late to keep this light
-
     known = phonenumbers.SUPPORTED_REGIONS | _EXTRA_COUNTRIES
     result = []
     for code in codes:
@@ -418,27 +420,6 @@ def _country_codes(codes: tuple[str, ...]) -> tuple[str, ...]:
             raise ValueError(f"{code!r} is not an ISO 3166 country code such as US or DE{hint}")
         result.append(upper)
     return tuple(dict.fromkeys(result))
-
-
-def _e164(raw: str) -> str | None:
-    """A rep's phone in E.164, as `nurture.intake.normalise_phone` reads a lead's (without a
-    country: a rep's number is written with +country code). Not imported from there: intake
-    pulls in the workflows and activities, and loading definitions must not."""
-    import phonenumbers
-
-    if not raw.strip():
-        return None
-    try:
-        number = phonenumbers.parse(raw, None)
-    except phonenumbers.NumberParseException as exc:
-        raise ValueError(
-            f"phone {raw!r} is not a phone number: {exc._msg} (write it with +country code)"
-        ) from None
-    if not phonenumbers.is_valid_number(number):
-        region = phonenumbers.region_code_for_country_code(number.country_code)
-        where = f" in {region}" if region not in ("ZZ", "001") else ""
-        raise ValueError(f"phone {raw!r} is not a valid number{where}")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def _http_url(value: str) -> str:
@@ -481,7 +462,7 @@ class SalesRep(_Definition):
     @field_validator("phone")
     @classmethod
     def _phone_in_e164(cls, value: str | None) -> str | None:
-        return None if value is None else _e164(value)
+        return None if value is None else normalise_phone(value, hint=REP_PHONE_HINT)
 
     @field_validator("webhook_url")
     @classmethod
@@ -504,15 +485,7 @@ class SalesRep(_Definition):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown time zone {value!r} (use an IANA name such as Europe/Berlin)"
-            ) from None
-        return value
+        return known_timezone(value, example="Europe/Berlin")
 
     @field_validator("sla", mode="before")
     @classmethod

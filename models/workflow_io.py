@@ -26,6 +26,13 @@ class LeadInput(BaseModel):
     scoring: dict[str, Any] | None = None
     score: float = 0
     stage: str = "lead"
+    # A new lead's first enrollment rides in its start input: one plain start instead
+    # of signal-with-start (the import's rate). Older histories have none.
+    enroll: EnrollRequest | None = None
+    # A run continued as new: everything the previous run knew (see LeadCarryOver).
+    carried: LeadCarryOver | None = None
+    # Continue as new after this many responses (default: the workflow's RESPONSES_PER_RUN).
+    responses_per_run: int | None = None
 
 
 class EnrollRequest(BaseModel):
@@ -60,6 +67,7 @@ class LeadState(BaseModel):
     grade: str | None = None
     next_rescore_at: datetime | None = None  # while engagement is still decaying
     sequence_id: str | None = None
+    sequence_version: int | None = None
     enrollment_id: str | None = None
     enrollment_status: str | None = None  # active | completed | exited | handed_off
     step_id: str | None = None
@@ -147,6 +155,9 @@ class ScoreRequest(BaseModel):
     cause: str  # the response type | decay | rescore
     at: datetime  # workflow time: the moment the card is for
     model_fingerprint: str | None = None
+    # Responses handled together with `event_id` (a burst scored once): counted even if
+    # their delivery is not committed yet.
+    batch_event_ids: list[str] = Field(default_factory=list)
 
 
 class ScoreResult(BaseModel):
@@ -161,6 +172,9 @@ class ScoreResult(BaseModel):
     decaying: bool = False  # decay still moves the total
     rescore_in: float | None = None  # seconds until the workflow should score it again
     reasons: list[str] = Field(default_factory=list)  # the top lines of the breakdown
+    # The request's `at` when this result was computed: a stored result answering a later
+    # request (an event redelivered after the workflow forgot it) is not news.
+    requested_at: datetime | None = None
 
 
 class HandoffRequest(BaseModel):
@@ -254,3 +268,70 @@ class HandoffState(BaseModel):
     due_at: datetime | None = None
     reminders_sent: int = 0
     reassignments: int = 0
+
+
+# --- continue-as-new ---------------------------------------------------------------------------
+
+
+class SequencePause(BaseModel):
+    """Where a sequence waits on a durable timer: the only place a run may end and the
+    next one pick it up."""
+
+    kind: Literal["wait", "wait_for", "deferred"]  # a wait step, a wait_for, a held send
+    step_id: str
+    until: datetime
+    visit: int = 1  # the step's visit (a held send resumes under the same send key)
+
+
+class CarriedEnrollment(BaseModel):
+    enrollment: EnrollRequest
+    visits: dict[str, int]
+    pause: SequencePause
+
+
+class MigrateRequest(BaseModel):
+    """`nurture migrate-leads`: move a lead's running enrollment to a newer version of its
+    sequence, at the step it is waiting in (or the one `step_map` names for it)."""
+
+    sequence: Sequence
+    step_map: dict[str, str] = Field(default_factory=dict)  # old step id -> new step id
+
+
+class MigrateResult(BaseModel):
+    enrollment_id: str
+    from_version: int
+    to_version: int
+    from_step: str
+    to_step: str
+
+
+class MigrateEnrollment(BaseModel):
+    enrollment_id: str
+    sequence_version: int
+
+
+class LeadCarryOver(BaseModel):
+    """A lead workflow's state, handed to its next run by continue-as-new."""
+
+    runs: int  # runs before this one
+    cycle: int
+    seen_event_ids: list[str]  # the latest; older ones are recognised by the scoring record
+    response_counts: dict[str, int]  # what the lead has done, for branch conditions
+    events_since_send: list[str]
+    reasons: list[str]
+    next_rescore_at: datetime | None = None
+    enroll_requests: list[EnrollRequest] = Field(default_factory=list)
+    inbox: list[ResponseEvent] = Field(default_factory=list)  # signalled, not yet handled
+    rescore_requests: list[RescoreRequest] = Field(default_factory=list)
+    finished_enrollments: list[str] = Field(default_factory=list)
+    enrollment: CarriedEnrollment | None = None
+    nurture_stopped: bool = False
+    handoff: HandoffState | None = None
+    sla_reminders: int | None = None  # the SLA is being followed: reminders per rep
+    sla_lapses: int = 0
+    cool_down_until: datetime | None = None
+    recycle_cycle: int | None = None  # a recycle waits for the end of the cool-down
+    state: LeadState
+
+
+LeadInput.model_rebuild()  # `enroll` and `carried` refer to models defined below it

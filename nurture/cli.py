@@ -81,10 +81,13 @@ def worker(verbose: bool = typer.Option(True, help="log activity")) -> None:
 
     Example: TEMPORAL_ADDRESS=temporal.internal:7233 nurture worker
     """
+    import os
+
     import worker as worker_module
 
-    _logging(verbose)
-    _fail_on_definition_errors(lambda: asyncio.run(worker_module.run_worker()))
+    if not verbose:
+        os.environ["NURTURE_LOG_LEVEL"] = "WARNING"
+    worker_module.main()  # the same process as `python worker.py`: stops, exits alike
 
 
 @app.command()
@@ -107,7 +110,10 @@ def api() -> None:
         client = await connect_temporal(settings)
         intake = Intake(definitions, database.sessions, client, settings.task_queue)
         app_ = create_app(intake, settings)
-        config = uvicorn.Config(app_, host=settings.api_host, port=settings.api_port)
+        # log_config=None: uvicorn's records go through our handlers (and their masking).
+        config = uvicorn.Config(
+            app_, host=settings.api_host, port=settings.api_port, log_config=None
+        )
         await uvicorn.Server(config).serve()
 
     _fail_on_definition_errors(lambda: asyncio.run(serve()))
@@ -643,6 +649,31 @@ from nurture.cli_simulate import preview, simulate  # noqa: E402
 app.command()(preview)
 app.command()(simulate)
 
+from nurture.cli_config import config  # noqa: E402
+
+app.command()(config)
+
+from nurture.cli_migrate import migrate_leads  # noqa: E402
+
+app.command("migrate-leads")(migrate_leads)
+
+from nurture.cli_db import db_app  # noqa: E402  (a command group of its own)
+
+app.add_typer(db_app, name="db")
+
+
+def main() -> None:
+    """The `nurture` script: a bad setting, or a database schema behind the code, is a
+    message saying what to do, not a traceback."""
+    from nurture.migrate import SchemaError
+    from nurture.settings import SettingsError
+
+    try:
+        app()
+    except (SettingsError, SchemaError) as exc:
+        errors.print(str(exc), highlight=False, markup=False, soft_wrap=True)
+        raise SystemExit(1) from None
+
 
 if __name__ == "__main__":
-    app()
+    main()

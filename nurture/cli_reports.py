@@ -15,7 +15,7 @@ import sys
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 errors = Console(stderr=True, soft_wrap=True)
 PIPE_WIDTH = 200  # tables written to a pipe or a file: wide enough to stay whole
@@ -174,12 +174,17 @@ def leads(
         writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
         return
     console = _console()
-    table = Table("email", "name", "company", "segment", "stage", "score", "grade", "created")
+    # Emails and segments fold rather than end in "…" (they are what one copies from
+    # here), and an email has the room for a whole address where the terminal allows.
+    email_width = min(console.width // 4, max((len(row["email"]) for row in rows), default=5))
+    table = Table(Column("email", overflow="fold", min_width=email_width), "name", "company",
+                  Column("segment", overflow="fold"), "stage", "score", "grade",
+                  Column("created", no_wrap=True))  # fmt: skip
     for row in rows:
         name = " ".join(filter(None, (row["first_name"], row["last_name"])))
         table.add_row(row["email"], name, row["company"] or "", row["segment"] or "",
                       row["stage"], f"{row['score']:.1f}", row["grade"] or "",
-                      row["created_at"][:16].replace("T", " "))  # fmt: skip
+                      row["created_at"][:10])  # fmt: skip
     console.print(table)
     more = " (--limit reached: --limit 0 lists all)" if limit and len(rows) == limit else ""
     console.print(f"{len(rows)} lead(s){more}", highlight=False)
@@ -308,9 +313,7 @@ def _print_report(console: Console, data: dict, sections: list[str]) -> None:
 
 
 def _print_sends(console: Console, data: dict, sections: list[str]) -> None:
-    title = "sends in the range (counts of leads: opens and clicks once per lead)"
-    table = Table("sequence", "step", "ch", "sent", "leads", "delivered", "opened", "clicked",
-                  "replied", "unsub.", "bounced", "SQL first", "SQL last", title=title)  # fmt: skip
+    """One table per sequence (its steps, then its total), so step names have the room."""
 
     def cells(row: dict) -> list[str]:
         def share(name: str) -> str:
@@ -321,15 +324,26 @@ def _print_sends(console: Console, data: dict, sections: list[str]) -> None:
                 share("clicked"), share("replied"), share("unsubscribed"), share("bounced"),
                 str(row["sql_first_touch"]), str(row["sql_last_touch"])]  # fmt: skip
 
+    def table(title: str, width: int) -> Table:
+        return Table(Column("step", no_wrap=True, min_width=width), "ch", "sent", "leads",
+                     "deliv.", "opened", "clicked", "replied", "unsub.", "bounced", "SQL 1st",
+                     "SQL last", title=title, title_justify="left")  # fmt: skip
+
     steps = data.get("steps", [])
-    for sequence in data.get("sequences", []):
-        table.add_row(sequence["sequence"], "(all)", "", *cells(sequence), style="bold")
-        for step in (s for s in steps if s["sequence"] == sequence["sequence"]):
-            table.add_row("", step["step"], step["channel"], *cells(step))
-    if "sequences" not in data:
-        for step in steps:
-            table.add_row(step["sequence"], step["step"], step["channel"], *cells(step))
-    if table.row_count:
-        console.print(table)
-    else:
+    names = [row["sequence"] for row in data.get("sequences", [])]
+    names += [name for name in dict.fromkeys(s["sequence"] for s in steps) if name not in names]
+    if not names:
         console.print("no sends in the range")
+        return
+    totals = {row["sequence"]: row for row in data.get("sequences", [])}
+    console.print("sends in the range; the other columns count leads (each once, and its "
+                  "share of the leads sent to)", highlight=False)  # fmt: skip
+    for name in names:
+        own = [s for s in steps if s["sequence"] == name]
+        rows = table(f"sequence {name}", max([len("(all steps)")] + [len(s["step"]) for s in own]))
+        for step in own:
+            rows.add_row(step["step"], step["channel"], *cells(step))
+        if name in totals:
+            rows.add_section()
+            rows.add_row("(all steps)", "", *cells(totals[name]), style="bold")
+        console.print(rows)

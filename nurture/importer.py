@@ -14,8 +14,9 @@ what a lead already has; attributes are merged into the lead's.
 
 Valid rows are upserted by email in batches, one transaction per batch, each new
 lead getting its segment (segments.yaml); a later batch is validated and written
-while the leads of the earlier ones are enrolled: signal-with-start of their
-workflows through the Intake, `concurrency` calls in flight.
+while the leads of the earlier ones are enrolled through the Intake, `concurrency`
+calls in flight: a new lead's workflow is started with its enrollment in its input,
+an existing lead's is signalled (signal-with-start).
 """
 
 from __future__ import annotations
@@ -556,7 +557,7 @@ class LeadImporter:
             self.report.created += created
             self.report.updated += not created
             self.report.segments[lead.segment] += 1
-            to_enroll.append((item.line, lead, item.sequence))
+            to_enroll.append((item.line, lead, item.sequence, created))
         self.progress("imported", len(written))
         return to_enroll if self.enroll else []
 
@@ -664,13 +665,13 @@ class LeadImporter:
 
     async def _enroller(self, queue: asyncio.Queue) -> None:
         while (item := await queue.get()) is not None:
-            line, lead, sequence = item
+            line, lead, sequence, created = item
             if self._failures_in_a_row >= CONSECUTIVE_FAILURES:
                 error = f"not tried: the {CONSECUTIVE_FAILURES} enrollments before it failed"
                 self.report.enroll_failed.append(EnrollFailure(line, lead.email, lead.id, error))
                 continue
             try:
-                request = await self.intake.enroll(lead, sequence)
+                request = await self.intake.enroll(lead, sequence, new_lead=created)
             except Exception as exc:  # Temporal unreachable, a timeout...
                 self._failures_in_a_row += 1
                 error = f"{type(exc).__name__}: {exc}"

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import phonenumbers
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,8 +28,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from models.consent import ConsentEffect, classify_response, set_consent
+from models.contact import known_timezone, normalise_phone
 from models.db import Lead, Message, Response, as_utc, new_id, utcnow
 from models.definitions import RESPONSE_TYPES
 from models.loader import Definitions
@@ -106,15 +107,7 @@ class LeadIn(_Incoming):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown time zone {value!r} (use an IANA name such as Europe/Paris)"
-            ) from None
-        return value
+        return known_timezone(value)
 
     @field_validator("country")
     @classmethod
@@ -125,23 +118,6 @@ class LeadIn(_Incoming):
     @classmethod
     def _phone_in_e164(cls, value: str | None, info: ValidationInfo) -> str | None:
         return None if value is None else normalise_phone(value, info.data.get("country"))
-
-
-def normalise_phone(raw: str, country: str | None = None) -> str | None:
-    """A phone number in E.164 (+4915123456789), read in the lead's country if it has no
-    +prefix. Raises ValueError saying why a number is not usable; blank means none."""
-    if not raw.strip():
-        return None
-    try:
-        number = phonenumbers.parse(raw, country)
-    except phonenumbers.NumberParseException as exc:
-        hint = "" if country else " (give it with +country code, or give the lead's country)"
-        raise ValueError(f"phone {raw!r} is not a phone number: {exc._msg}{hint}") from None
-    if not phonenumbers.is_valid_number(number):
-        region = phonenumbers.region_code_for_country_code(number.country_code)
-        where = f" in {region}" if region not in ("ZZ", "001") else ""
-        raise ValueError(f"phone {raw!r} is not a valid number{where}")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 class EventIn(_Incoming):
@@ -214,12 +190,18 @@ class UnknownSequence(LookupError):
 
 class Intake:
     def __init__(
-        self, definitions: Definitions, sessions: sessionmaker, client: Client, task_queue: str
+        self,
+        definitions: Definitions,
+        sessions: sessionmaker,
+        client: Client,
+        task_queue: str,
+        responses_per_run: int | None = None,  # tests: continue as new sooner
     ):
         self.definitions = definitions
         self.sessions = sessions
         self.client = client
         self.task_queue = task_queue
+        self.responses_per_run = responses_per_run
 
     # --- leads ----------------------------------------------------------------------------
 
@@ -244,8 +226,15 @@ class Intake:
             self._match_pending(session, lead)
             return lead, created
 
-    async def enroll(self, lead: Lead, sequence_id: str | None = None) -> EnrollRequest:
-        """Signal-with-start the lead's workflow; enrolling twice is a no-op in the workflow."""
+    async def enroll(
+        self, lead: Lead, sequence_id: str | None = None, new_lead: bool = False
+    ) -> EnrollRequest:
+        """Enroll the lead; enrolling twice is a no-op in the workflow.
+
+        A lead just created has no workflow yet: start it with the enrollment in its
+        input (one plain start, cheaper than signal-with-start). Otherwise, or if a
+        workflow turns out to be running after all, signal-with-start.
+        """
         profile = lead.profile()
         segment, chosen = self.definitions.choose_segment(profile)
         sequence_id = sequence_id or chosen
@@ -260,19 +249,31 @@ class Intake:
             segment=segment,
             profile=profile,
         )
+        if new_lead:
+            try:
+                await self.client.start_workflow(
+                    LeadWorkflow.run,
+                    self._lead_input(lead, enroll=request),
+                    id=lead_workflow_id(lead.id),
+                    task_queue=self.task_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                )
+                return request
+            except WorkflowAlreadyStartedError:
+                pass
         await self._signal_with_start(lead, "enroll", request)
         return request
+
+    def _lead_input(self, lead: Lead, enroll: EnrollRequest | None = None) -> LeadInput:
+        return LeadInput(lead_id=lead.id, profile=lead.profile(), score=lead.score,
+                         stage=lead.stage, enroll=enroll,
+                         responses_per_run=self.responses_per_run)  # fmt: skip
 
     async def _signal_with_start(self, lead: Lead, signal: str, argument: object) -> None:
         """Signal the lead's workflow, starting it first if it is not running."""
         await self.client.start_workflow(
             LeadWorkflow.run,
-            LeadInput(
-                lead_id=lead.id,
-                profile=lead.profile(),
-                score=lead.score,
-                stage=lead.stage,
-            ),  # fmt: skip
+            self._lead_input(lead),
             id=lead_workflow_id(lead.id),
             task_queue=self.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

@@ -13,8 +13,9 @@ from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
-from temporalio.client import Client
+from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
 from activities.nurture import NurtureActivities
@@ -23,22 +24,30 @@ from channels.links import Links
 from channels.outbox import OutboxChannel
 from channels.sendgrid_email import SendGridEmailChannel
 from channels.twilio_sms import TwilioSmsChannel
-from models.db import SalesRepRow, create_schema, make_engine, session_factory
+from models.db import SalesRepRow, make_engine, session_factory
 from models.loader import Definitions, load_definitions
-from nurture.settings import Settings
+from nurture.logs import setup as setup_logging
+from nurture.settings import Settings, SettingsError, get_settings
 from sales.activities import SalesActivities
 from workflows import sandbox_runner
 from workflows.lead import LeadWorkflow
 
 
-def configure_logging(verbose: bool = True) -> None:
-    """One log format for every process. The Twilio SDK logs each request with its
-    parameters (phone numbers, message bodies) at INFO: kept to warnings."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
+def configure_logging(
+    verbose: bool = True, log_format: str | None = None, level: str | None = None
+) -> None:
+    """One log set-up for every process (`nurture.logs`): text or JSON lines on stderr,
+    emails and phone numbers masked. The format and level are NURTURE_LOG_FORMAT and
+    NURTURE_LOG_LEVEL unless given; not verbose: warnings and worse only. The Twilio SDK
+    logs each request with its parameters at INFO: kept to warnings."""
+    if log_format is None or level is None:
+        try:
+            settings = get_settings()
+            log_format, level = log_format or settings.log_format, level or settings.log_level
+        except SettingsError:  # reported by whatever reads the settings next
+            log_format, level = log_format or "text", level or "INFO"
+    number = logging.getLevelName(level)
+    setup_logging(number if verbose else max(number, logging.WARNING), log_format)
 
 
 @dataclass
@@ -48,11 +57,20 @@ class Database:
 
 
 def open_database(settings: Settings) -> Database:
-    """Connect and make sure the schema exists (migrations come with Alembic later)."""
+    """Connect and make sure the schema is the code's (nurture/migrate.py): an empty
+    database is migrated to head; one behind head is upgraded on SQLite and refused on
+    PostgreSQL (`SchemaError`: run `nurture db upgrade`)."""
+    from nurture.migrate import ensure_schema
+
     if settings.database_url is None:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.effective_database_url)
-    create_schema(engine)
+    engine = make_engine(settings.effective_database_url,
+                         pool_size=settings.max_concurrent_activities)  # fmt: skip
+    try:
+        ensure_schema(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     return Database(engine, session_factory(engine))
 
 
@@ -65,11 +83,32 @@ def sync_sales_reps(database: Database, definitions: Definitions) -> None:
             session.add(row)
 
 
-async def connect_temporal(settings: Settings) -> Client:
+def temporal_tls(settings: Settings) -> TLSConfig | bool:
+    """mTLS with the client certificate, TLS alone for an API key, or plaintext."""
+    if settings.temporal_tls_cert is not None:
+        return TLSConfig(
+            client_cert=settings.temporal_tls_cert.read_bytes(),
+            client_private_key=settings.temporal_tls_key.read_bytes(),
+            server_root_ca_cert=(
+                settings.temporal_tls_ca.read_bytes() if settings.temporal_tls_ca else None
+            ),
+        )
+    if settings.temporal_tls is not None:
+        if settings.temporal_tls and settings.temporal_tls_ca:
+            return TLSConfig(server_root_ca_cert=settings.temporal_tls_ca.read_bytes())
+        return settings.temporal_tls
+    return settings.temporal_api_key is not None  # Temporal Cloud's API keys need TLS
+
+
+async def connect_temporal(settings: Settings, runtime: Runtime | None = None) -> Client:
+    api_key = settings.temporal_api_key
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
+        api_key=api_key.get_secret_value() if api_key else None,
+        tls=temporal_tls(settings),
         data_converter=pydantic_data_converter,
+        runtime=runtime,
     )
 
 
@@ -138,8 +177,15 @@ def build_worker(
         workflows=[LeadWorkflow],
         workflow_runner=sandbox_runner(),
         activities=activities.all(),
-        activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=32),
-        graceful_shutdown_timeout=timedelta(seconds=10),
+        # One thread per activity slot: activities are synchronous (database, providers).
+        activity_executor=concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.max_concurrent_activities
+        ),
+        max_concurrent_activities=settings.max_concurrent_activities,
+        max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
+        max_cached_workflows=settings.max_cached_workflows,
+        # On SIGTERM: no new tasks; running activities get this long to finish.
+        graceful_shutdown_timeout=timedelta(seconds=settings.shutdown_timeout),
         **options,
     )
 

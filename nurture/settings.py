@@ -2,25 +2,61 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
+    # production: the settings every process of a deployment must share are required
+    # (a secret generated per machine would make one machine's links fail on another).
+    environment: Literal["development", "production"] = Field(
+        default="development", alias="NURTURE_ENVIRONMENT"
+    )
     state_dir: Path = Field(default=Path(".nurture"), alias="NURTURE_STATE_DIR")
     definitions_dir: Path = Field(default=Path("."), alias="NURTURE_DEFINITIONS")
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
 
     temporal_address: str = Field(default="localhost:7233", alias="TEMPORAL_ADDRESS")
-    temporal_namespace: str = Field(default="default", alias="TEMPORAL_NAMESPACE")
-    task_queue: str = Field(default="nurture", alias="NURTURE_TASK_QUEUE")
+    temporal_namespace: str = Field(default="default", alias="TEMPORAL_NAMESPACE", min_length=1)
+    task_queue: str = Field(default="nurture", alias="NURTURE_TASK_QUEUE", min_length=1)
     temporal_ui_port: int = Field(default=8233, alias="NURTURE_TEMPORAL_UI_PORT")
+    # A Temporal cluster with mTLS: the client certificate and key (PEM files), and the
+    # CA that signed the server's certificate if it is not a public one.
+    temporal_tls_cert: Path | None = Field(default=None, alias="TEMPORAL_TLS_CERT")
+    temporal_tls_key: Path | None = Field(default=None, alias="TEMPORAL_TLS_KEY")
+    temporal_tls_ca: Path | None = Field(default=None, alias="TEMPORAL_TLS_CA")
+    # TLS without a client certificate (Temporal Cloud with an API key). Implied by a
+    # certificate or an API key; set it to false only for a plaintext proxy.
+    temporal_tls: bool | None = Field(default=None, alias="TEMPORAL_TLS")
+    temporal_api_key: SecretStr | None = Field(default=None, alias="TEMPORAL_API_KEY")
+
+    # Worker: how much one process takes on at once, and how long it lets running
+    # activities finish when stopped (SIGTERM) before cancelling them.
+    max_concurrent_activities: int = Field(
+        default=32, alias="NURTURE_MAX_CONCURRENT_ACTIVITIES", ge=1
+    )
+    max_concurrent_workflow_tasks: int = Field(
+        default=100, alias="NURTURE_MAX_CONCURRENT_WORKFLOW_TASKS", ge=2
+    )
+    max_cached_workflows: int = Field(default=1000, alias="NURTURE_MAX_CACHED_WORKFLOWS", ge=0)
+    shutdown_timeout: float = Field(default=30.0, alias="NURTURE_SHUTDOWN_TIMEOUT", ge=0)
+
+    # Observability: Prometheus metrics and a health endpoint per worker (0: off), logs.
+    metrics_port: int = Field(default=9464, alias="NURTURE_METRICS_PORT", ge=0, le=65535)
+    health_port: int = Field(default=8081, alias="NURTURE_HEALTH_PORT", ge=0, le=65535)
+    metrics_host: str = Field(default="0.0.0.0", alias="NURTURE_METRICS_HOST")
+    log_format: Literal["text", "json"] = Field(default="text", alias="NURTURE_LOG_FORMAT")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", alias="NURTURE_LOG_LEVEL"
+    )
 
     api_host: str = Field(default="127.0.0.1", alias="NURTURE_API_HOST")
     api_port: int = Field(default=8000, alias="NURTURE_API_PORT")
@@ -59,6 +95,38 @@ class Settings(BaseSettings):
         default=None, alias="TWILIO_MESSAGING_SERVICE_SID"
     )
     twilio_api_base: str | None = Field(default=None, alias="TWILIO_API_BASE")
+
+    @field_validator("temporal_address")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        if not re.fullmatch(r"[^\s:/]+:\d{1,5}", value.strip()):
+            raise ValueError(
+                "not host:port, such as localhost:7233 or my-ns.a1b2c.tmprl.cloud:7233"
+            )
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _tls_files_come_in_pairs(self) -> Settings:
+        if (self.temporal_tls_cert is None) != (self.temporal_tls_key is None):
+            given, missing = (("TEMPORAL_TLS_CERT", "TEMPORAL_TLS_KEY")
+                              if self.temporal_tls_key is None
+                              else ("TEMPORAL_TLS_KEY", "TEMPORAL_TLS_CERT"))  # fmt: skip
+            raise ValueError(f"{given} is set but {missing} is not: mTLS needs both")
+        for name, path in (("TEMPORAL_TLS_CERT", self.temporal_tls_cert),
+                           ("TEMPORAL_TLS_KEY", self.temporal_tls_key),
+                           ("TEMPORAL_TLS_CA", self.temporal_tls_ca)):  # fmt: skip
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: no such file {str(path)!r}")
+        if self.environment == "production":
+            missing = [name for name, value in (
+                ("DATABASE_URL", self.database_url),
+                ("NURTURE_SECRET_KEY", self.secret_key),
+                ("NURTURE_API_TOKEN", self.api_token),
+                ("NURTURE_PUBLIC_URL", "public_url" in self.model_fields_set or None),
+            ) if value is None]  # fmt: skip
+            if missing:
+                raise ValueError(f"NURTURE_ENVIRONMENT=production needs {', '.join(missing)}")
+        return self
 
     @property
     def effective_database_url(self) -> str:
@@ -101,5 +169,32 @@ class Settings(BaseSettings):
         }
 
 
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names it (its environment name)."""
+
+
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per bad setting, by the environment variable an operator sets."""
+    lines = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        value = error.get("input")
+        shown = "" if isinstance(value, dict) or name in SECRET_NAMES else f" (got {value!r})"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{name}: {message}{shown}" if name != "settings" else message)
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+# Settings never printed: `nurture config` masks them, errors do not echo them.
+SECRET_NAMES = frozenset(
+    field.alias
+    for field in Settings.model_fields.values()
+    if field.annotation in (SecretStr, SecretStr | None)
+) | {"DATABASE_URL"}

@@ -55,7 +55,8 @@ async def running_stack(settings: Settings) -> AsyncIterator[RunningStack]:
     intake = Intake(definitions, database.sessions, client, settings.task_queue)
     app = create_app(intake, settings)
     server = _EmbeddedServer(
-        uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning")
+        uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning",
+                       log_config=None)  # fmt: skip
     )
     api_task = asyncio.create_task(server.serve())
     try:

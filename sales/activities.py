@@ -51,6 +51,7 @@ from models.workflow_io import (
     SlaLapse,
     SlaOutcome,
 )
+from nurture import metrics
 from sales.hours import add_working_time
 from sales.notify import (
     HandoffNotice,
@@ -126,11 +127,15 @@ class SalesActivities:
             try:
                 with self.sessions.begin() as session:
                     handoff = _handoff_of(session, request.lead_id, request.cycle)
-                    if handoff is None:
+                    created = handoff is None
+                    if created:
                         handoff = self._assign(session, request, at)
                         if handoff is None:
                             continue  # another handoff took the rep first: route again
-                    return self._assignment(handoff)
+                    assignment = self._assignment(handoff)
+                if created:  # committed
+                    metrics.record(metrics.HANDOFFS, pool=handoff.pool, rep=handoff.rep_id)
+                return assignment
             except IntegrityError:  # a concurrent attempt stored it first
                 continue
         raise ApplicationError("could not assign a rep: too much contention, will retry")
@@ -208,6 +213,7 @@ class SalesActivities:
                 and not self._repeatable(request.channel)
             ):
                 event.status, event.detail = "unknown", "interrupted: not sent again"
+                _count_notice(request, "unknown")
                 return "unknown"
             if event is None:
                 event = _event(
@@ -229,13 +235,50 @@ class SalesActivities:
             last = activity.info().attempt >= NOTIFY_ATTEMPTS
             status = "failed" if (last or not retryable) else "retrying"
             self._mark(request, status, str(exc))
+            _count_notice(request, status)
             log.warning("handoff %s: %s to %s %s (%s)", request.handoff_id, request.channel,
                         request.rep_id, status, exc)  # fmt: skip
             if status == "failed":
                 raise ApplicationError(str(exc), non_retryable=True) from None
             raise ApplicationError(str(exc)) from None
         self._mark(request, outcome[0], outcome[1])
+        _count_notice(request, outcome[0])
+        if outcome[0] == "sent" and request.kind == "new" and metrics.enabled():
+            self._record_speed_to_lead(request)
         return outcome[0]
+
+    def _record_speed_to_lead(self, request: NotifyRequest) -> None:
+        """The handoff's first notification sent: seconds since the SQL-crossing response
+        occurred (`nurture_handoff_latency_seconds`). Never raises."""
+        try:
+            with self.sessions() as session:
+                first = session.scalars(
+                    select(HandoffEvent.key).where(
+                        HandoffEvent.handoff_id == request.handoff_id,
+                        HandoffEvent.kind == "notified", HandoffEvent.status == "sent")
+                    .order_by(HandoffEvent.updated_at, HandoffEvent.id).limit(1)
+                ).first()  # fmt: skip
+                if first != request.key:
+                    return  # another channel got there first
+                lead_id = session.get(Handoff, request.handoff_id).lead_id
+                crossing = session.scalars(
+                    select(StageChange.change_key).where(
+                        StageChange.lead_id == lead_id, StageChange.to_stage == "sql")
+                    .order_by(StageChange.id.desc()).limit(1)
+                ).first()  # fmt: skip
+                if crossing is None:
+                    return
+                occurred = session.scalars(
+                    select(Response.occurred_at).where(
+                        Response.lead_id == lead_id,
+                        Response.event_id == crossing.removesuffix(":sql"))
+                ).first()  # fmt: skip
+            if occurred is not None:  # else a rescore or decay crossed, not a response
+                seconds = (utcnow() - as_utc(occurred)).total_seconds()
+                metrics.record(metrics.HANDOFF_LATENCY, max(seconds, 0.0))
+        except Exception:
+            log.debug("speed to lead of handoff %s not measured", request.handoff_id,
+                      exc_info=True)  # fmt: skip
 
     def _repeatable(self, channel: str) -> bool:
         if channel == "email":
@@ -456,7 +499,8 @@ class SalesActivities:
             _event(session, handoff.id, "answer", "answered", handoff.rep_id,
                    detail=result.model_dump_json())  # fmt: skip
             log.info("handoff %s %s", handoff.id, why)
-            return result
+        metrics.record(metrics.STAGE_CHANGES, from_stage=old_stage, to_stage=new_stage)
+        return result
 
     @activity.defn
     def recycle_lead(self, request: RecycleRequest) -> EnrollRequest | None:
@@ -475,6 +519,11 @@ class SalesActivities:
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+def _count_notice(request: NotifyRequest, status: str) -> None:
+    metrics.record(metrics.REP_NOTIFICATIONS, channel=request.channel, kind=request.kind,
+                   status=status)  # fmt: skip
 
 
 def _handoff_of(session: Session, lead_id: str, cycle: int) -> Handoff | None:

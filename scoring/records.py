@@ -7,9 +7,10 @@ a stage change for every stage entered or left.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from models.db import Lead, Response, ScoreChange, StageChange, as_utc
@@ -17,14 +18,14 @@ from models.scoring_model import ScoringModel
 from scoring.engine import ResponseFact, ScoreCard, StageDecision
 
 
-def lead_responses(session: Session, lead_id: str, also_event_id: str | None = None) -> list[
-    ResponseFact
-]:
-    """The responses the lead's workflow has been given (plus the one being handled now,
+def lead_responses(session: Session, lead_id: str, *also_event_ids: str) -> list[ResponseFact]:
+    """The responses the lead's workflow has been given (plus those being handled now,
     which may not be marked delivered yet)."""
     query = select(Response.type, Response.occurred_at, Response.data).where(
         Response.lead_id == lead_id,
-        or_(Response.delivered_at.is_not(None), Response.event_id == (also_event_id or "")),
+        or_(Response.delivered_at.is_not(None), Response.event_id.in_(also_event_ids))
+        if also_event_ids
+        else Response.delivered_at.is_not(None),
     )
     return [ResponseFact(kind, as_utc(at), data or {}) for kind, at, data in session.execute(query)]
 
@@ -57,8 +58,10 @@ def record_card(
     cause: str,
     result: dict[str, Any] | None = None,
     always: bool = True,
+    responses: Sequence[str] = (),
 ) -> bool:
-    """Store the card on the lead and as a score change (with any stage changes).
+    """Store the card on the lead and as a score change (with any stage changes), and
+    mark the `responses` (event IDs) it counted for the first time as scored by it.
 
     With `always=False` nothing is stored unless the score (to 0.1) or the stage moved:
     decay rescoring would otherwise write a row a day for nothing. Returns whether a
@@ -68,8 +71,7 @@ def record_card(
     moved = round(round(card.total, 2), 1) != round(old_score, 1) or decision.changed  # as stored
     if not always and not moved:
         return False
-    session.add(
-        ScoreChange(
+    change = ScoreChange(
             lead_id=lead.id,
             event_id=event_id,
             cause=cause,
@@ -80,12 +82,26 @@ def record_card(
             breakdown=card.to_dict(),
             result=result,
             scored_at=card.at,
-        )
     )
+    session.add(change)
+    if responses:
+        mark_scored(session, lead.id, change, responses)
     for row in stage_change_rows(lead.id, decision, event_id, card.total):
         session.add(StageChange(**row))
     apply_to_lead(lead, model, card, decision.new)
     return True
+
+
+def mark_scored(session: Session, lead_id: str, change: ScoreChange, event_ids: Sequence[str]):
+    """Point each response at the score change that counted it: a burst of responses is
+    scored once, and this is how each one shows it was (and by which change)."""
+    session.flush()  # the change's ID
+    session.execute(
+        update(Response)
+        .where(Response.lead_id == lead_id, Response.event_id.in_(event_ids))
+        .where(Response.scored_in.is_(None))
+        .values(scored_in=change.id)
+    )
 
 
 def apply_to_lead(lead: Lead, model: ScoringModel, card: ScoreCard, stage: str) -> None:

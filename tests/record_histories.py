@@ -18,10 +18,10 @@ from pathlib import Path
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from models.definitions import DeliveryPolicy, FrequencyCap, SalesTeam, SendWindow
+from models.definitions import DeliveryPolicy, EmailStep, FrequencyCap, SalesTeam, SendWindow
 from models.loader import load_definitions
 from models.scoring_model import ScoringBook
-from models.workflow_io import HandoffAnswer, RescoreRequest, lead_workflow_id
+from models.workflow_io import HandoffAnswer, MigrateRequest, RescoreRequest, lead_workflow_id
 from nurture.devserver import find_binary
 from nurture.intake import EventIn, Intake, LeadIn
 from nurture.runtime import build_activities, build_worker, open_database, sync_sales_reps
@@ -93,18 +93,23 @@ async def record() -> None:
             env.client, sales_settings, build_activities(sales_settings, database, selling)
         )
 
+        # Runs continue as new every three responses (the default is thousands).
+        long_intake = Intake(selling, database.sessions, env.client, "record-sales",
+                             responses_per_run=3)  # fmt: skip
+
         async def scenario(
             name: str,
             lead: LeadIn,
             plan: list[tuple[int, str | None]],
             sequence: str | None = None,
             intake: Intake = intake,
+            new_lead: bool = False,
         ) -> None:
             if (HISTORIES / f"{name}.json").exists():
                 print(f"kept {name}: already recorded")
                 return
             row, _ = intake.upsert_lead(lead)
-            await intake.enroll(row, sequence)
+            await intake.enroll(row, sequence, new_lead=new_lead)
             for days, event_type in plan:
                 await env.sleep(timedelta(days=days))
                 if event_type and event_type.startswith("answer:"):
@@ -116,6 +121,16 @@ async def record() -> None:
                                            answer=event_type.removeprefix("answer:"),
                                            reason="not_ready", by="alice")  # fmt: skip
                     await handle.execute_update(LeadWorkflow.answer, answer)
+                elif event_type == "migrate":  # to month v2: the nudge by email
+                    handle = env.client.get_workflow_handle_for(
+                        LeadWorkflow.run, lead_workflow_id(row.id)
+                    )
+                    month = definitions.sequences["month"]
+                    steps = [step if step.id != "nudge" else EmailStep(
+                        id="nudge", type="email", template="followup") for step in month.steps]
+                    newer = month.model_copy(update={"version": 2, "steps": steps})
+                    await handle.execute_update(LeadWorkflow.migrate,
+                                                MigrateRequest(sequence=newer))  # fmt: skip
                 elif event_type == "rescore":
                     handle = env.client.get_workflow_handle(lead_workflow_id(row.id))
                     await handle.signal("rescore", RescoreRequest(event_id=f"rescore:{days}"))
@@ -131,6 +146,14 @@ async def record() -> None:
             history = await handle.fetch_history()
             (HISTORIES / f"{name}.json").write_text(history.to_json())
             print(f"recorded {name}: {len(history.events)} events")
+            started = history.events[0].workflow_execution_started_event_attributes
+            if started.continued_execution_run_id:  # and the run that continued as new
+                first = env.client.get_workflow_handle(
+                    lead_workflow_id(row.id), run_id=started.continued_execution_run_id
+                )
+                history = await first.fetch_history()
+                (HISTORIES / f"{name}_first_run.json").write_text(history.to_json())
+                print(f"recorded {name}_first_run: {len(history.events)} events")
 
         async with worker, strict_worker, decay_worker, sales_worker:
             month = LeadIn(email="a@example.com", phone="+14155550100")
@@ -157,6 +180,19 @@ async def record() -> None:
                     (0, "email.reply"), (0, "webinar.attended"), (0, "answer:accept"),
                     (1, None)]  # fmt: skip
             await scenario("sales_handoff_reject_recycle", hot, plan, "month", sales_intake)
+            # A new lead's enrollment in its start input (the import), then a response.
+            fresh = LeadIn(email="g@example.com")
+            plan = [(1, "email.click"), (2, None)]
+            await scenario("enrolled_in_start_input", fresh, plan, "month", new_lead=True)
+            # A long life: a run ends mid-wait after three responses (one after a handoff
+            # with its SLA running), the next picks up the wait, the SLA and the scoring.
+            busy = LeadIn(email="h@acme.example")
+            plan = [(1, "email.open"), (0, "email.click"), (0, "webinar.attended"),
+                    (0, "email.open"), (1, None), (0, "email.open")]  # fmt: skip
+            await scenario("continued_as_new", busy, plan, "month", long_intake)
+            # `nurture migrate-leads`: moved to v2 during the first wait, then v2's steps.
+            moving = LeadIn(email="i@example.com", phone="+14155550102")
+            await scenario("migrated_to_v2", moving, [(1, "migrate"), (10, None)], "month")
     await env.shutdown()
 
 

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 from sqlalchemy import func, select
 
 from models.consent import ConsentEffect, set_consent
-from models.db import Enrollment, Handoff, Lead, Message, SalesRepRow, ScoreChange, StageChange
+from models.db import (
+    Enrollment,
+    Handoff,
+    Lead,
+    Message,
+    Response,
+    SalesRepRow,
+    ScoreChange,
+    StageChange,
+    utcnow,
+)
 from models.workflow_io import (
     FinishEnrollment,
     HandoffRequest,
+    ScoreRequest,
     ScoreUpdate,
     SendRequest,
     StartEnrollment,
@@ -109,6 +121,37 @@ def test_score_and_stage_changes_are_recorded_once(settings, database):
         stages = session.execute(select(StageChange.from_stage, StageChange.to_stage)).all()
         assert sorted(stages) == [("lead", "mql"), ("mql", "sql")]
         assert (session.get(Lead, lead_id).score, session.get(Lead, lead_id).stage) == (55, "sql")
+
+
+def test_a_burst_is_scored_once_and_each_response_shows_it(settings, database):
+    """Three responses handled together: one score change counts all three, each response
+    points at it, and none of them is scored again when delivered again later (after its
+    workflow continued as new and forgot it) or when the activity is retried."""
+    activities = build_activities(settings, database)
+    lead_id = make_lead(database)
+    now = utcnow()
+    with database.sessions.begin() as session:
+        for event_id, kind in (("o1", "email.open"), ("c1", "email.click"), ("v1", "page.view")):
+            session.add(Response(event_id=event_id, lead_id=lead_id, type=kind,
+                                 occurred_at=now, delivered_at=now))  # fmt: skip
+        # Delivered to the workflow but not in this burst: counted in the card, not marked.
+        session.add(Response(event_id="v0", lead_id=lead_id, type="page.view",
+                             occurred_at=now, delivered_at=now))  # fmt: skip
+    burst = ScoreRequest(lead_id=lead_id, event_id="v1", cause="page.view", at=now,
+                         batch_event_ids=["o1", "c1"])  # fmt: skip
+    result = activities.score_lead(burst)
+    assert (result.total, result.stage, result.entered) == (26, "mql", ["mql"])
+    assert activities.score_lead(burst) == result  # a retry answers the same
+    again = activities.score_lead(ScoreRequest(
+        lead_id=lead_id, event_id="c1", cause="email.click", at=now + timedelta(days=1)
+    ))  # fmt: skip
+    assert again == result  # the workflow sees `requested_at` is not its own: stale
+    with database.sessions() as session:
+        (change,) = session.scalars(select(ScoreChange)).all()
+        assert (change.event_id, change.new_score) == ("v1", 26)
+        scored_in = dict(session.execute(select(Response.event_id, Response.scored_in)).all())
+    assert scored_in == {"o1": change.id, "c1": change.id, "v1": change.id, "v0": None}
+    assert count(database, StageChange) == 1
 
 
 def test_handoff_once_per_cycle_round_robin_over_active_reps(settings, database):

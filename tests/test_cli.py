@@ -16,7 +16,8 @@ NURTURE = str(Path(sys.executable).parent / "nurture")
 
 
 def run_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = os.environ.copy() | {"NURTURE_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "160"}
+    env = os.environ.copy() | {"NURTURE_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "160",
+                               "NURTURE_METRICS_PORT": "0", "NURTURE_HEALTH_PORT": "0"}
     env.pop("DATABASE_URL", None)
     return env | extra
 
@@ -100,3 +101,31 @@ def test_consent_and_unknown_sends_from_the_command_line(
     assert activities.send_message(request.model_copy(update={"visit": 3})).status == "sent"
     missing = runner.invoke(app, ["consent", "nobody@example.com"])
     assert missing.exit_code == 1 and "no lead 'nobody@example.com'" in missing.output
+
+
+def _leaf_commands(command, path=()):
+    subcommands = getattr(command, "commands", None)
+    if not subcommands:
+        yield path, command
+        return
+    for name, sub in subcommands.items():
+        yield from _leaf_commands(sub, (*path, name))
+
+
+def test_every_command_has_help_with_examples_and_exit_codes_are_documented():
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from nurture.cli import app
+
+    runner = CliRunner()
+    top = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert top.exit_code == 0
+    for text in ("Exit codes: 0 success; 1", "2 bad usage", "Colours only on a terminal"):
+        assert text in top.stdout
+    leaves = list(_leaf_commands(get_command(app)))
+    assert len(leaves) >= 19  # validate ... simulate, handoff list/show/answer
+    for path, _command in leaves:
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, path
+        assert "Example" in result.stdout, f"nurture {' '.join(path)} --help has no example"

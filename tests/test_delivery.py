@@ -223,9 +223,9 @@ def test_deferred_send_is_recorded_and_sent_when_allowed(settings, database, str
 # --- the workflow --------------------------------------------------------------------------
 
 
-def zone_where_it_is_3am() -> str:
-    """A fixed-offset zone where it is 03:xx now: outside any 09:00-20:00 window."""
-    offset = (3 - datetime.now(UTC).hour) % 24
+def zone_where_it_is_3am(now: datetime) -> str:
+    """A fixed-offset zone where it is 03:xx at `now`: outside any 09:00-20:00 window."""
+    offset = (3 - now.hour) % 24
     offset = offset - 24 if offset > 12 else offset
     return "UTC" if offset == 0 else f"Etc/GMT{-offset:+d}"  # Etc/GMT-5 is UTC+5
 
@@ -233,7 +233,8 @@ def zone_where_it_is_3am() -> str:
 async def test_quiet_hours_and_caps_defer_on_durable_timers(
     time_skipping_env, sqlite_settings, strict_definitions
 ):
-    zone = zone_where_it_is_3am()
+    # The time-skipping server's clock (not the wall clock) is the one that counts.
+    zone = zone_where_it_is_3am(await time_skipping_env.get_current_time())
     async with running_harness(time_skipping_env, sqlite_settings, strict_definitions) as harness:
         # quick: welcome email, 2s, ping SMS (quiet hours), 1h, later email (capped).
         lead_id = await harness.enroll("quick", email="night@example.com",
@@ -247,7 +248,8 @@ async def test_quiet_hours_and_caps_defer_on_durable_timers(
         assert abs(state.next_action_at - state.deferred.until) < timedelta(seconds=1)
         assert harness.sent_steps(lead_id) == ["welcome"]
 
-        await harness.env.sleep(state.deferred.until - datetime.now(UTC) + timedelta(hours=2))
+        now = await harness.env.get_current_time()
+        await harness.env.sleep(state.deferred.until - now + timedelta(hours=2))
         state = await harness.until(
             lead_id, lambda s: s.deferred is not None and s.deferred.step_id == "later"
         )

@@ -354,6 +354,47 @@ async def test_imported_leads_are_enrolled_in_their_segments_sequence(
         await harness.until(ada, lambda s: "welcome" in s.sent_steps)
 
 
+def _enrollments_in(history) -> tuple[dict | None, list[str]]:
+    """The enrollment in the start input, and the names of the signals received."""
+    started = history.events[0].workflow_execution_started_event_attributes
+    start_input = json.loads(started.input.payloads[0].data)
+    signals = [event.workflow_execution_signaled_event_attributes.signal_name
+               for event in history.events
+               if event.HasField("workflow_execution_signaled_event_attributes")]  # fmt: skip
+    return start_input.get("enroll"), signals
+
+
+@pytest.mark.devserver
+async def test_a_new_lead_starts_enrolled_and_a_running_workflow_is_signalled(
+    dev_server_env, sqlite_settings, fixture_definitions, tmp_path
+):
+    async with running_harness(dev_server_env, sqlite_settings, fixture_definitions) as harness:
+        path = tmp_path / "one.csv"
+        path.write_text("email,first_name\nnew.lead@example.com,Nia\n")
+        report = await importer(path, harness.intake).run()
+        lead = leads(harness.database)["new.lead@example.com"]
+        Harness.started.append(lead_workflow_id(lead.id))
+        assert (report.created, report.enrolled) == (1, 1)
+        state = await harness.until(lead.id, lambda s: s.enrollment_id is not None)
+        handle = harness.handle(lead.id)
+        enrollment, signals = _enrollments_in(await handle.fetch_history())
+        assert enrollment["enrollment_id"] == state.enrollment_id and signals == []
+
+        # Imported again (an update) and enrolled as new while it runs: both signal,
+        # and the workflow keeps the enrollment it has.
+        path.write_text("email,first_name\nnew.lead@example.com,Nina\n")
+        report = await importer(path, harness.intake).run()
+        assert (report.created, report.updated, report.enrolled) == (0, 1, 1)
+        await harness.intake.enroll(lead, new_lead=True)
+        for _ in range(100):  # a signal during a workflow task is buffered until it ends
+            enrollment, signals = _enrollments_in(await handle.fetch_history())
+            if len(signals) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        assert signals == ["enroll", "enroll"]
+        assert (await harness.state(lead.id)).enrollment_id == state.enrollment_id
+
+
 async def test_failed_enrollments_are_reported_and_temporal_down_stops_trying(
     database, fixture_definitions, tmp_path
 ):

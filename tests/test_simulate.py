@@ -1,8 +1,8 @@
 """`nurture preview` and `nurture simulate` on the real definitions at the repository root.
 
 The simulations run the real LeadWorkflow and activities on a time-skipping test
-server of this module's own (`sim_env`): the golden test moves its clock to a fixed
-summer Monday, which the session-wide server shared by other tests must not see.
+server started the way the command starts it (`sim_env`, one per test: the golden test
+moves its clock to a fixed summer Monday).
 
 The golden timeline (tests/golden/simulate_saas_trial.json) is a trial lead who acts,
 becomes an SQL and is handed to sales, enrolled on the first Monday of June at 10:00
@@ -79,7 +79,7 @@ def definitions():
     return load_definitions(REPO)
 
 
-@pytest_asyncio.fixture(scope="module")
+@pytest_asyncio.fixture
 async def sim_env():
     env = await start_environment()
     yield env

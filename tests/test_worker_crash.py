@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,8 +23,7 @@ from models.db import Enrollment, Message
 from nurture.intake import Intake, LeadIn
 from nurture.runtime import load_and_prepare
 from nurture.settings import Settings
-from tests.conftest import FIXTURE_DEFINITIONS
-from tests.provider_server import ProviderServer
+from tests.provider_server import ProviderServer, sends_definitions, worker_process_env
 
 pytestmark = pytest.mark.devserver
 
@@ -46,20 +44,8 @@ KILL_AFTER = 2 * LEADS + LEADS // 2
 
 def crash_definitions(root: Path) -> Path:
     """The fixture definitions (with delivery.yaml, if any) plus the `crash` sequence."""
-    shutil.copytree(FIXTURE_DEFINITIONS, root)
-    steps = []
-    for index, (step_id, channel, template) in enumerate(SENDS):
-        steps.append(f"  - {{id: {step_id}, type: {channel}, template: {template}}}")
-        if index < len(SENDS) - 1:
-            steps.append(f"  - {{id: pause_{index}, type: wait, duration: {1 + index % 2}s}}")
-        if channel == "sms":  # each SMS step says which it is: Twilio has no custom args
-            (root / "templates" / "sms" / f"{template}.txt").write_text(
-                f'Hi {{{{ lead.first_name or "there" }}}}, step {step_id}. STOP to opt out'
-            )
-    (root / "sequences" / "crash.yaml").write_text(
-        "id: crash\nname: Crash test\nsteps:\n" + "\n".join(steps) + "\n"
-    )
-    return root
+    waits = [1 + index % 2 for index in range(len(SENDS))]
+    return sends_definitions(root, "crash", "Crash test", SENDS, waits)
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -91,9 +77,9 @@ async def freeze_outside_the_unknowable_gap(worker, database, providers, lead_by
         while Path(f"/proc/{worker.pid}/stat").read_text().split(") ")[1][0] != "T":
             await asyncio.sleep(0.001)
         with database.sessions() as session:
-            sending = set(session.execute(
+            sending = {(lead_id, step_id) for lead_id, step_id in session.execute(
                 select(Message.lead_id, Message.step_id).where(Message.status == "sending")
-            ).tuples())  # fmt: skip
+            )}  # fmt: skip
         if sending and sending <= {key for key, _ in request_keys(providers, lead_by_phone)}:
             return len(sending)
         os.kill(worker.pid, signal.SIGCONT)
@@ -105,21 +91,11 @@ async def test_killed_worker_sends_every_step_exactly_once(tmp_path, dev_server_
     """SIGKILL worker A mid-sequence, start worker B: each (lead, step) reaches a provider once."""
     providers = ProviderServer(delay=0.2)  # slow answers: the kill lands mid-send
     queue = f"crash-{uuid.uuid4().hex[:8]}"
-    env = os.environ.copy() | {
-        "NURTURE_STATE_DIR": str(tmp_path / "state"),
-        "NURTURE_DEFINITIONS": str(crash_definitions(tmp_path / "definitions")),
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'nurture.db'}",
-        "TEMPORAL_ADDRESS": dev_server_env.client.service_client.config.target_host,
-        "NURTURE_TASK_QUEUE": queue,
-        "NURTURE_API_TOKEN": "test-token",
-        "SENDGRID_API_KEY": providers.sendgrid_key,
-        "SENDGRID_HOST": providers.url,
-        "TWILIO_ACCOUNT_SID": providers.twilio_sid,
-        "TWILIO_AUTH_TOKEN": providers.twilio_token,
-        "TWILIO_FROM_NUMBER": "+14155550000",
-        "TWILIO_API_BASE": providers.url,
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = worker_process_env(
+        providers, str(crash_definitions(tmp_path / "definitions")),
+        f"sqlite:///{tmp_path / 'nurture.db'}",
+        dev_server_env.client.service_client.config.target_host, queue, str(tmp_path / "state"),
+    )  # fmt: skip
     definitions, database = load_and_prepare(Settings(**env))
     intake = Intake(definitions, database.sessions, dev_server_env.client, queue)
     lead_by_phone: dict[str, str] = {}

@@ -24,7 +24,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.nurture import NurtureActivities
@@ -35,14 +35,19 @@ with workflow.unsafe.imports_passed_through():
         AnswerResult,
         Assignment,
         AssignRequest,
+        CarriedEnrollment,
         DeferredSend,
         EnrollRequest,
         FinishEnrollment,
         HandoffAnswer,
         HandoffRequest,
         HandoffState,
+        LeadCarryOver,
         LeadInput,
         LeadState,
+        MigrateEnrollment,
+        MigrateRequest,
+        MigrateResult,
         NotifyRequest,
         RecycleRequest,
         RescoreRequest,
@@ -51,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
         ScoreResult,
         ScoreUpdate,
         SendRequest,
+        SequencePause,
         SlaLapse,
         SlaOutcome,
         StartEnrollment,
@@ -64,8 +70,19 @@ SCORE_CARD_PATCH = "score-card"
 # Workflows that handed off before this patch only assigned a rep and emailed them.
 SALES_HANDOFF_PATCH = "sales-handoff"
 
+# Workflows started before this patch score each response on its own and never continue
+# as new; after it a burst of responses is scored once, and a long life continues as new.
+LONG_LIFE_PATCH = "long-life"
+RESPONSES_PER_RUN = 2_000  # then continue as new, so the history stays small
+# Event IDs handed to the next run for exact de-duplication: this run's and the one's
+# before (a relay re-signals within seconds, not thousands of responses later).
+SEEN_RUNS_CARRIED = 2
+
 ACTIVITY_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=30))
 QUICK = {"start_to_close_timeout": timedelta(seconds=30), "retry_policy": ACTIVITY_RETRY}
+# Longer than the provider timeout (10 s); short, so a send cut off by a dead worker is
+# retried by another within 30 s.
+SEND = {"start_to_close_timeout": timedelta(seconds=30), "retry_policy": ACTIVITY_RETRY}
 # A rep's channel: retried with back-off; the activity gives up (and records it) on its
 # last attempt, and one failing channel never holds up the others.
 NOTIFY = {
@@ -86,13 +103,14 @@ class LeadWorkflow:
         self._score = input.score
         self._stage = input.stage
         self._cycle = 1
-        self._seen_event_ids: set[str] = set()
+        self._seen_event_ids: dict[str, None] = {}  # in arrival order: the latest are carried
         self._response_types: list[str] = []  # what the lead has done, for conditions
         self._reasons: list[str] = []
         self._inbox: list[ResponseEvent] = []
         self._rescore_requests: list[RescoreRequest] = []
         self._next_rescore_at = None  # while decay can still move the score
-        self._enroll_requests: list[EnrollRequest] = []
+        # As if signalled: the same path whichever way the enrollment came.
+        self._enroll_requests: list[EnrollRequest] = [input.enroll] if input.enroll else []
         self._enrollment: EnrollRequest | None = None
         self._finished_enrollments: set[str] = set()
         self._sequence_task: asyncio.Task | None = None
@@ -103,6 +121,18 @@ class LeadWorkflow:
         self._cool_down_until = None
         # Response types seen since the last send: what a `wait_for` step is satisfied by.
         self._events_since_send: set[str] = set()
+        self._long_life = False  # decided in run(): False only for pre-long-life histories
+        self._busy = 0  # activities in flight outside the main loop
+        self._pause: SequencePause | None = None  # where the sequence waits on a timer
+        self._sla_reminders: int | None = None  # while the SLA is followed
+        self._sla_lapses = 0
+        self._recycle_cycle: int | None = None  # while a recycle waits for its cool-down
+        self._handled_this_run = 0
+        self._responses_per_run = input.responses_per_run or RESPONSES_PER_RUN
+        self._runs = 0
+        self._visits: dict[str, int] = {}
+        if input.carried is not None:
+            self._restore(input.carried)
 
     # --- messages in --------------------------------------------------------------------
 
@@ -156,6 +186,78 @@ class LeadWorkflow:
         if answer.reason is not None and answer.reason not in REJECT_REASONS:
             raise ValueError(f"unknown reason {answer.reason!r}; one of: {reasons}")
 
+    @workflow.update
+    async def migrate(self, request: MigrateRequest) -> MigrateResult:
+        """Move the running enrollment to a newer version of its sequence: once the
+        sequence waits on a timer, it goes on from the same (or the mapped) step of the new
+        version, with the same timer, visits and send keys."""
+        await workflow.wait_condition(
+            lambda: self._idle() or (self._pause is not None and self._busy == 0)
+        )
+        if self._idle():
+            raise ApplicationError("the enrollment ended before it could be migrated")
+        old, pause = self._enrollment, self._pause
+        try:  # the sequence may have moved on since the validator looked
+            to_step = self._migration_target(request, pause.step_id)
+        except ValueError as exc:
+            raise ApplicationError(str(exc)) from None
+        self._sequence_task.cancel()
+        await workflow.wait([self._sequence_task])
+        await self._activity(
+            NurtureActivities.migrate_enrollment,
+            MigrateEnrollment(enrollment_id=old.enrollment_id,
+                              sequence_version=request.sequence.version),
+            QUICK,
+        )  # fmt: skip
+        new = old.model_copy(update={"sequence": request.sequence})
+        self._enrollment = new
+        self._state.sequence_version = request.sequence.version
+        visits = dict(self._visits)
+        visits[to_step] = visits.pop(pause.step_id, 1)
+        resume = CarriedEnrollment(enrollment=new, visits=visits,
+                                   pause=pause.model_copy(update={"step_id": to_step}))  # fmt: skip
+        self._sequence_task = asyncio.create_task(self._run_sequence(new, resume))
+        return MigrateResult(enrollment_id=old.enrollment_id, from_version=old.sequence.version,
+                             to_version=request.sequence.version, from_step=pause.step_id,
+                             to_step=to_step)  # fmt: skip
+
+    @migrate.validator
+    def _check_migrate(self, request: MigrateRequest) -> None:
+        enrollment = self._enrollment
+        if enrollment is None or self._idle():
+            raise ValueError("no running enrollment to migrate")
+        current = enrollment.sequence
+        if request.sequence.id != current.id:
+            raise ValueError(f"the lead is in {current.id!r}, not {request.sequence.id!r}")
+        if request.sequence.version <= current.version:
+            raise ValueError(f"the lead is already on {current.id} v{current.version}")
+        if not self._long_life:
+            raise ValueError("started before migrations were possible: let it finish")
+        step_id = self._pause.step_id if self._pause else self._state.step_id
+        if step_id is None:
+            raise ValueError("the sequence has not reached its first step yet: try again")
+        self._migration_target(request, step_id)
+
+    def _migration_target(self, request: MigrateRequest, step_id: str) -> str:
+        """The step of the new version the lead goes on from; ValueError if there is none."""
+        current = self._enrollment.sequence
+        to_step = request.step_map.get(step_id, step_id)
+        try:
+            new_step = request.sequence.step(to_step)
+        except KeyError:
+            raise ValueError(
+                f"the lead is at step {step_id!r}, which v{request.sequence.version} has not: "
+                f"map it to one of its steps (--map {step_id}=STEP)"
+            ) from None
+        old_step = current.step(step_id)
+        if new_step.type != old_step.type:
+            raise ValueError(
+                f"step {step_id!r} is a {old_step.type} step but {to_step!r} in "
+                f"v{request.sequence.version} is a {new_step.type} step: map it to a "
+                f"{old_step.type} step"
+            )
+        return to_step
+
     @workflow.query
     def state(self) -> LeadState:
         return self._state.model_copy(
@@ -173,6 +275,9 @@ class LeadWorkflow:
     @workflow.run
     async def run(self, input: LeadInput) -> None:
         self._score_card = workflow.patched(SCORE_CARD_PATCH)
+        self._long_life = input.carried is not None or workflow.patched(LONG_LIFE_PATCH)
+        if input.carried is not None:
+            self._resume_tasks(input.carried)
         while True:
             timeout = None
             if self._next_rescore_at is not None:
@@ -184,13 +289,19 @@ class LeadWorkflow:
                         bool(self._inbox)
                         or bool(self._rescore_requests)
                         or (bool(self._enroll_requests) and self._idle())
+                        or self._time_to_continue()
                     ),
                     timeout=timeout,
                 )
             except TimeoutError:  # points have decayed a day's worth: score again
                 await self._rescore(f"decay:{workflow.now().isoformat()}", "decay")
                 continue
-            if self._inbox:
+            if self._time_to_continue():
+                workflow.continue_as_new(self._input_for_next_run(input))
+            if self._inbox and self._long_life:
+                events, self._inbox = self._inbox, []
+                await self._handle_responses(events)
+            elif self._inbox:
                 await self._handle_response(self._inbox.pop(0))
             elif self._rescore_requests:
                 request = self._rescore_requests.pop(0)
@@ -201,12 +312,135 @@ class LeadWorkflow:
     def _idle(self) -> bool:
         return self._sequence_task is None or self._sequence_task.done()
 
+    async def _activity(self, method, argument, options: dict):
+        """An activity, counted while in flight: a run only continues as new when none is."""
+        self._busy += 1
+        try:
+            return await workflow.execute_activity_method(method, argument, **options)
+        finally:
+            self._busy -= 1
+
+    # --- continue-as-new: a long life in several runs ---------------------------------------
+
+    def _time_to_continue(self) -> bool:
+        """Many responses handled (or Temporal suggests it), and nothing is in flight: the
+        sequence, the SLA and a recycle all wait on timers, which the next run restarts.
+        Responses still waiting go to the next run with the rest: under a steady stream
+        the inbox is never empty."""
+        if not (self._long_life and self._score_card):
+            return False
+        if (self._handled_this_run < self._responses_per_run
+                and not workflow.info().is_continue_as_new_suggested()):  # fmt: skip
+            return False
+        return (
+            self._busy == 0
+            and not self._answering
+            and workflow.all_handlers_finished()
+            and (self._idle() or self._pause is not None)
+        )
+
+    def _input_for_next_run(self, input: LeadInput) -> LeadInput:
+        counts: dict[str, int] = {}
+        for kind in self._response_types:
+            counts[kind] = counts.get(kind, 0) + 1
+        enrollment = None
+        if not self._idle():  # paused on a timer (checked by _time_to_continue)
+            enrollment = CarriedEnrollment(
+                enrollment=self._enrollment, visits=self._visits, pause=self._pause
+            )
+        state = self._state.model_copy(
+            update={
+                "stage": self._stage,
+                "score": self._score,
+                "handoff": self._handoff,
+                "cool_down_until": self._cool_down_until,
+                "next_rescore_at": self._next_rescore_at,
+            }
+        )
+        carried = LeadCarryOver(
+            runs=self._runs + 1,
+            cycle=self._cycle,
+            seen_event_ids=list(self._seen_event_ids)[
+                -SEEN_RUNS_CARRIED * self._responses_per_run :
+            ],
+            response_counts=counts,
+            events_since_send=sorted(self._events_since_send),
+            reasons=self._reasons,
+            next_rescore_at=self._next_rescore_at,
+            enroll_requests=self._enroll_requests,
+            inbox=self._inbox,
+            rescore_requests=self._rescore_requests,
+            finished_enrollments=sorted(self._finished_enrollments),
+            enrollment=enrollment,
+            nurture_stopped=self._nurture_stopped,
+            handoff=self._handoff,
+            sla_reminders=self._sla_reminders,
+            sla_lapses=self._sla_lapses,
+            cool_down_until=self._cool_down_until,
+            recycle_cycle=self._recycle_cycle,
+            state=state,
+        )
+        return LeadInput(lead_id=self._lead_id, profile=self._profile, score=self._score,
+                         stage=self._stage, carried=carried,
+                         responses_per_run=input.responses_per_run)  # fmt: skip
+
+    def _restore(self, carried: LeadCarryOver) -> None:
+        """The previous run's state (in __init__, before any handler runs)."""
+        self._runs = carried.runs
+        self._cycle = carried.cycle
+        self._seen_event_ids = dict.fromkeys(carried.seen_event_ids)
+        # Branch conditions see what the lead did, grouped by type from here on.
+        self._response_types = [kind for kind, n in carried.response_counts.items()
+                                for _ in range(n)]  # fmt: skip
+        self._events_since_send = set(carried.events_since_send)
+        self._reasons = list(carried.reasons)
+        self._next_rescore_at = carried.next_rescore_at
+        self._enroll_requests = list(carried.enroll_requests)
+        self._inbox = list(carried.inbox)
+        self._rescore_requests = list(carried.rescore_requests)
+        self._finished_enrollments = set(carried.finished_enrollments)
+        self._nurture_stopped = carried.nurture_stopped
+        self._handoff = carried.handoff
+        self._sla_lapses = carried.sla_lapses
+        self._cool_down_until = carried.cool_down_until
+        self._state = carried.state.model_copy()
+        if carried.enrollment is not None:
+            self._enrollment = carried.enrollment.enrollment
+
+    def _resume_tasks(self, carried: LeadCarryOver) -> None:
+        """Start again what the previous run was waiting on: the sequence, the SLA, a recycle."""
+        if carried.enrollment is not None:
+            self._sequence_task = asyncio.create_task(
+                self._run_sequence(carried.enrollment.enrollment, carried.enrollment)
+            )
+        if carried.sla_reminders is not None and self._handoff is not None:
+            asyncio.create_task(self._follow_sla(carried.sla_reminders))
+        if carried.recycle_cycle is not None:
+            asyncio.create_task(self._recycle(carried.recycle_cycle))
+
     # --- responses --------------------------------------------------------------------------
+
+    async def _handle_responses(self, events: list[ResponseEvent]) -> None:
+        """Take every response that has arrived and score the lead once for all of them:
+        a burst costs one scoring, and the card counts each response."""
+        new = []
+        for event in events:
+            if event.event_id in self._seen_event_ids:
+                continue  # redelivered: already scored
+            self._seen_event_ids[event.event_id] = None
+            self._response_types.append(event.type)
+            self._events_since_send.add(event.type)
+            self._state.responses_handled += 1
+            self._handled_this_run += 1
+            new.append(event)
+        if new:
+            batch = [event.event_id for event in new[:-1]]
+            await self._rescore(new[-1].event_id, new[-1].type, batch=batch)
 
     async def _handle_response(self, event: ResponseEvent) -> None:
         if event.event_id in self._seen_event_ids:
             return  # redelivered: already scored
-        self._seen_event_ids.add(event.event_id)
+        self._seen_event_ids[event.event_id] = None
         self._response_types.append(event.type)
         self._events_since_send.add(event.type)
         self._state.responses_handled += 1
@@ -241,23 +475,19 @@ class LeadWorkflow:
         if "sql" in change.stages_crossed:
             await self._hand_off()
 
-    async def _rescore(self, event_id: str, cause: str, fingerprint: str | None = None) -> None:
+    async def _rescore(self, event_id: str, cause: str, fingerprint: str | None = None,
+                       batch: list[str] | None = None) -> None:  # fmt: skip
         """Score the lead now (the activity stores the card), then act on its stage."""
         if cause == "rescore":  # responses were checked in _handle_response
             if event_id in self._seen_event_ids:
                 return
-            self._seen_event_ids.add(event_id)
-        result: ScoreResult = await workflow.execute_activity_method(
-            NurtureActivities.score_lead,
-            ScoreRequest(
-                lead_id=self._lead_id,
-                event_id=event_id,
-                cause=cause,
-                at=workflow.now(),
-                model_fingerprint=fingerprint,
-            ),  # fmt: skip
-            **QUICK,
-        )
+            self._seen_event_ids[event_id] = None
+        request = ScoreRequest(lead_id=self._lead_id, event_id=event_id, cause=cause,
+                               at=workflow.now(), model_fingerprint=fingerprint,
+                               batch_event_ids=batch or [])  # fmt: skip
+        result: ScoreResult = await self._activity(NurtureActivities.score_lead, request, QUICK)
+        if self._long_life and result.requested_at not in (None, request.at):
+            return  # scored by an earlier run (an event redelivered after it was forgotten)
         self._score, self._stage = result.total, result.stage
         self._state.fit, self._state.engagement = result.fit, result.engagement
         self._state.grade = result.grade
@@ -276,10 +506,10 @@ class LeadWorkflow:
         if not workflow.patched(SALES_HANDOFF_PATCH):
             await self._legacy_hand_off()
             return
-        assignment: Assignment = await workflow.execute_activity_method(
+        assignment: Assignment = await self._activity(
             SalesActivities.assign_handoff,
             AssignRequest(lead_id=self._lead_id, cycle=self._cycle, at=workflow.now()),
-            **QUICK,
+            QUICK,
         )
         self._state.handoff_rep_id = assignment.rep_id
         self._handoff = HandoffState(
@@ -304,7 +534,7 @@ class LeadWorkflow:
 
     async def _notify_one(self, request: NotifyRequest) -> None:
         try:
-            await workflow.execute_activity_method(SalesActivities.notify_rep, request, **NOTIFY)
+            await self._activity(SalesActivities.notify_rep, request, NOTIFY)
         except ActivityError:
             workflow.logger.warning(
                 "handoff %s: %s notification to %s failed",
@@ -316,8 +546,14 @@ class LeadWorkflow:
     async def _follow_sla(self, reminders: int) -> None:
         """Until sales answers: when the SLA lapses, remind the rep (`reminders` times),
         then reassign to the next rep and tell the first; then the same for the next."""
+        self._sla_reminders = reminders
+        try:
+            await self._follow_sla_lapses(reminders)
+        finally:
+            self._sla_reminders = None
+
+    async def _follow_sla_lapses(self, reminders: int) -> None:
         handoff = self._handoff
-        lapses = 0
         while handoff.status == "pending" and handoff.due_at is not None:
             wait = max((handoff.due_at - workflow.now()).total_seconds(), 1.0)
             try:
@@ -331,15 +567,16 @@ class LeadWorkflow:
                 return
             except TimeoutError:
                 pass
-            lapses += 1
-            outcome: SlaOutcome = await workflow.execute_activity_method(
+            self._sla_lapses += 1
+            lapses = self._sla_lapses  # numbers the notifications' keys, across runs
+            outcome: SlaOutcome = await self._activity(
                 SalesActivities.handle_sla_lapse,
                 SlaLapse(
                     handoff_id=handoff.handoff_id,
                     at=workflow.now(),
                     remind=handoff.reminders_sent < reminders,
                 ),  # fmt: skip
-                **QUICK,
+                QUICK,
             )
             if outcome.status != "pending":
                 return
@@ -360,16 +597,21 @@ class LeadWorkflow:
 
     async def _recycle(self, cycle: int) -> None:
         """After a rejection's cool-down: nurture again, with the recycle sequence."""
+        self._recycle_cycle = cycle
+        try:
+            await self._recycle_after_cool_down(cycle)
+        finally:
+            self._recycle_cycle = None
+
+    async def _recycle_after_cool_down(self, cycle: int) -> None:
         if self._cool_down_until is not None:
             wait = (self._cool_down_until - workflow.now()).total_seconds()
             if wait > 0:
                 await workflow.sleep(timedelta(seconds=wait))
         if self._cycle != cycle:
             return
-        request = await workflow.execute_activity_method(
-            SalesActivities.recycle_lead,
-            RecycleRequest(lead_id=self._lead_id, cycle=cycle),
-            **QUICK,
+        request = await self._activity(
+            SalesActivities.recycle_lead, RecycleRequest(lead_id=self._lead_id, cycle=cycle), QUICK
         )
         self._cool_down_until = None
         self._nurture_stopped = False
@@ -398,44 +640,58 @@ class LeadWorkflow:
         self._enrollment = request
         self._events_since_send.clear()
         self._state.sequence_id = request.sequence.id
+        self._state.sequence_version = request.sequence.version
         self._state.enrollment_id = request.enrollment_id
         self._state.enrollment_status = "active"
         self._state.sent_steps = []
         self._sequence_task = asyncio.create_task(self._run_sequence(request))
 
-    async def _run_sequence(self, enrollment: EnrollRequest) -> None:
+    async def _run_sequence(
+        self, enrollment: EnrollRequest, resume: CarriedEnrollment | None = None
+    ) -> None:
+        """Walk the sequence; `resume` picks it up where a previous run paused it."""
         sequence = enrollment.sequence
-        await workflow.execute_activity_method(
-            NurtureActivities.start_enrollment,
-            StartEnrollment(
-                lead_id=self._lead_id,
-                enrollment_id=enrollment.enrollment_id,
-                workflow_id=workflow.info().workflow_id,
-                sequence_id=sequence.id,
-                sequence_version=sequence.version,
-                segment=enrollment.segment,
-            ),
-            **QUICK,
-        )
-        visits: dict[str, int] = {}
+        if resume is None:
+            await self._activity(
+                NurtureActivities.start_enrollment,
+                StartEnrollment(
+                    lead_id=self._lead_id,
+                    enrollment_id=enrollment.enrollment_id,
+                    workflow_id=workflow.info().workflow_id,
+                    sequence_id=sequence.id,
+                    sequence_version=sequence.version,
+                    segment=enrollment.segment,
+                ),
+                QUICK,
+            )
+        visits: dict[str, int] = dict(resume.visits) if resume else {}
+        self._visits = visits  # carried if the run continues as new mid-sequence
+        pause = resume.pause if resume else None  # the first step resumes from it
         status, reason = "completed", "reached the end of the sequence"
-        step_id: str | None = sequence.steps[0].id
+        step_id: str | None = pause.step_id if pause else sequence.steps[0].id
         while step_id is not None:
             if self._nurture_stopped:
                 status, reason = "handed_off", "lead became sales-qualified"
                 break
             step = sequence.step(step_id)
             self._state.step_id = step_id
-            visits[step_id] = visits.get(step_id, 0) + 1
+            if pause is None:
+                visits[step_id] = visits.get(step_id, 0) + 1
+            left = max((pause.until - workflow.now()).total_seconds(), 1.0) if pause else None
+            here = SequencePause(kind="wait", step_id=step_id, until=workflow.now(),
+                                 visit=visits[step_id])  # fmt: skip
             outcome = "done"
             if isinstance(step, EmailStep | SmsStep):
-                await self._send(enrollment, step, visits[step_id])
+                resume_at = pause.until if pause else None
+                await self._send(enrollment, step, visits[step_id], resume_at)
             elif isinstance(step, WaitStep):
-                await self._sleep(step.duration)
+                await self._sleep(left or step.duration, pause=here)
             elif isinstance(step, WaitForStep):
                 self._state.waiting_for = step.event
                 happened = await self._sleep(
-                    step.timeout, until=lambda e=step.event: e in self._events_since_send
+                    left or step.timeout,
+                    until=lambda e=step.event: e in self._events_since_send,
+                    pause=here.model_copy(update={"kind": "wait_for"}),
                 )
                 self._state.waiting_for = None
                 outcome = "event" if happened else "timeout"
@@ -444,6 +700,7 @@ class LeadWorkflow:
             else:  # exit
                 status, reason = "exited", step.reason
                 break
+            pause = None
             step_id = sequence.after(step_id, outcome)
         else:
             if self._nurture_stopped:
@@ -453,13 +710,14 @@ class LeadWorkflow:
         self._state.step_id = None
         self._state.next_action_at = None
         self._finished_enrollments.add(enrollment.enrollment_id)
-        await workflow.execute_activity_method(
+        await self._activity(
             NurtureActivities.finish_enrollment,
             FinishEnrollment(enrollment_id=enrollment.enrollment_id, status=status, reason=reason),
-            **QUICK,
+            QUICK,
         )
 
-    async def _send(self, enrollment: EnrollRequest, step: EmailStep | SmsStep, visit: int) -> None:
+    async def _send(self, enrollment: EnrollRequest, step: EmailStep | SmsStep, visit: int,
+                    resume_at=None) -> None:  # fmt: skip
         """Send the step's message; while quiet hours or a frequency cap hold it back, wait
         on a durable timer for the time the activity names, then ask again. Never dropped;
         only a handoff ends the wait (nurture stops)."""
@@ -476,22 +734,23 @@ class LeadWorkflow:
             send_window=sequence.send_windows.get(step.type),
             ignore_frequency_caps=sequence.ignore_frequency_caps,
         )
+        held = SequencePause(kind="deferred", step_id=step.id, until=workflow.now(), visit=visit)
+        if resume_at is not None:  # a previous run was holding this send back: go on doing so
+            await self._sleep(max((resume_at - workflow.now()).total_seconds(), 1.0), pause=held)
+            self._state.deferred = None
+            if self._nurture_stopped:
+                return
+            request = request.model_copy(update={"due_at": workflow.now()})
         while True:
-            outcome = await workflow.execute_activity_method(
-                NurtureActivities.send_message,
-                request,
-                # Longer than the provider timeout (10 s); short, so a send cut off by a
-                # dead worker is retried by another within 30 s.
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=ACTIVITY_RETRY,
-            )
+            outcome = await self._activity(NurtureActivities.send_message, request, SEND)
             if outcome.status != "deferred" or outcome.retry_at is None:
                 break
             self._state.deferred = DeferredSend(
                 step_id=step.id, channel=step.type, until=outcome.retry_at,
                 reason=outcome.reason or "deferred",
             )  # fmt: skip
-            await self._sleep(max((outcome.retry_at - workflow.now()).total_seconds(), 1.0))
+            await self._sleep(max((outcome.retry_at - workflow.now()).total_seconds(), 1.0),
+                              pause=held)  # fmt: skip
             self._state.deferred = None
             if self._nurture_stopped:
                 return
@@ -501,13 +760,16 @@ class LeadWorkflow:
         self._state.sent_steps.append(step.id)
         self._events_since_send.clear()
 
-    async def _sleep(self, seconds: float, until=None) -> bool:
-        """A durable timer that ends early on a handoff (or when `until` holds).
+    async def _sleep(self, seconds: float, until=None, pause: SequencePause | None = None) -> bool:
+        """A durable timer that ends early on a handoff (or when `until` holds). While it
+        runs, `pause` says where the sequence is, so a next run can resume it.
 
         Returns True if `until` became true before the time was up.
         """
         deadline = workflow.now() + timedelta(seconds=seconds)
         self._state.next_action_at = deadline
+        if pause is not None:
+            self._pause = pause.model_copy(update={"until": deadline})
 
         def woken() -> bool:
             return self._nurture_stopped or (until is not None and until())
@@ -518,6 +780,7 @@ class LeadWorkflow:
             pass
         finally:
             self._state.next_action_at = None
+            self._pause = None
         return until is not None and until()
 
     def _condition(self, expression: str) -> bool:
