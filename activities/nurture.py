@@ -24,6 +24,7 @@ from channels.errors import ProviderRejected, ProviderUnavailable
 from channels.links import Links
 from channels.policy import SendTime, earliest_send_time
 from channels.render import compliance_problems, message_context, render_email, render_sms
+from channels.template_sets import TemplateVersions
 from models.consent import ConsentEffect, opt_out_reason, set_consent
 from models.db import (
     Enrollment,
@@ -84,6 +85,7 @@ class NurtureActivities:
         self.email = email
         self.sms = sms
         self.templates_dir = Path(templates_dir)
+        self.template_versions = TemplateVersions(self.templates_dir, sessions)
         self.sender = sender
         self.links = links
         self.sales = sales  # the handoff's activities, registered with these
@@ -182,7 +184,7 @@ class NurtureActivities:
             "message_id": message.id,
         }
         if request.channel == "email":
-            rendered = render_email(self.templates_dir, request.template, context)
+            rendered = render_email(self._templates(request), request.template, context)
             missing = compliance_problems(rendered, self.sender, context["unsubscribe_url"])
             if missing:  # never send a marketing email without them (CAN-SPAM, RFC 8058)
                 outcome = self._set_status(message.id, "failed", "; ".join(missing))
@@ -207,7 +209,8 @@ class NurtureActivities:
             )
             deliver = partial(self.email.send_email, outgoing)
         else:
-            subject, body = None, render_sms(self.templates_dir, request.template, context)
+            body = render_sms(self._templates(request), request.template, context)
+            subject = None
             deliver = partial(self.sms.send_sms, OutgoingSms(message.id, recipient, body, tags))
         # From here a crash leaves the outcome unknown: mark it just before the call.
         if not self._mark_sending(message.id, channel.idempotent, recipient, subject, body):
@@ -525,6 +528,13 @@ class NurtureActivities:
         )
         log.info("handed off lead=%s rep=%s", request.lead_id, rep_name)
         return HandoffResult(handoff_id=handoff_id, rep_id=handoff.rep_id, rep_name=rep_name)
+
+    def _templates(self, request: SendRequest):
+        """The templates the lead was enrolled with; the files as they are now for
+        enrollments made before template versions were kept."""
+        if request.templates is None:
+            return template_environment(str(self.templates_dir))
+        return self.template_versions.environment(request.templates)
 
     @staticmethod
     def _assign(session: Session, request: HandoffRequest) -> Handoff:

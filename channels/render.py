@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import css_inline
-
-from models.jinja import template_environment
+from jinja2 import Environment
 
 # Mail clients drop <style> blocks: styles go inline. Never fetch remote stylesheets.
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False)
@@ -22,8 +20,9 @@ class RenderedEmail:
     text: str
 
 
-def render_email(templates_dir: Path, name: str, context: dict[str, Any]) -> RenderedEmail:
-    env = template_environment(str(templates_dir))
+def render_email(env: Environment, name: str, context: dict[str, Any]) -> RenderedEmail:
+    """Email template `name` (email/NAME/{subject.txt,body.html,body.txt}) from `env`:
+    the files (`template_environment`) or a stored version (channels.template_sets)."""
     subject = env.get_template(f"email/{name}/subject.txt").render(context)
     return RenderedEmail(
         subject=" ".join(subject.split()),  # a subject is one line
@@ -47,8 +46,7 @@ def compliance_problems(
     return problems
 
 
-def render_sms(templates_dir: Path, name: str, context: dict[str, Any]) -> str:
-    env = template_environment(str(templates_dir))
+def render_sms(env: Environment, name: str, context: dict[str, Any]) -> str:
     return env.get_template(f"sms/{name}.txt").render(context).strip()
 
 

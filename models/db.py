@@ -125,6 +125,18 @@ class Enrollment(Base):
     ended_at: Mapped[datetime | None] = mapped_column()
 
 
+class TemplateSet(Base):
+    """The message templates (email/ and sms/) as they were when leads were enrolled:
+    a lead is sent what its sequence version was written with, whatever is edited later.
+    Keyed by the digest of their contents, so each version is stored once."""
+
+    __tablename__ = "template_sets"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    files: Mapped[dict[str, Any]] = mapped_column(JSON)  # relative path -> source
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Message(Base):
     __tablename__ = "messages"
 

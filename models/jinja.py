@@ -12,7 +12,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateSyntaxError, select_autoescape
+from jinja2 import (
+    BaseLoader,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateSyntaxError,
+    select_autoescape,
+)
 from jinja2.sandbox import SandboxedEnvironment
 
 # A lead as templates and conditions see it when none is given (validate, preview).
@@ -36,7 +42,8 @@ SAMPLE_LEAD: dict[str, Any] = {
 }
 
 
-def _environment(loader: FileSystemLoader | None = None) -> SandboxedEnvironment:
+def sandboxed_environment(loader: BaseLoader | None = None) -> SandboxedEnvironment:
+    """Sandboxed, strict (undefined names are errors), HTML autoescaped."""
     return SandboxedEnvironment(
         loader=loader,
         undefined=StrictUndefined,
@@ -47,7 +54,7 @@ def _environment(loader: FileSystemLoader | None = None) -> SandboxedEnvironment
     )
 
 
-_EXPRESSIONS = _environment()
+_EXPRESSIONS = sandboxed_environment()
 
 
 class ConditionError(ValueError):
@@ -76,4 +83,4 @@ def evaluate_condition(expression: str, context: dict[str, Any]) -> bool:
 @lru_cache(maxsize=16)
 def template_environment(templates_dir: str) -> SandboxedEnvironment:
     """The sandboxed environment for message templates under `templates_dir`."""
-    return _environment(FileSystemLoader(str(Path(templates_dir))))
+    return sandboxed_environment(FileSystemLoader(str(Path(templates_dir))))

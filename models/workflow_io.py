@@ -40,6 +40,9 @@ class EnrollRequest(BaseModel):
     sequence: Sequence
     segment: str | None = None
     profile: dict[str, Any] = Field(default_factory=dict)
+    # The template version (channels.template_sets) the lead is sent; none in enrollments
+    # made before versions were kept: those render the files as they are.
+    templates: str | None = None
 
 
 class ResponseEvent(BaseModel):
@@ -120,6 +123,7 @@ class SendRequest(BaseModel):
     due_at: datetime | None = None
     send_window: SendWindow | None = None  # the sequence's own window for this channel
     ignore_frequency_caps: bool = False
+    templates: str | None = None  # the enrollment's template version (EnrollRequest)
 
     @property
     def send_key(self) -> str:
@@ -295,6 +299,7 @@ class MigrateRequest(BaseModel):
 
     sequence: Sequence
     step_map: dict[str, str] = Field(default_factory=dict)  # old step id -> new step id
+    templates: str | None = None  # the template version to go on with (today's)
 
 
 class MigrateResult(BaseModel):

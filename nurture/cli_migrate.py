@@ -87,6 +87,7 @@ async def _migrate(settings, target, mapping, dry_run: bool, quiet: bool) -> lis
     from temporalio.client import WorkflowUpdateFailedError
     from temporalio.service import RPCError
 
+    from channels.template_sets import TemplateVersions
     from models.db import Enrollment, Lead
     from models.workflow_io import MigrateRequest, lead_workflow_id
     from nurture.runtime import connect_temporal, open_database
@@ -101,13 +102,16 @@ async def _migrate(settings, target, mapping, dry_run: bool, quiet: bool) -> lis
                    Enrollment.sequence_version < target.version)
             .order_by(Enrollment.started_at)
         ).all()  # fmt: skip
-    database.engine.dispose()
     todo = [Outcome(e.lead_id, email, e.id, e.sequence_version, "would migrate", "")
             for e, email in rows]  # fmt: skip
     if dry_run or not todo:
+        database.engine.dispose()
         return todo
+    # The leads moved to the new version go on with today's templates too.
+    templates = TemplateVersions(settings.definitions_dir / "templates", database.sessions)
+    request = MigrateRequest(sequence=target, step_map=mapping, templates=templates.current())
+    database.engine.dispose()
     client = await connect_temporal(settings)
-    request = MigrateRequest(sequence=target, step_map=mapping)
     slots = asyncio.Semaphore(CONCURRENCY)
 
     async def one(outcome: Outcome, advance) -> None:

@@ -30,6 +30,7 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from channels.template_sets import TemplateVersions
 from models.consent import ConsentEffect, classify_response, set_consent
 from models.contact import known_timezone, normalise_phone
 from models.db import Lead, Message, Response, as_utc, new_id, utcnow
@@ -202,6 +203,7 @@ class Intake:
         self.client = client
         self.task_queue = task_queue
         self.responses_per_run = responses_per_run
+        self.template_versions = TemplateVersions(definitions.templates_dir, sessions)
 
     # --- leads ----------------------------------------------------------------------------
 
@@ -248,6 +250,7 @@ class Intake:
             sequence=sequence,
             segment=segment,
             profile=profile,
+            templates=self.template_versions.current(),
         )
         if new_lead:
             try:

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from channels.render import message_context, render_email, render_sms
 from models.db import Lead
 from models.definitions import EmailStep, Sequence, SmsStep
-from models.jinja import SAMPLE_LEAD
+from models.jinja import SAMPLE_LEAD, template_environment
 from models.loader import Definitions
 from nurture.intake import LeadIn
 from nurture.validate import GSM7, SAMPLE_SENDER, sms_segments
@@ -111,10 +111,11 @@ def preview(
         lead=profile,
         sample_lead=lead is None,
     )
+    env = template_environment(str(definitions.templates_dir))
     if isinstance(step, EmailStep):
-        email = render_email(definitions.templates_dir, step.template, context)
+        email = render_email(env, step.template, context)
         return Preview(**common, subject=email.subject, text=email.text, html=email.html)
-    text = render_sms(definitions.templates_dir, step.template, context)
+    text = render_sms(env, step.template, context)
     return Preview(
         **common,
         text=text,

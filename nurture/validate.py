@@ -13,7 +13,7 @@ from pathlib import Path
 from jinja2 import TemplateError
 
 from channels.render import compliance_problems, message_context, render_email, render_sms
-from models.jinja import SAMPLE_LEAD
+from models.jinja import SAMPLE_LEAD, template_environment
 from models.loader import check_definitions
 from models.yaml_source import DefinitionProblem
 
@@ -45,11 +45,12 @@ def validate(root: Path) -> list[DefinitionProblem]:
         for step_id, channel, template in sequence.templates():
             users.setdefault((channel, template), []).append(f"{sequence.id}.{step_id}")
     templates_dir = definitions.templates_dir
+    env = template_environment(str(templates_dir))
     for (channel, template), used_by in sorted(users.items()):
         where = f"used by {', '.join(used_by)}"
         try:
             if channel == "email":
-                rendered = render_email(templates_dir, template, context)
+                rendered = render_email(env, template, context)
                 for missing in compliance_problems(rendered, SAMPLE_SENDER, unsubscribe_url):
                     # An email lacking these would be refused at send time: an error now.
                     part = "body.html" if "HTML" in missing else "body.txt"
@@ -59,7 +60,7 @@ def validate(root: Path) -> list[DefinitionProblem]:
                         f"{{{{ unsubscribe_url }}}}, or the shared footer ({where})",
                     ))  # fmt: skip
                 continue
-            text = render_sms(templates_dir, template, context)
+            text = render_sms(env, template, context)
         except TemplateError as exc:
             problems.append(_template_problem(templates_dir, exc, f"{exc.message} ({where})"))
             continue

@@ -26,6 +26,7 @@ from temporalio.exceptions import ApplicationError
 from channels.base import EmailChannel, OutgoingEmail, OutgoingSms, SmsChannel
 from channels.errors import ProviderRejected, ProviderUnavailable
 from channels.links import Links
+from channels.template_sets import TemplateVersions
 from models.db import (
     CompanyOwner,
     Handoff,
@@ -94,6 +95,7 @@ class SalesActivities:
         own = Path(templates_dir)
         self.templates_dir = own if (own / "sales" / "notice.html").exists() else SHIPPED_TEMPLATES
         self.sender = sender
+        self.template_versions = TemplateVersions(definitions.templates_dir, sessions)
         self.environ = os.environ if environ is None else environ
         self._tls = None
 
@@ -515,6 +517,7 @@ class SalesActivities:
         return EnrollRequest(
             enrollment_id=f"{request.lead_id}:{sequence.id}:v{sequence.version}:c{request.cycle}",
             sequence=sequence, segment=segment, profile=profile,
+            templates=self.template_versions.current(),  # a new enrollment: today's
         )  # fmt: skip
 
 

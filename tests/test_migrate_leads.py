@@ -92,6 +92,8 @@ async def test_the_command_moves_older_leads_and_reports_refusals(harness, tmp_p
     definitions = tmp_path / "definitions"
     shutil.copytree(FIXTURE_DEFINITIONS, definitions)
     (definitions / "sequences" / "month.yaml").write_text(yaml.safe_dump(month(2)))
+    # ... and a new follow-up email (v2's nudge), which the moved lead goes on with.
+    (definitions / "templates" / "email" / "followup" / "subject.txt").write_text("v2 nudge")
     settings = harness.settings
     for name, value in {
         "DATABASE_URL": settings.effective_database_url,
@@ -137,3 +139,10 @@ async def test_the_command_moves_older_leads_and_reports_refusals(harness, tmp_p
     assert refused.exit_code == 1
     assert "refused" in refused.stdout and "--map pause=STEP" in refused.stdout
     assert (await harness.state(on_v1)).sequence_version == 2
+
+    # On v2, with the templates of the move: the worker's own files are still the old
+    # ones, but the send uses the version the command stored.
+    await harness.env.sleep(timedelta(days=10, hours=1))
+    await harness.until(on_v1, lambda s: s.step_id == "long_pause")
+    nudge = {m.step_id: m for m in harness.rows(Message, on_v1)}["nudge"]
+    assert (nudge.channel, nudge.status, nudge.subject) == ("email", "sent", "v2 nudge")

@@ -31,6 +31,7 @@ NEXT = f"{int(HEAD) + 1:04d}"  # the revision a later version of the code would 
 HISTORY = [
     "0001  initial schema",
     "0002  responses.scored_in: the score change that counted each response",
+    "0003  template_sets: the message templates each enrollment was made with",
 ]
 ALL_APPLIED = "".join(f"applied {line}\n" for line in HISTORY)
 

@@ -209,7 +209,9 @@ class LeadWorkflow:
                               sequence_version=request.sequence.version),
             QUICK,
         )  # fmt: skip
-        new = old.model_copy(update={"sequence": request.sequence})
+        new = old.model_copy(
+            update={"sequence": request.sequence, "templates": request.templates or old.templates}
+        )
         self._enrollment = new
         self._state.sequence_version = request.sequence.version
         visits = dict(self._visits)
@@ -733,6 +735,7 @@ class LeadWorkflow:
             due_at=workflow.now(),
             send_window=sequence.send_windows.get(step.type),
             ignore_frequency_caps=sequence.ignore_frequency_caps,
+            templates=enrollment.templates,
         )
         held = SequencePause(kind="deferred", step_id=step.id, until=workflow.now(), visit=visit)
         if resume_at is not None:  # a previous run was holding this send back: go on doing so
