@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from channels.base import EmailChannel, OutgoingEmail, OutgoingSms, SmsChannel
+from channels.base import EmailChannel, OutgoingEmail, OutgoingSms, SendResult, SmsChannel
 from channels.errors import ProviderRejected, ProviderUnavailable
 from channels.links import Links
 from channels.policy import SendTime, earliest_send_time
@@ -142,8 +142,14 @@ class NurtureActivities:
     def send_message(self, request: SendRequest) -> SendOutcome:
         """Send one step's message at most once: claim, check consent, quiet hours and caps
         (deferring if needed), render, call the provider, record its answer."""
+        answered = _answer_kept_by_an_earlier_attempt()
         message = self._claim(request)
         channel = self.email if request.channel == "email" else self.sms
+        if message.status == "sending" and answered and answered["message_id"] == message.id:
+            # The provider took it, but the database was away longer than an attempt
+            # waits: record the answer the earlier attempt left with Temporal.
+            result = SendResult(answered["provider"], answered["provider_message_id"])
+            return self._record_sent(message.id, request, result)
         if message.status == "sending" and not channel.idempotent:
             return self._unknown(message.id, request)
         if message.status not in ("claimed", "sending"):
@@ -223,19 +229,22 @@ class NurtureActivities:
             self._set_status(message.id, "retrying", str(exc))
             _count_send(request, "retrying")
             raise ApplicationError(f"provider unavailable: {exc}") from None
+        _keep_provider_answer(message.id, result)
+        return self._record_sent(message.id, request, result)
 
+    def _record_sent(self, message_id: str, request: SendRequest, result: SendResult):
         def record_sent() -> Message:
             with self.sessions.begin() as session:
-                sent = session.get(Message, message.id)
-                sent.provider, sent.provider_message_id = (
-                    result.provider,
-                    result.provider_message_id,
-                )
-                sent.status, sent.sent_at = "sent", utcnow()
+                sent = session.get(Message, message_id)
+                if sent.status != "sent":  # not again when an earlier attempt got to it
+                    sent.provider = result.provider
+                    sent.provider_message_id = result.provider_message_id
+                    sent.status, sent.sent_at = "sent", utcnow()
                 return sent
 
         # The provider has it: the database being away for a moment must not turn the
-        # send into `unknown` (a retry would find it `sending`), so keep trying a while.
+        # send into `unknown` (a retry would find it `sending`), so keep trying a while;
+        # past that the next attempt records it from the answer kept with Temporal.
         message = _despite_database_outage(record_sent)
         log.info("sent %s step=%s lead=%s", request.channel, request.step_id, request.lead_id)
         _count_send(request, "sent")
@@ -625,10 +634,29 @@ def _zone(name: str | None) -> ZoneInfo:
 OUTAGE_PATIENCE = 15.0
 
 
-def _despite_database_outage(write, patience: float = OUTAGE_PATIENCE):
+def _keep_provider_answer(message_id: str, result: SendResult) -> None:
+    """Heartbeat the provider's answer before writing it: Temporal keeps an activity's
+    last heartbeat details for its next attempt, so the answer outlives a database
+    outage longer than this attempt waits (or the worker dying before the write)."""
+    if activity.in_activity():  # not when called directly (tests, `nurture simulate`)
+        activity.heartbeat({"message_id": message_id, "provider": result.provider,
+                            "provider_message_id": result.provider_message_id})  # fmt: skip
+
+
+def _answer_kept_by_an_earlier_attempt() -> dict | None:
+    """The provider's answer an earlier attempt of this send kept (see above), passed on
+    again at once so that an attempt failing before it gets to use it does not lose it."""
+    if not activity.in_activity() or not activity.info().heartbeat_details:
+        return None
+    answered = activity.info().heartbeat_details[0]
+    activity.heartbeat(answered)
+    return answered if isinstance(answered, dict) else None
+
+
+def _despite_database_outage(write):
     """Run `write` (a transaction of its own), retrying while the database cannot be
-    reached, for up to `patience` seconds; then the error goes up as before."""
-    deadline = time.monotonic() + patience
+    reached, for up to OUTAGE_PATIENCE seconds; then the error goes up as before."""
+    deadline = time.monotonic() + OUTAGE_PATIENCE
     pause = 0.25
     while True:
         try:

@@ -42,6 +42,7 @@ class ProviderServer:
     requests: list[Recorded] = field(default_factory=list)
     failures: list[tuple[int, str, dict]] = field(default_factory=list)
     delay: float = 0.0  # seconds before each answer
+    issued: list[str] = field(default_factory=list)  # the message IDs it answered with
 
     def __post_init__(self):
         server = self
@@ -92,7 +93,9 @@ class ProviderServer:
             status, message, extra = self.failures.pop(0)
             error = {"message": message, "field": extra.get("field")}
             return handler._answer(status, {"errors": [error]})
-        handler._answer(202, None, {"X-Message-Id": f"sg-{uuid.uuid4().hex[:16]}"})
+        issued = f"sg-{uuid.uuid4().hex[:16]}"
+        self.issued.append(issued)
+        handler._answer(202, None, {"X-Message-Id": issued})
 
     def _twilio(self, handler, recorded: Recorded) -> None:
         expected = base64.b64encode(f"{self.twilio_sid}:{self.twilio_token}".encode()).decode()
@@ -104,6 +107,7 @@ class ProviderServer:
             return handler._answer(status, {"code": code, "message": message, "status": status})
         form = recorded.form()
         sid = f"SM{uuid.uuid4().hex}"
+        self.issued.append(sid)
         handler._answer(201, {
             "sid": sid, "account_sid": self.twilio_sid, "to": form["To"], "body": form["Body"],
             "from": form.get("From"), "messaging_service_sid": form.get("MessagingServiceSid"),

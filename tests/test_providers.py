@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import threading
+from unittest.mock import ANY
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.exc import OperationalError
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+import activities.nurture as activities_module
 from channels.outbox import OutboxChannel
 from channels.sendgrid_email import SendGridEmailChannel
 from channels.twilio_sms import TwilioSmsChannel
@@ -111,6 +117,51 @@ def test_send_interrupted_during_the_call_is_never_repeated(provider_settings, d
     assert outcome.status == "unknown" and providers.requests == []
     assert "interrupted during the provider call" in outcome.reason
     assert activities.send_message(request).status == "unknown"  # and stays so
+
+
+def test_an_answer_the_database_missed_is_recorded_from_the_heartbeat(
+    provider_settings, database, providers, monkeypatch
+):
+    """PostgreSQL (here SQLite) goes away the moment the provider answers and stays away
+    longer than the attempt waits: the attempt fails, but the answer it heartbeated
+    reaches the next attempt, which records the send `sent` with the provider's ID."""
+    monkeypatch.setattr(activities_module, "OUTAGE_PATIENCE", 0.5)
+    activities = build_activities(provider_settings, database)
+    request = lead_and_request(database, "sms", "ping", "nudge")
+    outage = threading.Event()
+
+    @event.listens_for(database.engine, "before_cursor_execute")
+    def _unreachable(*_args):
+        if outage.is_set():
+            raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    first = ActivityEnvironment()
+    kept = []
+    first.on_heartbeat = lambda *details: (kept.append(details), outage.set())
+    with pytest.raises(OperationalError):
+        first.run(activities.send_message, request)
+    (call,) = providers.requests
+    (issued,) = providers.issued
+    assert kept == [({"message_id": ANY, "provider": "twilio", "provider_message_id": issued},)]
+    outage.clear()
+    with database.sessions() as session:
+        assert session.scalars(select(Message.status)).one() == "sending"
+
+    # Temporal's next attempt, with the last heartbeat's details; it passes them on at
+    # once (an attempt failing early must not lose them).
+    second = ActivityEnvironment()
+    second.info = dataclasses.replace(second.info, attempt=2, heartbeat_details=list(kept[0]))
+    passed_on = []
+    second.on_heartbeat = lambda *details: passed_on.append(details)
+    outcome = second.run(activities.send_message, request)
+    assert (outcome.status, outcome.provider_message_id) == ("sent", issued)
+    assert passed_on == kept
+    assert activities.send_message(request) == outcome  # and a late duplicate retry
+    assert len(providers.requests) == 1  # never sent twice
+    with database.sessions() as session:
+        stored = session.scalars(select(Message)).one()
+        assert (stored.status, stored.provider_message_id) == ("sent", issued)
+        assert stored.body.startswith("Hi Ada, reply YES")
 
 
 def test_send_interrupted_before_the_call_is_sent_once(provider_settings, database, providers):
