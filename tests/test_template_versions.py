@@ -7,20 +7,26 @@ import asyncio
 import shutil
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
+from channels.render import message_context, render_email, render_sms
 from channels.template_sets import TemplateVersions, UnknownTemplateSet, read_templates
-from models.db import Lead, Message, TemplateSet
+from models.db import Lead, Message, TemplateSet, make_engine, session_factory
+from models.jinja import SAMPLE_LEAD, template_environment
 from models.loader import load_definitions
 from models.workflow_io import SendRequest, StartEnrollment
+from nurture import migrate
 from nurture.runtime import build_activities, open_database, sync_sales_reps
 from nurture.settings import Settings
+from nurture.validate import SAMPLE_SENDER
 from tests.conftest import FIXTURE_DEFINITIONS
 from tests.harness import running_harness
 
 PING = "sms/ping.txt"
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -146,3 +152,27 @@ async def test_an_edit_reaches_new_enrollments_not_leads_in_flight(
         assert early["later"].subject != "Edited follow-up"
         assert late["ping"].body == "New copy for Late. STOP to opt out"
         assert late["later"].subject == "Edited follow-up"
+
+
+def test_every_shipped_template_renders_the_same_from_its_stored_version(tmp_path):
+    """Layouts and includes (`{% extends "email/_layout.html" %}`) resolve inside the
+    stored version as they do from the files."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'nurture.db'}")
+    migrate.upgrade(engine)
+    definitions = load_definitions(REPO)
+    versions = TemplateVersions(definitions.templates_dir, session_factory(engine))
+    stored = versions.environment(versions.current())
+    files = template_environment(str(definitions.templates_dir))
+    context = message_context(SAMPLE_LEAD, SAMPLE_SENDER, "https://example.com/u/x")
+    rendered = 0
+    for sequence in definitions.sequences.values():
+        for _step, channel, template in sequence.templates():
+            if channel == "email":
+                assert render_email(stored, template, context) == render_email(
+                    files, template, context
+                )
+            else:
+                assert render_sms(stored, template, context) == render_sms(files, template, context)
+            rendered += 1
+    assert rendered >= 10
+    engine.dispose()
