@@ -638,7 +638,7 @@ def _keep_provider_answer(message_id: str, result: SendResult) -> None:
     """Heartbeat the provider's answer before writing it: Temporal keeps an activity's
     last heartbeat details for its next attempt, so the answer outlives a database
     outage longer than this attempt waits (or the worker dying before the write)."""
-    if activity.in_activity():  # not when called directly (tests, `nurture simulate`)
+    if activity.in_activity():  # not when a test calls the activity directly
         activity.heartbeat({"message_id": message_id, "provider": result.provider,
                             "provider_message_id": result.provider_message_id})  # fmt: skip
 
