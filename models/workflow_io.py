@@ -45,11 +45,24 @@ class EnrollRequest(BaseModel):
     templates: str | None = None
 
 
+# The keys of an event's data that travel with it to its workflow (for leads scored before
+# score cards); the rest stays in the database, where the scoring activity reads it.
+SIGNALLED_DATA_KEYS = ("step", "url")
+
+
 class ResponseEvent(BaseModel):
+    """A response as signalled: its ID and type, never its body (a Temporal payload is
+    limited to 2 MB, and the body is in the `responses` row)."""
+
     event_id: str
     type: str
     occurred_at: datetime
     data: dict[str, Any] = Field(default_factory=dict)
+
+    def slim(self) -> ResponseEvent:
+        """Without the body: what the workflow keeps and carries to its next run."""
+        kept = {key: self.data[key] for key in SIGNALLED_DATA_KEYS if key in self.data}
+        return self if kept == self.data else self.model_copy(update={"data": kept})
 
 
 class RescoreRequest(BaseModel):

@@ -73,6 +73,14 @@ SALES_HANDOFF_PATCH = "sales-handoff"
 # Workflows started before this patch score each response on its own and never continue
 # as new; after it a burst of responses is scored once, and a long life continues as new.
 LONG_LIFE_PATCH = "long-life"
+# Before this patch a `wait_for` window opened when the send's result came back, so a
+# response that arrived while the send was in flight (a worker restarted, a backlog, a
+# mail scanner clicking at once) was cleared and the wait timed out. After it the window
+# opens when the send is dispatched.
+WAIT_WINDOW_PATCH = "wait-window-at-dispatch"
+# Before this patch every enroll signal waited in the state until the running sequence
+# ended; after it a repeat of a waiting enrollment replaces it.
+ENROLL_ONCE_PATCH = "enroll-once"
 RESPONSES_PER_RUN = 2_000  # then continue as new, so the history stays small
 # Event IDs handed to the next run for exact de-duplication: this run's and the one's
 # before (a relay re-signals within seconds, not thousands of responses later).
@@ -138,11 +146,16 @@ class LeadWorkflow:
 
     @workflow.signal
     def enroll(self, request: EnrollRequest) -> None:
+        if workflow.patched(ENROLL_ONCE_PATCH):
+            # The same enrollment asked for again while it waits: keep the latest (its
+            # profile), so repeats cannot pile up in the state carried to the next run.
+            self._enroll_requests = [waiting for waiting in self._enroll_requests
+                                     if waiting.enrollment_id != request.enrollment_id]  # fmt: skip
         self._enroll_requests.append(request)
 
     @workflow.signal
     def respond(self, event: ResponseEvent) -> None:
-        self._inbox.append(event)
+        self._inbox.append(event.slim())  # the body stays in the database
 
     @workflow.signal
     def rescore(self, request: RescoreRequest) -> None:
@@ -398,7 +411,7 @@ class LeadWorkflow:
         self._reasons = list(carried.reasons)
         self._next_rescore_at = carried.next_rescore_at
         self._enroll_requests = list(carried.enroll_requests)
-        self._inbox = list(carried.inbox)
+        self._inbox = [event.slim() for event in carried.inbox]
         self._rescore_requests = list(carried.rescore_requests)
         self._finished_enrollments = set(carried.finished_enrollments)
         self._nurture_stopped = carried.nurture_stopped
@@ -738,6 +751,7 @@ class LeadWorkflow:
             templates=enrollment.templates,
         )
         held = SequencePause(kind="deferred", step_id=step.id, until=workflow.now(), visit=visit)
+        window_at_dispatch = workflow.patched(WAIT_WINDOW_PATCH)
         if resume_at is not None:  # a previous run was holding this send back: go on doing so
             await self._sleep(max((resume_at - workflow.now()).total_seconds(), 1.0), pause=held)
             self._state.deferred = None
@@ -745,6 +759,8 @@ class LeadWorkflow:
                 return
             request = request.model_copy(update={"due_at": workflow.now()})
         while True:
+            if window_at_dispatch:  # what arrives from here on answers this message
+                self._events_since_send.clear()
             outcome = await self._activity(NurtureActivities.send_message, request, SEND)
             if outcome.status != "deferred" or outcome.retry_at is None:
                 break
@@ -761,7 +777,8 @@ class LeadWorkflow:
         if outcome.status in ("failed", "unknown"):
             self._state.send_problems.append(f"{step.id}: {outcome.status}: {outcome.reason}")
         self._state.sent_steps.append(step.id)
-        self._events_since_send.clear()
+        if not window_at_dispatch:
+            self._events_since_send.clear()
 
     async def _sleep(self, seconds: float, until=None, pause: SequencePause | None = None) -> bool:
         """A durable timer that ends early on a handoff (or when `until` holds). While it
