@@ -106,14 +106,14 @@ async def test_a_click_while_the_send_is_in_flight_satisfies_the_wait(
     time_skipping_env, slow_provider_settings
 ):
     """The click is handled (and scored) by the workflow before the send's result."""
-    async with split_workers(time_skipping_env, slow_provider_settings) as (harness, worker):
-        async with worker():
-            lead_id = await harness.enroll("click_soon", email="quick@example.com", first_name="Q")
-            await eventually(lambda: welcome_status(harness, lead_id) == "sending", what="send")
-            await harness.respond(lead_id, "email.click", event_id="scanner-click")
-            await eventually(lambda: score_changes(harness, lead_id) == 1, what="click scored")
-            await eventually(lambda: welcome_status(harness, lead_id) == "sent", what="sent")
-            assert await finish(harness, lead_id) == ["welcome", "thanks"]
+    workers = split_workers(time_skipping_env, slow_provider_settings)
+    async with workers as (harness, worker), worker():
+        lead_id = await harness.enroll("click_soon", email="quick@example.com", first_name="Q")
+        await eventually(lambda: welcome_status(harness, lead_id) == "sending", what="send")
+        await harness.respond(lead_id, "email.click", event_id="scanner-click")
+        await eventually(lambda: score_changes(harness, lead_id) == 1, what="click scored")
+        await eventually(lambda: welcome_status(harness, lead_id) == "sent", what="sent")
+        assert await finish(harness, lead_id) == ["welcome", "thanks"]
 
 
 @pytest.fixture(params=["time_skipping", "dev_server"])
@@ -150,7 +150,6 @@ async def record(name: str) -> None:
     `wait_for_click_in_flight_before_patch.json` was recorded with the window opening on
     the send's result (the code before the patch): its lead takes the timeout path, and
     today's code must replay it so."""
-    import asyncio
     import tempfile
 
     from pydantic import SecretStr
