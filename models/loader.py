@@ -18,14 +18,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from models.definitions import (
     BranchStep,
     DeliveryPolicy,
+    EmailStep,
     SalesTeam,
     Segments,
     Sequence,
+    SmsStep,
+    Step,
     _LocatedValueError,
 )
 from models.jinja import SAMPLE_LEAD, ConditionError, compile_condition, evaluate_condition
@@ -77,29 +80,41 @@ def load_definitions(root: Path | str) -> Definitions:
 
 def check_definitions(root: Path | str) -> tuple[Definitions | None, list[DefinitionProblem]]:
     """Load what can be loaded and return it with every problem (errors and warnings)."""
+    inspection = inspect_definitions(root)
+    return inspection.definitions, inspection.problems
+
+
+@dataclass
+class Inspection:
+    """Everything `inspect_definitions` found. `definitions` is None if any file failed;
+    `sends` still lists every send step that could be read, valid steps of a broken
+    sequence included, so that `nurture validate` checks their templates in the same run."""
+
+    root: Path
+    definitions: Definitions | None
+    problems: list[DefinitionProblem]
+    sends: list[SendStep]
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / "templates"
+
+
+@dataclass(frozen=True)
+class SendStep:
+    sequence: str
+    step: str
+    channel: str
+    template: str
+
+
+def inspect_definitions(root: Path | str) -> Inspection:
+    """Load every file on its own and cross-check what loaded: one broken file never hides
+    the problems of the others (objects that failed are left out of the cross-checks that
+    need them, so they cause no follow-on errors)."""
     root = Path(root)
     problems: list[DefinitionProblem] = []
-
-    sequences: dict[str, Sequence] = {}
-    sequence_sources: dict[str, LocatedYaml] = {}
-    sequence_files = sorted((root / "sequences").glob("*.yaml"))
-    if not sequence_files:
-        problems.append(DefinitionProblem(str(root / "sequences"), None, None, "", "no *.yaml"))
-    broken: set[str] = set()  # sequences whose file has errors: already reported once
-    for path in sequence_files:
-        loaded = _load_model(path, Sequence, problems)
-        if loaded is None:
-            broken.add(path.stem)
-            continue
-        sequence, source = loaded
-        if sequence.id in sequences:
-            problems.append(
-                source.problem(("id",), f"sequence id {sequence.id!r} is also used by another file")
-            )
-            continue
-        sequences[sequence.id] = sequence
-        sequence_sources[sequence.id] = source
-        problems += _check_sequence(root, sequence, source)
+    sequences, broken, sends = _load_sequences(root, problems)
 
     segments = _load_model(root / "segments.yaml", Segments, problems)
     if segments is not None:
@@ -120,28 +135,93 @@ def check_definitions(root: Path | str) -> tuple[Definitions | None, list[Defini
         delivery = _load_model(root / "delivery.yaml", DeliveryPolicy, problems)
 
     if segments is None or scoring is None or sales is None or delivery is None:
-        return None, problems
+        return Inspection(root, None, problems, sends)
     definitions = Definitions(root, sequences, segments[0], scoring[0], sales[0], delivery[0])
     definitions.warnings = [p for p in problems if p.severity != "error"]
-    return definitions, problems
+    return Inspection(root, definitions, problems, sends)
+
+
+def _load_sequences(
+    root: Path, problems: list[DefinitionProblem]
+) -> tuple[dict[str, Sequence], set[str], list[SendStep]]:
+    """The valid sequences; the names of the broken ones (by file name and by the id they
+    declare, so that a segment naming one is not also an error); and every send step."""
+    sequences: dict[str, Sequence] = {}
+    broken: set[str] = set()
+    sends: list[SendStep] = []
+    sequence_files = sorted((root / "sequences").glob("*.yaml"))
+    if not sequence_files:
+        problems.append(DefinitionProblem(str(root / "sequences"), None, None, "", "no *.yaml"))
+    for path in sequence_files:
+        source = _load_source(path, problems)
+        sequence = _validate(source, Sequence, problems) if source is not None else None
+        if sequence is None:
+            broken.add(path.stem)
+            if source is not None:
+                problems += _check_readable_steps(root, source, broken, sends)
+            continue
+        if sequence.id in sequences:
+            problems.append(
+                source.problem(("id",), f"sequence id {sequence.id!r} is also used by another file")
+            )
+            continue
+        sequences[sequence.id] = sequence
+        sends += [SendStep(sequence.id, *send) for send in sequence.templates()]
+        problems += _check_sequence(root, sequence, source)
+    return sequences, broken, sends
+
+
+def _check_readable_steps(
+    root: Path, source: LocatedYaml, broken: set[str], sends: list[SendStep]
+) -> list[DefinitionProblem]:
+    """A sequence that failed validation: its errors are already reported, but each step
+    that is valid on its own still has its template checked (and rendered by validate)."""
+    data = source.data if isinstance(source.data, dict) else {}
+    sequence_id = data.get("id") if isinstance(data.get("id"), str) else source.path.stem
+    broken.add(sequence_id)
+    steps = data.get("steps") if isinstance(data.get("steps"), list) else []
+    problems: list[DefinitionProblem] = []
+    for index, raw in enumerate(steps):
+        try:
+            step = _STEP.validate_python(raw)
+        except ValidationError:
+            continue  # reported with the sequence
+        if isinstance(step, EmailStep | SmsStep):
+            sends.append(SendStep(sequence_id, step.id, step.type, step.template))
+            problems += _check_send_step(root, index, step, source)
+    return problems
+
+
+_STEP: TypeAdapter[Step] = TypeAdapter(Step)
 
 
 def _load_model(
     path: Path, model: type[M], problems: list[DefinitionProblem]
 ) -> tuple[M, LocatedYaml] | None:
+    source = _load_source(path, problems)
+    if source is None:
+        return None
+    loaded = _validate(source, model, problems)
+    return None if loaded is None else (loaded, source)
+
+
+def _load_source(path: Path, problems: list[DefinitionProblem]) -> LocatedYaml | None:
     if not path.is_file():
         problems.append(DefinitionProblem(str(path), None, None, "", "file is missing"))
         return None
     try:
-        source = load_located(path)
+        return load_located(path)
     except DefinitionError as exc:
         problems += exc.problems
         return None
+
+
+def _validate(source: LocatedYaml, model: type[M], problems: list[DefinitionProblem]) -> M | None:
     if not isinstance(source.data, dict):
         problems.append(source.problem((), "expected a mapping at the top of the file"))
         return None
     try:
-        return model.model_validate(source.data), source
+        return model.model_validate(source.data)
     except ValidationError as exc:
         for error in exc.errors():
             loc = _data_loc(source.data, error["loc"])
@@ -174,24 +254,8 @@ def _data_loc(data: Any, loc: tuple) -> tuple:
 def _check_sequence(root: Path, sequence: Sequence, source: LocatedYaml) -> list[DefinitionProblem]:
     problems: list[DefinitionProblem] = []
     for index, step in enumerate(sequence.steps):
-        if step.type == "email":
-            for part in EMAIL_PARTS:
-                if not (root / "templates" / "email" / step.template / part).is_file():
-                    problems.append(
-                        source.problem(
-                            ("steps", index, "template"),
-                            f"email template {step.template!r} has no "
-                            f"templates/email/{step.template}/{part}",
-                        )
-                    )
-        elif step.type == "sms":
-            if not (root / "templates" / "sms" / f"{step.template}.txt").is_file():
-                problems.append(
-                    source.problem(
-                        ("steps", index, "template"),
-                        f"SMS template {step.template!r} has no templates/sms/{step.template}.txt",
-                    )
-                )
+        if isinstance(step, EmailStep | SmsStep):
+            problems += _check_send_step(root, index, step, source)
         elif isinstance(step, BranchStep):
             try:
                 compile_condition(step.condition)
@@ -199,6 +263,22 @@ def _check_sequence(root: Path, sequence: Sequence, source: LocatedYaml) -> list
                 problems.append(source.problem(("steps", index, "if"), str(exc)))
     problems += _check_reachability(sequence, source)
     return problems
+
+
+def _check_send_step(
+    root: Path, index: int, step: EmailStep | SmsStep, source: LocatedYaml
+) -> list[DefinitionProblem]:
+    """The template files a send step needs exist."""
+    if step.type == "email":
+        parts = [f"templates/email/{step.template}/{part}" for part in EMAIL_PARTS]
+        what = "email template"
+    else:
+        parts, what = [f"templates/sms/{step.template}.txt"], "SMS template"
+    return [
+        source.problem(("steps", index, "template"), f"{what} {step.template!r} has no {part}")
+        for part in parts
+        if not (root / part).is_file()
+    ]
 
 
 def _check_reachability(sequence: Sequence, source: LocatedYaml) -> list[DefinitionProblem]:

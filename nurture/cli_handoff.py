@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from models.workflow_io import REJECT_REASONS
+from nurture.json_output import dumps, iso
 
 handoff_app = typer.Typer(
     help="Handoffs to sales: list, show and answer them.", no_args_is_help=True
@@ -42,7 +42,7 @@ def list_handoffs(
     """
     from sqlalchemy import select
 
-    from models.db import Handoff, Lead, as_utc
+    from models.db import Handoff, Lead
 
     if status is not None and status not in STATUSES:
         errors.print(f"--status must be one of {', '.join(STATUSES)}")
@@ -58,14 +58,13 @@ def list_handoffs(
         items = [
             {"id": h.id, "lead": email, "rep": h.rep_id, "status": h.status,
              "score": round(h.score, 1), "grade": h.grade, "cycle": h.cycle,
-             "created_at": as_utc(h.created_at).isoformat(),
-             "due_at": as_utc(h.due_at).isoformat() if h.due_at else None,
+             "created_at": iso(h.created_at), "due_at": iso(h.due_at),
              "reminders": h.reminders, "reassignments": h.reassignments,
              "answer_reason": h.answer_reason}
             for h, email in rows
         ]  # fmt: skip
     if as_json:
-        console.print_json(json.dumps(items))
+        console.print_json(dumps(items))
         return
     table = Table("handoff", "lead", "rep", "status", "score", "created", "due", "reason")
     for item in items:

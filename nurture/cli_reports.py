@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import json
 import os
 import sys
 
 import typer
 from rich.console import Console
 from rich.table import Column, Table
+
+from nurture.json_output import dumps, iso
 
 errors = Console(stderr=True, soft_wrap=True)
 PIPE_WIDTH = 200  # tables written to a pipe or a file: wide enough to stay whole
@@ -88,7 +89,7 @@ def status(
         database.engine.dispose()
     data["workflow"] = asyncio.run(workflow_status(settings, data["lead"]["id"], timeout))
     if as_json:
-        print(json.dumps(data, indent=2, default=str))
+        print(dumps(data))
     else:
         print_status(_console(), data, now)
 
@@ -126,7 +127,7 @@ def leads(
     """
     from sqlalchemy import or_, select
 
-    from models.db import Enrollment, Lead, as_utc
+    from models.db import Enrollment, Lead
 
     if as_csv and as_json:
         raise _bad_usage("give --csv or --json, not both")
@@ -160,13 +161,13 @@ def leads(
         with database.sessions() as session:
             rows = [
                 {c: getattr(lead, c) for c in LEAD_COLUMNS}
-                | {"score": round(lead.score, 2), "created_at": as_utc(lead.created_at).isoformat()}
+                | {"score": round(lead.score, 2), "created_at": iso(lead.created_at)}
                 for lead in session.scalars(query)
             ]  # fmt: skip
     finally:
         database.engine.dispose()
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(dumps(rows))
         return
     if as_csv:
         writer = csv.DictWriter(sys.stdout, LEAD_COLUMNS, lineterminator="\n")
@@ -269,7 +270,7 @@ def report(
     finally:
         database.engine.dispose()
     if as_json:
-        print(json.dumps(data, indent=2, default=str))
+        print(dumps(data))
     elif as_csv:
         sys.stdout.write(to_csv(data, sections))
     else:

@@ -45,6 +45,7 @@ from sqlalchemy import Select, String, case, func, literal, or_, select, text, u
 from sqlalchemy.orm import Session, aliased
 
 from models.db import Enrollment, Lead, Message, Response, StageChange, as_utc
+from nurture.json_output import iso
 
 FUNNEL = ("lead", "mql", "sql", "accepted")
 # The stage_changes.to_stage values that mean a lead reached each funnel stage.
@@ -101,8 +102,8 @@ class ReportFilter:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "since": self.since.isoformat() if self.since else None,
-            "until": self.until.isoformat() if self.until else None,
+            "since": iso(self.since),
+            "until": iso(self.until),
             "segments": list(self.segments),
         }
 

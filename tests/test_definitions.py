@@ -15,9 +15,10 @@ from models.loader import load_definitions
 from models.yaml_source import DefinitionError
 from nurture.cli import app
 from nurture.validate import sms_segments, validate
-from tests.conftest import FIXTURE_DEFINITIONS
+from tests.conftest import FIXTURE_DEFINITIONS, FIXTURES
 
 REPO = Path(__file__).resolve().parent.parent
+BROKEN = FIXTURES / "broken_definitions"  # one mistake of each kind: see its README.md
 
 
 @pytest.fixture
@@ -244,3 +245,125 @@ def test_email_without_postal_address_or_unsubscribe_link_is_an_error(defs):
     messages = " / ".join(p.message for p in found)
     assert "no postal address of the sender (CAN-SPAM)" in messages
     assert "no unsubscribe link" in messages and "month.welcome" in messages
+
+
+def test_missing_template_is_reported_once_at_the_step(defs):
+    write(defs, "sequences/month.yaml", """
+        id: month
+        name: Month
+        steps:
+          - {id: hello, type: sms, template: no_such_sms}
+    """)  # fmt: skip
+    problem = only_error(defs)  # not also a "template not found" when rendering it
+    assert (problem.line, problem.field) == (4, "steps.0.template")
+
+
+# --- everything at once, each at its source ----------------------------------------------------
+
+
+def located(problem) -> tuple:
+    return (str(Path(problem.file).relative_to(BROKEN)), problem.line, problem.column,
+            problem.field)  # fmt: skip
+
+
+def test_every_problem_is_reported_in_one_run_each_at_its_source():
+    found = {located(p): p.message for p in errors(BROKEN)}
+    assert set(found) == {
+        # Schema errors in two files...
+        ("sequences/webinar.yaml", 8, 15, "steps.1.duration"),
+        ("scoring.yaml", 8, 57, "models.test.engagement.rules.0.points"),
+        # ...do not hide the valid steps of the broken sequence: a missing template,
+        ("sequences/webinar.yaml", 9, 41, "steps.2.template"),
+        # a template error in an email of another sequence,
+        ("templates/email/tips/body.html", 3, None, ""),
+        # and the shared footer without the postal address, once, at the footer.
+        ("templates/email/_footer.txt", 5, 17, "sender.postal_address"),
+    }
+    assert "nickname" in found["templates/email/tips/body.html", 3, None, ""]
+    footer = found["templates/email/_footer.txt", 5, 17, "sender.postal_address"]
+    assert "no postal address" in footer and "emails invite, tips, welcome" in footer
+    assert "webinar_invites.invite" in footer  # a valid step of the broken sequence
+    # segments.yaml and sales.yaml name the broken sequence (by its id, not its file
+    # name): no follow-on "no sequence" errors.
+    assert not any("no sequence" in message for message in found.values())
+
+
+def test_validate_command_lists_every_problem_at_once():
+    result = CliRunner().invoke(app, ["validate", str(BROKEN), "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["errors"] == 5
+    files = {Path(p["file"]).name for p in report["problems"]}
+    assert files == {"webinar.yaml", "scoring.yaml", "body.html", "_footer.txt"}
+
+
+@pytest.fixture
+def shipped(tmp_path) -> Path:
+    """A copy of the shipped definitions: emails built on _layout.html and _footer.txt."""
+    root = tmp_path / "shipped"
+    root.mkdir()
+    for name in ("sequences", "templates"):
+        shutil.copytree(REPO / name, root / name)
+    for name in ("segments.yaml", "scoring.yaml", "sales.yaml", "delivery.yaml"):
+        shutil.copy(REPO / name, root / name)
+    return root
+
+
+def edit(path: Path, old: str, new: str) -> int:
+    """Replace `old` (which must be there) and return the line `new` is on."""
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+    return text[: text.index(old)].count("\n") + 1
+
+
+def test_a_shared_footer_without_the_address_is_one_error_at_the_footer(shipped):
+    footer = shipped / "templates/email/_footer.txt"
+    edit(footer, "{{ sender.company }}, {{ sender.postal_address }}", "{{ sender.company }}")
+    link = footer.read_text().splitlines().index("Unsubscribe: {{ unsubscribe_url }}") + 1
+    problem = only_error(shipped)
+    assert (problem.file, problem.line, problem.column) == (str(footer), link, 17)
+    assert problem.field == "sender.postal_address"
+    assert "the text part has no postal address" in problem.message
+    emails = sorted(p.name for p in (shipped / "templates/email").iterdir() if p.is_dir())
+    assert len(emails) > 10 and f"emails {', '.join(emails)};" in problem.message
+
+    # An email that does not use the footer at all is its own error, at its own file.
+    body = shipped / "templates/email/trial_welcome/body.txt"
+    edit(body, '{% include "email/_footer.txt" %}', "Bye")
+    edit(
+        footer,
+        "{{ sender.company }}\nYou",
+        "{{ sender.company }}, {{ sender.postal_address }}\nYou",
+    )
+    own = errors(shipped)
+    assert {(p.file, p.field) for p in own} == {
+        (str(body), "sender.postal_address"), (str(body), "unsubscribe_url")
+    }  # fmt: skip
+    assert all("saas_trial.welcome" in p.message for p in own)
+
+
+def test_a_layout_without_a_footer_is_one_error_per_element_at_the_layout(shipped):
+    layout = shipped / "templates/email/_layout.html"
+    edit(layout, "{{ sender.company }} &middot; {{ sender.postal_address }}<br>", "")
+    edit(layout, '<a href="{{ unsubscribe_url }}"', '<a href="https://example.com"')
+    last_line = len(layout.read_text().rstrip().splitlines())
+    found = {(p.file, p.line, p.field) for p in errors(shipped)}
+    assert found == {(str(layout), last_line, "sender.postal_address"),
+                     (str(layout), last_line, "unsubscribe_url")}  # fmt: skip
+
+
+def test_a_render_error_in_a_shared_partial_is_one_error_and_hides_nothing(shipped):
+    footer = shipped / "templates/email/_footer.txt"
+    line = edit(footer, "{{ sender.name }}", "{{ sender.nickname }}")
+    layout = shipped / "templates/email/_layout.html"
+    edit(
+        layout, "{{ sender.company }} &middot; {{ sender.postal_address }}", "{{ sender.company }}"
+    )
+    link = next(i for i, text in enumerate(layout.read_text().splitlines(), 1)
+                if "{{ unsubscribe_url }}" in text)  # fmt: skip
+    found = errors(shipped)
+    # The footer's error, and (the text part failing) the HTML part checked all the same.
+    assert {(p.file, p.line) for p in found} == {(str(footer), line), (str(layout), link)}
+    broken = next(p for p in found if p.file == str(footer))
+    assert "nickname" in broken.message and "saas_trial.welcome" in broken.message

@@ -388,6 +388,82 @@ def test_report_command_table_csv_and_json(database, send_data, settings, monkey
         assert result.exit_code == 2, (bad, result.output)
 
 
+# --- one timestamp format in every --json ------------------------------------------------------
+
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\+00:00")
+A_MOMENT = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d")
+
+
+def moments(value) -> list[str]:
+    """Every string in a JSON document that holds a date and a time."""
+    if isinstance(value, dict):
+        return [m for v in value.values() for m in moments(v)]
+    if isinstance(value, list):
+        return [m for v in value for m in moments(v)]
+    return [value] if isinstance(value, str) and A_MOMENT.match(value) else []
+
+
+def json_outputs() -> dict[str, object]:
+    """What each command that reports prints with --json, parsed."""
+    commands = {
+        "messages": ["messages", "--json"],  # JSON lines
+        "leads": ["leads", "--json"],
+        "handoffs": ["handoff", "list", "--json"],
+        "status": ["status", "ada@example.com", "--json", "--timeout", "0.5"],
+        "report": ["report", "--json", "--since", "2024-05-01"],
+    }
+    out = {}
+    for name, args in commands.items():
+        result = invoke(*args)
+        assert result.exit_code == 0, (name, result.output)
+        if name == "messages":
+            out[name] = [json.loads(line) for line in result.stdout.splitlines()]
+        else:
+            out[name] = json.loads(result.stdout)
+    return out
+
+
+def check_moments(outputs: dict) -> None:
+    for name, output in outputs.items():
+        found = moments(output)
+        assert found and all(ISO_UTC.fullmatch(m) for m in found), (name, found)
+    messages = {m["step_id"]: m for m in outputs["messages"]}
+    assert messages["intro"]["created_at"] == at(2).isoformat()
+    assert messages["later"]["not_before"] == at(6).isoformat()
+    assert [lead["created_at"] for lead in outputs["leads"]] == [at(0).isoformat()]
+    (handoff,) = outputs["handoffs"]
+    assert (handoff["created_at"], handoff["due_at"]) == (at(4).isoformat(), at(5).isoformat())
+    status = outputs["status"]
+    assert status["lead"]["created_at"] == at(0).isoformat()
+    assert status["messages"][0]["sent_at"] == at(2).isoformat()
+    assert status["responses"][0]["occurred_at"] == at(2.5).isoformat()
+    assert status["handoffs"][0]["due_at"] == at(5).isoformat()
+    assert outputs["report"]["filter"]["since"] == "2024-05-01T00:00:00+00:00"
+
+
+def test_every_json_output_writes_moments_in_utc_with_offset(database, settings, monkeypatch):
+    rows = Rows(database)
+    lead = rows.lead("ada", "alpha", at(0))
+    rows.stages(lead, ("lead", "mql", at(1)))
+    intro = rows.send(lead, "s1", "intro", at(2))
+    rows.respond(lead, "email.open", at(2.5), intro)
+    later = rows.send(lead, "s1", "later", at(3), status="deferred")
+    with database.sessions.begin() as session:
+        session.get(Message, later).not_before = at(6)
+        session.add(Handoff(lead_id=lead, cycle=1, rep_id="alice", score=55.0, reason="setup",
+                            created_at=at(4), due_at=at(5)))  # fmt: skip
+    cli_env(monkeypatch, settings)
+    # SQLite hands back naive datetimes, PostgreSQL aware ones: the same text from both.
+    check_moments(json_outputs())
+    if database.engine.dialect.name == "postgresql":
+        # A session time zone other than UTC (the server's, or PGTZ) changes nothing.
+        monkeypatch.setenv("PGTZ", "Asia/Kolkata")
+        outputs = json_outputs()
+        # Not yet the score card's own timestamps, which scoring/explain.py formats.
+        outputs["status"].pop("score")
+        check_moments(outputs)
+
+
 # --- the real workflow: leads nurtured, scored, handed off and accepted -----------------------
 
 
@@ -540,7 +616,8 @@ async def test_commands_on_leads_nurtured_by_the_workflow(
         as_json = json.loads((await run("status", cal, "--json")).stdout)
         state = as_json["workflow"]["state"]
         assert (state["step_id"], state["waiting_for"]) == ("clicked", "email.click")
-        assert state["next_action_at"] is not None
+        # The workflow's own moments too: `+00:00` as everywhere, not pydantic's `Z`.
+        assert ISO_UTC.fullmatch(state["next_action_at"]), state["next_action_at"]
         assert as_json["score"]["card"]["reasons"] == ["email_reply +30.0"]
         assert [(c["from"], c["to"]) for c in as_json["score"]["stage_changes"]] == [
             ("lead", "mql")
