@@ -21,28 +21,26 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.db import Enrollment, Handoff, Lead, Message, Response, as_utc
+from models.db import Enrollment, Handoff, Lead, Message, Response
 from models.loader import Definitions
+from nurture.json_output import iso, jsonable
 from nurture.reports import response_links
+from nurture.stuck import stuck_leads
 from scoring.explain import explain, print_explanation
 
 RESPONSES_SHOWN = 20  # in the text view; --json has them all
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return as_utc(moment).isoformat() if moment else None
-
-
 def lead_status(
     session: Session, definitions: Definitions, lead: Lead, now: datetime
 ) -> dict[str, Any]:
-    """The database's part of the status (JSON-ready)."""
+    """The database's part of the status (JSON-ready: moments as `json_output.iso`)."""
     profile = {name: getattr(lead, name) for name in Lead.PROFILE_FIELDS}
     profile |= {
         "id": lead.id, "segment": lead.segment, "stage": lead.stage, "score": lead.score,
         "fit_score": lead.fit_score, "engagement_score": lead.engagement_score,
         "grade": lead.grade, "owner_rep_id": lead.owner_rep_id,
-        "sql_hold_until": _iso(lead.sql_hold_until), "created_at": _iso(lead.created_at),
+        "sql_hold_until": iso(lead.sql_hold_until), "created_at": iso(lead.created_at),
         "consent": {
             "email": {"allowed": lead.email_consent, "reason": lead.email_opt_out_reason},
             "sms": {"allowed": lead.sms_consent, "reason": lead.sms_opt_out_reason},
@@ -71,34 +69,36 @@ def lead_status(
     handoffs = session.scalars(
         select(Handoff).where(Handoff.lead_id == lead.id).order_by(Handoff.cycle)
     ).all()
+    stuck = stuck_leads(session, now, lead_id=lead.id)
     return {
         "lead": profile,
+        "stuck": jsonable(stuck[0].as_dict()) if stuck else None,
         "score": explain(session, definitions, lead, now),
         "enrollments": [
             {"id": e.id, "sequence": e.sequence_id, "version": e.sequence_version,
              "segment": e.segment, "status": e.status, "exit_reason": e.exit_reason,
-             "started_at": _iso(e.started_at), "ended_at": _iso(e.ended_at)}
+             "started_at": iso(e.started_at), "ended_at": iso(e.ended_at)}
             for e in enrollments
         ],
         "messages": [
             {"id": m.id, "sequence": sequence_of.get(m.enrollment_id), "step": m.step_id,
              "channel": m.channel, "template": m.template, "status": m.status,
              "status_reason": m.status_reason, "delivery_status": m.delivery_status,
-             "created_at": _iso(m.created_at), "sent_at": _iso(m.sent_at),
-             "not_before": _iso(m.not_before), "subject": m.subject,
+             "created_at": iso(m.created_at), "sent_at": iso(m.sent_at),
+             "not_before": iso(m.not_before), "subject": m.subject,
              "responses": dict(sorted(counted[m.id].items()))}
             for m in messages
         ],
         "responses": [
-            {"id": r.id, "type": r.type, "occurred_at": _iso(r.occurred_at), "source": r.source,
+            {"id": r.id, "type": r.type, "occurred_at": iso(r.occurred_at), "source": r.source,
              "message_id": linked.get(r.id), "step": step_of.get(linked.get(r.id)),
              "data": r.data, "delivered_to_workflow": r.delivered_at is not None}
             for r in responses
         ],
         "handoffs": [
             {"id": h.id, "cycle": h.cycle, "rep": h.rep_id, "status": h.status,
-             "score": h.score, "grade": h.grade, "created_at": _iso(h.created_at),
-             "due_at": _iso(h.due_at), "answered_at": _iso(h.answered_at),
+             "score": h.score, "grade": h.grade, "created_at": iso(h.created_at),
+             "due_at": iso(h.due_at), "answered_at": iso(h.answered_at),
              "answered_by": h.answered_by, "answer_reason": h.answer_reason}
             for h in handoffs
         ],
@@ -130,12 +130,16 @@ async def workflow_status(settings, lead_id: str, timeout: float = 5.0) -> dict[
             return out | {"running": False, "status": None, "error": "no workflow for this lead"}
         return out | {"error": _short(exc)}
     out["status"] = description.status.name if description.status else None
+    attempt = description.raw_description.pending_workflow_task.attempt
+    if attempt > 1:  # its task fails again and again: the lead is stuck (nurture doctor)
+        out["workflow_task_attempt"] = attempt
     out["running"] = out["status"] == "RUNNING"
     try:
         state = await handle.query(LeadWorkflow.state, rpc_timeout=rpc_timeout)
     except Exception as exc:  # no worker polling, or a closed workflow nobody replays
         return out | {"error": f"state query not answered: {_short(exc)}"}
-    return out | {"state": state.model_dump(mode="json")}
+    # Not model_dump(mode="json"): that writes UTC as `Z`, every other --json `+00:00`.
+    return out | {"state": jsonable(state)}
 
 
 def _short(exc: BaseException) -> str:
@@ -146,14 +150,14 @@ def _short(exc: BaseException) -> str:
 # --- text -------------------------------------------------------------------------------------
 
 
-def _when(iso: str | None) -> str:
-    return iso[:19].replace("T", " ") if iso else "-"
+def _when(moment: str | None) -> str:
+    return moment[:19].replace("T", " ") if moment else "-"
 
 
-def _in(iso: str | None, now: datetime) -> str:
-    if not iso:
+def _in(moment: str | None, now: datetime) -> str:
+    if not moment:
         return ""
-    seconds = (datetime.fromisoformat(iso) - now).total_seconds()
+    seconds = (datetime.fromisoformat(moment) - now).total_seconds()
     if seconds < 0:
         return f" ({duration(-seconds)} ago)"
     return f" (in {duration(seconds)})"
@@ -198,6 +202,11 @@ def print_status(console: Console, data: dict[str, Any], now: datetime) -> None:
     if lead["attributes"]:
         console.print(f"  attributes: {escape(str(lead['attributes']))}", highlight=False)
 
+    if data.get("stuck"):
+        stuck = data["stuck"]
+        console.print(f"  [red]stuck[/red]: {stuck['unscored']} response(s) delivered but not "
+                      f"scored since {_when(stuck['since'])} UTC (see `nurture doctor`)",
+                      highlight=False)  # fmt: skip
     _print_workflow(console, data.get("workflow"), now)
     console.print()
     print_explanation(console, data["score"])
@@ -262,6 +271,8 @@ def _print_workflow(console: Console, workflow: dict[str, Any] | None, now: date
         return
     status = workflow.get("status") or "not found"
     head = f"workflow {workflow['workflow_id']}: {status.lower()}"
+    if workflow.get("workflow_task_attempt"):
+        head += f", [red]its task failing[/red] (attempt {workflow['workflow_task_attempt']})"
     state = workflow.get("state")
     if state is None:
         console.print(f"{head} ({escape(workflow.get('error') or 'no state')})", highlight=False)
