@@ -3,7 +3,8 @@
 Observable and safe to stop:
 - Prometheus metrics (the Temporal SDK's and ours, `nurture/metrics.py`) on
   NURTURE_METRICS_HOST:NURTURE_METRICS_PORT/metrics, a health endpoint on
-  NURTURE_HEALTH_PORT (`nurture/health.py`); either is off with port 0.
+  NURTURE_METRICS_HOST:NURTURE_HEALTH_PORT (`nurture/health.py`); either is off with
+  port 0. The host is 127.0.0.1 unless set (0.0.0.0 to be scraped from elsewhere).
 - On SIGTERM (or SIGINT): the health endpoint answers 503 at once, no new tasks are
   polled, running activities get NURTURE_SHUTDOWN_TIMEOUT seconds to finish (then they
   are cancelled), and the process exits 0. Each phase is logged.
@@ -19,9 +20,10 @@ import sys
 
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
+from nurture import stuck
 from nurture.health import HealthServer
 from nurture.logs import setup as setup_logging
-from nurture.metrics import worker_runtime
+from nurture.metrics import address, worker_runtime
 from nurture.runtime import build_activities, build_worker, connect_temporal, load_and_prepare
 from nurture.settings import Settings, SettingsError, get_settings
 
@@ -60,8 +62,8 @@ async def run_worker(settings: Settings | None = None) -> None:
             await health.start()  # answers 503 "starting" until the worker polls
         except OSError as exc:
             raise SettingsError(
-                f"NURTURE_HEALTH_PORT: cannot listen on {settings.metrics_host}:"
-                f"{settings.health_port}: {exc.strerror or exc}"
+                f"NURTURE_HEALTH_PORT: cannot listen on "
+                f"{address(settings.metrics_host, settings.health_port)}: {exc.strerror or exc}"
             ) from None
     try:
         await _run(settings, health)
@@ -96,15 +98,18 @@ async def _run(settings: Settings, health: HealthServer | None) -> None:
     log.info(
         "worker on %s namespace=%s queue=%s metrics=%s health=%s",
         settings.temporal_address, settings.temporal_namespace, settings.task_queue,
-        f"{settings.metrics_host}:{settings.metrics_port}/metrics" if settings.metrics_port
-        else "off",
-        f"{settings.metrics_host}:{health.port}/health" if health else "off",
+        f"{address(settings.metrics_host, settings.metrics_port)}/metrics"
+        if settings.metrics_port else "off",
+        f"{address(settings.metrics_host, health.port)}/health" if health else "off",
     )  # fmt: skip
     overdue = None
     async with worker:  # leaving the block shuts down gracefully
         if health is not None:
             health.running(client)
+        meter = runtime.metric_meter if settings.metrics_port else None
+        watching = asyncio.create_task(stuck.watch(database.sessions, client, meter))
         await stop.wait()
+        watching.cancel()
         log.info(
             "polling stops; running activities (%d now) get up to %gs to finish",
             running.count, settings.shutdown_timeout,

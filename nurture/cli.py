@@ -51,15 +51,15 @@ def validate(
     Exit codes: 0 valid (warnings allowed); 1 errors.
     """
     import dataclasses
-    import json
 
+    from nurture.json_output import dumps
     from nurture.validate import validate as run_validation
 
     root = directory or get_settings().definitions_dir
     problems = run_validation(root)
     error_count = sum(p.severity == "error" for p in problems)
     if as_json:
-        console.print_json(json.dumps({
+        console.print_json(dumps({
             "directory": str(root), "errors": error_count,
             "warnings": len(problems) - error_count,
             "problems": [dataclasses.asdict(p) for p in problems],
@@ -94,29 +94,67 @@ def worker(verbose: bool = typer.Option(True, help="log activity")) -> None:
 def api() -> None:
     """Run the HTTP API alone (uvicorn) against TEMPORAL_ADDRESS.
 
+    On SIGTERM (or Ctrl-C) it stops accepting connections, lets requests in flight finish
+    (up to NURTURE_SHUTDOWN_TIMEOUT seconds; a second signal stops waiting) and exits 0,
+    like the worker.
+
     Example: NURTURE_API_PORT=8080 nurture api
     """
-    import uvicorn
+    _logging(True)
+    settings = get_settings()
+    _fail_on_definition_errors(lambda: asyncio.run(_serve_api(settings)))
 
+
+async def _serve_api(settings) -> None:
+    """Start the API, then serve until SIGTERM or SIGINT. A signal while starting (the
+    database, Temporal) stops the start; either way this returns, and the process exits 0."""
     from api.app import create_app
     from nurture.intake import Intake
     from nurture.runtime import connect_temporal, load_and_prepare
+    from nurture.stack import api_server
 
-    _logging(True)
-    settings = get_settings()
-
-    async def serve() -> None:
+    signals = _ApiSignals(settings.shutdown_timeout)
+    try:
         definitions, database = load_and_prepare(settings)
         client = await connect_temporal(settings)
-        intake = Intake(definitions, database.sessions, client, settings.task_queue)
-        app_ = create_app(intake, settings)
-        # log_config=None: uvicorn's records go through our handlers (and their masking).
-        config = uvicorn.Config(
-            app_, host=settings.api_host, port=settings.api_port, log_config=None
-        )
-        await uvicorn.Server(config).serve()
+    except asyncio.CancelledError:
+        signals.log.info("API stopped before it started")
+        return
+    intake = Intake(definitions, database.sessions, client, settings.task_queue)
+    signals.server = api_server(create_app(intake, settings), settings)
+    try:
+        await signals.server.serve()
+    finally:
+        database.engine.dispose()
+    signals.log.info("API stopped; exiting")
 
-    _fail_on_definition_errors(lambda: asyncio.run(serve()))
+
+class _ApiSignals:
+    """SIGTERM and SIGINT in `nurture api`, handled here rather than by uvicorn (which
+    raises the signal again once stopped, so the process died of it: exit -15, not 0).
+    While starting: cancel the start. Then: stop uvicorn gracefully (no new connections,
+    requests in flight finish). A second signal: stop waiting for them."""
+
+    def __init__(self, shutdown_timeout: float) -> None:
+        import logging
+
+        self.log = logging.getLogger("nurture.api")
+        self.starting, self.server = asyncio.current_task(), None
+        self.shutdown_timeout = shutdown_timeout
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signum, self.received, signum)
+
+    def received(self, signum: signal.Signals) -> None:
+        if self.server is None:
+            self.log.info("%s received while starting: stopping", signum.name)
+            self.starting.cancel()  # lands at the start's next await (Temporal's connect)
+        elif not self.server.should_exit:
+            self.log.info("%s received: stopping; requests in flight get up to %gs",
+                          signum.name, self.shutdown_timeout)  # fmt: skip
+            self.server.should_exit = True
+        else:
+            self.log.info("%s again: no longer waiting for requests in flight", signum.name)
+            self.server.force_exit = True
 
 
 @app.command()
@@ -133,6 +171,7 @@ def dev() -> None:
 
     _logging(True)
     settings = get_settings()
+    settings.ensure_state_dir()  # 0700 before the dev server writes temporal.db in it
     server = TemporalDevServer(
         port=int(settings.temporal_address.rsplit(":", 1)[1]),
         ui_port=settings.temporal_ui_port,
@@ -580,12 +619,11 @@ def messages(
       nurture messages --status unknown
       nurture messages --lead ada@example.com --json
     """
-    import json
-
     from rich.table import Table
     from sqlalchemy import select
 
     from models.db import Lead, Message
+    from nurture.json_output import dumps
     from nurture.runtime import open_database
 
     if status is not None and status not in MESSAGE_STATUSES:
@@ -607,7 +645,7 @@ def messages(
               "status_reason", "provider", "provider_message_id", "not_before")  # fmt: skip
     if as_json:
         for message in rows:
-            print(json.dumps({f: getattr(message, f) for f in fields}, default=str))
+            print(dumps({f: getattr(message, f) for f in fields}, indent=None))
         return
     table = Table("created", "lead", "step", "channel", "status", "reason / provider id")
     for m in rows:
@@ -660,6 +698,10 @@ app.command("migrate-leads")(migrate_leads)
 from nurture.cli_db import db_app  # noqa: E402  (a command group of its own)
 
 app.add_typer(db_app, name="db")
+
+from nurture.cli_doctor import doctor  # noqa: E402
+
+app.command()(doctor)
 
 
 def main() -> None:

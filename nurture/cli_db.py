@@ -26,11 +26,13 @@ T = TypeVar("T")
 
 def _engine():
     from models.db import make_engine
+    from nurture.runtime import create_private_sqlite_file
     from nurture.settings import get_settings
 
     settings = get_settings()
     if settings.database_url is None:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        settings.ensure_state_dir()  # 0700: it holds the SQLite file and the secrets
+    create_private_sqlite_file(settings.effective_database_url)
     return make_engine(settings.effective_database_url)
 
 

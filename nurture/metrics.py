@@ -157,7 +157,8 @@ def direction(old: float | None, new: float) -> str:
 def worker_runtime(settings: Settings) -> Runtime:
     """The Temporal runtime of a worker process: Core's logs forwarded to Python logging
     (formatted and masked like ours) and, unless NURTURE_METRICS_PORT is 0, the SDK's
-    metrics and these on NURTURE_METRICS_HOST:NURTURE_METRICS_PORT/metrics.
+    metrics and these on NURTURE_METRICS_HOST:NURTURE_METRICS_PORT/metrics (loopback
+    unless NURTURE_METRICS_HOST opts in to another address, e.g. 0.0.0.0).
 
     Raises SettingsError if the port cannot be bound."""
     from nurture.settings import SettingsError
@@ -165,7 +166,7 @@ def worker_runtime(settings: Settings) -> Runtime:
     prometheus = None
     if settings.metrics_port:
         prometheus = PrometheusConfig(
-            bind_address=f"{settings.metrics_host}:{settings.metrics_port}",
+            bind_address=address(settings.metrics_host, settings.metrics_port),
             histogram_bucket_overrides=BUCKETS,
         )
     telemetry = TelemetryConfig(
@@ -180,5 +181,10 @@ def worker_runtime(settings: Settings) -> Runtime:
     except ValueError as exc:  # "Failed starting Prometheus exporter: Address already in use"
         raise SettingsError(
             f"NURTURE_METRICS_PORT: cannot serve metrics on "
-            f"{settings.metrics_host}:{settings.metrics_port}: {exc}"
+            f"{address(settings.metrics_host, settings.metrics_port)}: {exc}"
         ) from None
+
+
+def address(host: str, port: int) -> str:
+    """host:port, an IPv6 host in brackets ([::]:9464), as a socket address is written."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
+import os
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
-from sqlalchemy.engine import Engine
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import sessionmaker
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -59,19 +63,55 @@ class Database:
 def open_database(settings: Settings) -> Database:
     """Connect and make sure the schema is the code's (nurture/migrate.py): an empty
     database is migrated to head; one behind head is upgraded on SQLite and refused on
-    PostgreSQL (`SchemaError`: run `nurture db upgrade`)."""
+    PostgreSQL (`SchemaError`: run `nurture db upgrade`). PostgreSQL connections get
+    NURTURE_DB_CONNECT_TIMEOUT and NURTURE_DB_STATEMENT_TIMEOUT; a SQLite file is made
+    private (0600) if it is created here."""
     from nurture.migrate import ensure_schema
 
     if settings.database_url is None:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.effective_database_url,
-                         pool_size=settings.max_concurrent_activities)  # fmt: skip
+        settings.ensure_state_dir()
+    url = settings.effective_database_url
+    create_private_sqlite_file(url)
+    engine = make_engine(url, pool_size=settings.max_concurrent_activities)
+    if engine.dialect.name == "postgresql":
+        apply_postgres_timeouts(engine, settings)
     try:
         ensure_schema(engine)
     except BaseException:
         engine.dispose()
         raise
     return Database(engine, session_factory(engine))
+
+
+def create_private_sqlite_file(url: str) -> None:
+    """Create the SQLite file of `url` empty and 0600 if it does not exist yet (SQLite
+    would create it 0644: the leads' emails and phone numbers, readable by every user).
+    Its -wal and -shm files take the same mode from it. An existing file is left alone."""
+    parsed = make_url(url)
+    name = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not name or name == ":memory:":
+        return
+    path = Path(name)
+    if name.startswith("file:") or not path.parent.is_dir():
+        return  # a URI filename, or a directory missing: SQLite says what is wrong
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # an empty file is a valid DB
+
+
+def apply_postgres_timeouts(engine: Engine, settings: Settings) -> None:
+    """Pass psycopg a connect timeout and a statement timeout for every new connection
+    (the `do_connect` event adds them to its connect arguments). A `connect_timeout` or
+    `statement_timeout` already in DATABASE_URL wins: it is the more specific choice."""
+    statement_ms = math.ceil(settings.db_statement_timeout * 1000)  # 0: no timeout
+
+    @event.listens_for(engine, "do_connect")
+    def _timeouts(_dialect, _record, _args, parameters: dict) -> None:
+        parameters.setdefault("connect_timeout", settings.db_connect_timeout)
+        options = parameters.get("options") or ""
+        if statement_ms and "statement_timeout" not in options:
+            # A startup option, so the timeout holds from the first statement, with no
+            # extra round trip. (PgBouncer: set NURTURE_DB_STATEMENT_TIMEOUT=0 and put
+            # the timeout on the role, or let it pass `options` through.)
+            parameters["options"] = f"{options} -c statement_timeout={statement_ms}".strip()
 
 
 def sync_sales_reps(database: Database, definitions: Definitions) -> None:

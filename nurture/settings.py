@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
+import ipaddress
+import os
 import re
 import secrets
 from functools import cached_property
@@ -23,6 +28,10 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default=Path(".nurture"), alias="NURTURE_STATE_DIR")
     definitions_dir: Path = Field(default=Path("."), alias="NURTURE_DEFINITIONS")
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    # PostgreSQL: give up on a connection that does not open (a dead host, a blackholed
+    # address) instead of libpq's 130 s, and cancel a statement that runs too long (0: never).
+    db_connect_timeout: int = Field(default=5, alias="NURTURE_DB_CONNECT_TIMEOUT", ge=2)
+    db_statement_timeout: float = Field(default=30.0, alias="NURTURE_DB_STATEMENT_TIMEOUT", ge=0)
 
     temporal_address: str = Field(default="localhost:7233", alias="TEMPORAL_ADDRESS")
     temporal_namespace: str = Field(default="default", alias="TEMPORAL_NAMESPACE", min_length=1)
@@ -52,7 +61,9 @@ class Settings(BaseSettings):
     # Observability: Prometheus metrics and a health endpoint per worker (0: off), logs.
     metrics_port: int = Field(default=9464, alias="NURTURE_METRICS_PORT", ge=0, le=65535)
     health_port: int = Field(default=8081, alias="NURTURE_HEALTH_PORT", ge=0, le=65535)
-    metrics_host: str = Field(default="0.0.0.0", alias="NURTURE_METRICS_HOST")
+    # Loopback unless opted in: metrics and health say what runs and how busy it is,
+    # for the node's Prometheus agent, not the network. NURTURE_METRICS_HOST=0.0.0.0 opens them.
+    metrics_host: str = Field(default="127.0.0.1", alias="NURTURE_METRICS_HOST")
     log_format: Literal["text", "json"] = Field(default="text", alias="NURTURE_LOG_FORMAT")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", alias="NURTURE_LOG_LEVEL"
@@ -77,6 +88,10 @@ class Settings(BaseSettings):
     inbound_parse_secret: SecretStr | None = Field(default=None, alias="SENDGRID_INBOUND_SECRET")
     # Replies go to reply+<signed message id>@<this domain> (an Inbound Parse domain).
     inbound_domain: str | None = Field(default=None, alias="NURTURE_INBOUND_DOMAIN")
+    # Provider events still waiting for their lead (or message) after this are deleted.
+    pending_event_retention_days: int = Field(
+        default=30, alias="NURTURE_PENDING_EVENT_RETENTION_DAYS", ge=1
+    )
 
     sender_name: str = Field(default="Nurture Demo", alias="NURTURE_SENDER_NAME")
     sender_email: str = Field(default="hello@example.com", alias="NURTURE_SENDER_EMAIL")
@@ -104,6 +119,29 @@ class Settings(BaseSettings):
                 "not host:port, such as localhost:7233 or my-ns.a1b2c.tmprl.cloud:7233"
             )
         return value.strip()
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _an_ip_address(cls, value: str) -> str:
+        try:  # Temporal's Prometheus exporter binds an IP address, never a host name
+            return str(ipaddress.ip_address(value.strip()))
+        except ValueError:
+            raise ValueError("not an IP address, such as 127.0.0.1 or 0.0.0.0") from None
+
+    @field_validator("secret_key", "api_token")
+    @classmethod
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty key would sign links anyone can forge; unset, one is generated.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("empty: set a secret, or unset it to have one generated")
+        return value
+
+    @field_validator("sendgrid_webhook_public_key")
+    @classmethod
+    def _sendgrid_key(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return sendgrid_public_key(value)
 
     @model_validator(mode="after")
     def _tls_files_come_in_pairs(self) -> Settings:
@@ -139,21 +177,21 @@ class Settings(BaseSettings):
         The generated token keeps the embedded default runnable without putting a
         secret in the repository; production sets NURTURE_API_TOKEN.
         """
-        return self._secret(self.api_token, "api-token")
+        return self._secret(self.api_token, "api-token", "NURTURE_API_TOKEN")
 
     def resolved_secret_key(self) -> str:
         """NURTURE_SECRET_KEY, or one generated once into the state directory."""
-        return self._secret(self.secret_key, "secret-key")
+        return self._secret(self.secret_key, "secret-key", "NURTURE_SECRET_KEY")
 
-    def _secret(self, value: SecretStr | None, file_name: str) -> str:
+    def _secret(self, value: SecretStr | None, file_name: str, setting: str) -> str:
         if value is not None:
             return value.get_secret_value()
-        path = self.state_dir / file_name
-        if not path.exists():
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            path.touch(mode=0o600)
-            path.write_text(secrets.token_urlsafe(32))
-        return path.read_text().strip()
+        return generated_secret(self.state_dir / file_name, setting)
+
+    def ensure_state_dir(self) -> Path:
+        """The state directory, created private (0700) if missing: it holds the
+        generated secrets and, by default, the SQLite database of leads."""
+        return private_dir(self.state_dir)
 
     @property
     def outbox_dir(self) -> Path:
@@ -173,6 +211,107 @@ class SettingsError(Exception):
     """A setting is missing or malformed; the message names it (its environment name)."""
 
 
+def private_dir(path: Path) -> Path:
+    """`path`, created 0700 if missing (an existing directory keeps its mode)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def generated_secret(path: Path, setting: str) -> str:
+    """The secret in `path`, generated into it first if there is none.
+
+    Processes starting together on a fresh state directory must all end up with the
+    same secret, and never with an empty one: each writes a candidate to a file of its
+    own, and only one candidate is published (`_publish`); everyone then reads that one.
+    """
+    secret = _read_secret(path)
+    if secret is None:
+        private_dir(path.parent)
+        _publish(path, secrets.token_urlsafe(32))
+        secret = _read_secret(path)
+    if not secret:  # only an older version, or a person, leaves one empty: never sign with it
+        raise SettingsError(
+            f"{setting}: unset, and its generated file {path} is empty: delete the file "
+            f"to have a new secret generated, or set {setting}"
+        )
+    return secret
+
+
+def _read_secret(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _publish(path: Path, secret: str) -> None:
+    """Make `path` hold `secret` unless it already exists, atomically.
+
+    The candidate is written whole to a temporary file of this process (exclusive
+    create, 0600), flushed to disk, then hard-linked to `path`. The name appears only
+    with the whole secret behind it, so no reader sees a partial file; and a link, unlike
+    a rename, fails when `path` exists, so a secret another process has already read is
+    never replaced: the first link wins and the other candidates are thrown away.
+    """
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as out:
+            out.write(secret)
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    _fsync_directory(path.parent)  # the new name survives a power cut too
+
+
+def _fsync_directory(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can open a directory
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+PEM_ARMOUR = re.compile(r"-----(BEGIN|END) PUBLIC KEY-----")
+
+
+def sendgrid_public_key(text: str) -> str:
+    """SendGrid's verification key as `EventWebhook` loads it: the base64 of a DER
+    (SubjectPublicKeyInfo) ECDSA P-256 public key, what SendGrid's settings page shows.
+    The same key in PEM armour is accepted too (the armour and line breaks removed).
+    Raises ValueError saying what is wrong, without the value: at start, not as a 403
+    on every webhook."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+        load_der_public_key,
+    )
+
+    if "PRIVATE KEY" in text:
+        raise ValueError("a private key: give the public key SendGrid shows")
+    body = "".join(PEM_ARMOUR.sub("", text).split())
+    body += "=" * (-len(body) % 4)  # padding lost in a copy and paste
+    try:
+        key = load_der_public_key(base64.b64decode(body, validate=True))
+    except (binascii.Error, ValueError):
+        raise ValueError(
+            "not a public key: expected the base64 verification key SendGrid shows "
+            "(Mail Settings, Signed Event Webhook), or it in PEM armour"
+        ) from None
+    except UnsupportedAlgorithm:  # a key, of a kind cryptography cannot load
+        key = None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise ValueError("not an ECDSA P-256 key, which SendGrid signs with")
+    der = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(der).decode()  # one line, as `EventWebhook` wants it
+
+
 def get_settings() -> Settings:
     try:
         return Settings()
@@ -186,7 +325,7 @@ def describe_errors(exc: ValidationError) -> str:
     for error in exc.errors():
         name = ".".join(str(part) for part in error["loc"]) or "settings"
         value = error.get("input")
-        shown = "" if isinstance(value, dict) or name in SECRET_NAMES else f" (got {value!r})"
+        shown = "" if isinstance(value, dict) or name in NOT_ECHOED else f" (got {value!r})"
         message = error["msg"].removeprefix("Value error, ")
         lines.append(f"{name}: {message}{shown}" if name != "settings" else message)
     return "invalid settings:\n  " + "\n  ".join(lines)
@@ -198,3 +337,5 @@ SECRET_NAMES = frozenset(
     for field in Settings.model_fields.values()
     if field.annotation in (SecretStr, SecretStr | None)
 ) | {"DATABASE_URL"}
+# Not echoed in errors either: a private key pasted there by mistake must not be printed.
+NOT_ECHOED = SECRET_NAMES | {"SENDGRID_WEBHOOK_PUBLIC_KEY"}

@@ -27,7 +27,9 @@ from nurture.settings import Settings
 
 
 class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the stack owns Ctrl-C."""
+    """uvicorn without its own signal handling: whoever runs it owns SIGTERM and Ctrl-C.
+    (uvicorn's own handling raises the signal again once it has stopped, so a process
+    stopped with SIGTERM died of it instead of exiting 0.)"""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -35,6 +37,18 @@ class _EmbeddedServer(uvicorn.Server):
 
     def install_signal_handlers(self) -> None:  # older uvicorn versions
         pass
+
+
+def api_server(app, settings: Settings, **options) -> uvicorn.Server:
+    """uvicorn serving `app` on NURTURE_API_HOST:NURTURE_API_PORT, with no signal handling
+    of its own: set `should_exit` to stop it (requests in flight then get up to
+    NURTURE_SHUTDOWN_TIMEOUT seconds), and `force_exit` to stop waiting for them.
+    log_config=None: its records go through our handlers (and their masking)."""
+    config = uvicorn.Config(
+        app, host=settings.api_host, port=settings.api_port, log_config=None,
+        timeout_graceful_shutdown=settings.shutdown_timeout, **options,
+    )  # fmt: skip
+    return _EmbeddedServer(config)
 
 
 @dataclass
@@ -54,10 +68,7 @@ async def running_stack(settings: Settings) -> AsyncIterator[RunningStack]:
     worker = build_worker(client, settings, build_activities(settings, database, definitions))
     intake = Intake(definitions, database.sessions, client, settings.task_queue)
     app = create_app(intake, settings)
-    server = _EmbeddedServer(
-        uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning",
-                       log_config=None)  # fmt: skip
-    )
+    server = api_server(app, settings, log_level="warning")
     api_task = asyncio.create_task(server.serve())
     try:
         async with worker:

@@ -3,13 +3,23 @@ secrets masked; a missing or malformed setting stops a process naming it."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 from temporalio.client import TLSConfig
 from typer.testing import CliRunner
 
@@ -17,6 +27,7 @@ from nurture.runtime import temporal_tls
 from nurture.settings import Settings, SettingsError, get_settings
 
 NURTURE = str(Path(sys.executable).parent / "nurture")
+REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-value-never-printed"
 
 
@@ -127,3 +138,100 @@ def test_temporal_tls_follows_the_settings(clean_env, tmp_path):
     assert isinstance(mtls, TLSConfig)
     assert (mtls.client_cert, mtls.client_private_key, mtls.server_root_ca_cert) == (
         b"PEM of client.pem", b"PEM of client.key", b"PEM of ca.pem")  # fmt: skip
+
+
+# --- SENDGRID_WEBHOOK_PUBLIC_KEY: read at start, not at the first webhook ----------------------
+
+
+def public_der(key) -> bytes:
+    return key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_a_sendgrid_key_is_read_at_start_as_base64_or_pem_and_verifies(clean_env):
+    """SendGrid's settings page shows the base64 of the DER key; a PEM file of the same
+    key (any line endings, padding lost) is taken too. Each verifies a real signature
+    on the webhook's own path (api/webhooks.py)."""
+    from api.webhooks import _sendgrid_verifier
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    shown = base64.b64encode(public_der(key)).decode()
+    pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+    timestamp, payload = str(int(time.time())), '[{"event": "open"}]'
+    signature = base64.b64encode(
+        key.sign((timestamp + payload).encode(), ec.ECDSA(hashes.SHA256()))
+    ).decode()
+    for given in (shown, f"  {shown}\n", shown.rstrip("="), pem, pem.replace("\n", "\r\n")):
+        clean_env.setenv("SENDGRID_WEBHOOK_PUBLIC_KEY", given)
+        loaded = get_settings().sendgrid_webhook_public_key
+        assert loaded == shown
+        assert _sendgrid_verifier(loaded).verify_signature(payload, signature, timestamp)
+    clean_env.setenv("SENDGRID_WEBHOOK_PUBLIC_KEY", " ")
+    assert get_settings().sendgrid_webhook_public_key is None  # unset: events refused
+
+
+def malformed_sendgrid_keys() -> dict[str, tuple[str, str]]:
+    """name: (value, what the error says)."""
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    shown = base64.b64encode(public_der(p256)).decode()
+    private_pem = p256.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return {
+        "garbage": ("not-a-key-at-all", "not a public key"),
+        "truncated": (shown[:60], "not a public key"),
+        "bad pem": ("-----BEGIN PUBLIC KEY-----\nMFkw!!\n-----END PUBLIC KEY-----", "not a public"),
+        "rsa": (base64.b64encode(public_der(rsa_key)).decode(), "not an ECDSA P-256 key"),
+        "p384": (base64.b64encode(public_der(ec.generate_private_key(ec.SECP384R1()))).decode(),
+                 "not an ECDSA P-256 key"),
+        "private": (private_pem, "a private key"),
+    }  # fmt: skip
+
+
+def test_a_malformed_sendgrid_key_is_named_at_start_and_never_echoed(clean_env):
+    for name, (value, says) in malformed_sendgrid_keys().items():
+        clean_env.setenv("SENDGRID_WEBHOOK_PUBLIC_KEY", value)
+        with pytest.raises(SettingsError) as raised:
+            get_settings()
+        message = str(raised.value)
+        assert message.startswith("invalid settings:\n  SENDGRID_WEBHOOK_PUBLIC_KEY: "), name
+        assert says in message, (name, message)
+        assert value.strip()[:20] not in message and "MFkw" not in message, name
+
+
+@pytest.mark.parametrize("command", [[NURTURE, "api"], [sys.executable, "worker.py"]])
+def test_api_and_worker_stop_at_start_on_a_malformed_sendgrid_key(clean_env, tmp_path, command):
+    """Exit 1, `invalid settings:` and the name, no traceback, the value not echoed;
+    before any connection (Temporal here is a port where nothing listens)."""
+    value = "-----BEGIN PUBLIC KEY-----\nnot base64 at all\n-----END PUBLIC KEY-----"
+    env = os.environ | {"SENDGRID_WEBHOOK_PUBLIC_KEY": value, "TEMPORAL_ADDRESS": "127.0.0.1:1",
+                        "NURTURE_STATE_DIR": str(tmp_path / "state")}  # fmt: skip
+    result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(
+        "invalid settings:\n  SENDGRID_WEBHOOK_PUBLIC_KEY: not a public"
+    )
+    assert "Traceback" not in result.stderr and "not base64" not in result.stderr
+    assert not (tmp_path / "state").exists()  # stopped before touching anything
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"NURTURE_METRICS_HOST": "localhost"}, "NURTURE_METRICS_HOST: not an IP address"),
+        ({"NURTURE_DB_CONNECT_TIMEOUT": "1"},
+         "NURTURE_DB_CONNECT_TIMEOUT: Input should be greater than or equal to 2"),
+        ({"NURTURE_DB_STATEMENT_TIMEOUT": "-1"},
+         "NURTURE_DB_STATEMENT_TIMEOUT: Input should be greater than or equal to 0"),
+    ],
+)  # fmt: skip
+def test_the_hardening_settings_are_checked_at_start(clean_env, env, message):
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    with pytest.raises(SettingsError) as raised:
+        get_settings()
+    assert message in str(raised.value)
+
+
+def test_metrics_and_health_default_to_loopback(clean_env):
+    assert Settings().metrics_host == "127.0.0.1"
+    assert Settings(NURTURE_METRICS_HOST="::").metrics_host == "::"

@@ -491,3 +491,37 @@ async def test_sigterm_lets_a_send_in_flight_finish(tmp_path, dev_server_env):
     messages = [r["message"] for r in json_lines(log) if r["logger"] == "nurture.worker"]
     assert "polling stops; running activities (1 now) get up to 20s to finish" in messages
     assert messages[-1].startswith("worker stopped")
+
+
+def reachable(host: str, port: str) -> bool:
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.devserver
+@pytest.mark.parametrize("host, from_elsewhere", [(None, False), ("0.0.0.0", True)])
+async def test_metrics_and_health_listen_on_loopback_unless_opted_in(
+    tmp_path, dev_server_env, host, from_elsewhere
+):
+    """By default only this machine reaches /metrics and /health; NURTURE_METRICS_HOST=0.0.0.0
+    opens them. 127.0.0.2 stands for another address of the host: it is loopback too, but a
+    socket bound to 127.0.0.1 alone does not accept connections made to it."""
+    env = worker_env(tmp_path, dev_server_env)
+    del env["NURTURE_METRICS_HOST"]
+    if host is not None:
+        env["NURTURE_METRICS_HOST"] = host
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, log)
+    try:
+        await until_healthy(env, worker, log)
+        for name in ("NURTURE_METRICS_PORT", "NURTURE_HEALTH_PORT"):
+            assert reachable("127.0.0.1", env[name])
+            assert reachable("127.0.0.2", env[name]) is from_elsewhere, name
+        await stop_and_check(worker, env, log)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
