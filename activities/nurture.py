@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -149,7 +150,7 @@ class NurtureActivities:
             # The provider took it, but the database was away longer than an attempt
             # waits: record the answer the earlier attempt left with Temporal.
             result = SendResult(answered["provider"], answered["provider_message_id"])
-            return self._record_sent(message.id, request, result)
+            return self._record_sent(message.id, request, result, _kept_time(answered))
         if message.status == "sending" and not channel.idempotent:
             return self._unknown(message.id, request)
         if message.status not in ("claimed", "sending"):
@@ -221,6 +222,9 @@ class NurtureActivities:
         # From here a crash leaves the outcome unknown: mark it just before the call.
         if not self._mark_sending(message.id, channel.idempotent, recipient, subject, body):
             return self._concurrent_outcome(message.id, request)
+        # The send's time is the call's start: a reply can come back before the answer is
+        # written, and is attributed to the send it follows by this time.
+        started = utcnow()
         try:
             result = deliver()
         except ProviderRejected as exc:  # final: record the provider's reason
@@ -229,17 +233,19 @@ class NurtureActivities:
             self._set_status(message.id, "retrying", str(exc))
             _count_send(request, "retrying")
             raise ApplicationError(f"provider unavailable: {exc}") from None
-        _keep_provider_answer(message.id, result)
-        return self._record_sent(message.id, request, result)
+        _keep_provider_answer(message.id, result, started)
+        return self._record_sent(message.id, request, result, started)
 
-    def _record_sent(self, message_id: str, request: SendRequest, result: SendResult):
+    def _record_sent(
+        self, message_id: str, request: SendRequest, result: SendResult, started: datetime
+    ):
         def record_sent() -> Message:
             with self.sessions.begin() as session:
                 sent = session.get(Message, message_id)
                 if sent.status != "sent":  # not again when an earlier attempt got to it
                     sent.provider = result.provider
                     sent.provider_message_id = result.provider_message_id
-                    sent.status, sent.sent_at = "sent", utcnow()
+                    sent.status, sent.sent_at = "sent", started
                 return sent
 
         # The provider has it: the database being away for a moment must not turn the
@@ -634,13 +640,24 @@ def _zone(name: str | None) -> ZoneInfo:
 OUTAGE_PATIENCE = 15.0
 
 
-def _keep_provider_answer(message_id: str, result: SendResult) -> None:
-    """Heartbeat the provider's answer before writing it: Temporal keeps an activity's
-    last heartbeat details for its next attempt, so the answer outlives a database
-    outage longer than this attempt waits (or the worker dying before the write)."""
+def _keep_provider_answer(message_id: str, result: SendResult, started: datetime) -> None:
+    """Heartbeat the provider's answer (and when the call started) before writing it:
+    Temporal keeps an activity's last heartbeat details for its next attempt, so the
+    answer outlives a database outage longer than this attempt waits (or the worker
+    dying before the write)."""
     if activity.in_activity():  # not when a test calls the activity directly
         activity.heartbeat({"message_id": message_id, "provider": result.provider,
-                            "provider_message_id": result.provider_message_id})  # fmt: skip
+                            "provider_message_id": result.provider_message_id,
+                            "sent_at": started.isoformat()})  # fmt: skip
+
+
+def _kept_time(answered: dict) -> datetime:
+    """When the kept answer's call started; now for an answer kept without it (an attempt
+    of an earlier version)."""
+    try:
+        return as_utc(datetime.fromisoformat(answered["sent_at"]))
+    except (KeyError, TypeError, ValueError):
+        return utcnow()
 
 
 def _answer_kept_by_an_earlier_attempt() -> dict | None:

@@ -8,6 +8,9 @@ reply off as another lead's.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
 from dataclasses import dataclass
 
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -55,18 +58,39 @@ class Links:
             raise BadToken("this answer link is not valid") from None
 
     def reply_to(self, message_id: str) -> str | None:
-        """reply+<signed message id>@<inbound domain>, when an inbound domain is set."""
+        """reply+<message id>-<signature>@<inbound domain>, when an inbound domain is set.
+
+        The local part stays within RFC 5321's 64 characters, in lower case hex (some
+        servers fold the case of addresses)."""
         if not self.inbound_domain:
             return None
-        token = self._serializer("reply").dumps(message_id)
-        return f"reply+{token}@{self.inbound_domain}"
+        local = f"reply+{message_id}-{self._reply_mac(message_id)}"
+        if len(local) > MAX_LOCAL_PART or not _REPLY_ID.fullmatch(message_id):
+            raise ValueError(f"message ID {message_id!r} does not fit a reply address")
+        return f"{local}@{self.inbound_domain}"
 
     def read_reply(self, address: str) -> str | None:
         """Our message ID from a reply+token address, or None if it is not one of ours."""
         local = address.strip().split("@", 1)[0]
-        if not local.startswith("reply+"):
+        if not local.lower().startswith("reply+"):
             return None
-        try:
-            return str(self._serializer("reply").loads(local.removeprefix("reply+")))
+        token = local[len("reply+") :]
+        compact = _REPLY_TOKEN.fullmatch(token.lower())
+        if compact:
+            message_id, mac = compact.groups()
+            return message_id if hmac.compare_digest(mac, self._reply_mac(message_id)) else None
+        try:  # the longer tokens of emails sent before the compact form
+            return str(self._serializer("reply").loads(token))
         except BadSignature:
             return None
+
+    def _reply_mac(self, message_id: str) -> str:
+        key = f"nurture-reply:{self.secret_key}".encode()
+        return hmac.new(key, message_id.encode(), hashlib.sha256).hexdigest()[:REPLY_MAC_HEX]
+
+
+MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
+# 96 bits of HMAC-SHA256: "reply+" + a 32-character message ID + "-" + 24 = 63 characters.
+REPLY_MAC_HEX = 24
+_REPLY_ID = re.compile(r"[0-9a-f]{1,32}")
+_REPLY_TOKEN = re.compile(rf"([0-9a-f]{{1,32}})-([0-9a-f]{{{REPLY_MAC_HEX}}})")

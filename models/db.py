@@ -21,7 +21,10 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
+    or_,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -166,14 +169,64 @@ class Message(Base):
     not_before: Mapped[datetime | None] = mapped_column()
     counts_for_caps: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the provider was called (not when its answer was written): what a reply that
+    # came back at once is attributed by.
     sent_at: Mapped[datetime | None] = mapped_column()
+
+
+# How far along a message each delivery status is: Twilio's lifecycle (queued, accepted or
+# scheduled -> sending -> sent -> delivered, undelivered, failed, canceled -> read) and
+# SendGrid's (processed -> deferred -> delivered, bounce, dropped). Final statuses share a
+# rank: the first one reported stays. An unknown status ranks with the first ones.
+DELIVERY_ORDER = {
+    "queued": 0, "accepted": 0, "scheduled": 0, "processed": 0,
+    "sending": 1, "deferred": 1,
+    "sent": 2,
+    "delivered": 3, "undelivered": 3, "failed": 3, "canceled": 3, "partially_delivered": 3,
+    "bounce": 3, "dropped": 3,
+    "read": 4,
+}  # fmt: skip
+
+
+def report_delivery(session: Session, message_id: str, status: str) -> bool:
+    """Set the message's delivery status to a provider's `status` if that is further
+    along than the one it has: callbacks arrive out of order (a late `sent` must not undo
+    `delivered`). One conditional UPDATE, so two callbacks at once cannot undo each other
+    either. True if it moved."""
+    rank = DELIVERY_ORDER.get(status, 0)
+    behind = [known for known, known_rank in DELIVERY_ORDER.items() if known_rank < rank]
+    current = Message.delivery_status
+    unknown = current.not_in(DELIVERY_ORDER) if rank > 0 else false()
+    moved = session.execute(
+        update(Message)
+        .where(Message.id == message_id, or_(current.is_(None), current.in_(behind), unknown))
+        .values(delivery_status=status)
+        .execution_options(synchronize_session="fetch")
+    )
+    return moved.rowcount == 1
+
+
+class EarlyStatus(Base):
+    """A provider's status callback for a message ID no message has yet: the callback beat
+    the send activity writing the ID. Applied to the message once it has it (the API's
+    relay), or deleted after NURTURE_PENDING_EVENT_RETENTION_DAYS (never one of ours:
+    a rep's notification, another system on the same account)."""
+
+    __tablename__ = "early_statuses"
+
+    provider_message_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(30), primary_key=True)
+    error_code: Mapped[str | None] = mapped_column(String(20))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Response(Base):
     """A lead's response (open, click, page view...). Doubles as the intake inbox: a row is
     committed before the request that brought it is answered; `delivered_at` is set once
     the lead's workflow has it. A row with no lead yet (`lead_id` unset) waits for a lead
-    with its `lead_email` or `lead_phone` to appear."""
+    with its `lead_email` or `lead_phone` to appear, for NURTURE_PENDING_EVENT_RETENTION_DAYS.
+    An `email.reply_unverified` (a reply matched only by a From that SPF and DKIM do not
+    vouch for) is kept with no lead, so it is never delivered, scored or matched."""
 
     __tablename__ = "responses"
 

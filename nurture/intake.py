@@ -8,8 +8,10 @@ first (the inbox) and only then signalled, so a Temporal outage loses nothing:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 from temporalio.client import Client
@@ -33,10 +35,26 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from channels.template_sets import TemplateVersions
 from models.consent import ConsentEffect, classify_response, set_consent
 from models.contact import known_timezone, normalise_phone
-from models.db import Lead, Message, Response, as_utc, new_id, utcnow
+from models.db import (
+    EarlyStatus,
+    Lead,
+    Message,
+    Response,
+    as_utc,
+    new_id,
+    report_delivery,
+    utcnow,
+)
 from models.definitions import RESPONSE_TYPES
 from models.loader import Definitions
-from models.workflow_io import EnrollRequest, LeadInput, ResponseEvent, lead_workflow_id
+from models.workflow_io import (
+    SIGNALLED_DATA_KEYS,
+    EnrollRequest,
+    LeadInput,
+    ResponseEvent,
+    lead_workflow_id,
+)
+from nurture.settings import Settings
 from workflows.lead import LeadWorkflow
 
 log = logging.getLogger("nurture.intake")
@@ -69,7 +87,22 @@ def storable(value: Any, where: str = "", depth: int = 0) -> None:
 
 
 MAX_NESTING = 20
+# JSON sizes (UTF-8 bytes). Attributes ride in the lead workflow's inputs (Temporal refuses
+# a payload over 2 MB); event data stays in the database, only its ID and type are signalled.
+MAX_ATTRIBUTES_BYTES = 16_384
+MAX_EVENT_DATA_BYTES = 65_536
 EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, default=str).encode("utf-8"))
+
+
+def _within(value: dict[str, Any], limit: int) -> dict[str, Any]:
+    size = json_size(value)
+    if size > limit:
+        raise ValueError(f"{size:,} bytes as JSON; the limit is {limit:,}")
+    return value
 
 
 class _Incoming(BaseModel):
@@ -100,10 +133,17 @@ class LeadIn(_Incoming):
     industry: str | None = Field(default=None, max_length=100)
     timezone: str = Field(default="UTC", max_length=64)
     source: str | None = Field(default=None, max_length=100)
-    attributes: dict[str, Any] = Field(default_factory=dict)
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, description=f"at most {MAX_ATTRIBUTES_BYTES:,} bytes as JSON"
+    )
     sequence: str | None = Field(
         default=None, max_length=100, description="enroll in this sequence instead of the segment's"
     )
+
+    @field_validator("attributes")
+    @classmethod
+    def _small_attributes(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _within(value, MAX_ATTRIBUTES_BYTES)
 
     @field_validator("timezone")
     @classmethod
@@ -137,7 +177,14 @@ class EventIn(_Incoming):
     )  # fmt: skip
     occurred_at: datetime | None = None
     message_id: str | None = Field(default=None, max_length=32, description="our message ID")
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(
+        default_factory=dict, description=f"at most {MAX_EVENT_DATA_BYTES:,} bytes as JSON"
+    )
+
+    @field_validator("data")
+    @classmethod
+    def _small_data(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _within(value, MAX_EVENT_DATA_BYTES)
 
     @field_validator("phone")
     @classmethod
@@ -172,6 +219,10 @@ class EventIn(_Incoming):
 
 # Seconds a request may spend signalling workflows after its events are committed.
 INLINE_BUDGET = 1.0
+# Days events wait for their lead by default (NURTURE_PENDING_EVENT_RETENTION_DAYS), and
+# seconds between the relay's expiries of those that waited longer.
+RETENTION_DAYS = Settings.model_fields["pending_event_retention_days"].default
+EXPIRY_INTERVAL = 600.0
 
 
 class UnknownLead(LookupError):
@@ -183,6 +234,8 @@ class StoreResult:
     stored: list[Response] = field(default_factory=list)  # for a known lead: to deliver
     pending: list[Response] = field(default_factory=list)  # waiting for their lead
     duplicates: int = 0
+    ignored: int = 0  # about one of our messages, but not its recipient: not stored
+    unverified: int = 0  # replies kept unverified: no lead, never scored
 
 
 class UnknownSequence(LookupError):
@@ -293,7 +346,9 @@ class Intake:
 
         Raises UnknownLead (and stores nothing) if an event names a lead ID we do not have.
         An event whose email or phone belongs to no lead yet is stored as pending.
-        A repeated event ID is not stored again: the first row counts it.
+        A repeated event ID is not stored again: the first row counts it. A delivery or
+        engagement event naming one of our messages but another recipient is not about
+        that message: it is ignored (counted), never given to the message's lead.
         """
         with self.sessions() as session:
             for index, event in enumerate(events):
@@ -306,6 +361,11 @@ class Intake:
             event_id = event.event_id or f"{source}-{new_id()}"
             try:
                 with self.sessions.begin() as session:
+                    if _about_another_recipient(session, event):
+                        log.warning("event %s names message %s but not its recipient: ignored",
+                                    event_id, event.message_id)  # fmt: skip
+                        result.ignored += 1
+                        continue
                     lead = self._find_lead(session, event)
                     row = Response(
                         event_id=event_id,
@@ -325,14 +385,37 @@ class Intake:
                     _note_delivery(session, row)
                 (result.stored if row.lead_id else result.pending).append(row)
             except IntegrityError:
-                with self.sessions.begin() as session:
-                    counted = session.execute(
-                        update(Response).where(Response.event_id == event_id)
-                        .values(duplicates=Response.duplicates + 1)
-                    ).rowcount  # fmt: skip
-                if not counted:
+                if not self._count_duplicate(event_id):
                     raise  # not a duplicate: a real integrity problem
                 result.duplicates += 1
+        return result
+
+    def _count_duplicate(self, event_id: str) -> bool:
+        """Count a repeat on the first row of its event ID; False if there is none."""
+        with self.sessions.begin() as session:
+            return bool(
+                session.execute(
+                    update(Response).where(Response.event_id == event_id)
+                    .values(duplicates=Response.duplicates + 1)
+                ).rowcount
+            )  # fmt: skip
+
+    def keep_unverified(self, event: EventIn, source: str) -> StoreResult:
+        """A reply that only its From header names, and that SPF and DKIM do not vouch for:
+        anyone can write a From. Kept (nothing is lost) as an `email.reply_unverified` with
+        no lead, so it is never delivered, scored, nor matched to a lead arriving later."""
+        result = StoreResult()
+        event_id = event.event_id or f"{source}-{new_id()}"
+        try:
+            with self.sessions.begin() as session:
+                session.add(Response(event_id=event_id, type=UNVERIFIED_REPLY, source=source,
+                                     data=event.data,
+                                     occurred_at=event.occurred_at or utcnow()))  # fmt: skip
+            result.unverified += 1
+        except IntegrityError:
+            if not self._count_duplicate(event_id):
+                raise
+            result.duplicates += 1
         return result
 
     def _match_pending(self, session, lead: Lead) -> None:
@@ -371,7 +454,8 @@ class Intake:
         for row in rows:
             with self.sessions() as session:
                 lead = session.get(Lead, row.lead_id)
-            event = ResponseEvent(event_id=row.event_id, type=row.type, data=row.data,
+            event = ResponseEvent(event_id=row.event_id, type=row.type,
+                                  data=signalled_data(row.data),
                                   occurred_at=as_utc(row.occurred_at))  # fmt: skip
             await self._signal_with_start(lead, "respond", event)
             with self.sessions.begin() as session:  # the first delivery's time stays
@@ -404,7 +488,18 @@ class Intake:
         return delivered
 
     async def redeliver(self, limit: int = 500) -> int:
-        """The relay: signal what was stored but never reached a workflow."""
+        """The relay: apply status callbacks whose message has its SID by now, expire what
+        waited too long for its lead (every EXPIRY_INTERVAL), and signal what was stored
+        but never reached a workflow. Database work runs in a thread: this is the API's
+        event loop."""
+        if time.monotonic() - self._expired_at >= EXPIRY_INTERVAL:
+            await asyncio.to_thread(self.expire_pending)
+            self._expired_at = time.monotonic()
+        settled = await asyncio.to_thread(self.settle_statuses, None, limit)
+        delivered = await self.deliver(settled.stored)
+        return delivered + await self.deliver(await asyncio.to_thread(self._undelivered, limit))
+
+    def _undelivered(self, limit: int) -> list[Response]:
         # Rows younger than the inline budget may be on their way already: leave them.
         settled = utcnow() - timedelta(seconds=INLINE_BUDGET + 1)
         query = (
@@ -415,8 +510,89 @@ class Intake:
             .limit(limit)
         )
         with self.sessions() as session:
-            rows = list(session.scalars(query))
-        return await self.deliver(rows)
+            return list(session.scalars(query))
+
+    # --- provider status callbacks and expiry -----------------------------------------------
+
+    # What waits for its lead (or a status for its message) longer than this is deleted;
+    # the API sets it from NURTURE_PENDING_EVENT_RETENTION_DAYS.
+    pending_retention = timedelta(days=RETENTION_DAYS)
+    _expired_at = -math.inf  # when the relay last expired pending events (monotonic)
+
+    def record_status(
+        self, sid: str, status: str, error_code: str | None
+    ) -> tuple[StoreResult, bool]:
+        """A Twilio status callback: kept, then applied at once if its message has the SID.
+        A callback can beat the send activity writing the SID Twilio answered with: then
+        it waits (the second value is True) and the relay applies it when the message
+        has the SID."""
+        try:
+            with self.sessions.begin() as session:
+                session.add(EarlyStatus(provider_message_id=sid, status=status,
+                                        error_code=error_code))  # fmt: skip
+        except IntegrityError:
+            pass  # Twilio repeated a callback still waiting for its message: one is enough
+        result = self.settle_statuses([sid])
+        with self.sessions() as session:
+            waiting = session.get(EarlyStatus, (sid, status)) is not None
+        return result, waiting
+
+    def settle_statuses(self, sids: list[str] | None = None, limit: int = 500) -> StoreResult:
+        """Apply the kept status callbacks whose message has their SID now: the message's
+        `delivery_status` moves forward only; a final one is also a response of its lead
+        (with its consent effect: 30005/30006 flag the number). Then they are deleted."""
+        query = (
+            select(EarlyStatus, Message.id, Message.lead_id)
+            .join(Message, Message.provider_message_id == EarlyStatus.provider_message_id)
+            .where(Message.channel == "sms")
+            .order_by(EarlyStatus.received_at)
+            .limit(limit)
+        )
+        if sids is not None:
+            query = query.where(EarlyStatus.provider_message_id.in_(sids))
+        with self.sessions.begin() as session:
+            found = session.execute(query).all()
+            for early, message_id, _lead_id in found:
+                report_delivery(session, message_id, early.status)
+        events = [
+            EventIn(type=TWILIO_RESPONSES[early.status], lead_id=lead_id, message_id=message_id,
+                    event_id=f"twilio:{early.provider_message_id}:{early.status}",
+                    occurred_at=early.received_at,
+                    data={"status": early.status, "error_code": early.error_code})
+            for early, message_id, lead_id in found if early.status in TWILIO_RESPONSES
+        ]  # fmt: skip
+        result = self.store_events(events, source="twilio")
+        if found:
+            keys = [and_(EarlyStatus.provider_message_id == early.provider_message_id,
+                         EarlyStatus.status == early.status) for early, *_ in found]  # fmt: skip
+            with self.sessions.begin() as session:
+                session.execute(delete(EarlyStatus).where(or_(*keys)))
+        return result
+
+    def expire_pending(self) -> int:
+        """Delete the events that waited for their lead longer than `pending_retention`,
+        and the status callbacks that never found their message (a rep's SMS, say)."""
+        cutoff = utcnow() - self.pending_retention
+        with self.sessions.begin() as session:
+            events = session.execute(
+                delete(Response).where(Response.lead_id.is_(None),
+                                       Response.type != UNVERIFIED_REPLY,
+                                       Response.received_at < cutoff)
+            ).rowcount  # fmt: skip
+            statuses = session.execute(
+                delete(EarlyStatus).where(EarlyStatus.received_at < cutoff)
+            ).rowcount
+        if events or statuses:
+            log.info("expired %d event(s) that waited for a lead and %d status callback(s) "
+                     "that waited for a message, for over %s", events, statuses,
+                     self.pending_retention)  # fmt: skip
+        return events + statuses
+
+
+def signalled_data(data: dict[str, Any]) -> dict[str, Any]:
+    """What of an event's data goes to its workflow: only the step and URL that leads
+    started before score cards use (short); the scoring activity reads the stored row."""
+    return {key: str(data[key])[:200] for key in SIGNALLED_DATA_KEYS if key in data}
 
 
 def _apply_consent(session, lead: Lead, row: Response) -> None:
@@ -433,11 +609,31 @@ DELIVERY_EVENTS = frozenset({"email.processed", "email.delivered", "email.deferr
                              "sms.undelivered"})  # fmt: skip
 
 
+# Events about one of our messages as its recipient got it: another address is not its.
+RECIPIENT_EVENTS = DELIVERY_EVENTS | {"email.open", "email.click", "email.unsubscribe",
+                                      "email.spamreport"}  # fmt: skip
+# Twilio statuses that are also responses of the lead; the others only move the message on.
+TWILIO_RESPONSES = {"delivered": "sms.delivered", "undelivered": "sms.undelivered",
+                    "failed": "sms.undelivered"}  # fmt: skip
+UNVERIFIED_REPLY = "email.reply_unverified"
+
+
 def _note_delivery(session, row: Response) -> None:
-    if row.message_id and row.type in DELIVERY_EVENTS:
-        message = session.get(Message, row.message_id)
-        if message is not None:
-            message.delivery_status = row.type.split(".", 1)[1]
+    if row.message_id and row.type in DELIVERY_EVENTS:  # forward only: see report_delivery
+        report_delivery(session, row.message_id, row.type.split(".", 1)[1])
+
+
+def _about_another_recipient(session, event: EventIn) -> bool:
+    """Whether the event names one of our messages but not the address it was sent to
+    (custom args copied onto another email, say): then it is not about that message.
+    A reply is exempt: it may come from any address (the reply token vouches for it)."""
+    if event.type not in RECIPIENT_EVENTS or not event.message_id:
+        return False
+    address = str(event.email).lower() if event.email else event.phone
+    message = session.get(Message, event.message_id)
+    if address is None or message is None:
+        return False
+    return message.recipient.lower() != address
 
 
 def _new_number_clears_bad_address(session, lead: Lead) -> None:

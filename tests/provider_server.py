@@ -2,7 +2,9 @@
 
 The official SDKs are pointed at it, so tests check the exact calls they make.
 `fail_next` scripts provider errors (429, 5xx, 4xx) for the next requests; `delay` makes
-every answer slow (the request is recorded at once, as the provider has it).
+every answer slow (the request is recorded at once, as the provider has it); `hold()`
+keeps answers back after their message ID is issued (the provider has sent the message,
+its callbacks may come, the caller has no answer yet) until `release()`.
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ class ProviderServer:
     failures: list[tuple[int, str, dict]] = field(default_factory=list)
     delay: float = 0.0  # seconds before each answer
     issued: list[str] = field(default_factory=list)  # the message IDs it answered with
+    answering: threading.Event = field(default_factory=threading.Event)  # clear: held back
 
     def __post_init__(self):
         server = self
+        self.answering.set()
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *_args):
@@ -81,6 +85,13 @@ class ProviderServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
+    def hold(self) -> None:
+        """Keep the next answers back, once their message ID is issued, until `release()`."""
+        self.answering.clear()
+
+    def release(self) -> None:
+        self.answering.set()
+
     def fail_next(self, status: int, message: str = "scripted failure", **extra) -> None:
         """Answer the next request with `status`. `extra`: Twilio's `code` (default 21211),
         or SendGrid's error `field` (default none)."""
@@ -95,6 +106,7 @@ class ProviderServer:
             return handler._answer(status, {"errors": [error]})
         issued = f"sg-{uuid.uuid4().hex[:16]}"
         self.issued.append(issued)
+        self.answering.wait(timeout=30)
         handler._answer(202, None, {"X-Message-Id": issued})
 
     def _twilio(self, handler, recorded: Recorded) -> None:
@@ -108,6 +120,7 @@ class ProviderServer:
         form = recorded.form()
         sid = f"SM{uuid.uuid4().hex}"
         self.issued.append(sid)
+        self.answering.wait(timeout=30)
         handler._answer(201, {
             "sid": sid, "account_sid": self.twilio_sid, "to": form["To"], "body": form["Body"],
             "from": form.get("From"), "messaging_service_sid": form.get("MessagingServiceSid"),

@@ -17,7 +17,7 @@ import activities.nurture as activities_module
 from channels.outbox import OutboxChannel
 from channels.sendgrid_email import SendGridEmailChannel
 from channels.twilio_sms import TwilioSmsChannel
-from models.db import Enrollment, Lead, Message
+from models.db import Enrollment, Lead, Message, as_utc
 from models.workflow_io import SendRequest
 from nurture.runtime import build_activities, build_channels
 from tests.conftest import FIXTURE_DEFINITIONS
@@ -142,7 +142,8 @@ def test_an_answer_the_database_missed_is_recorded_from_the_heartbeat(
         first.run(activities.send_message, request)
     (call,) = providers.requests
     (issued,) = providers.issued
-    assert kept == [({"message_id": ANY, "provider": "twilio", "provider_message_id": issued},)]
+    assert kept == [({"message_id": ANY, "provider": "twilio", "provider_message_id": issued,
+                      "sent_at": ANY},)]  # fmt: skip
     outage.clear()
     with database.sessions() as session:
         assert session.scalars(select(Message.status)).one() == "sending"
@@ -162,6 +163,8 @@ def test_an_answer_the_database_missed_is_recorded_from_the_heartbeat(
         stored = session.scalars(select(Message)).one()
         assert (stored.status, stored.provider_message_id) == ("sent", issued)
         assert stored.body.startswith("Hi Ada, reply YES")
+        # The send's time is when the first attempt called the provider, not the record's.
+        assert as_utc(stored.sent_at).isoformat() == kept[0][0]["sent_at"]
 
 
 def test_send_interrupted_before_the_call_is_sent_once(provider_settings, database, providers):

@@ -3,27 +3,53 @@
 The app runs in-process (TestClient) against a real database; Temporal is the
 dev server's client with no worker on the queue, so a signal is accepted
 and waits: what is under test is what the API stores and answers.
+
+The second half: provider events find the lead and the message they are about, and
+nothing else. Sends go through the official SDKs to the provider imitation
+(tests/provider_server.py) and their events come back signed: a rep's email events never
+touch the lead, Twilio's status callbacks move a message forward only and may arrive
+before the send has written the SID, a reply sent back at once is the send's, a From
+that SPF and DKIM do not vouch for is not a lead's reply, and what waits for a lead too
+long expires (docs/webhooks.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
+import threading
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
 from api.app import create_app
-from models.db import ConsentChange, Lead, Message, Response
+from channels.links import Links
+from models.db import (
+    ConsentChange,
+    EarlyStatus,
+    Enrollment,
+    Lead,
+    Message,
+    Response,
+    new_id,
+    utcnow,
+)
+from models.workflow_io import AssignRequest, NotifyRequest, SendRequest
 from nurture.intake import Intake, LeadIn
-from nurture.runtime import build_links
+from nurture.reports import response_links
+from nurture.runtime import build_activities, build_links
+from nurture.settings import Settings
+from scoring.records import lead_responses
 
 TWILIO_TOKEN = "twilio-test-token"
 INBOUND_SECRET = "inbound-secret"
@@ -91,7 +117,8 @@ def test_signed_sendgrid_events_are_stored_once(api, database, sendgrid_key):
     body = sendgrid_batch(api.lead_id, "delivered", "open", "click", "group_resubscribe")
     answer = api.post("/webhooks/sendgrid/events", content=body, headers=signed(sendgrid_key, body))
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"accepted": 3, "duplicates": 0, "pending": 0, "ignored": 1}
+    assert answer.json() == {"accepted": 3, "duplicates": 0, "pending": 0, "ignored": 1,
+                             "unverified": 0}  # fmt: skip
     again = api.post("/webhooks/sendgrid/events", content=body, headers=signed(sendgrid_key, body))
     assert again.json()["duplicates"] == 3  # SendGrid retries: counted, not stored again
     rows = responses(database)
@@ -142,7 +169,8 @@ def test_bounce_and_unknown_address_events(api, database, sendgrid_key):
          "timestamp": 1795000001},
     ]).encode()  # fmt: skip
     answer = api.post("/webhooks/sendgrid/events", content=body, headers=signed(sendgrid_key, body))
-    assert answer.json() == {"accepted": 2, "duplicates": 0, "pending": 1, "ignored": 0}
+    assert answer.json() == {"accepted": 2, "duplicates": 0, "pending": 1, "ignored": 0,
+                             "unverified": 0}  # fmt: skip
     with database.sessions() as session:
         ada = session.get(Lead, api.lead_id)
         assert not ada.email_consent and ada.email_opt_out_reason.startswith("hard_bounce")
@@ -189,21 +217,24 @@ def test_inbound_reply_matched_by_reply_token_or_sender(api, database, app_setti
               "text": "Sounds good, call me",
               "headers": "Message-ID: <r1@example.net>\n"}  # fmt: skip
     auth = ("sendgrid", INBOUND_SECRET)
-    first = api.post("/webhooks/sendgrid/inbound", data=fields)
-    assert first.status_code == 403, first.text
+    first = api.post("/webhooks/sendgrid/inbound", data=fields)  # no credentials: the challenge
+    assert first.status_code == 401 and first.headers["WWW-Authenticate"].startswith("Basic")
     assert api.post("/webhooks/sendgrid/inbound", data=fields, auth=("x", "no")).status_code == 403
     answer = api.post("/webhooks/sendgrid/inbound", data=fields, auth=auth)
     assert answer.status_code == 200 and answer.json()["accepted"] == 1
     assert api.post("/webhooks/sendgrid/inbound", data=fields, auth=auth).json()["duplicates"] == 1
     by_sender = {"from": "ada@example.com", "to": "hello@example.com", "subject": "Question",
-                 "text": "Pricing?"}  # fmt: skip
+                 "text": "Pricing?", "dkim": "{@example.com : pass}",
+                 "SPF": "softfail"}  # fmt: skip
     assert api.post("/webhooks/sendgrid/inbound", data=by_sender, auth=auth).status_code == 200
     forged = fields | {"to": "reply+forged.token@in.example.com", "headers": "Message-ID: <r2>\n"}
     answer = api.post("/webhooks/sendgrid/inbound", data=forged, auth=auth)
-    assert answer.json()["pending"] == 1  # a forged token is no match: only its sender counts
+    # A forged token is no match, and its sender is vouched for by neither SPF nor DKIM.
+    assert answer.json()["unverified"] == 1
     rows = responses(database)
     assert [(r.type, r.lead_id) for r in rows] == [
-        ("email.reply", api.lead_id), ("email.reply", api.lead_id), ("email.reply", None)
+        ("email.reply", api.lead_id), ("email.reply", api.lead_id),
+        ("email.reply_unverified", None),
     ]  # fmt: skip
     assert rows[0].message_id == "f" * 32 and rows[0].data["text"] == "Sounds good, call me"
 
@@ -309,3 +340,335 @@ def test_openapi_document_lists_every_endpoint(api):
         "/webhooks/twilio/sms", "/webhooks/twilio/status", "/unsubscribe/{token}",
     } <= set(document["paths"])  # fmt: skip
     assert set(document["paths"]["/unsubscribe/{token}"]) == {"get", "post"}
+
+
+# --- matching events to leads and messages --------------------------------------------------
+
+AUTH = ("sendgrid", INBOUND_SECRET)
+
+
+@pytest.fixture
+def activities(provider_settings, database):
+    return build_activities(provider_settings, database)
+
+
+def send(api, database, activities, channel: str, template: str, step: str = "welcome"):
+    """The lead's message sent for real (to the imitation); its Message row."""
+    enrollment_id = f"{api.lead_id}:month:v1"
+    with database.sessions.begin() as session:
+        if session.get(Enrollment, enrollment_id) is None:
+            session.add(Enrollment(id=enrollment_id, lead_id=api.lead_id, sequence_id="month",
+                                   sequence_version=1,
+                                   workflow_id=f"lead-{api.lead_id}"))  # fmt: skip
+    request = SendRequest(lead_id=api.lead_id, enrollment_id=enrollment_id, sequence_id="month",
+                          step_id=step, visit=1, channel=channel, template=template)  # fmt: skip
+    outcome = activities.send_message(request)
+    assert outcome.status == "sent", outcome
+    with database.sessions() as session:
+        return session.get(Message, outcome.message_id)
+
+
+def custom_args(recorded) -> dict[str, str]:
+    payload = recorded.json()
+    return payload["personalizations"][0].get("custom_args") or payload.get("custom_args", {})
+
+
+def post_events(api, key, *events: dict):
+    body = json.dumps(list(events)).encode()
+    answer = api.post("/webhooks/sendgrid/events", content=body, headers=signed(key, body))
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def relay(api) -> None:
+    """One round of the API's relay (what it does every 2 s)."""
+    asyncio.run(api.intake.redeliver())
+
+
+# --- 3: SendGrid events are matched by message and recipient; a rep's are never a lead's ------
+
+
+def test_a_reps_bounce_and_click_never_touch_the_lead(
+    api, database, activities, providers, sendgrid_key
+):
+    sales = activities.sales
+    assignment = sales.assign_handoff(AssignRequest(lead_id=api.lead_id, cycle=1, at=utcnow()))
+    notified = sales.notify_rep(NotifyRequest(handoff_id=assignment.handoff_id,
+                                              rep_id=assignment.rep_id, channel="email",
+                                              kind="new", key="notify:email"))  # fmt: skip
+    assert notified == "sent"
+    (notification,) = providers.requests
+    rep_email = notification.json()["personalizations"][0]["to"][0]["email"]
+    assert rep_email.endswith("@example.com") and rep_email != "ada@example.com"
+    echoed = custom_args(notification)  # what SendGrid echoes back in each event
+    base = {"email": rep_email, "timestamp": int(time.time()),
+            "sg_message_id": f"{providers.issued[0]}.filter0001", **echoed}  # fmt: skip
+    answer = post_events(
+        api, sendgrid_key,
+        base | {"event": "bounce", "type": "bounce", "sg_event_id": "rep-bounce",
+                "reason": "550 5.1.1 mailbox unavailable"},
+        base | {"event": "click", "sg_event_id": "rep-click", "url": "https://example.com/x"},
+    )  # fmt: skip
+    assert answer["ignored"] == 2 and answer["accepted"] == 0
+    assert responses(database) == []  # no response row: nothing to deliver, score or match
+    with database.sessions() as session:
+        lead = session.get(Lead, api.lead_id)
+        assert lead.email_consent and lead.email_opt_out_reason is None
+        assert session.scalar(select(func.count()).select_from(ConsentChange)) == 0
+
+
+def test_an_event_is_the_leads_only_for_the_recipient_of_its_message(
+    api, database, activities, providers, sendgrid_key
+):
+    message = send(api, database, activities, "email", "hello")
+    args = custom_args(providers.requests[0])
+    base = {"timestamp": int(time.time()), "event": "click", "url": "https://example.com/a",
+            **args}  # fmt: skip
+    answer = post_events(
+        api, sendgrid_key,
+        base | {"email": "someone.else@example.org", "sg_event_id": "other"},  # args copied
+        base | {"email": "ADA@example.com", "sg_event_id": "ada"},
+    )  # fmt: skip
+    assert (answer["accepted"], answer["ignored"]) == (1, 1)
+    (row,) = responses(database)
+    assert (row.event_id, row.lead_id, row.message_id) == ("sendgrid:ada", api.lead_id, message.id)
+
+
+def test_sendgrid_delivery_status_only_moves_forward(
+    api, database, activities, providers, sendgrid_key
+):
+    message = send(api, database, activities, "email", "hello")
+    base = {"email": "ada@example.com", "timestamp": int(time.time()),
+            **custom_args(providers.requests[0])}  # fmt: skip
+    post_events(api, sendgrid_key, base | {"event": "delivered", "sg_event_id": "d"})
+    post_events(api, sendgrid_key, base | {"event": "processed", "sg_event_id": "p"})  # late
+    with database.sessions() as session:
+        assert session.get(Message, message.id).delivery_status == "delivered"
+
+
+# --- 4: Twilio status callbacks: forward only, early ones kept, replies by send time ----------
+
+
+def status(api, sid: str, value: str, **extra: str):
+    form = {"MessageSid": sid, "MessageStatus": value, "To": "+14155550123", **extra}
+    answer = twilio_post(api, "/webhooks/twilio/status", form)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def delivery_status(database, message_id: str) -> str | None:
+    with database.sessions() as session:
+        return session.get(Message, message_id).delivery_status
+
+
+def test_twilio_statuses_out_of_order_only_move_forward(api, database, activities):
+    message = send(api, database, activities, "sms", "ping", "nudge")
+    sid = message.provider_message_id
+    status(api, sid, "delivered")
+    status(api, sid, "sent")  # Twilio does not promise the order of its callbacks
+    status(api, sid, "queued")
+    assert delivery_status(database, message.id) == "delivered"
+    status(api, sid, "read")
+    assert delivery_status(database, message.id) == "read"
+    (row,) = responses(database)
+    assert (row.type, row.message_id, row.lead_id) == ("sms.delivered", message.id, api.lead_id)
+
+
+def held_send(api, database, activities, providers, channel: str, template: str):
+    """Start a send whose provider answer is held back; returns (thread, issued id, result)."""
+    providers.hold()
+    result = {}
+    thread = threading.Thread(
+        target=lambda: result.update(
+            message=send(api, database, activities, channel, template, "nudge")
+        )
+    )
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not providers.issued and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert providers.issued, "the provider was never called"
+    return thread, providers.issued[0], result
+
+
+def test_a_status_callback_that_beats_the_sid_is_applied_when_the_message_has_it(
+    api, database, activities, providers
+):
+    thread, sid, sent = held_send(api, database, activities, providers, "sms", "ping")
+    try:
+        early = status(api, sid, "undelivered", ErrorCode="30006")  # before the SID is written
+        assert (early["accepted"], early["pending"]) == (1, 1)
+        assert status(api, sid, "undelivered", ErrorCode="30006")["pending"] == 1  # a retry
+    finally:
+        providers.release()
+        thread.join(timeout=30)
+    message = sent["message"]
+    assert message.provider_message_id == sid
+    relay(api)
+    assert delivery_status(database, message.id) == "undelivered"
+    (row,) = responses(database)
+    assert (row.type, row.message_id, row.lead_id) == ("sms.undelivered", message.id, api.lead_id)
+    assert row.delivered_at is not None  # the relay gave it to the lead's workflow
+    with database.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(EarlyStatus)) == 0
+        lead = session.get(Lead, api.lead_id)
+        assert lead.sms_opt_out_reason == "bad_address: Twilio 30006"  # its consent effect
+    assert status(api, sid, "undelivered")["duplicates"] == 1  # a late repeat: counted
+
+
+def test_a_status_callback_with_a_bad_error_code_is_refused_naming_it(api, database):
+    form = {"MessageSid": "SM" + "1" * 32, "MessageStatus": "failed", "ErrorCode": "30006; x"}
+    answer = twilio_post(api, "/webhooks/twilio/status", form)
+    assert answer.status_code == 400 and "ErrorCode" in answer.json()["detail"]
+    with database.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(EarlyStatus)) == 0
+
+
+def test_a_callback_about_a_message_that_never_appears_touches_no_lead(api, database):
+    # e.g. a rep's notification SMS: the `To` number may even be a lead's.
+    answer = status(api, "SM" + "0" * 32, "delivered")
+    assert answer["pending"] == 1
+    relay(api)
+    assert responses(database) == []
+
+
+def test_an_sms_reply_in_the_same_instant_as_the_send_is_attributed_to_it(
+    api, database, activities, providers
+):
+    thread, _sid, sent = held_send(api, database, activities, providers, "sms", "ping")
+    try:  # the lead replies before our send has its answer written
+        reply = {"MessageSid": "SMreply1", "From": "+14155550123", "To": "+14155550000",
+                 "Body": "Yes, call me"}  # fmt: skip
+        assert twilio_post(api, "/webhooks/twilio/sms", reply).status_code == 200
+    finally:
+        time.sleep(0.05)  # the answer is written a moment after the reply arrived
+        providers.release()
+        thread.join(timeout=30)
+    message = sent["message"]
+    with database.sessions() as session:
+        links = response_links(api.lead_id)
+        links = session.execute(select(links.c.message_id, links.c.response_id, links.c.type))
+        links = links.all()
+    ((linked, _response_id, kind),) = links
+    assert (linked, kind) == (message.id, "sms.reply")
+
+
+# --- 6: a reply matched only by its From counts only when SPF or DKIM vouch for it -----------
+
+ADA_REPLY = {"from": "Ada <ada@example.com>", "to": "hello@example.com", "subject": "Re: hi",
+             "text": "Sign me up", "headers": "Message-ID: <forged@example.com>\n"}  # fmt: skip
+
+
+def envelope(sender: str) -> str:
+    return json.dumps({"to": ["hello@example.com"], "from": sender})
+
+
+@pytest.mark.parametrize(
+    "verdicts",
+    [
+        {"SPF": "fail", "envelope": envelope("ada@example.com")},
+        {"SPF": "softfail", "dkim": "{@example.com : fail}"},
+        {"SPF": "pass", "envelope": envelope("bounces@mailer.example.net")},  # another domain
+        {"SPF": "pass"},  # no envelope: SPF vouches for nobody in particular
+        {"dkim": "{@evil.example : pass, @example.com : fail}"},
+        {"dkim": "{@com : pass}"},
+        {},
+    ],
+)
+def test_a_reply_from_a_leads_address_that_spf_and_dkim_do_not_vouch_for_is_not_scored(
+    verdicts, api, database
+):
+    answer = api.post("/webhooks/sendgrid/inbound", data=ADA_REPLY | verdicts, auth=AUTH)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["unverified"] == 1 and answer.json()["accepted"] == 1
+    (row,) = responses(database)
+    assert (row.type, row.lead_id, row.lead_email) == ("email.reply_unverified", None, None)
+    assert row.data["from"] == "ada@example.com" and "spf" in row.data  # kept, with why
+    relay(api)
+    api.intake.upsert_lead(LeadIn(email="ada@example.com"))  # again: nothing waits for it
+    with database.sessions() as session:
+        assert session.get(Response, row.id).lead_id is None
+        assert lead_responses(session, api.lead_id) == []  # the scorer never sees it
+    again = api.post("/webhooks/sendgrid/inbound", data=ADA_REPLY | verdicts, auth=AUTH)
+    assert again.json()["duplicates"] == 1
+
+
+@pytest.mark.parametrize(
+    "verdicts",
+    [
+        {"dkim": "{@example.com : pass}", "SPF": "fail"},
+        {"dkim": "{@other.example : fail, @Example.COM : pass}"},
+        {"SPF": "pass", "envelope": envelope("Bounces <bounce-1@example.com>")},
+    ],
+)
+def test_a_reply_from_a_leads_address_vouched_for_by_spf_or_dkim_is_the_leads(
+    verdicts, api, database
+):
+    answer = api.post("/webhooks/sendgrid/inbound", data=ADA_REPLY | verdicts, auth=AUTH)
+    assert answer.json()["accepted"] == 1 and answer.json()["unverified"] == 0
+    (row,) = responses(database)
+    assert (row.type, row.lead_id) == ("email.reply", api.lead_id)
+
+
+def test_a_subdomain_sender_is_vouched_for_by_its_parent_domains_signature(api, database):
+    fields = ADA_REPLY | {"from": "ada@mail.example.com", "dkim": "{@example.com : pass}"}
+    answer = api.post("/webhooks/sendgrid/inbound", data=fields, auth=AUTH)
+    assert answer.json()["unverified"] == 0 and answer.json()["pending"] == 1  # no such lead yet
+
+
+# --- 8: pending events expire; reply addresses fit RFC 5321 ------------------------------------
+
+
+def test_events_waiting_for_a_lead_expire_after_the_retention(api, database, app_settings, caplog):
+    assert api.intake.pending_retention == timedelta(days=30)  # the default
+    week = app_settings.model_copy(update={"pending_event_retention_days": 7})
+    create_app(api.intake, week, relay=False)  # NURTURE_PENDING_EVENT_RETENTION_DAYS=7
+    now = utcnow()
+
+    def response(key: str, age_days: float, **fields) -> Response:
+        return Response(event_id=key, type="email.open", source="sendgrid",
+                        received_at=now - timedelta(days=age_days), **fields)  # fmt: skip
+
+    with database.sessions.begin() as session:
+        session.add_all([
+            response("stale", 8, lead_email="nobody@example.com"),
+            response("stale-by-phone", 8, lead_phone="+14155550999"),
+            response("fresh", 6, lead_email="nobody@example.com"),
+            response("the-leads", 8, lead_id=api.lead_id, delivered_at=now),
+            Response(event_id="unverified", type="email.reply_unverified", source="sendgrid",
+                     received_at=now - timedelta(days=90)),
+            EarlyStatus(provider_message_id="SMold", status="sent",
+                        received_at=now - timedelta(days=8)),
+            EarlyStatus(provider_message_id="SMnew", status="sent", received_at=now),
+        ])  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="nurture.intake"):
+        relay(api)
+    assert "expired 2 event(s) that waited for a lead and 1 status callback(s)" in caplog.text
+    assert sorted(r.event_id for r in responses(database)) == [
+        "fresh", "the-leads", "unverified"
+    ]  # fmt: skip
+    with database.sessions() as session:
+        assert list(session.scalars(select(EarlyStatus.provider_message_id))) == ["SMnew"]
+
+
+def test_the_retention_is_a_setting(tmp_path):
+    assert Settings(NURTURE_STATE_DIR=tmp_path).pending_event_retention_days == 30
+    assert Settings(NURTURE_PENDING_EVENT_RETENTION_DAYS="7").pending_event_retention_days == 7
+    with pytest.raises(ValidationError, match="NURTURE_PENDING_EVENT_RETENTION_DAYS"):
+        Settings(NURTURE_PENDING_EVENT_RETENTION_DAYS="0")
+
+
+def test_reply_addresses_fit_rfc_5321_and_are_read_back():
+    links = Links("secret", "https://nurture.example.com", "in.example.com")
+    message_id = new_id()
+    address = links.reply_to(message_id)
+    local, domain = address.split("@")
+    assert len(local) <= 64 and domain == "in.example.com"
+    assert links.read_reply(address) == message_id
+    assert links.read_reply(address.upper()) == message_id  # a server folded its case
+    assert links.read_reply(address.replace(message_id, new_id())) is None  # not signed by us
+    assert Links("another", "https://x", "in.example.com").read_reply(address) is None
+    legacy = "reply+" + links._serializer("reply").dumps(message_id) + "@in.example.com"
+    assert links.read_reply(legacy) == message_id  # replies to emails sent before
+    with pytest.raises(ValueError):
+        links.reply_to("not-one-of-our-ids-" + "x" * 40)
