@@ -7,6 +7,8 @@ errors, a demo without a handoff); 2 bad usage.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
 from pathlib import Path
 
@@ -102,10 +104,15 @@ def api() -> None:
     """
     _logging(True)
     settings = get_settings()
-    _fail_on_definition_errors(lambda: asyncio.run(_serve_api(settings)))
+    started = _fail_on_definition_errors(lambda: asyncio.run(_serve_api(settings)))
+    if not started:
+        # Stopped while connecting to Temporal: the SDK's core runtime keeps that connect
+        # attempt on a thread of its own, which would hold the process until it times out.
+        logging.shutdown()
+        os._exit(0)
 
 
-async def _serve_api(settings) -> None:
+async def _serve_api(settings) -> bool:
     """Start the API, then serve until SIGTERM or SIGINT. A signal while starting (the
     database, Temporal) stops the start; either way this returns, and the process exits 0."""
     from api.app import create_app
@@ -119,7 +126,7 @@ async def _serve_api(settings) -> None:
         client = await connect_temporal(settings)
     except asyncio.CancelledError:
         signals.log.info("API stopped before it started")
-        return
+        return False
     intake = Intake(definitions, database.sessions, client, settings.task_queue)
     signals.server = api_server(create_app(intake, settings), settings)
     try:
@@ -127,6 +134,7 @@ async def _serve_api(settings) -> None:
     finally:
         database.engine.dispose()
     signals.log.info("API stopped; exiting")
+    return True
 
 
 class _ApiSignals:
