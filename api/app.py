@@ -1,33 +1,43 @@
 """The HTTP API: leads, our own events, provider webhooks and unsubscribe links.
 
-A request is answered 2xx only after what it carries is committed to the
-database; signalling the lead's workflow comes after, and a relay re-drives
-anything that did not get through.
+A request is answered 2xx only after what it carries is committed to the database;
+signalling the lead's workflow comes after, and a relay re-drives anything that did
+not get through. Handlers never touch the database on the event loop (api/database.py),
+every JSON error is an `ErrorOut` and every route documents each status it answers
+(api/errors.py), and answers carry security headers; repeated authentication failures
+from one client are answered 429 (api/security.py).
 """
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
-from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.service import RPCError
 
+from api.database import DATABASE_WAIT, HandlerDatabase
+from api.errors import error_responses
 from api.handoffs import handoff_router
 from api.limits import BodySizeLimit
+from api.openapi import finished
+from api.security import AUTH_FAILURE_LIMIT, AuthFailureLimit, SecurityHeaders, bearer_matches
 from api.unsubscribe import unsubscribe_router
 from api.webhooks import webhook_router
 from models.db import Response
-from nurture.intake import EventIn, Intake, LeadIn, UnknownLead, UnknownSequence
+from models.loader import Definitions
+from nurture import intake as intake_module
+from nurture.intake import EventIn, Intake, UnknownLead, UnknownSequence
 from nurture.runtime import build_links
 from nurture.settings import Settings
 
@@ -35,6 +45,19 @@ log = logging.getLogger("nurture.api")
 RELAY_INTERVAL_SECONDS = 2.0
 ENROLL_TIMEOUT = 5.0  # seconds POST /leads waits for Temporal before answering 503
 MAX_BATCH = 1000
+RETRY_AFTER = {"Retry-After": "10"}  # seconds, on every 503
+
+
+class LeadIn(intake_module.LeadIn):
+    """A lead in JSON: its number is a JSON number (`true` or `"12"` is refused, not read
+    as 1 or 12; an import's CSV cells are text, and intake's LeadIn reads those)."""
+
+    @field_validator("company_size", mode="before")
+    @classmethod
+    def _json_number(cls, value: Any) -> Any:
+        if isinstance(value, bool | str):
+            raise ValueError("should be a number, not text or true/false")
+        return value
 
 
 class LeadOut(BaseModel):
@@ -54,22 +77,36 @@ class EventsOut(BaseModel):
     event_ids: list[str]
 
 
+# One event, or a batch of 1 to MAX_BATCH (the bounds are in the schema, and checked there).
+EventBatch = Annotated[list[EventIn], Field(min_length=1, max_length=MAX_BATCH)]
+
 # Inbound Parse posts whole emails, attachments included.
 INBOUND_BODY_LIMIT = 20_000_000
+DOC_PAGES = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})  # FastAPI's, CDN scripts
 
 
-def create_app(intake: Intake, settings: Settings, relay: bool = True) -> FastAPI:
+def create_app(
+    intake: Intake,
+    settings: Settings,
+    relay: bool = True,
+    *,
+    auth_failure_limit: str = AUTH_FAILURE_LIMIT,
+    database_wait: float = DATABASE_WAIT,
+) -> FastAPI:
+    """The API. `auth_failure_limit`: failed authentications a client may have (e.g.
+    "10/minute") before it is answered 429; `database_wait`: seconds a request waits for a
+    SQLite lock before its 503."""
     bearer = HTTPBearer(auto_error=False)
     api_token = settings.resolved_api_token()
     links = build_links(settings)
+    db = HandlerDatabase(intake.sessions, database_wait)
 
     def authenticated(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> None:
-        if credentials is None or not hmac.compare_digest(
-            credentials.credentials.encode(), api_token.encode()
-        ):
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token")
+        if not bearer_matches(credentials, api_token):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -79,60 +116,47 @@ def create_app(intake: Intake, settings: Settings, relay: bool = True) -> FastAP
             task.cancel()
 
     app = FastAPI(title="Nurture", version="0.1.0", lifespan=lifespan)
+    # Added innermost first: the headers go on every answer, 429s and 413s included.
     app.add_middleware(
         BodySizeLimit,
         limit=settings.max_body_bytes,
         overrides={"/webhooks/sendgrid/inbound": max(INBOUND_BODY_LIMIT, settings.max_body_bytes)},
     )
+    app.add_middleware(AuthFailureLimit, limit=auth_failure_limit)
+    app.add_middleware(SecurityHeaders, skip=DOC_PAGES)
     app.include_router(webhook_router(intake, settings, links))
-    app.include_router(unsubscribe_router(intake, links, settings.sender_company))
-    app.include_router(handoff_router(intake, links, api_token))
+    app.include_router(unsubscribe_router(intake, links, settings.sender_company, db))
+    app.include_router(handoff_router(intake, links, api_token, db))
+    _add_error_handlers(app)
+    _document(app, intake.definitions)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(
-            {"detail": "invalid request", "problems": _problems(exc)}, status_code=422
-        )
-
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(InterfaceError)
-    async def _database_away(_request: Request, exc: Exception) -> JSONResponse:
-        # Nothing was committed: the caller (a provider's webhook retries) sends it again.
-        log.warning("database unreachable: %s", type(exc).__name__)
-        return JSONResponse(
-            {"detail": "the database is unreachable; nothing was stored, send it again"},
-            status_code=503,
-            headers={"Retry-After": "10"},
-        )
-
-    @app.get("/health")
+    # 413: the body limit holds for any request, even one that sends /health a body.
+    @app.get("/health", responses=error_responses(413))
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/leads", dependencies=[Depends(authenticated)], status_code=201)
+    @app.post("/leads", dependencies=[Depends(authenticated)], status_code=201,
+              responses=error_responses(400, 401, 413, 422, 429, 503))  # fmt: skip
     async def create_lead(lead_in: LeadIn) -> LeadOut:
+        """Create or update a lead (by email) and enroll it. 503: the lead may be stored but
+        not enrolled: send it again (enrolling twice is harmless)."""
         if lead_in.sequence and lead_in.sequence not in intake.definitions.sequences:
-            raise HTTPException(422, f"no sequence {lead_in.sequence!r}")
-        lead, created = await run_in_threadpool(intake.upsert_lead, lead_in)
+            raise _invalid("sequence", f"no sequence {lead_in.sequence!r}")
+        lead, created = await db.run(intake.upsert_lead, lead_in)
         try:
             enrollment = await asyncio.wait_for(
                 intake.enroll(lead, lead_in.sequence, new_lead=created), timeout=ENROLL_TIMEOUT
             )
         except UnknownSequence as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise _invalid("sequence", str(exc)) from None
         except (TimeoutError, RPCError) as exc:
             # The lead is stored; enrolling again is harmless, so the caller can retry.
             raise HTTPException(
                 503, f"lead {lead.id} is stored but could not be enrolled now (Temporal: "
-                f"{type(exc).__name__}); send it again"
+                f"{type(exc).__name__}); send it again", headers=RETRY_AFTER,
             ) from None  # fmt: skip
         # Events that arrived before the lead did (the relay goes on if this falls short).
-        with intake.sessions() as session:
-            waiting = session.scalars(
-                select(Response).where(Response.lead_id == lead.id,
-                                       Response.delivered_at.is_(None))
-            ).all()  # fmt: skip
-        await intake.deliver_now(list(waiting))
+        await intake.deliver_now(await db.run(_undelivered, intake.sessions, lead.id))
         return LeadOut(
             lead_id=lead.id,
             created=created,
@@ -142,17 +166,15 @@ def create_app(intake: Intake, settings: Settings, relay: bool = True) -> FastAP
             workflow_id=f"lead-{lead.id}",
         )
 
-    @app.post("/events", dependencies=[Depends(authenticated)], status_code=202)
-    async def post_events(body: EventIn | list[EventIn]) -> EventsOut:
+    @app.post("/events", dependencies=[Depends(authenticated)], status_code=202,
+              responses=error_responses(400, 401, 404, 413, 422, 429, 503))  # fmt: skip
+    async def post_events(body: EventIn | EventBatch) -> EventsOut:
         """Our own events (page views, downloads, webinars, trial and product actions),
-        one or a batch of up to 1,000. Each may carry an idempotency key (`event_id`)."""
+        one or a batch of up to 1,000. Each may carry an idempotency key (`event_id`).
+        404: an event names a `lead_id` we do not have (nothing of the batch is stored)."""
         events = body if isinstance(body, list) else [body]
-        if not events:
-            raise HTTPException(422, "no events in the batch")
-        if len(events) > MAX_BATCH:
-            raise HTTPException(413, f"at most {MAX_BATCH} events in a batch")
         try:
-            result = await run_in_threadpool(intake.store_events, events)
+            result = await db.run(intake.store_events, events)
         except UnknownLead as exc:
             raise HTTPException(404, str(exc)) from None
         delivered = await intake.deliver_now(result.stored)
@@ -168,6 +190,74 @@ def create_app(intake: Intake, settings: Settings, relay: bool = True) -> FastAP
     return app
 
 
+def _undelivered(sessions: sessionmaker, lead_id: str) -> list[Response]:
+    with sessions() as session:
+        return list(session.scalars(
+            select(Response).where(Response.lead_id == lead_id, Response.delivered_at.is_(None))
+        ))  # fmt: skip
+
+
+def _invalid(field: str, message: str) -> RequestValidationError:
+    """A 422 naming `field`, in the same body as pydantic's (`_problems`)."""
+    return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": "invalid request", "problems": _problems(exc)}, status_code=422
+        )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_away(_request: Request, exc: Exception) -> JSONResponse:
+        # Nothing was committed: the caller (a provider's webhook retries) sends it again.
+        # Also a SQLite lock held past the wait (api/database.py): "database is locked".
+        log.warning("database unreachable: %s", type(exc).__name__)
+        return JSONResponse(
+            {"detail": "the database is unreachable; nothing was stored, send it again"},
+            status_code=503,
+            headers=RETRY_AFTER,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Any:
+        if exc.status_code == 405:  # Starlette's Allow names one route's methods
+            allowed = _allowed_methods(app.openapi(), request.url.path)
+            exc.headers = {**(exc.headers or {}), **({"Allow": allowed} if allowed else {})}
+        return await http_exception_handler(request, exc)
+
+
+def _allowed_methods(document: dict[str, Any], path: str) -> str:
+    """Every method the document gives the path: a path may be served by several routes
+    (GET and POST /unsubscribe/{token}), and Starlette's 405 lists the first one's only."""
+    segments = path.split("/")
+    methods: set[str] = set()
+    for template, operations in document["paths"].items():
+        parts = template.split("/")  # a {parameter} takes any one non-empty segment
+        if len(parts) == len(segments) and all(
+            part == segment or (part.startswith("{") and segment)
+            for part, segment in zip(parts, segments, strict=True)
+        ):
+            methods |= {method.upper() for method in operations}
+    if "GET" in methods:
+        methods.add("HEAD")  # Starlette answers HEAD wherever GET is
+    return ", ".join(sorted(methods))
+
+
+def _document(app: FastAPI, definitions: Definitions) -> None:
+    """/openapi.json: FastAPI's, with the rules of our validators and the error schema
+    (api/openapi.py)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = finished(FastAPI.openapi(app), definitions)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _problems(exc: RequestValidationError) -> list[dict[str, str]]:
     """Pydantic's errors as {field, message}. A body that may be one object or a list is
     validated both ways: only the errors of the shape that was sent are kept, and the
@@ -180,6 +270,8 @@ def _problems(exc: RequestValidationError) -> list[dict[str, str]]:
         if branch is not None and branch.startswith("list[") != sent_list:
             continue  # the error of the shape that was not sent
         field = ".".join(str(p) for p in loc if not (isinstance(p, str) and "[" in p))
+        if error["type"] == "json_invalid":  # its loc is a character offset, not a field
+            field = ""
         problems.append({"field": field, "message": error["msg"].removeprefix("Value error, ")})
     return problems or [{"field": "", "message": "the body has the wrong shape"}]
 

@@ -5,17 +5,24 @@
 - `POST /handoffs/{id}/answer`: the page's form (with its signed token), or JSON with
   the API bearer token. 200 with the result; 409 with the reason when it is refused
   (already answered, reassigned, a rejection without a reason); 404 unknown handoff;
-  503 Temporal unreachable (nothing was changed: send it again).
+  503 Temporal or the database unreachable (nothing was changed: send it again).
+  The form is answered with pages, the JSON with JSON.
 """
 
-import hmac
+import asyncio
 from html import escape
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, Field
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field, ValidationError
+from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 
+from api.database import HandlerDatabase
+from api.errors import HTML, error_responses
+from api.security import bearer_matches
 from channels.links import BadToken, Links
 from models.workflow_io import REJECT_REASONS, AnswerResult, HandoffAnswer
 from nurture.intake import Intake
@@ -25,6 +32,10 @@ PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title></head>
 <body style="font-family:Helvetica,Arial,sans-serif;max-width:36em;margin:3em auto;padding:0 1em">
 <h1 style="font-size:1.4em">{title}</h1>{body}</body></html>"""
+RETRY_AFTER = {"Retry-After": "10"}
+# Seconds an answer waits for the lead's workflow to take it: with no worker running, the
+# update would wait for one indefinitely, and the rep (or the API client) with it.
+ANSWER_TIMEOUT = 10.0
 
 
 class AnswerIn(BaseModel):
@@ -34,11 +45,40 @@ class AnswerIn(BaseModel):
     by: str | None = Field(default=None, max_length=200, description="who answers")
 
 
-def handoff_router(intake: Intake, links: Links, api_token: str) -> APIRouter:
-    router = APIRouter(tags=["handoffs"])
+class AnswerForm(BaseModel):
+    """What the answer page's form posts (the rep is the one its signed token names)."""
 
-    def page(title: str, body: str, status: int = 200) -> HTMLResponse:
-        return HTMLResponse(PAGE.format(title=escape(title), body=body), status_code=status)
+    token: str = Field(description="the signed token of the answer link")
+    answer: Literal["accept", "reject", "disqualify"]
+    reason: str | None = Field(default=None, description="empty, or one of the reasons")
+    note: str | None = Field(default=None, max_length=2000)
+
+
+# The answer route reads its body itself (a form or JSON): its OpenAPI entry says which.
+ANSWER_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": AnswerIn.model_json_schema()},
+            "application/x-www-form-urlencoded": {"schema": AnswerForm.model_json_schema()},
+        },
+    },
+    "security": [{}],  # appended to HTTPBearer's: the form needs no bearer, its token
+}
+ANSWER_RESPONSES = {
+    200: {"model": AnswerResult, "content": HTML,
+          "description": "the result (JSON), or a page saying it (a form)"},
+    **error_responses(401, 413, 422, 429, 503, html=(403,)),
+    # JSON for the API, a page for the form:
+    **{status: {**error_responses(status)[status],
+                "content": {**error_responses(status)[status]["content"], **HTML}}
+       for status in (404, 409)},
+}  # fmt: skip
+
+
+def handoff_router(intake: Intake, links: Links, api_token: str, db: HandlerDatabase) -> APIRouter:
+    router = APIRouter(tags=["handoffs"])
+    bearer = HTTPBearer(auto_error=False)
 
     def rep_of(handoff_id: str, token: str) -> str:
         try:
@@ -49,11 +89,13 @@ def handoff_router(intake: Intake, links: Links, api_token: str) -> APIRouter:
             raise AnswerRefused("this answer link is for another handoff", 403)
         return rep_id
 
-    @router.get("/handoffs/{handoff_id}", response_class=HTMLResponse)
+    @router.get("/handoffs/{handoff_id}", response_class=HTMLResponse,
+                responses=error_responses(413, 422, 429, 503, html=(403, 404)))  # fmt: skip
     async def answer_page(handoff_id: str, token: str, answer: str | None = None) -> HTMLResponse:
+        """The rep's answer page: the lead, and a form (a GET never answers)."""
         try:
             rep_id = rep_of(handoff_id, token)
-            view = find_handoff(intake.sessions, handoff_id)
+            view = await db.run(find_handoff, intake.sessions, handoff_id)
         except AnswerRefused as exc:
             return page("This link is not valid", f"<p>{escape(str(exc))}</p>", exc.status)
         summary = _summary(view)
@@ -63,41 +105,78 @@ def handoff_router(intake: Intake, links: Links, api_token: str) -> APIRouter:
             return page(f"{view.lead_name}: {state}", summary)
         return page(f"{view.lead_name}: your answer", summary + _form(view.id, token, answer))
 
-    @router.post("/handoffs/{handoff_id}/answer")
+    @router.post("/handoffs/{handoff_id}/answer", response_model=None,
+                 responses=ANSWER_RESPONSES, openapi_extra=ANSWER_DOC)  # fmt: skip
     async def answer_handoff(
         handoff_id: str,
         request: Request,
-        authorization: Annotated[str | None, Header()] = None,
-    ):
-        """Accept, reject (with a reason) or disqualify a handoff."""
-        form = "application/x-www-form-urlencoded" in request.headers.get("content-type", "")
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> dict | HTMLResponse:
+        """Accept, reject (with a reason) or disqualify a handoff: the page's form (its
+        signed token), or JSON with the API bearer token."""
+        if "application/x-www-form-urlencoded" in request.headers.get("content-type", ""):
+            return await answer_form(handoff_id, request)
+        if not bearer_matches(credentials, api_token):
+            raise HTTPException(401, "missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        body = _answer_in(await request.body())
+        answer = HandoffAnswer(handoff_id=handoff_id, answer=body.answer, reason=body.reason,
+                               note=body.note, by=body.by or "api")  # fmt: skip
         try:
-            if form:
-                fields = await request.form()
-                rep_id = rep_of(handoff_id, str(fields.get("token", "")))
-                body = AnswerIn(answer=fields.get("answer"), reason=fields.get("reason") or None,
-                                note=fields.get("note") or None, by=rep_id)  # fmt: skip
-            else:
-                expected = f"Bearer {api_token}".encode()
-                if not authorization or not hmac.compare_digest(authorization.encode(), expected):
-                    raise HTTPException(401, "missing or wrong bearer token")
-                body, rep_id = AnswerIn.model_validate(await request.json()), None
-            answer = HandoffAnswer(handoff_id=handoff_id, answer=body.answer, reason=body.reason,
-                                   note=body.note, by=body.by or "api")  # fmt: skip
-            result = await submit_answer(intake.client, intake.sessions, answer, rep_id)
+            result = await answered(answer)
         except AnswerRefused as exc:
-            if form:
-                return page("Your answer was not taken", f"<p>{escape(str(exc))}</p>", exc.status)
-            raise HTTPException(exc.status, str(exc)) from None
-        except ValueError as exc:  # a malformed body
-            if form:
-                return page("Your answer was not taken", f"<p>{escape(str(exc))}</p>", 422)
-            raise HTTPException(422, str(exc)) from None
-        if form:
-            return page("Thank you", f"<p>{escape(result.message)}</p>")
+            headers = RETRY_AFTER if exc.status == 503 else None
+            raise HTTPException(exc.status, str(exc), headers=headers) from None
         return AnswerResult.model_validate(result).model_dump(mode="json")
 
+    async def answered(answer: HandoffAnswer, rep_id: str | None = None) -> AnswerResult:
+        try:
+            return await asyncio.wait_for(
+                submit_answer(intake.client, intake.sessions, answer, rep_id), ANSWER_TIMEOUT
+            )
+        # The SDK answers the cancelling of its update call with its own error. Temporal
+        # took the update, or not: a repeat says which.
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            raise AnswerRefused(
+                f"the lead's workflow did not take the answer within {ANSWER_TIMEOUT:.0f} s "
+                "(no worker running?); send it again: an answer already taken is reported",
+                503,
+            ) from None
+
+    async def answer_form(handoff_id: str, request: Request) -> HTMLResponse:
+        fields = await request.form()
+        try:
+            rep_id = rep_of(handoff_id, str(fields.get("token", "")))
+            body = AnswerIn(answer=fields.get("answer"), reason=fields.get("reason") or None,
+                            note=fields.get("note") or None, by=rep_id)  # fmt: skip
+            answer = HandoffAnswer(handoff_id=handoff_id, answer=body.answer, reason=body.reason,
+                                   note=body.note, by=rep_id)  # fmt: skip
+            result = await answered(answer, rep_id)
+        except AnswerRefused as exc:
+            headers = RETRY_AFTER if exc.status == 503 else None
+            return page("Your answer was not taken", f"<p>{escape(str(exc))}</p>", exc.status,
+                        headers)  # fmt: skip
+        except ValidationError as exc:  # a malformed form
+            problems = "; ".join(e["msg"] for e in exc.errors())
+            return page("Your answer was not taken", f"<p>{escape(problems)}</p>", 422)
+        return page("Thank you", f"<p>{escape(result.message)}</p>")
+
     return router
+
+
+def page(title: str, body: str, status: int = 200, headers: dict | None = None) -> HTMLResponse:
+    html = PAGE.format(title=escape(title), body=body)
+    return HTMLResponse(html, status_code=status, headers=headers)
+
+
+def _answer_in(raw: bytes) -> AnswerIn:
+    """The JSON body, parsed by pydantic: whatever it is (not JSON, not UTF-8, nested
+    thousands deep), a 422 naming the field, never an exception of the parser."""
+    try:
+        return AnswerIn.model_validate_json(raw)
+    except ValidationError as exc:  # answered like any body's errors (api/app.py)
+        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        raise RequestValidationError(errors) from None
 
 
 def _summary(view: HandoffView) -> str:

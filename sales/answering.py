@@ -6,6 +6,7 @@ what decides (a second answer is refused there too, even if two race).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -81,7 +82,8 @@ async def submit_answer(
 ) -> AnswerResult:
     """Answer a handoff through its lead's workflow. `rep_id`: the rep a signed link
     was made for (the answer must come from the handoff's current rep)."""
-    view = find_handoff(sessions, answer.handoff_id)
+    # In a thread: an API request handler calls this, and must not hold the event loop.
+    view = await asyncio.to_thread(find_handoff, sessions, answer.handoff_id)
     check_answerable(view, rep_id)
     handle = client.get_workflow_handle_for(LeadWorkflow.run, lead_workflow_id(view.lead_id))
     try:

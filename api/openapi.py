@@ -1,0 +1,48 @@
+"""/openapi.json as the API really behaves: what pydantic's JSON Schema cannot carry.
+
+FastAPI writes the document from the models, but some rules live in validators: an
+event's type is one of the known ones, a lead names a sequence of these definitions and
+an IANA time zone, an event names its lead somehow, a phone number is one libphonenumber
+takes. Written into the document here, a client generated from it (and schemathesis,
+tests/test_api_contract.py) sends what the validators accept. Two rules no JSON Schema
+keyword states are given as formats, described: `phone` (a valid number: E.164, or
+national in the lead's `country`) and an event's `occurred_at` between 2000 and 2200.
+The error answers' schema is added too (api/errors.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from zoneinfo import available_timezones
+
+from api.errors import with_error_schemas
+from models.definitions import RESPONSE_TYPES
+from models.loader import Definitions
+from nurture.intake import EARLIEST, LATEST
+
+PHONE = "a number libphonenumber takes as valid: E.164 (+14155550123), or national in `country`"
+LEAD_NAMES = ("lead_id", "email", "phone", "message_id")  # EventIn: one of them, not blank
+
+
+def finished(document: dict[str, Any], definitions: Definitions) -> dict[str, Any]:
+    """`document` (FastAPI's) with the validators' rules and the error schema."""
+    schemas = with_error_schemas(document)["components"]["schemas"]
+    lead, event = schemas["LeadIn"], schemas["EventIn"]
+    _text(lead["properties"]["sequence"])["enum"] = sorted(definitions.sequences)
+    lead["properties"]["timezone"]["enum"] = sorted(available_timezones())
+    event["properties"]["type"]["enum"] = sorted(RESPONSE_TYPES)
+    for model in (lead, event):
+        _text(model["properties"]["phone"]).update(format="phone", description=PHONE)
+    _text(event["properties"]["occurred_at"])["description"] = (
+        f"from {EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d} (UTC when no offset is given)"
+    )
+    event["anyOf"] = [
+        {"required": [name], "properties": {name: {"type": "string", "minLength": 1}}}
+        for name in LEAD_NAMES
+    ]
+    return document
+
+
+def _text(field: dict[str, Any]) -> dict[str, Any]:
+    """The string schema of an optional field (`anyOf: [string, null]`), or the field's."""
+    return next((s for s in field.get("anyOf", []) if s.get("type") == "string"), field)

@@ -1,0 +1,218 @@
+"""The OpenAPI document says what the API does: schemathesis, with every one of its checks
+(`--checks all`: status codes, content types, response schemas and headers, data the
+schema allows accepted and data it forbids refused, missing required headers, unsupported
+methods and their `Allow`, ignored authentication), against the real app in-process, on
+a real SQLite database and the Temporal dev server's real client (no worker: a signal is
+accepted and waits). A client generated from /openapi.json gets no answer it was not told
+of.
+
+The webhooks are signed as their providers sign them (a real P-256 key for SendGrid,
+the auth token for Twilio), for the cases schemathesis means to be valid; the others keep
+its generated signatures and must be refused. Deterministic (a fixed seed, derandomized
+generation, no example database): CI checks the cases checked here. About a minute.
+
+(schemathesis's `from_fixture` does not run under pytest 9.2: the document is loaded at
+import, from the same `create_app`, and the test checks that the app serves it.)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import phonenumbers
+import pytest
+import schemathesis
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from email_validator import SPECIAL_USE_DOMAIN_NAMES
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from hypothesis import strategies as st
+from phonenumbers import PhoneNumberFormat
+from pydantic import SecretStr
+from schemathesis.checks import CHECKS, is_check_class, load_all_checks
+from sqlalchemy.orm import sessionmaker
+from twilio.request_validator import RequestValidator
+
+from api.app import create_app
+from api.webhook_docs import SENDGRID_SIGNATURE, SENDGRID_TIMESTAMP, TWILIO_SIGNATURE
+from models.db import Handoff
+from models.loader import load_definitions
+from nurture.intake import Intake, LeadIn
+from nurture.runtime import build_links, open_database, sync_sales_reps
+from nurture.settings import Settings
+from tests.conftest import FIXTURE_DEFINITIONS
+
+API_TOKEN = "contract-api-token"
+INBOUND_SECRET = "contract-inbound-secret"
+TWILIO_TOKEN = "contract-twilio-token"
+PUBLIC_URL = "https://nurture.example.com"
+SENDGRID_KEY = ec.generate_private_key(ec.SECP256R1())
+MAX_EXAMPLES = 25  # per operation and phase: ~1 minute for all of them
+
+load_all_checks()
+ALL_CHECKS = [check for check in CHECKS.get_all() if not is_check_class(check)]
+
+
+def contract_settings(**values: Any) -> Settings:
+    public = SENDGRID_KEY.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return Settings(
+        NURTURE_DEFINITIONS=FIXTURE_DEFINITIONS,
+        NURTURE_API_TOKEN=API_TOKEN,
+        NURTURE_SECRET_KEY="contract-secret-key",
+        NURTURE_PUBLIC_URL=PUBLIC_URL,
+        SENDGRID_WEBHOOK_PUBLIC_KEY=base64.b64encode(public).decode(),
+        SENDGRID_INBOUND_SECRET=SecretStr(INBOUND_SECRET),
+        TWILIO_AUTH_TOKEN=SecretStr(TWILIO_TOKEN),
+        **values,
+    )
+
+
+def build_app(intake: Intake, settings: Settings) -> FastAPI:
+    # Schemathesis sends hundreds of bad credentials on purpose: no lockout here
+    # (tests/test_api_security.py tests it).
+    return create_app(intake, settings, relay=False, auth_failure_limit="100000/minute")
+
+
+def the_document() -> dict:
+    """/openapi.json (an app's document depends on no database or server)."""
+    intake = Intake(load_definitions(FIXTURE_DEFINITIONS), sessionmaker(), None, "contract")
+    return build_app(intake, contract_settings()).openapi()
+
+
+DOCUMENT = the_document()
+CONFIG = schemathesis.Config.from_dict({
+    "seed": 14,
+    # No NUL in text: the API refuses it (a database column cannot hold it), as documented.
+    "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none",
+                   "allow-x00": False},
+    "auth": {"openapi": {
+        "HTTPBearer": {"bearer": API_TOKEN},
+        "HTTPBasic": {"username": "sendgrid", "password": INBOUND_SECRET},
+    }},
+})  # fmt: skip
+schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
+
+# The documented rules no JSON Schema keyword states (api/openapi.py), generated within
+# them: a valid phone number, an event time from 2000 to 2200, an email address whose
+# domain is not a special-use name (.test, .local, ...: email-validator refuses those).
+SPECIAL = set(SPECIAL_USE_DOMAIN_NAMES)
+PHONES = [
+    phonenumbers.format_number(phonenumbers.example_number(region), PhoneNumberFormat.E164)
+    for region in ("US", "GB", "DE", "FR", "IN", "BR", "JP", "AU")
+]
+schemathesis.openapi.format("phone", st.sampled_from(PHONES))
+EMAILS = st.emails().filter(lambda email: email.rsplit(".", 1)[-1].lower() not in SPECIAL)
+schemathesis.openapi.format("email", EMAILS)
+schemathesis.openapi.format("mailbox", EMAILS)  # Inbound Parse's From header
+schemathesis.openapi.format(
+    "date-time",
+    st.datetimes(datetime(2000, 1, 2), datetime(2199, 12, 30), timezones=st.just(UTC)).map(
+        datetime.isoformat
+    ),
+)
+
+
+# The statuses each operation answered the requests schemathesis meant to be valid:
+# checked when the run ends, so a document kept only by refusing everything cannot pass.
+ACCEPTED: dict[str, set[int]] = defaultdict(set)
+# Its handoff's lead has no workflow: a valid answer is refused, with the reason.
+REFUSED_WHEN_VALID = {"POST /handoffs/{handoff_id}/answer": 409}
+
+
+@dataclass
+class Contract:
+    app: FastAPI
+    unsubscribe_token: str  # of a lead we have
+    handoff_id: str  # a pending handoff (its lead has no workflow: answers are refused 409)
+    handoff_token: str
+
+
+@pytest.fixture(scope="module")
+def contract(tmp_path_factory, dev_server_env) -> Contract:
+    state = tmp_path_factory.mktemp("contract")
+    settings = contract_settings(
+        NURTURE_STATE_DIR=state,
+        DATABASE_URL=f"sqlite:///{state / 'nurture.db'}",
+        NURTURE_TASK_QUEUE=f"contract-{uuid.uuid4().hex[:8]}",  # no worker polls it
+    )
+    definitions = load_definitions(FIXTURE_DEFINITIONS)
+    database = open_database(settings)
+    sync_sales_reps(database, definitions)
+    intake = Intake(definitions, database.sessions, dev_server_env.client, settings.task_queue)
+    lead, _ = intake.upsert_lead(LeadIn(email="ada@example.com", phone="+14155550123"))
+    # Another lead for the handoff: unsubscribing Ada starts her workflow, and an answer
+    # to a workflow no worker runs would wait (api/handoffs.py: 503 after ANSWER_TIMEOUT).
+    handed_off, _ = intake.upsert_lead(LeadIn(email="grace@example.com"))
+    with database.sessions.begin() as session:
+        handoff = Handoff(lead_id=handed_off.id, cycle=1, rep_id="alice", score=80, reason="hot")
+        session.add(handoff)
+    links = build_links(settings)
+    app = build_app(intake, settings)
+    with TestClient(app) as client:
+        assert client.get("/openapi.json").json() == DOCUMENT  # the document tested is served
+    yield Contract(
+        app,
+        unsubscribe_token=links.unsubscribe_url(lead.id).rsplit("/", 1)[1],
+        handoff_id=handoff.id,
+        handoff_token=links.handoff_url(handoff.id, "alice").split("token=")[1],
+    )
+    database.engine.dispose()
+    for label, statuses in ACCEPTED.items():
+        valid = {s for s in statuses if 200 <= s < 300 or s == REFUSED_WHEN_VALID.get(label)}
+        assert valid, f"{label}: no valid request got through ({sorted(statuses)})"
+
+
+def made_valid(case: schemathesis.Case, contract: Contract) -> dict[str, Any]:
+    """What only a provider or our own links can make, made for the cases schemathesis
+    means to be valid: webhook signatures, and signed tokens (of a lead and a handoff we
+    have). A negative case keeps what it generated: it must be refused. Returns extra
+    arguments of the call (SendGrid signs the raw body: it is sent as signed)."""
+    if case.meta is None or not case.meta.generation.mode.is_positive:
+        return {}
+    path = case.operation.path
+    if path.startswith("/unsubscribe/"):
+        case.path_parameters["token"] = contract.unsubscribe_token
+    elif path.startswith("/handoffs/"):
+        case.path_parameters["handoff_id"] = contract.handoff_id
+        if "token" in (case.query or {}):
+            case.query["token"] = contract.handoff_token
+        elif isinstance(case.body, dict) and "token" in case.body:
+            case.body["token"] = contract.handoff_token
+    return signed(case, path)
+
+
+def signed(case: schemathesis.Case, path: str) -> dict[str, Any]:
+    headers = case.headers or {}
+    if SENDGRID_SIGNATURE in headers and SENDGRID_TIMESTAMP in headers:
+        raw = json.dumps(case.body).encode()
+        timestamp = str(int(time.time()))
+        signature = SENDGRID_KEY.sign(timestamp.encode() + raw, ec.ECDSA(hashes.SHA256()))
+        headers[SENDGRID_SIGNATURE] = base64.b64encode(signature).decode()
+        headers[SENDGRID_TIMESTAMP] = timestamp
+        return {"data": raw}
+    if TWILIO_SIGNATURE in headers and isinstance(case.body, dict):
+        form = {name: str(value) for name, value in case.body.items()}
+        headers[TWILIO_SIGNATURE] = RequestValidator(TWILIO_TOKEN).compute_signature(
+            PUBLIC_URL + path, form
+        )
+    return {}
+
+
+@schema.parametrize()
+def test_the_api_does_what_its_openapi_document_says(case, contract):
+    # The document was loaded before the app existed: the requests (and the checks'
+    # own, e.g. without credentials) go to the app, in-process.
+    case.operation.app = case.operation.schema.app = contract.app
+    response = case.call_and_validate(checks=ALL_CHECKS, **made_valid(case, contract))
+    if case.meta is not None and case.meta.generation.mode.is_positive:
+        ACCEPTED[case.operation.label].add(response.status_code)
