@@ -303,7 +303,7 @@ class Intake:
             sequence=sequence,
             segment=segment,
             profile=profile,
-            templates=self.template_versions.current(),
+            templates=await asyncio.to_thread(self.template_versions.current),
         )
         if new_lead:
             try:
@@ -449,23 +449,30 @@ class Intake:
         ).first()
 
     async def deliver(self, rows: list[Response]) -> int:
-        """Signal stored responses to their workflows; mark the ones Temporal accepted."""
+        """Signal stored responses to their workflows; mark the ones Temporal accepted.
+        The database work runs in a thread: callers are request handlers on the loop."""
         delivered = 0
         for row in rows:
-            with self.sessions() as session:
-                lead = session.get(Lead, row.lead_id)
+            lead = await asyncio.to_thread(self._lead_of, row.lead_id)
             event = ResponseEvent(event_id=row.event_id, type=row.type,
                                   data=signalled_data(row.data),
                                   occurred_at=as_utc(row.occurred_at))  # fmt: skip
             await self._signal_with_start(lead, "respond", event)
-            with self.sessions.begin() as session:  # the first delivery's time stays
-                session.execute(
-                    update(Response)
-                    .where(Response.id == row.id, Response.delivered_at.is_(None))
-                    .values(delivered_at=utcnow())
-                )
+            await asyncio.to_thread(self._mark_delivered, row.id)
             delivered += 1
         return delivered
+
+    def _lead_of(self, lead_id: str) -> Lead:
+        with self.sessions() as session:
+            return session.get(Lead, lead_id)
+
+    def _mark_delivered(self, response_id: str) -> None:
+        with self.sessions.begin() as session:  # the first delivery's time stays
+            session.execute(
+                update(Response)
+                .where(Response.id == response_id, Response.delivered_at.is_(None))
+                .values(delivered_at=utcnow())
+            )
 
     async def deliver_now(self, rows: list[Response], budget: float = INLINE_BUDGET) -> int:
         """Try to deliver at once, for at most `budget` seconds; never raises.
