@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from sqlalchemy import select
 from temporalio.service import RPCError
 
-from models.db import Message
+from models.db import Handoff, Message
 from models.workflow_io import lead_workflow_id
 from nurture.intake import EventIn, Intake, LeadIn
 from nurture.runtime import build_activities, build_worker, open_database, sync_sales_reps
@@ -104,3 +104,12 @@ class Harness:
 
     def sent_steps(self, lead_id: str) -> list[str]:
         return [m.step_id for m in self.rows(Message, lead_id) if m.status == "sent"]
+
+
+def lead_with_handoff(intake: Intake, database, email: str = "ada@example.com"):
+    """A lead and a pending handoff of it to alice (the fixture team's first rep)."""
+    lead, _ = intake.upsert_lead(LeadIn(email=email))
+    with database.sessions.begin() as session:
+        handoff = Handoff(lead_id=lead.id, cycle=1, rep_id="alice", score=80, reason="hot")
+        session.add(handoff)
+    return lead, handoff

@@ -27,9 +27,10 @@ from sqlalchemy.engine import make_url
 from api import handoffs
 from api.app import create_app
 from api.database import HandlerDatabase
-from models.db import Handoff, Lead, Response
-from nurture.intake import Intake, LeadIn
+from models.db import Lead, Response
+from nurture.intake import Intake
 from nurture.runtime import build_links, open_database, sync_sales_reps
+from tests.harness import lead_with_handoff
 
 AUTH = {"Authorization": "Bearer test-token"}
 WAIT = 3.0  # seconds a request waits for the lock (SQLite busy timeout, PG statement timeout)
@@ -56,10 +57,7 @@ async def api(settings, fixture_definitions, dev_server_env) -> AsyncIterator[Ap
     sync_sales_reps(database, fixture_definitions)
     intake = Intake(fixture_definitions, database.sessions, dev_server_env.client,
                     settings.task_queue)  # fmt: skip
-    lead, _ = intake.upsert_lead(LeadIn(email="ada@example.com"))
-    with database.sessions.begin() as session:
-        handoff = Handoff(lead_id=lead.id, cycle=1, rep_id="alice", score=80, reason="hot")
-        session.add(handoff)
+    lead, handoff = lead_with_handoff(intake, database)
     links = build_links(settings)
     paths = {
         "unsubscribe": links.unsubscribe_url(lead.id).split("/", 3)[3],

@@ -17,9 +17,10 @@ from sqlalchemy import func, select
 
 from api.app import create_app
 from api.security import CONTENT_SECURITY_POLICY
-from models.db import Handoff, Response
-from nurture.intake import Intake, LeadIn
+from models.db import Response
+from nurture.intake import Intake
 from nurture.runtime import build_links
+from tests.harness import lead_with_handoff
 
 TOKEN = "test-token"  # NURTURE_API_TOKEN of the `settings` fixture
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -43,10 +44,7 @@ class Stack:
 async def stack(settings, database, fixture_definitions, dev_server_env) -> AsyncIterator[Stack]:
     intake = Intake(fixture_definitions, database.sessions, dev_server_env.client,
                     settings.task_queue)  # fmt: skip
-    lead, _ = intake.upsert_lead(LeadIn(email="ada@example.com"))
-    with database.sessions.begin() as session:
-        handoff = Handoff(lead_id=lead.id, cycle=1, rep_id="alice", score=80, reason="hot")
-        session.add(handoff)
+    lead, handoff = lead_with_handoff(intake, database)
     links = build_links(settings)
     page = links.handoff_url(handoff.id, "alice")
     yield Stack(
