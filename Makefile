@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install demo test dev lint clean
+.PHONY: install demo test dev lint mutation clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,12 @@ dev: install
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# Mutation testing of the pure modules, one worker, in scratch copies (minutes; not in CI).
+# docs/testing.md: what it runs, the kill rates and the equivalent mutants set aside.
+mutation: install
+	test -x $(BIN)/mutmut || $(BIN)/pip install --quiet -e ".[dev,mutation]"
+	$(BIN)/python scripts/mutation.py $(MODULES)
 
 clean:
 	rm -rf $(VENV) .nurture .pytest_cache

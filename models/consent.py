@@ -28,7 +28,9 @@ SMS_HELP_WORDS = frozenset({"HELP", "INFO"})
 # Bounce types that say nothing about the address itself: no opt-out.
 SOFT_BOUNCES = frozenset({"soft", "blocked", "deferred"})
 # SendGrid drops a message to an address on one of its suppression lists; the reason says
-# which. Ours must agree, or every later send is dropped again.
+# which. Ours must agree, or every later send is dropped again. The reason is one of a fixed
+# set: "Invalid" is an invalid address, but "Invalid SMTPAPI header" (or "Spam Content") is
+# about the message, so the whole reason is matched.
 DROP_REASONS = {
     "bounced address": "hard_bounce",
     "unsubscribed address": "unsubscribe",
@@ -83,8 +85,7 @@ def classify_response(
     if response_type == "email.bounce" and data.get("bounce_type", "hard") not in SOFT_BOUNCES:
         effect = ConsentEffect("email", False, "hard_bounce", detail)
     if response_type == "email.dropped":
-        reason = str(data.get("reason") or "").lower()
-        found = next((r for text, r in DROP_REASONS.items() if text in reason), None)
+        found = DROP_REASONS.get(str(data.get("reason") or "").strip().lower())
         effect = ConsentEffect("email", False, found, detail) if found else None
     if response_type == "sms.undelivered" and str(data.get("error_code")) in (
         UNDELIVERABLE_NUMBER_CODES

@@ -86,9 +86,14 @@ class ScoreCard:
             "engagement": round(self.engagement, 2),
             "grade": self.grade,
             "breakdown": [
-                {"rule": line.rule, "dimension": line.dimension, "count": line.count,
-                 "points": round(line.points, 4), "contribution": round(line.contribution, 4),
-                 **({"note": line.note} if line.note else {})}
+                {
+                    "rule": line.rule,
+                    "dimension": line.dimension,
+                    "count": line.count,
+                    "points": round(line.points, 4),
+                    "contribution": round(line.contribution, 4),
+                    **({"note": line.note} if line.note else {}),
+                }
                 for line in self.lines
             ],  # fmt: skip
             "problems": self.problems,
@@ -193,9 +198,7 @@ def score(
             decaying_points += abs(points * engagement_scale)
     engagement_kept = _clamp(raw_engagement, model.engagement.max)
     if engagement_kept != raw_engagement:
-        lines.append(
-            _clamp_line("engagement", raw_engagement, engagement_kept, engagement_scale)
-        )
+        lines.append(_clamp_line("engagement", raw_engagement, engagement_kept, engagement_scale))
 
     fit = fit_kept * 100 / model.fit.max
     engagement = engagement_kept * 100 / model.engagement.max
@@ -281,7 +284,7 @@ def decide_stage(
             and (name in (earned, "mql") or _holds(stage, card, context))
         ]  # fmt: skip
         reason = f"total {card.total:.1f} ({_why(model, earned)})"
-        if gate:
+        if gate and all(gate.values()):  # not when the gate kept it at MQL or PQL
             reason += f"; {model.stages.sql.gate_name} holds: {', '.join(gate)}"
         return StageDecision(current, earned, entered, False, reason, gate)
 
@@ -334,7 +337,9 @@ def _true(expression: str, context: dict[str, Any], card: ScoreCard) -> bool:
     try:
         return evaluate_condition(expression, context)
     except ConditionError as exc:
-        card.problems.append(str(exc))
+        # One problem per expression, however often it is asked (a jump asks PQL's twice).
+        if str(exc) not in card.problems:
+            card.problems.append(str(exc))
         return False
 
 

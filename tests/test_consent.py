@@ -14,7 +14,13 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from models.consent import ConsentEffect, set_consent
+from models.consent import (
+    ConsentEffect,
+    classify_response,
+    opt_out_reason,
+    set_consent,
+    sms_keyword,
+)
 from models.db import ConsentChange, Lead, Message, Response
 from models.workflow_io import SendRequest, StartEnrollment
 from nurture.intake import EventIn, Intake, LeadIn
@@ -109,6 +115,8 @@ def test_start_resubscribes_sms_and_yes_only_when_opted_out(
         ("email.spamreport", {}, "spam_report"),
         ("email.bounce", {"reason": "550 no such user"}, "hard_bounce: 550 no such user"),
         ("email.bounce", {"bounce_type": "blocked"}, None),  # soft: the address is fine
+        ("email.dropped", {"reason": "Bounced Address"}, "hard_bounce: Bounced Address"),
+        ("email.dropped", {"reason": "Invalid SMTPAPI header"}, None),  # the message's fault
     ],
 )
 def test_email_opt_outs(event_type, data, opted_out_reason, settings, database,
@@ -175,6 +183,138 @@ def test_a_new_number_lifts_a_bad_number_flag_but_not_a_stop(
     intake.store_events([EventIn(lead_id=lead.id, type="sms.stop")])
     intake.upsert_lead(LeadIn(email=lead.email, phone="+14155559877"))
     assert sender.send("sms").status == "skipped"  # a STOP is the person's, not the number's
+
+
+# --- the rules, without a database (found by mutation testing: scripts/mutation.py) ---------
+
+
+class RecordingSession:
+    """What set_consent needs of a session: somewhere to add the audit row."""
+
+    def __init__(self):
+        self.added: list = []
+
+    def add(self, row) -> None:
+        self.added.append(row)
+
+
+def transient_lead(**fields) -> Lead:
+    defaults = {"id": "L1", "email_consent": True, "sms_consent": True, "phone": "+14155550100",
+                "email_opt_out_reason": None, "sms_opt_out_reason": None}  # fmt: skip
+    return Lead(**(defaults | fields))
+
+
+@pytest.mark.parametrize(
+    ("body", "keyword"),
+    [
+        *((word, "stop") for word in ("STOP", "stopall", "Unsubscribe", "cancel", "END", "quit",
+                                      "revoke", "optout", " Stop. ", "stop!", "STOP!.")),
+        ("start", "start"), ("Unstop", "start"), ("YES", "yes"), ("yes!", "yes"),
+        ("help", "help"), ("INFO", "help"),
+        (None, None), ("", None), ("stop please", None), ("stopX", None), ("xSTOP", None),
+        ("yes please", None), (".", None), ("STOP STOP", None),
+    ],
+)  # fmt: skip
+def test_sms_keywords(body, keyword):
+    assert sms_keyword(body) == keyword
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "sms_consent", "recorded", "effect"),
+    [
+        ("sms.reply", {"body": "Stop"}, True, "sms.stop", ("sms", False, "stop", "Stop")),
+        ("sms.reply", {"body": "START"}, False, "sms.start", ("sms", True, "start", "START")),
+        ("sms.reply", {"body": "yes"}, False, "sms.start", ("sms", True, "start", "yes")),
+        ("sms.reply", {"body": "yes"}, True, "sms.reply", None),
+        ("sms.reply", {"body": "help"}, False, "sms.reply", None),
+        ("sms.reply", {"body": "Sounds good"}, True, "sms.reply", None),
+        ("sms.stop", {}, True, "sms.stop", ("sms", False, "stop", None)),
+        ("sms.start", {}, False, "sms.start", ("sms", True, "start", None)),
+        ("email.unsubscribe", {"reason": "x"}, True, "email.unsubscribe",
+         ("email", False, "unsubscribe", None)),
+        ("email.spamreport", {}, True, "email.spamreport", ("email", False, "spam_report", None)),
+        ("email.bounce", {"reason": "550 no such user"}, True, "email.bounce",
+         ("email", False, "hard_bounce", "550 no such user")),
+        ("email.bounce", {"bounce_type": "hard"}, True, "email.bounce",
+         ("email", False, "hard_bounce", None)),
+        *(("email.bounce", {"bounce_type": soft}, True, "email.bounce", None)
+          for soft in ("soft", "blocked", "deferred")),
+        ("email.dropped", {"reason": "Bounced Address"}, True, "email.dropped",
+         ("email", False, "hard_bounce", "Bounced Address")),
+        ("email.dropped", {"reason": "Unsubscribed Address"}, True, "email.dropped",
+         ("email", False, "unsubscribe", "Unsubscribed Address")),
+        ("email.dropped", {"reason": "Spam Reporting Address"}, True, "email.dropped",
+         ("email", False, "spam_report", "Spam Reporting Address")),
+        ("email.dropped", {"reason": "Invalid"}, True, "email.dropped",
+         ("email", False, "bad_address", "Invalid")),
+        # About the message, not the address: nothing changes.
+        *(("email.dropped", {"reason": reason}, True, "email.dropped", None)
+          for reason in ("Invalid SMTPAPI header", "Spam Content", "Recipient List over Package "
+                         "Quota", "", None)),
+        ("email.dropped", {}, True, "email.dropped", None),
+        *(("sms.undelivered", {"error_code": code}, True, "sms.undelivered",
+           ("sms", False, "bad_address", f"Twilio {code}")) for code in ("30005", 30006)),
+        ("sms.undelivered", {"error_code": "30003"}, True, "sms.undelivered", None),
+        ("sms.undelivered", {}, True, "sms.undelivered", None),
+        ("email.click", {"reason": "x", "body": "STOP"}, True, "email.click", None),
+    ],
+)  # fmt: skip
+def test_classify_response(kind, data, sms_consent, recorded, effect):
+    lead = transient_lead(sms_consent=sms_consent)
+    expected = ConsentEffect(*effect) if effect else None
+    assert classify_response(kind, data, lead) == (recorded, expected)
+
+
+def test_a_dropped_email_to_a_bounced_address_opts_email_out():
+    lead, session = transient_lead(), RecordingSession()
+    _kind, effect = classify_response("email.dropped", {"reason": "Bounced Address"}, lead)
+    assert set_consent(session, lead, effect, "sg-1") is True
+    assert (lead.email_consent, lead.email_opt_out_reason) == (False, "hard_bounce: Bounced "
+                                                                "Address")  # fmt: skip
+    assert (lead.sms_consent, lead.sms_opt_out_reason) == (True, None)
+
+
+def test_stop_then_start_records_each_change_with_the_sms_body():
+    lead, session = transient_lead(), RecordingSession()
+    for body, source in (("Stop", "tw-1"), ("START", "tw-2")):
+        _kind, effect = classify_response("sms.reply", {"body": body}, lead)
+        assert set_consent(session, lead, effect, source) is True
+        if body == "Stop":
+            assert (lead.sms_consent, lead.sms_opt_out_reason) == (False, "stop: Stop")
+    assert (lead.sms_consent, lead.sms_opt_out_reason) == (True, None)  # START clears the why
+    audit = [(c.lead_id, c.channel, c.opted_in, c.reason, c.detail, c.source_event_id)
+             for c in session.added]  # fmt: skip
+    assert audit == [("L1", "sms", False, "stop", "Stop", "tw-1"),
+                     ("L1", "sms", True, "start", "START", "tw-2")]  # fmt: skip
+    assert all(isinstance(c, ConsentChange) for c in session.added)
+
+
+def test_set_consent_changes_nothing_when_nothing_changes():
+    lead, session = transient_lead(sms_consent=False, sms_opt_out_reason="stop: STOP"), \
+        RecordingSession()  # fmt: skip
+    assert set_consent(session, lead, ConsentEffect("sms", False, "stop", "STOP again")) is False
+    assert set_consent(session, lead, ConsentEffect("email", True, "manual")) is False
+    assert session.added == [] and lead.sms_opt_out_reason == "stop: STOP"
+    assert set_consent(session, lead, ConsentEffect("email", False, "manual")) is True
+    assert (lead.email_opt_out_reason, session.added[0].detail) == ("manual", None)
+    assert session.added[0].source_event_id is None
+
+
+def test_opt_out_reason():
+    assert opt_out_reason(transient_lead(), "email") is None
+    assert opt_out_reason(transient_lead(), "sms") is None
+    out = transient_lead(email_consent=False, email_opt_out_reason="hard_bounce: 550")
+    assert opt_out_reason(out, "email") == "opted out of email (hard_bounce: 550)"
+    assert opt_out_reason(out, "sms") is None  # the channels are separate
+    assert opt_out_reason(transient_lead(email_consent=False), "email") == (
+        "opted out of email (no reason recorded)")  # fmt: skip
+    stopped = transient_lead(sms_consent=False, sms_opt_out_reason="stop: STOP", phone=None)
+    assert opt_out_reason(stopped, "sms") == "opted out of SMS (stop: STOP)"
+    assert opt_out_reason(stopped, "email") is None
+    assert opt_out_reason(transient_lead(sms_consent=False), "sms") == (
+        "opted out of SMS (no reason recorded)")  # fmt: skip
+    assert opt_out_reason(transient_lead(phone=None), "sms") == "lead has no phone number"
+    assert opt_out_reason(transient_lead(phone=""), "sms") == "lead has no phone number"
 
 
 # --- the property ---------------------------------------------------------------------------

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import textwrap
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import ValidationError
@@ -286,6 +289,103 @@ def test_the_shipped_team_routes_sensibly():
     assert emea.pool == "emea" and emea.rep_id in ("jonas", "sofia")
     assert sales.sla_seconds("maya") == 900 and sales.sla.reminders == 1
     assert sales.recycle.sequence == "general" and sales.crm_webhook is not None
+
+
+# --- edges (found by mutation testing: scripts/mutation.py, docs/testing.md) ----------------
+
+
+def test_everyone_full_prefers_the_least_over_capacity():
+    # "a" is 2 over its capacity of 2, "b" exactly at its 5: "b", though "a" comes first.
+    sales = team(rep("a", capacity=2), rep("b", capacity=5))
+    loads = {"a": RepLoad(open_handoffs=4), "b": RepLoad(open_handoffs=5)}
+    routing = route(sales, {}, NOW, loads)
+    assert routing.rep_id == "b"
+    assert (
+        routing.reason == "everyone full: least overloaded in fallback pool everyone "
+        "(no routing rule matched)"
+    )
+    assert routing.skipped == {"a": "full 4/2"}
+
+
+@pytest.fixture
+def local_time_is_not_utc(monkeypatch):
+    """A naive time read as the machine's local time would not be UTC here."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_naive_and_non_utc_times_route_exactly_as_utc(local_time_is_not_utc):
+    # 12:00 UTC on a Wednesday: 13:00 in Berlin (jonas and sofia work), 07:00 in New York.
+    sales = team(rep("jonas", **BERLIN), rep("maya", **NY), rep("sofia", **BERLIN))
+    jonas_at, sofia_at = utc(2026, 3, 4, 10), utc(2026, 3, 4, 9)  # sofia: longest ago
+    expected = route(sales, {}, NOW, {"jonas": RepLoad(last_assigned_at=jonas_at),
+                                      "sofia": RepLoad(last_assigned_at=sofia_at)})  # fmt: skip
+    assert (expected.rep_id, expected.skipped) == ("sofia", {"maya": "outside working hours"})
+    new_york, tokyo = ZoneInfo("America/New_York"), ZoneInfo("Asia/Tokyo")
+    nows = [NOW.replace(tzinfo=None), NOW.astimezone(new_york), NOW.astimezone(tokyo)]
+    assigned = [
+        (jonas_at.replace(tzinfo=None), sofia_at.replace(tzinfo=None)),  # SQLite: naive
+        (jonas_at.astimezone(new_york), sofia_at.astimezone(tokyo)),
+        (jonas_at.replace(tzinfo=None), sofia_at),  # naive and aware together
+        (jonas_at, sofia_at.replace(tzinfo=None)),
+    ]
+    for now in [NOW, *nows]:
+        for jonas, sofia in assigned:
+            loads = {"jonas": RepLoad(last_assigned_at=jonas),
+                     "sofia": RepLoad(last_assigned_at=sofia)}  # fmt: skip
+            assert route(sales, {}, now, loads) == expected, (now, jonas, sofia)
+
+
+def test_company_domain_is_after_the_last_at_sign_as_written_then_lower_case():
+    assert company_domain('"a@b"@corp.com') == "corp.com"
+    assert company_domain("Ada@Xerox.COM") == "xerox.com"
+    assert company_domain("ada@ Acme.Example. ") == "acme.example"
+
+
+def test_a_rule_naming_an_unknown_pool_falls_back():
+    sales = team(rep("a"), routing=[{"pool": "north"}])
+    routing = route(sales, {}, NOW, {})
+    assert (routing.rep_id, routing.pool) == ("a", "everyone")
+    assert routing.reason == "fallback pool everyone: nobody in north available"
+
+
+def test_the_fallback_reason_says_how_its_rep_was_chosen():
+    night = utc(2026, 3, 4, 3)  # nobody works
+    sales = team(rep("maya", **NY), rep("jonas", **BERLIN), pools={"us": ["maya"]},
+                 routing=[{"pool": "us", "country": ["US"]}])  # fmt: skip
+    routing = route(sales, {"country": "US"}, night, {"maya": RepLoad(open_handoffs=20)})
+    assert routing.rep_id == "jonas"
+    assert routing.reason == ("fallback pool everyone: nobody in us available (maya: full 20/20)"
+                              "; nobody working now: first to start work")  # fmt: skip
+
+
+def test_a_matched_pool_that_is_the_fallback_is_tried_once():
+    sales = team(rep("a"), pools={"all": ["a"]}, fallback_pool="all", routing=[{"pool": "all"}])
+    with pytest.raises(NoRepAvailable) as raised:
+        route(sales, {}, NOW, {}, exclude=frozenset({"a"}))
+    assert str(raised.value) == "no sales rep can take the lead in all (a: excluded)"
+    nobody = team(rep("a"), pools={"ghosts": ["zed"]}, fallback_pool="ghosts")
+    with pytest.raises(NoRepAvailable) as raised:
+        route(nobody, {}, NOW, {})
+    assert str(raised.value) == "no sales rep can take the lead in ghosts (no reps)"
+
+
+def test_why_a_rep_does_not_cover_the_lead():
+    sales = team(rep("jonas", territories=["DE"], segments=["saas_trial", "enterprise"]),
+                 rep("maya"))  # fmt: skip
+    routing = route(sales, {"segment": "general"}, NOW, {})  # country unknown: territory is fine
+    assert routing.skipped == {"jonas": "segments saas_trial, enterprise (lead in general)"}
+
+
+def test_a_rule_that_fails_for_this_lead_is_logged(caplog):
+    lead = {"id": "L-1", "country": "US"}  # no attributes: rule 6 cannot be evaluated
+    with caplog.at_level(logging.WARNING, logger="nurture.routing"):
+        assert route(RULES, lead, NOW, {}).pool == "rest"
+    (record,) = caplog.records
+    assert record.getMessage().startswith("routing rule 6 skipped for lead L-1: condition ")
 
 
 # --- working time --------------------------------------------------------------------------

@@ -16,11 +16,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.scoring_model import ScoringBook, ScoringModel
-from scoring.engine import ResponseFact, decide_stage, score
+from scoring import engine
+from scoring.engine import Line, ResponseFact, StageDecision, decide_stage, score
 from tests.test_definitions import defs, errors, write  # noqa: F401 (fixture)
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 DAY = timedelta(days=1)
+
+
+@pytest.fixture(autouse=True)
+def fresh_compile_cache():
+    """Each test compiles its models afresh. The engine caches compiled models for the
+    life of the process; mutation testing (scripts/mutation.py) forks a worker per mutant
+    from a process whose cache the unmutated code filled, so a mutant of `_compiled` or
+    `_fit_test` would otherwise never run."""
+    engine._CACHE.clear()
 
 
 def model(text: str) -> ScoringModel:
@@ -53,12 +63,18 @@ FIT = model("""
 @pytest.mark.parametrize(
     "profile, rules, fit",
     [
-        ({"title": "VP Sales", "company_size": 900, "industry": "software", "country": "US"},
-         ["senior", "big", "industry", "us"], 100.0),
+        (
+            {"title": "VP Sales", "company_size": 900, "industry": "software", "country": "US"},
+            ["senior", "big", "industry", "us"],
+            100.0,
+        ),
         ({"title": "Sales Director", "company_size": 120}, ["senior", "mid"], 56.0),
         ({"title": "vpn admin", "company_size": 49}, [], 0.0),  # \b: not "vp"; 49 < 50
-        ({"title": "Student", "email": "kid@GMAIL.com"}, ["student", "free_mail", "fit_limit"],
-         0.0),
+        (
+            {"title": "Student", "email": "kid@GMAIL.com"},
+            ["student", "free_mail", "fit_limit"],
+            0.0,
+        ),
         ({"attributes": {"budget": "50k"}}, ["budget"], 10.0),
         ({"title": "Founder", "company_size": 3}, ["founder", "fit_limit"], 0.0),
         ({"title": "VP", "company_size": "lots"}, ["senior"], 40.0),  # not a number: no match
@@ -239,6 +255,482 @@ def test_pql_from_product_usage():
     assert decision.new == "pql" and decision.entered == ["mql", "pql"]
 
 
+# --- edges (found by mutation testing: scripts/mutation.py, docs/testing.md) --------------------
+
+
+@pytest.mark.parametrize(
+    "size, rules",
+    [(49, []), (50, ["mid"]), (499, ["mid"]), (500, ["big"]), ("500", ["big"]), (True, [])],
+)
+def test_at_least_includes_its_bound_and_below_excludes_its_own(size, rules):
+    assert [line.rule for line in score(FIT, {"company_size": size}, [], NOW).lines] == rules
+
+
+NUMERIC = model("""
+    fit:
+      max: 10
+      rules:
+        - {id: ten_seats, field: attributes.seats, equals: 10, points: 4}
+        - {id: plan, field: attributes.plan, in: [1, 2], points: 6}
+    weights: {fit: 100, engagement: 0}
+    stages: {mql: {at: 40}, sql: {at: 80}}
+""")
+
+
+@pytest.mark.parametrize(
+    "attributes, rules",
+    [
+        ({"seats": 10, "plan": 2}, ["ten_seats", "plan"]),
+        ({"seats": 10.0, "plan": 1.0}, ["ten_seats", "plan"]),
+        ({"seats": 11, "plan": 3}, []),
+        ({"seats": "10", "plan": "2"}, []),  # a number in the model is not a string
+        ({"seats": 0, "plan": 0}, []),
+    ],
+)
+def test_numeric_equals_and_in(attributes, rules):
+    card = score(NUMERIC, {"attributes": attributes}, [], NOW)
+    assert [line.rule for line in card.lines] == rules
+
+
+def test_text_tests_ignore_case_and_surrounding_space():
+    card = score(FIT, {"industry": "  FinTech ", "country": " US"}, [], NOW)
+    assert [line.rule for line in card.lines] == ["industry", "us"]
+    assert [line.rule for line in score(FIT, {"country": "usa"}, [], NOW).lines] == []
+
+
+def test_a_negative_rule_is_capped_too():
+    capped = model("""
+        engagement:
+          rules:
+            - {id: trial, event: trial.started, points: 40}
+            - {id: bounce, event: email.bounce, points: -10, cap: 15}
+        weights: {fit: 0, engagement: 100}
+        stages: {mql: {at: 20}, sql: {at: 50}}
+    """)
+    card = score(capped, {}, [response("trial.started"), response("email.bounce"),
+                             response("email.bounce")], NOW)  # fmt: skip
+    line = card.lines[-1]
+    assert (line.rule, line.count, line.points, line.note) == ("bounce", 2, -15, "capped at 15")
+    assert card.total == 25
+
+
+def test_a_fit_rule_that_fails_gives_no_points_and_one_problem():
+    failing = model("""
+        fit:
+          max: 10
+          rules:
+            - {id: tiny, when: "lead.company_size < 10", points: 5}
+            - {id: any, field: title, matches: ".", points: 5}
+        weights: {fit: 100, engagement: 0}
+        stages: {mql: {at: 40}, sql: {at: 80}}
+    """)
+    card = score(failing, {"title": "CTO"}, [], NOW)  # no size: None < 10 fails
+    assert [line.rule for line in card.lines] == ["any"] and card.fit == 50
+    (problem,) = card.problems
+    assert problem.startswith("fit rule tiny: condition 'lead.company_size < 10' failed")
+
+
+FAILING_STAGES = model("""
+    engagement:
+      rules:
+        - {id: click, event: email.click, points: 10}
+    weights: {fit: 0, engagement: 100}
+    stages:
+      mql: {when: "answers.budget > 1000"}
+      pql: {when: "answers.seats > 5"}
+      sql: {at: 50, gate: {need: "answers.need > 1"}}
+""")
+
+
+def test_a_stage_or_gate_expression_that_fails_moves_nothing_and_is_one_problem_each():
+    card = score(FAILING_STAGES, {}, [response("email.click")], NOW)  # no answers at all
+    decision = decide_stage(FAILING_STAGES, "lead", card, {})
+    assert (decision.new, decision.entered, decision.recycled) == ("lead", [], False)
+    assert [p.split(" failed")[0] for p in card.problems] == [
+        "condition 'answers.budget > 1000'", "condition 'answers.seats > 5'"
+    ]  # fmt: skip
+    # At SQL level, the gate is evaluated too: held back, once, whatever is asked again.
+    card = score(FAILING_STAGES, {}, [response("email.click")] * 6, NOW)
+    for _ in range(2):
+        decision = decide_stage(FAILING_STAGES, "mql", card, {})
+        assert (decision.new, decision.gate) == ("mql", {"need": False})
+    assert len(card.problems) == 3 and "answers.need > 1" in card.problems[2]
+
+
+def test_a_failing_pql_expression_is_one_problem_on_a_jump_to_sql():
+    card = score(FAILING_STAGES, {}, [response("email.click", budget=5000, need=2)] * 6, NOW)
+    decision = decide_stage(FAILING_STAGES, "lead", card, {})
+    assert (decision.new, decision.entered) == ("sql", ["mql", "sql"])
+    (problem,) = card.problems
+    assert problem.startswith("condition 'answers.seats > 5' failed")
+
+
+def test_an_empty_answer_does_not_stop_the_ones_after_it_nor_hide_an_older_one():
+    card = score(GATED, {}, [response("form.submitted", 2, budget="50k", need="crm"),
+                             response("form.submitted", 1, budget="", timeline="Q3", need=None),
+                             response("form.submitted", 5, budget="10k")], NOW)  # fmt: skip
+    assert card.answers == {"budget": "50k", "need": "crm", "timeline": "Q3"}
+    # At the same moment, the response recorded last wins.
+    same = score(GATED, {}, [response("form.submitted", budget="a"),
+                             response("form.submitted", budget="b")], NOW)  # fmt: skip
+    assert same.answers == {"budget": "b"}
+
+
+def card_at(m: ScoringModel, total: float, *seen: ResponseFact):
+    card = score(m, {}, list(seen), NOW)
+    card.total = total
+    return card
+
+
+def test_a_total_exactly_at_recycle_below_stays():
+    assert decide_stage(ENGAGEMENT, "mql", card_at(ENGAGEMENT, 25), {}).new == "mql"
+    assert decide_stage(ENGAGEMENT, "mql", card_at(ENGAGEMENT, 24.99), {}).new == "lead"
+
+
+def test_stage_entry_is_at_or_above_at():
+    assert decide_stage(ENGAGEMENT, "lead", card_at(ENGAGEMENT, 40), {}).entered == ["mql"]
+    assert decide_stage(ENGAGEMENT, "lead", card_at(ENGAGEMENT, 39.99), {}).new == "lead"
+
+
+def test_hold_sql_keeps_an_sql_level_lead_at_mql():
+    card = card_at(ENGAGEMENT, 75)
+    held = decide_stage(ENGAGEMENT, "lead", card, {}, hold_sql=True)
+    assert (held.new, held.entered) == ("mql", ["mql"])
+    assert decide_stage(ENGAGEMENT, "mql", card, {}, hold_sql=True).new == "mql"
+    assert decide_stage(ENGAGEMENT, "mql", card, {}, hold_sql=False).new == "sql"
+
+
+PRODUCT = model("""
+    engagement:
+      rules:
+        - {id: click, event: email.click, points: 10}
+        - {id: trial, event: trial.started, points: 5}
+    weights: {fit: 0, engagement: 100}
+    stages:
+      mql: {at: 20, when: "counts.click", recycle_when: "total < 10"}
+      pql: {when: "counts.trial", recycle_when: "total < 30"}
+      sql: {at: 60}
+""")
+CLICK, TRIAL = response("email.click"), response("trial.started")
+
+
+def test_entered_lists_the_stages_a_jump_passes():
+    assert decide_stage(ENGAGEMENT, "mql", card_at(ENGAGEMENT, 75), {}).entered == ["sql"]
+    jump = decide_stage(PRODUCT, "lead", card_at(PRODUCT, 65, CLICK, TRIAL), {})
+    assert (jump.new, jump.entered) == ("sql", ["mql", "pql", "sql"])
+    # The funnel passes MQL even when MQL's own `when` does not hold; PQL only if it holds.
+    assert decide_stage(PRODUCT, "lead", card_at(PRODUCT, 65), {}).entered == ["mql", "sql"]
+    assert decide_stage(PRODUCT, "mql", card_at(PRODUCT, 65, TRIAL), {}).entered == ["pql", "sql"]
+    assert decide_stage(PRODUCT, "pql", card_at(PRODUCT, 65, TRIAL), {}).entered == ["sql"]
+    assert decide_stage(PRODUCT, "lead", card_at(PRODUCT, 35, TRIAL), {}).entered == ["mql", "pql"]
+
+
+def test_pql_recycles_to_mql_while_mql_holds_else_to_lead():
+    card = card_at(PRODUCT, 25, CLICK, TRIAL)
+    assert decide_stage(PRODUCT, "pql", card, {}) == StageDecision(
+        "pql", "mql", [], True, "recycled: total 25.0 fell to total < 30"
+    )
+    assert card.problems == []
+    out = decide_stage(PRODUCT, "pql", card_at(PRODUCT, 5, CLICK, TRIAL), {})
+    assert (out.old, out.new, out.recycled) == ("pql", "lead", True)
+    # MQL's entry no longer holds (15 < 20) though it would not recycle (15 >= 10): lead.
+    assert decide_stage(PRODUCT, "pql", card_at(PRODUCT, 15, CLICK, TRIAL), {}).new == "lead"
+    # Nor when MQL's `when` no longer holds.
+    assert decide_stage(PRODUCT, "pql", card_at(PRODUCT, 25, TRIAL), {}).new == "lead"
+    assert decide_stage(PRODUCT, "pql", card_at(PRODUCT, 35, CLICK, TRIAL), {}).new == "pql"
+    mql = decide_stage(PRODUCT, "mql", card_at(PRODUCT, 9, CLICK), {})
+    assert mql == StageDecision("mql", "lead", [], True, "recycled: total 9.0 fell to total < 10")
+
+
+def test_a_recycled_pql_never_lands_on_sql_whose_gate_fails():
+    gated = model("""
+        engagement:
+          rules: [{id: trial, event: trial.started, points: 10}]
+        weights: {fit: 0, engagement: 100}
+        stages:
+          mql: {at: 20, recycle_below: 10}
+          pql: {when: "counts.trial", recycle_when: "engagement < 5"}
+          sql: {at: 50, gate: {budget: "answers.budget"}}
+    """)
+    card = card_at(gated, 70)  # SQL's score, no budget, no trial, no engagement left
+    assert decide_stage(gated, "pql", card, {}) == StageDecision(
+        "pql", "mql", [], True, "recycled: total 70.0 fell to engagement < 5"
+    )
+    assert card.problems == []
+
+
+def test_a_stage_the_model_lacks_is_kept_and_sales_stages_are_theirs():
+    assert decide_stage(ENGAGEMENT, "pql", card_at(ENGAGEMENT, 75), {}) == StageDecision(
+        "pql", "pql", [], False, "pql: not in model"
+    )
+    assert decide_stage(ENGAGEMENT, "customer", card_at(ENGAGEMENT, 5), {}) == StageDecision(
+        "customer", "customer", [], False, "customer: owned by sales"
+    )
+
+
+def test_stage_decisions_in_full():
+    up = decide_stage(ENGAGEMENT, "lead", card_at(ENGAGEMENT, 75), {})
+    assert up == StageDecision("lead", "sql", ["mql", "sql"], False, "total 75.0 (sql at 70)")
+    assert up.changed and up.gate is None
+    stay = decide_stage(ENGAGEMENT, "mql", card_at(ENGAGEMENT, 30), {})
+    assert stay == StageDecision("mql", "mql", [], False, "stays mql") and not stay.changed
+    pql = decide_stage(PRODUCT, "mql", card_at(PRODUCT, 35, CLICK, TRIAL), {})
+    assert pql.reason == "total 35.0 (counts.trial)"
+    both = model("""
+        stages: {mql: {at: 20, when: "total > 25"}, sql: {at: 50}}
+    """)
+    assert decide_stage(both, "lead", card_at(both, 30), {}).reason == (
+        "total 30.0 (mql at 20; total > 25)")  # fmt: skip
+    assert decide_stage(both, "lead", card_at(both, 25), {}).new == "lead"
+
+
+def test_gate_decisions_in_full():
+    demo = response("form.submitted", form="demo request")
+    bare = score(GATED, {}, [demo, response("form.submitted")], NOW)  # 50: SQL's score
+    missing = {"budget": False, "timeline": False}
+    assert decide_stage(GATED, "mql", bare, {}) == StageDecision(
+        "mql", "mql", [], False, "stays mql; SQL score reached but BANT lacks budget, timeline",
+        missing,
+    )  # fmt: skip
+    assert decide_stage(GATED, "lead", bare, {}) == StageDecision(
+        "lead", "mql", ["mql"], False, "total 50.0 (mql at 20)", missing
+    )
+    answered = score(GATED, {}, [demo, response("form.submitted", budget="y", timeline="Q3")], NOW)
+    assert decide_stage(GATED, "mql", answered, {}) == StageDecision(
+        "mql", "sql", ["sql"], False, "total 50.0 (sql at 50); BANT holds: budget, timeline",
+        {"budget": True, "timeline": True},
+    )  # fmt: skip
+    # Only SQL has a gate that counts; a stage without one gives no gate at all.
+    assert decide_stage(ENGAGEMENT, "mql", card_at(ENGAGEMENT, 75), {}).gate is None
+
+
+def test_exactly_at_the_cap_is_not_capped_and_a_fraction_can_be():
+    opens = score(ENGAGEMENT, {}, [response("email.open")] * 3, NOW).lines[0]
+    assert (opens.points, opens.note) == (3.0, "")
+    fractional = model("""
+        engagement:
+          rules: [{id: view, event: page.view, points: 0.25, cap: 0.5}]
+        weights: {fit: 0, engagement: 100}
+        stages: {mql: {at: 20}, sql: {at: 50}}
+    """)
+    line = score(fractional, {}, [response("page.view")] * 3, NOW).lines[0]
+    assert (line.points, line.note) == (0.5, "capped at 0.5")
+
+
+def test_a_future_response_does_not_hide_the_ones_after_it():
+    seen = [response("page.view", -1, url="/pricing", plan="later"),
+            response("page.view", 0, url="/blog", plan="now")]  # fmt: skip
+    card = score(ENGAGEMENT, {}, seen, NOW)
+    assert card.counts == {"page": 1} and card.answers == {"url": "/blog", "plan": "now"}
+
+
+def test_a_missing_field_matches_no_pattern_that_needs_text():
+    patterns = model("""
+        engagement:
+          rules:
+            - {id: newsletter, event: page.view, where: {campaign: "n*"}, points: 5}
+            - {id: box, event: page.view, where: {campaign: "*x*"}, points: 3}
+            - {id: any, event: page.view, points: 1}
+        weights: {fit: 0, engagement: 100}
+        stages: {mql: {at: 20}, sql: {at: 50}}
+    """)
+    assert score(patterns, {}, [response("page.view")], NOW).counts == {"any": 1}
+    seen = [response("page.view", campaign="News-May"), response("page.view", campaign="Box")]
+    assert score(patterns, {}, seen, NOW).counts == {"newsletter": 1, "box": 1}
+
+
+def test_an_empty_field_is_unknown_to_every_fit_rule():
+    anything_but = model("""
+        fit:
+          max: 10
+          rules: [{id: not_student, field: title, matches: "^(?!.*student)", points: 10}]
+        weights: {fit: 100, engagement: 0}
+        stages: {mql: {at: 40}, sql: {at: 80}}
+    """)
+    assert score(anything_but, {"title": "CTO"}, [], NOW).fit == 100
+    assert score(anything_but, {"title": "Student"}, [], NOW).fit == 0
+    assert score(anything_but, {"title": ""}, [], NOW).fit == 0
+    assert score(anything_but, {}, [], NOW).fit == 0
+
+
+def test_email_domain_is_after_the_last_at_sign_and_none_without_one():
+    domains = model("""
+        fit:
+          max: 10
+          rules:
+            - {id: corp, field: email_domain, equals: corp.com, points: 6}
+            - {id: none, when: "lead.email_domain is none", points: 4}
+        weights: {fit: 100, engagement: 0}
+        stages: {mql: {at: 40}, sql: {at: 80}}
+    """)
+    assert score(domains, {"email": '"a@b"@Corp.com'}, [], NOW).fit == 60
+    assert score(domains, {"email": ""}, [], NOW).fit == 40
+    assert score(domains, {"email": "not an address"}, [], NOW).fit == 40
+    assert score(domains, {}, [], NOW).fit == 40
+
+
+def test_a_recycle_expression_that_fails_does_not_recycle():
+    failing = model("""
+        stages:
+          mql: {at: 20, recycle_when: "answers.budget < 100"}
+          sql: {at: 50}
+    """)
+    card = card_at(failing, 30)
+    assert decide_stage(failing, "mql", card, {}).new == "mql"
+    (problem,) = card.problems
+    assert problem.startswith("condition 'answers.budget < 100' failed")
+
+
+def test_totals_are_rounded_to_nine_decimals():
+    # 7 of 9 fit points weighted 90 is 69.99999999999999 in floating point: SQL at 70 is
+    # reached all the same.
+    sevenths = model("""
+        fit: {max: 9, rules: [{id: a, when: "true", points: 7}]}
+        weights: {fit: 90, engagement: 10}
+        stages: {mql: {at: 40}, sql: {at: 70}}
+    """)
+    card = score(sevenths, {}, [], NOW)
+    assert card.total == 70 and decide_stage(sevenths, "lead", card, {}).new == "sql"
+    third = model("""
+        fit: {max: 3, rules: [{id: a, when: "true", points: 1}]}
+        weights: {fit: 100, engagement: 0}
+        stages: {mql: {at: 40}, sql: {at: 70}}
+    """)
+    assert score(third, {}, [], NOW).total == 33.333333333
+
+
+# --- the breakdown as shown and stored -----------------------------------------------------------
+
+
+def test_line_describe():
+    assert Line("senior", "fit", 1, 20, 40.0).describe() == "senior +40.0"
+    assert Line("student", "fit", 3, -30, -60.0).describe() == "student -60.0"  # fit: no ×
+    assert Line("page", "engagement", 1, 2, 1.25).describe() == "page +1.2"
+    assert Line("open", "engagement", 2, 2.0, 2.0).describe() == "open ×2 +2.0"
+    assert Line("open", "engagement", 5, 3.0, 3.0, "capped at 3").describe() == (
+        "open ×5 +3.0 (capped at 3)")  # fmt: skip
+    assert Line("fit_limit", "fit", 0, -10, -20.0, "above its max").describe() == (
+        "fit_limit -20.0 (above its max)")  # fmt: skip
+
+
+def test_reasons_biggest_first_at_most_limit_and_not_negligible():
+    card = score(ENGAGEMENT, {}, [], NOW)
+    card.lines = [Line(f"r{i}", "fit", 1, 0, c) for i, c in
+                  enumerate([1.0, -9.0, 0.05, 0.049, 3.0, -2.0, 0.5])]  # fmt: skip
+    assert card.reasons() == ["r1 -9.0", "r4 +3.0", "r5 -2.0", "r0 +1.0", "r6 +0.5"]
+    assert card.reasons(limit=2) == ["r1 -9.0", "r4 +3.0"]
+    assert card.reasons(limit=7) == ["r1 -9.0", "r4 +3.0", "r5 -2.0", "r0 +1.0", "r6 +0.5",
+                                     "r2 +0.1"]  # fmt: skip
+
+
+def test_to_dict():
+    card = score(ENGAGEMENT, {}, [response("page.view", 5, url="/pricing")] + [
+        response("email.open")] * 4, NOW)  # fmt: skip
+    assert card.to_dict() == {
+        "model": "m",
+        "at": "2026-06-01T12:00:00+00:00",
+        "total": 17.14,
+        "fit": 0.0,
+        "engagement": 17.14,
+        "grade": "D",
+        "breakdown": [
+            {"rule": "pricing", "dimension": "engagement", "count": 1, "points": 14.1421,
+             "contribution": 14.1421},
+            {"rule": "open", "dimension": "engagement", "count": 4, "points": 3.0,
+             "contribution": 3.0, "note": "capped at 3"},
+        ],
+        "problems": [],
+    }  # fmt: skip
+    assert card.points() == {"pricing": pytest.approx(20 / math.sqrt(2)), "open": 3.0}
+
+
+def test_fit_lines_in_full_and_stored():
+    card = score(FIT, {"title": "Director", "company_size": 75, "country": "US"}, [], NOW)
+    assert card.lines == [Line("senior", "fit", 1, 20, 40.0), Line("mid", "fit", 1, 8, 16.0),
+                          Line("us", "fit", 1, 5, 10.0)]  # fmt: skip
+    thirds = model("""
+        fit: {max: 3, rules: [{id: a, when: "true", points: 1}]}
+        weights: {fit: 100, engagement: 0}
+        stages: {mql: {at: 40}, sql: {at: 70}}
+    """)
+    stored = score(thirds, {}, [], NOW).to_dict()
+    assert (stored["fit"], stored["total"], stored["grade"]) == (33.33, 33.33, "C")
+    assert stored["breakdown"] == [
+        {"rule": "a", "dimension": "fit", "count": 1, "points": 1.0, "contribution": 33.3333}
+    ]
+
+
+def test_fit_above_its_max_is_a_line_too():
+    profile = {"title": "VP", "company_size": 900, "industry": "software", "country": "us",
+               "attributes": {"budget": "yes"}}  # fmt: skip
+    card = score(FIT, profile, [], NOW)  # 20 + 15 + 10 + 5 + 5 = 55 of 50
+    limit = card.lines[-1]
+    assert (limit.rule, limit.dimension, limit.count, limit.points, limit.note) == (
+        "fit_limit", "fit", 0, -5.0, "above its max")  # fmt: skip
+    assert limit.contribution == -10.0 and card.fit == card.total == 100.0
+
+
+def test_an_attribute_name_may_hold_a_dot():
+    dotted = model("""
+        fit: {max: 10, rules: [{id: gold, field: attributes.plan.tier, equals: gold, points: 10}]}
+        weights: {fit: 100, engagement: 0}
+        stages: {mql: {at: 40}, sql: {at: 80}}
+    """)
+    assert score(dotted, {"attributes": {"plan.tier": "Gold"}}, [], NOW).fit == 100
+    assert score(dotted, {"attributes": {"plan": {"tier": "gold"}}}, [], NOW).fit == 0
+
+
+def test_stage_expressions_see_the_whole_card():
+    seen = model("""
+        fit: {max: 10, rules: [{id: vp, field: title, matches: vp, points: 10}]}
+        engagement:
+          rules: [{id: click, event: email.click, points: 50}]
+        weights: {fit: 50, engagement: 50}
+        stages:
+          mql:
+            when: >-
+              total == 75 and fit == 100 and engagement == 50 and grade == 'A'
+              and counts.click == 1 and counts.open == 0 and points.click == 50
+              and points.open == 0 and answers.plan == 'pro' and answers.seats is none
+              and lead.title == 'VP' and lead.email_domain == 'acme.io'
+          sql: {at: 90}
+    """)
+    profile = {"title": "VP", "email": "Ada@ACME.io"}
+    card = score(seen, profile, [response("email.click", plan="pro")], NOW)
+    assert decide_stage(seen, "lead", card, profile).new == "mql" and card.problems == []
+
+
+def test_decay_worth_a_rescore_from_a_twentieth_of_a_point():
+    tiny = model("""
+        engagement:
+          half_life: 1d
+          rules:
+            - {id: view, event: page.view, points: 0.05}
+            - {id: open, event: email.open, points: 0.03}
+            - {id: click, event: email.click, points: 0.03}
+        weights: {fit: 0, engagement: 100}
+        stages: {mql: {at: 20}, sql: {at: 50}}
+    """)
+    assert score(tiny, {}, [response("page.view")], NOW).decaying
+    assert not score(tiny, {}, [response("email.open")], NOW).decaying
+    assert score(tiny, {}, [response("email.open"), response("email.click")], NOW).decaying
+
+
+def test_a_model_is_compiled_once():
+    assert engine._compiled(FIT) is engine._compiled(FIT)
+    assert engine._compiled(FIT) is not engine._compiled(ENGAGEMENT)
+
+
+def test_the_compile_cache_stays_bounded():
+    models = [model(f"stages: {{mql: {{at: {i + 1}}}, sql: {{at: 99}}}}") for i in range(66)]
+    for m in models[:65]:
+        score(m, {}, [], NOW)
+    assert len(engine._CACHE) == 65
+    score(models[65], {}, [], NOW)  # the 66th: start afresh
+    assert len(engine._CACHE) == 1
+    assert score(models[0], {}, [], NOW).model == "m"
+
+
 # --- properties ------------------------------------------------------------------------------
 
 TYPES = ["email.open", "email.click", "page.view", "form.submitted", "email.unsubscribe"]
@@ -255,26 +747,42 @@ rules = st.lists(
     max_size=6,
 )  # fmt: skip
 fit_rules = st.lists(
-    st.fixed_dictionaries({"points": st.integers(-50, 50),
-                           "field": st.just("company_size"),
-                           "at_least": st.integers(0, 1000)}),  # fmt: skip
+    st.fixed_dictionaries(
+        {
+            "points": st.integers(-50, 50),
+            "field": st.just("company_size"),
+            "at_least": st.integers(0, 1000),
+        }
+    ),  # fmt: skip
     max_size=4,
 )
 models = st.builds(
-    lambda e, f, wf, fit_max, eng_max, half_life: ScoringModel.model_validate({
-        "fit": {"max": fit_max, "rules": [dict(r, id=f"f{i}") for i, r in enumerate(f)]},
-        "engagement": {"max": eng_max, "half_life": half_life,
-                       "rules": [dict(r, id=f"e{i}") for i, r in enumerate(e)]},
-        "weights": {"fit": wf, "engagement": 100 - wf},
-        "stages": {"mql": {"at": 40}, "sql": {"at": 70}},
-    }),  # fmt: skip
-    rules, fit_rules, st.integers(0, 100), st.integers(1, 200), st.integers(1, 200),
+    lambda e, f, wf, fit_max, eng_max, half_life: ScoringModel.model_validate(
+        {
+            "fit": {"max": fit_max, "rules": [dict(r, id=f"f{i}") for i, r in enumerate(f)]},
+            "engagement": {
+                "max": eng_max,
+                "half_life": half_life,
+                "rules": [dict(r, id=f"e{i}") for i, r in enumerate(e)],
+            },
+            "weights": {"fit": wf, "engagement": 100 - wf},
+            "stages": {"mql": {"at": 40}, "sql": {"at": 70}},
+        }
+    ),  # fmt: skip
+    rules,
+    fit_rules,
+    st.integers(0, 100),
+    st.integers(1, 200),
+    st.integers(1, 200),
     st.sampled_from([None, "1d", "30d"]),
 )
 responses = st.lists(
-    st.builds(lambda kind, age, pricing: response(kind, age, **({"url": "/pricing"} if pricing
-                                                                 else {})),
-              st.sampled_from(TYPES), st.floats(0, 400), st.booleans()),  # fmt: skip
+    st.builds(
+        lambda kind, age, pricing: response(kind, age, **({"url": "/pricing"} if pricing else {})),
+        st.sampled_from(TYPES),
+        st.floats(0, 400),
+        st.booleans(),
+    ),  # fmt: skip
     max_size=25,
 )
 profiles = st.fixed_dictionaries({"company_size": st.one_of(st.none(), st.integers(0, 5000))})
