@@ -538,7 +538,7 @@ class NurtureActivities:
                 ),
                 html=env.get_template("sales/handoff.html").render(context),
                 text=env.get_template("sales/handoff.txt").render(context),
-                tags={"lead_id": request.lead_id, "handoff_id": handoff_id},
+                tags={"handoff_id": handoff_id, "audience": "rep"},
             )
         )
         log.info("handed off lead=%s rep=%s", request.lead_id, rep_name)

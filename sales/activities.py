@@ -301,13 +301,15 @@ class SalesActivities:
     def _send(self, request: NotifyRequest, notice: HandoffNotice) -> tuple[str, str]:
         rep = notice.rep
         delivery_id = f"{request.handoff_id}:{request.key}"
+        # A rep's message names no lead in its tags: the provider echoes them in every
+        # event (a rep's bounce must never opt the lead out).
         if request.channel == "email":
             subject, html, text = render_email(notice, self.templates_dir)
             result = self.email.send_email(OutgoingEmail(
                 message_id=f"handoff-{request.handoff_id}-{_slug(request.key)}",
                 to=rep["email"], from_email=self.sender["email"], from_name="Nurture",
                 subject=subject, html=html, text=text,
-                tags={"handoff_id": request.handoff_id, "lead_id": notice.lead["id"]},
+                tags={"handoff_id": request.handoff_id, "audience": "rep"},
                 categories=("handoff", request.kind),
             ))  # fmt: skip
             return "sent", f"{result.provider}:{result.provider_message_id}"
@@ -317,7 +319,7 @@ class SalesActivities:
             result = self.sms.send_sms(OutgoingSms(
                 message_id=f"handoff-{request.handoff_id}-{_slug(request.key)}",
                 to=rep["phone"], body=render_sms(notice),
-                tags={"handoff_id": request.handoff_id, "lead_id": notice.lead["id"]},
+                tags={"handoff_id": request.handoff_id, "audience": "rep"},
             ))  # fmt: skip
             return "sent", f"{result.provider}:{result.provider_message_id}"
         if request.channel == "webhook":
