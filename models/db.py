@@ -6,6 +6,8 @@ retried activity finds its own earlier row instead of writing a second one.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -365,14 +367,29 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):  # pragma: no cover - trivial
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
+        def _sqlite_pragmas(dbapi_connection, _record):
+            _use_wal(dbapi_connection)
+            dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=10)
+
+
+def _use_wal(dbapi_connection, wait: float = 30.0) -> None:
+    """Put the file in WAL mode (kept in the file: once is enough). Switching needs the
+    file to itself and SQLite answers "database is locked" at once, without its busy
+    timeout, while another process holds a lock (several starting together): retry."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            mode = dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode != "wal":
+                dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def session_factory(engine: Engine) -> sessionmaker:
