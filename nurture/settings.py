@@ -212,8 +212,10 @@ class SettingsError(Exception):
 
 
 def private_dir(path: Path) -> Path:
-    """`path`, created 0700 if missing (an existing directory keeps its mode)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """`path`, created 0700 if missing, and so are its missing parents (an existing
+    directory keeps its mode)."""
+    for missing in reversed([p for p in (path, *path.parents) if not p.exists()]):
+        missing.mkdir(mode=0o700, exist_ok=True)
     return path
 
 

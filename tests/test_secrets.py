@@ -133,3 +133,17 @@ def test_the_embedded_sqlite_file_and_state_directory_are_private(tmp_path):
     assert mode(tmp_path / "state") == 0o700
     assert {"nurture.db", "nurture.db-wal", "nurture.db-shm"} <= set(modes)
     assert set(modes.values()) == {0o600}, modes
+
+
+def test_the_dev_servers_state_directory_is_private_parents_too(tmp_path):
+    """`nurture dev` and `nurture demo`: Temporal's own database holds leads' addresses."""
+    from nurture.devserver import TemporalDevServer, free_port
+
+    state = tmp_path / "nurture-state" / "demo"
+    server = TemporalDevServer(port=free_port(), ui_port=None, db_file=state / "temporal.db",
+                               log_file=state / "temporal.log")  # fmt: skip
+    server.start()
+    try:
+        assert mode(state) == mode(state.parent) == 0o700
+    finally:
+        server.stop()
