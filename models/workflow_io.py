@@ -60,8 +60,10 @@ class ResponseEvent(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
     def slim(self) -> ResponseEvent:
-        """Without the body: what the workflow keeps and carries to its next run."""
-        kept = {key: self.data[key] for key in SIGNALLED_DATA_KEYS if key in self.data}
+        """Without the body: what is signalled, and what the workflow keeps and carries to
+        its next run (the step and URL, 200 characters each)."""
+        kept = {key: str(self.data[key])[:200] for key in SIGNALLED_DATA_KEYS
+                if key in self.data}  # fmt: skip
         return self if kept == self.data else self.model_copy(update={"data": kept})
 
 

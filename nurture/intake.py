@@ -48,7 +48,6 @@ from models.db import (
 from models.definitions import RESPONSE_TYPES
 from models.loader import Definitions
 from models.workflow_io import (
-    SIGNALLED_DATA_KEYS,
     EnrollRequest,
     LeadInput,
     ResponseEvent,
@@ -456,9 +455,8 @@ class Intake:
         delivered: list[str] = []
         try:
             for row in rows:
-                event = ResponseEvent(event_id=row.event_id, type=row.type,
-                                      data=signalled_data(row.data),
-                                      occurred_at=as_utc(row.occurred_at))  # fmt: skip
+                event = ResponseEvent(event_id=row.event_id, type=row.type, data=row.data,
+                                      occurred_at=as_utc(row.occurred_at)).slim()  # fmt: skip
                 await self._signal_with_start(leads[row.lead_id], "respond", event)
                 delivered.append(row.id)
         finally:  # what Temporal accepted is marked even if a later signal failed
@@ -599,12 +597,6 @@ class Intake:
                      "that waited for a message, for over %s", events, statuses,
                      self.pending_retention)  # fmt: skip
         return events + statuses
-
-
-def signalled_data(data: dict[str, Any]) -> dict[str, Any]:
-    """What of an event's data goes to its workflow: only the step and URL that leads
-    started before score cards use (short); the scoring activity reads the stored row."""
-    return {key: str(data[key])[:200] for key in SIGNALLED_DATA_KEYS if key in data}
 
 
 def _apply_consent(session, lead: Lead, row: Response) -> None:
