@@ -1,9 +1,9 @@
 """Run a Nurture worker against TEMPORAL_ADDRESS: `python worker.py` or `nurture worker`.
 
 Observable and safe to stop:
-- Prometheus metrics (the Temporal SDK's and ours, `nurture/metrics.py`) on
+- Prometheus metrics (the Temporal SDK's and ours, `infra/metrics.py`) on
   NURTURE_METRICS_HOST:NURTURE_METRICS_PORT/metrics, a health endpoint on
-  NURTURE_METRICS_HOST:NURTURE_HEALTH_PORT (`nurture/health.py`); either is off with
+  NURTURE_METRICS_HOST:NURTURE_HEALTH_PORT (`infra/health.py`); either is off with
   port 0. The host is 127.0.0.1 unless set (0.0.0.0 to be scraped from elsewhere).
 - On SIGTERM (or SIGINT): the health endpoint answers 503 at once, no new tasks are
   polled, running activities get NURTURE_SHUTDOWN_TIMEOUT seconds to finish (then they
@@ -20,12 +20,12 @@ import sys
 
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
-from nurture import stuck
-from nurture.health import HealthServer
-from nurture.logs import setup as setup_logging
-from nurture.metrics import address, worker_runtime
-from nurture.runtime import build_activities, build_worker, connect_temporal, load_and_prepare
-from nurture.settings import Settings, SettingsError, get_settings
+from infra.health import HealthServer
+from infra.logs import setup as setup_logging
+from infra.metrics import address, worker_runtime
+from infra.settings import Settings, SettingsError, get_settings
+from services import stuck
+from services.runtime import build_activities, build_worker, connect_temporal, load_and_prepare
 
 log = logging.getLogger("nurture.worker")
 
@@ -144,8 +144,8 @@ def main() -> None:
     except KeyboardInterrupt:  # Ctrl-C while starting
         code = 130
     except Exception as exc:
+        from models.schema import SchemaError
         from models.yaml_source import DefinitionError
-        from nurture.migrate import SchemaError
 
         if isinstance(exc, SchemaError):  # e.g. behind head: "run `nurture db upgrade`"
             print(exc, file=sys.stderr)

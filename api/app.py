@@ -31,15 +31,15 @@ from api.errors import error_responses
 from api.handoffs import handoff_router
 from api.limits import BodySizeLimit
 from api.openapi import finished
+from api.provider_webhooks import webhook_router
 from api.security import AUTH_FAILURE_LIMIT, AuthFailureLimit, SecurityHeaders, bearer_matches
 from api.unsubscribe import unsubscribe_router
-from api.webhooks import webhook_router
+from infra.settings import Settings
 from models.db import Response
-from models.loader import Definitions
-from nurture import intake as intake_module
-from nurture.intake import EventIn, Intake, UnknownLead, UnknownSequence
-from nurture.runtime import build_links
-from nurture.settings import Settings
+from models.definition_set import Definitions
+from services import intake as intake_module
+from services.intake import EventIn, Intake, UnknownLead, UnknownSequence
+from services.runtime import build_links
 
 log = logging.getLogger("nurture.api")
 RELAY_INTERVAL_SECONDS = 2.0

@@ -25,8 +25,8 @@ from api.errors import HTML, error_responses
 from api.security import bearer_matches
 from channels.links import BadToken, Links
 from models.workflow_io import REJECT_REASONS, AnswerResult, HandoffAnswer
-from nurture.intake import Intake
-from sales.answering import AnswerRefused, HandoffView, find_handoff, submit_answer
+from services.answering import AnswerRefused, HandoffView, find_handoff, submit_answer
+from services.intake import Intake
 
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title></head>

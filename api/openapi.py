@@ -16,9 +16,9 @@ from typing import Any
 from zoneinfo import available_timezones
 
 from api.errors import with_error_schemas
+from models.definition_set import Definitions
 from models.definitions import RESPONSE_TYPES
-from models.loader import Definitions
-from nurture.intake import EARLIEST, LATEST
+from services.intake import EARLIEST, LATEST
 
 PHONE = "a number libphonenumber takes as valid: E.164 (+14155550123), or national in `country`"
 LEAD_NAMES = ("lead_id", "email", "phone", "message_id")  # EventIn: one of them, not blank

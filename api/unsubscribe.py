@@ -14,7 +14,7 @@ from api.database import HandlerDatabase
 from api.errors import error_responses
 from channels.links import BadToken, Links
 from models.db import Lead
-from nurture.intake import EventIn, Intake
+from services.intake import EventIn, Intake
 
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title></head>

@@ -19,11 +19,11 @@ from sqlalchemy import func, select
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from devstack.stack import running_stack
+from infra.binaries import find_binary
+from infra.settings import Settings
 from models.db import Handoff, Message
-from nurture.devserver import find_binary
-from nurture.intake import EventIn, LeadIn
-from nurture.settings import Settings
-from nurture.stack import running_stack
+from services.intake import EventIn, LeadIn
 from tests.conftest import FIXTURE_DEFINITIONS
 
 

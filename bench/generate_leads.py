@@ -25,9 +25,10 @@ from typing import Any
 
 from sqlalchemy import insert
 
+from models import schema as migrate
 from models.db import Lead, Response, make_engine
-from models.loader import Definitions, load_definitions
-from nurture import migrate
+from models.definition_set import Definitions
+from services.definitions import load_definitions
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # fixed, so every run is the same data

@@ -47,14 +47,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from bench.generate_leads import REPO, _profile
+from infra.binaries import find_binary
+from infra.settings import Settings
 from models.db import Lead, new_id
-from models.loader import load_definitions
 from models.workflow_io import lead_workflow_id
-from nurture.devserver import find_binary
-from nurture.importer import LeadImporter, open_csv, plan_columns
-from nurture.intake import Intake, LeadIn
-from nurture.runtime import open_database, sync_sales_reps
-from nurture.settings import Settings
+from services.definitions import load_definitions
+from services.importer import LeadImporter, open_csv, plan_columns
+from services.intake import Intake, LeadIn
+from services.runtime import open_database, sync_sales_reps
 
 SEED = 11
 

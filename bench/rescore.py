@@ -1,4 +1,4 @@
-"""Benchmark: `nurture rescore` (scoring/rescore.py) over generated leads and responses.
+"""Benchmark: `nurture rescore` (services/rescore.py) over generated leads and responses.
 
 Generates the leads and their responses with bench/generate_leads.py (seeded, so every
 run is the same data) into a fresh SQLite file, or into a fresh schema of the
@@ -26,8 +26,8 @@ from sqlalchemy import create_engine, func, make_url, select, text
 
 from bench.generate_leads import NOW, REPO, generate
 from models.db import Response, make_engine, session_factory
-from models.loader import load_definitions
-from scoring.rescore import RescoreReport, rescore_all
+from services.definitions import load_definitions
+from services.rescore import RescoreReport, rescore_all
 
 TARGET_SECONDS = 60.0
 

@@ -50,10 +50,11 @@ with workflow.unsafe.imports_passed_through():  # the sandbox need not re-import
     from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
 
+    from devstack.stack import running_stack
+    from devstack.temporal_server import free_port
+    from infra.binaries import find_binary
+    from infra.settings import Settings
     from models.db import Message, Response, ScoreChange, as_utc
-    from nurture.devserver import find_binary, free_port
-    from nurture.settings import Settings
-    from nurture.stack import running_stack
     from tests.conftest import FIXTURE_DEFINITIONS
     from workflows import sandbox_runner
 

@@ -1,4 +1,4 @@
-"""Benchmark: `nurture simulate` (nurture/simulate.py), wall time per simulation.
+"""Benchmark: `nurture simulate` (services/simulate.py), wall time per simulation.
 
 Each simulation starts its own time-skipping test server (its start-up counts, as in
 the command; Python's imports do not) and runs the real workflow and activities:
@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from models.loader import load_definitions
-from nurture.simulate import parse_responses, planned_length, simulate, start_environment
+from services.definitions import load_definitions
+from services.simulate import parse_responses, planned_length, simulate, start_environment
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_SECONDS = 5.0

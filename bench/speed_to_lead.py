@@ -54,10 +54,11 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from bench.response_throughput import LogCounter, Signer, ms, pct, wait_until
+from devstack.stack import running_stack
+from devstack.temporal_server import free_port
+from infra.binaries import find_binary
+from infra.settings import Settings
 from models.db import Handoff, HandoffEvent, Lead, Message, Response, ScoreChange, as_utc
-from nurture.devserver import find_binary, free_port
-from nurture.settings import Settings
-from nurture.stack import running_stack
 from tests.conftest import FIXTURE_DEFINITIONS
 from tests.webhook_sink import Received, WebhookSink
 

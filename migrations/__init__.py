@@ -1,2 +1,2 @@
 """Alembic migrations of the Nurture schema (models/db.py). Run through `nurture db`;
-nurture/migrate.py configures Alembic from code (there is no alembic.ini)."""
+models/schema.py configures Alembic from code (there is no alembic.ini)."""

@@ -1,6 +1,6 @@
 """The Alembic environment: the target is the models' metadata (models/db.py).
 
-nurture/migrate.py runs it with an open connection in `config.attributes["connection"]`
+models/schema.py runs it with an open connection in `config.attributes["connection"]`
 (inside its transaction and lock); without one it connects to DATABASE_URL from our
 settings. SQLite gets batch mode: its ALTER TABLE cannot change or drop most things, so
 Alembic rebuilds the table instead.
@@ -28,7 +28,7 @@ def run_offline() -> None:
     """`--sql`: print the SQL instead of running it."""
     from sqlalchemy.engine import make_url
 
-    from nurture.settings import get_settings
+    from infra.settings import get_settings
 
     url = config.attributes.get("url") or get_settings().effective_database_url
     context.configure(url=url, literal_binds=True, **_options(make_url(url).get_dialect().name))
@@ -43,7 +43,7 @@ def run_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    from nurture.settings import get_settings
+    from infra.settings import get_settings
 
     engine = make_engine(get_settings().effective_database_url)
     try:

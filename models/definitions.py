@@ -2,7 +2,7 @@
 
 These are the only shapes the rest of Nurture sees; the workflow receives these
 validated models (as a snapshot), never raw YAML. Loading lives in
-`models/loader.py`.
+`services/definitions.py`.
 """
 
 from __future__ import annotations

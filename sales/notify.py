@@ -2,7 +2,7 @@
 
 Pure functions, no I/O: a `HandoffNotice` (built by the handoff activity from the
 handoff row, the rep, the lead's profile, its score card and recent events) goes
-in, a message comes out. Sending is someone else's job (channels/, sales/webhooks.py).
+in, a message comes out. Sending is someone else's job (channels/, sales/outbound_webhooks.py).
 
 Who is who in a notice: `rep` is the rep the notice is for (their email, phone and
 webhook are used); `previous_rep` is the other rep of a reassignment. `owner(notice)`

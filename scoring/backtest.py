@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from models.definition_set import Definitions
 from models.jinja import ConditionError, evaluate_condition
-from models.loader import Definitions
 from models.scoring_model import ScoringBook, ScoringModel, Stage
 from scoring.engine import ResponseFact, decide_stage, score, stage_context
 from scoring.history import HistoryLead, profile_dict

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.db import Lead, ScoreChange, StageChange, as_utc
+from models.definition_set import Definitions
 from models.jinja import ConditionError, evaluate_condition
-from models.loader import Definitions
 from scoring.engine import decide_stage, score, stage_context
 from scoring.records import lead_responses
 

@@ -14,10 +14,11 @@ from sqlalchemy import create_engine, text
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from models.loader import Definitions, load_definitions
-from nurture.devserver import find_binary
-from nurture.runtime import Database, open_database, sync_sales_reps
-from nurture.settings import Settings
+from infra.binaries import find_binary
+from infra.settings import Settings
+from models.definition_set import Definitions
+from services.definitions import load_definitions
+from services.runtime import Database, open_database, sync_sales_reps
 from tests.provider_server import ProviderServer
 
 FIXTURES = Path(__file__).parent / "fixtures"

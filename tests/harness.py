@@ -11,8 +11,8 @@ from temporalio.service import RPCError
 
 from models.db import Handoff, Message
 from models.workflow_io import lead_workflow_id
-from nurture.intake import EventIn, Intake, LeadIn
-from nurture.runtime import build_activities, build_worker, open_database, sync_sales_reps
+from services.intake import EventIn, Intake, LeadIn
+from services.runtime import build_activities, build_worker, open_database, sync_sales_reps
 from workflows.lead import LeadWorkflow
 
 

@@ -18,14 +18,14 @@ from pathlib import Path
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from infra.binaries import find_binary
+from infra.settings import Settings
 from models.definitions import DeliveryPolicy, EmailStep, FrequencyCap, SalesTeam, SendWindow
-from models.loader import load_definitions
 from models.scoring_model import ScoringBook
 from models.workflow_io import HandoffAnswer, MigrateRequest, RescoreRequest, lead_workflow_id
-from nurture.devserver import find_binary
-from nurture.intake import EventIn, Intake, LeadIn
-from nurture.runtime import build_activities, build_worker, open_database, sync_sales_reps
-from nurture.settings import Settings
+from services.definitions import load_definitions
+from services.intake import EventIn, Intake, LeadIn
+from services.runtime import build_activities, build_worker, open_database, sync_sales_reps
 from tests.conftest import FIXTURE_DEFINITIONS
 from workflows.lead import LeadWorkflow
 

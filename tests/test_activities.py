@@ -27,7 +27,7 @@ from models.workflow_io import (
     SendRequest,
     StartEnrollment,
 )
-from nurture.runtime import build_activities
+from services.runtime import build_activities
 
 
 def make_lead(database, **fields) -> str:
@@ -57,7 +57,7 @@ def send_request(lead_id, enrollment_id, step_id, channel, template) -> SendRequ
 
 
 def test_send_is_claimed_once_and_retries_return_the_same_message(settings, database):
-    activities = build_activities(settings, database)
+    activities = build_activities(settings, database).lead
     lead_id = make_lead(database, phone="+14155550100")
     enrollment_id = start(activities, lead_id)
     request = send_request(lead_id, enrollment_id, "welcome", "email", "hello")
@@ -75,7 +75,7 @@ def test_send_is_claimed_once_and_retries_return_the_same_message(settings, data
 
 
 def test_concurrent_claims_send_once(settings, database):
-    activities = build_activities(settings, database)
+    activities = build_activities(settings, database).lead
     lead_id = make_lead(database, phone="+14155550100")
     enrollment_id = start(activities, lead_id)
     request = send_request(lead_id, enrollment_id, "nudge", "sms", "ping")
@@ -94,7 +94,7 @@ def test_concurrent_claims_send_once(settings, database):
 
 
 def test_opted_out_lead_is_skipped(settings, database):
-    activities = build_activities(settings, database)
+    activities = build_activities(settings, database).lead
     lead_id = make_lead(database)
     with database.sessions.begin() as session:
         set_consent(session, session.get(Lead, lead_id), ConsentEffect("email", False, "manual"))
@@ -107,7 +107,7 @@ def test_opted_out_lead_is_skipped(settings, database):
 
 
 def test_score_and_stage_changes_are_recorded_once(settings, database):
-    activities = build_activities(settings, database)
+    activities = build_activities(settings, database).lead
     lead_id = make_lead(database)
     update = ScoreUpdate(
         lead_id=lead_id, event_id="evt-1", response_type="webinar.attended", old_score=0,
@@ -127,7 +127,7 @@ def test_a_burst_is_scored_once_and_each_response_shows_it(settings, database):
     """Three responses handled together: one score change counts all three, each response
     points at it, and none of them is scored again when delivered again later (after its
     workflow continued as new and forgot it) or when the activity is retried."""
-    activities = build_activities(settings, database)
+    activities = build_activities(settings, database).lead
     lead_id = make_lead(database)
     now = utcnow()
     with database.sessions.begin() as session:
@@ -155,7 +155,7 @@ def test_a_burst_is_scored_once_and_each_response_shows_it(settings, database):
 
 
 def test_handoff_once_per_cycle_round_robin_over_active_reps(settings, database):
-    activities = build_activities(settings, database)
+    activities = build_activities(settings, database).lead
     reps = []
     for n in range(4):
         lead_id = make_lead(database, email=f"l{n}@example.com")
@@ -171,7 +171,7 @@ def test_handoff_once_per_cycle_round_robin_over_active_reps(settings, database)
 
 
 def test_enrollment_rows(settings, database):
-    activities = build_activities(settings, database)
+    activities = build_activities(settings, database).lead
     lead_id = make_lead(database)
     enrollment_id = start(activities, lead_id)
     start(activities, lead_id)
@@ -184,7 +184,7 @@ def test_enrollment_rows(settings, database):
 
 
 def test_concurrent_handoffs_spread_over_reps(settings, database):
-    activities = build_activities(settings, database)
+    activities = build_activities(settings, database).lead
     lead_ids = [make_lead(database, email=f"c{n}@example.com") for n in range(4)]
     results = []
 

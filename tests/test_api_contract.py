@@ -42,12 +42,12 @@ from sqlalchemy.orm import sessionmaker
 from twilio.request_validator import RequestValidator
 
 from api.app import create_app
-from api.webhook_docs import SENDGRID_SIGNATURE, SENDGRID_TIMESTAMP, TWILIO_SIGNATURE
+from api.provider_webhook_docs import SENDGRID_SIGNATURE, SENDGRID_TIMESTAMP, TWILIO_SIGNATURE
+from infra.settings import Settings
 from models.db import Handoff
-from models.loader import load_definitions
-from nurture.intake import Intake, LeadIn
-from nurture.runtime import build_links, open_database, sync_sales_reps
-from nurture.settings import Settings
+from services.definitions import load_definitions
+from services.intake import Intake, LeadIn
+from services.runtime import build_links, open_database, sync_sales_reps
 from tests.conftest import FIXTURE_DEFINITIONS
 
 API_TOKEN = "contract-api-token"

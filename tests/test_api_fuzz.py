@@ -38,11 +38,11 @@ from pydantic import SecretStr
 from twilio.request_validator import RequestValidator
 
 from api.app import create_app
-from api.webhooks import SENDGRID_EVENTS, SENDGRID_SIGNATURE, SENDGRID_TIMESTAMP
+from api.provider_webhooks import SENDGRID_EVENTS, SENDGRID_SIGNATURE, SENDGRID_TIMESTAMP
 from models.db import Message
 from models.definitions import RESPONSE_TYPES
-from nurture.intake import Intake, LeadIn
-from nurture.runtime import build_links
+from services.intake import Intake, LeadIn
+from services.runtime import build_links
 
 API_TOKEN = "test-token"  # NURTURE_API_TOKEN of the `settings` fixture
 TWILIO_TOKEN = "fuzz-twilio-token"

@@ -28,8 +28,8 @@ from api import handoffs
 from api.app import create_app
 from api.database import HandlerDatabase
 from models.db import Lead, Response
-from nurture.intake import Intake
-from nurture.runtime import build_links, open_database, sync_sales_reps
+from services.intake import Intake
+from services.runtime import build_links, open_database, sync_sales_reps
 from tests.harness import lead_with_handoff
 
 AUTH = {"Authorization": "Bearer test-token"}

@@ -20,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from nurture.devserver import free_port
+from devstack.temporal_server import free_port
 from tests.conftest import FIXTURE_DEFINITIONS
 
 NURTURE = str(Path(sys.executable).parent / "nurture")

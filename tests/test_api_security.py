@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 from api.app import create_app
 from api.security import CONTENT_SECURITY_POLICY
 from models.db import Response
-from nurture.intake import Intake
-from nurture.runtime import build_links
+from services.intake import Intake
+from services.runtime import build_links
 from tests.harness import lead_with_handoff
 
 TOKEN = "test-token"  # NURTURE_API_TOKEN of the `settings` fixture

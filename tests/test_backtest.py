@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli.app import app
+from models.definition_set import Definitions
 from models.definitions import SalesTeam, Segments
-from models.loader import Definitions
 from models.scoring_model import ScoringBook
-from nurture.cli import app
 from scoring import synthetic
 from scoring.backtest import LeadResult, Objective, deciles, evaluate, evaluate_lead, report
 from scoring.history import HistoryError, load_history, parse_leads

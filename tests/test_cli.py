@@ -73,15 +73,15 @@ def test_consent_and_unknown_sends_from_the_command_line(
 ):
     from typer.testing import CliRunner
 
-    from nurture.cli import app
-    from nurture.runtime import build_activities
+    from cli.app import app
+    from services.runtime import build_activities
     from tests.test_providers import died_during_the_call, lead_and_request
 
     monkeypatch.setenv("DATABASE_URL", provider_settings.effective_database_url)
     monkeypatch.setenv("COLUMNS", "200")
     runner = CliRunner()
     request = lead_and_request(database, "sms", "ping", "nudge")
-    activities = build_activities(provider_settings, database)
+    activities = build_activities(provider_settings, database).lead
     died_during_the_call(activities, request)
     assert activities.send_message(request).status == "unknown"
 
@@ -116,7 +116,7 @@ def test_every_command_has_help_with_examples_and_exit_codes_are_documented():
     from typer.main import get_command
     from typer.testing import CliRunner
 
-    from nurture.cli import app
+    from cli.app import app
 
     runner = CliRunner()
     top = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})

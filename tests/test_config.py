@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.serialization import (
 from temporalio.client import TLSConfig
 from typer.testing import CliRunner
 
-from nurture.runtime import temporal_tls
-from nurture.settings import Settings, SettingsError, get_settings
+from infra.settings import Settings, SettingsError, get_settings
+from services.runtime import temporal_tls
 
 NURTURE = str(Path(sys.executable).parent / "nurture")
 REPO = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ def clean_env(monkeypatch, tmp_path):
 
 
 def invoke(*args: str):
-    from nurture.cli import app
+    from cli.app import app
 
     return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
 
@@ -150,8 +150,8 @@ def public_der(key) -> bytes:
 def test_a_sendgrid_key_is_read_at_start_as_base64_or_pem_and_verifies(clean_env):
     """SendGrid's settings page shows the base64 of the DER key; a PEM file of the same
     key (any line endings, padding lost) is taken too. Each verifies a real signature
-    on the webhook's own path (api/webhooks.py)."""
-    from api.webhooks import _sendgrid_verifier
+    on the webhook's own path (api/provider_webhooks.py)."""
+    from api.provider_webhooks import _sendgrid_verifier
 
     key = ec.generate_private_key(ec.SECP256R1())
     shown = base64.b64encode(public_der(key)).decode()

@@ -23,8 +23,8 @@ from models.consent import (
 )
 from models.db import ConsentChange, Lead, Message, Response
 from models.workflow_io import SendRequest, StartEnrollment
-from nurture.intake import EventIn, Intake, LeadIn
-from nurture.runtime import build_activities
+from services.intake import EventIn, Intake, LeadIn
+from services.runtime import build_activities
 
 _numbers = itertools.count(100)
 
@@ -70,7 +70,7 @@ def test_stop_and_its_synonyms_opt_out_of_sms_only(
     body, provider_settings, database, providers, fixture_definitions
 ):
     lead, intake = new_lead(database, fixture_definitions)
-    sender = Sender(build_activities(provider_settings, database), lead.id)
+    sender = Sender(build_activities(provider_settings, database).lead, lead.id)
     stored = intake.store_events([EventIn(lead_id=lead.id, type="sms.reply",
                                              data={"body": body})])  # fmt: skip
     stored = stored.stored
@@ -89,7 +89,7 @@ def test_start_resubscribes_sms_and_yes_only_when_opted_out(
     provider_settings, database, providers, fixture_definitions
 ):
     lead, intake = new_lead(database, fixture_definitions)
-    sender = Sender(build_activities(provider_settings, database), lead.id)
+    sender = Sender(build_activities(provider_settings, database).lead, lead.id)
 
     def reply(body: str) -> str:
         (row,) = intake.store_events([EventIn(lead_id=lead.id, type="sms.reply",
@@ -127,7 +127,8 @@ def test_email_opt_outs(event_type, data, opted_out_reason, settings, database,
     assert row.email_consent is (opted_out_reason is None)
     assert row.email_opt_out_reason == opted_out_reason
     expected = "sent" if opted_out_reason is None else "skipped"
-    assert Sender(build_activities(settings, database), lead.id).send("email").status == expected
+    sender = Sender(build_activities(settings, database).lead, lead.id)
+    assert sender.send("email").status == expected
 
 
 def test_a_duplicate_event_changes_consent_once(settings, database, fixture_definitions):
@@ -157,7 +158,7 @@ def test_provider_refusal_flags_a_bad_address(
     channel, failure, reason, provider_settings, database, providers, fixture_definitions
 ):
     lead, _intake = new_lead(database, fixture_definitions)
-    sender = Sender(build_activities(provider_settings, database), lead.id)
+    sender = Sender(build_activities(provider_settings, database).lead, lead.id)
     providers.fail_next(**failure)
     first = sender.send(channel)
     assert first.status == "failed" and failure["message"] in first.reason
@@ -175,7 +176,7 @@ def test_a_new_number_lifts_a_bad_number_flag_but_not_a_stop(
     provider_settings, database, providers, fixture_definitions
 ):
     lead, intake = new_lead(database, fixture_definitions)
-    sender = Sender(build_activities(provider_settings, database), lead.id)
+    sender = Sender(build_activities(provider_settings, database).lead, lead.id)
     providers.fail_next(400, "Invalid 'To' Phone Number", code=21211)
     assert sender.send("sms").status == "failed"
     intake.upsert_lead(LeadIn(email=lead.email, phone="+14155559876"))
@@ -354,7 +355,7 @@ def test_nothing_reaches_an_opted_out_channel(
     ops, provider_settings, database, providers, fixture_definitions
 ):
     lead, intake = new_lead(database, fixture_definitions)
-    sender = Sender(build_activities(provider_settings, database), lead.id)
+    sender = Sender(build_activities(provider_settings, database).lead, lead.id)
     consent = {"email": True, "sms": True}
     expected_sends = {"email": 0, "sms": 0}
     for op in ops:

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from nurture.runtime import open_database
-from nurture.settings import Settings
+from infra.settings import Settings
+from services.runtime import open_database
 from tests.conftest import FIXTURE_DEFINITIONS, fresh_postgres_database
 
 pytestmark = pytest.mark.postgres

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli.app import app
 from models.definitions import parse_duration
-from models.loader import load_definitions
 from models.yaml_source import DefinitionError
-from nurture.cli import app
-from nurture.validate import sms_segments, validate
+from services.definitions import load_definitions
+from services.validate import sms_segments, validate
 from tests.conftest import FIXTURE_DEFINITIONS, FIXTURES
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from channels.policy import cap_release, earliest_send_time, window_opening
 from models.db import Message
 from models.definitions import DeliveryPolicy, FrequencyCap, SendWindow
-from models.loader import check_definitions
 from models.workflow_io import SendRequest, StartEnrollment
-from nurture.intake import Intake, LeadIn
-from nurture.runtime import build_activities
+from services.definitions import check_definitions
+from services.intake import Intake, LeadIn
+from services.runtime import build_activities
 from tests.conftest import FIXTURE_DEFINITIONS
 from tests.harness import running_harness
 
@@ -180,7 +180,7 @@ def strict_definitions(fixture_definitions):
 
 
 def test_deferred_send_is_recorded_and_sent_when_allowed(settings, database, strict_definitions):
-    activities = build_activities(settings, database, strict_definitions)
+    activities = build_activities(settings, database, strict_definitions).lead
     intake = Intake(strict_definitions, database.sessions, client=None, task_queue="unused")
     lead, _ = intake.upsert_lead(LeadIn(email="zoe@example.fr", phone="+33612345678",
                                         timezone="Europe/Paris"))  # fmt: skip

@@ -9,10 +9,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from devstack.stack import running_stack
+from devstack.temporal_server import free_port
 from models.db import Enrollment, Handoff, Lead, Message, Response, StageChange
 from models.workflow_io import lead_workflow_id
-from nurture.devserver import free_port
-from nurture.stack import running_stack
 from tests.harness import eventually
 from workflows.lead import LeadWorkflow
 

@@ -39,12 +39,12 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from api.app import create_app
+from devstack.temporal_server import TemporalDevServer, free_port
+from infra.settings import Settings
 from models.db import Enrollment, Lead, Message, Response, ScoreChange
 from models.workflow_io import lead_workflow_id
-from nurture.devserver import TemporalDevServer, free_port
-from nurture.intake import Intake, LeadIn
-from nurture.runtime import Database, connect_temporal, load_and_prepare, open_database
-from nurture.settings import Settings
+from services.intake import Intake, LeadIn
+from services.runtime import Database, connect_temporal, load_and_prepare, open_database
 from tests.conftest import fresh_postgres_database
 from tests.provider_server import ProviderServer, sends_definitions, worker_process_env
 from tests.tcp_proxy import TcpProxy
@@ -566,7 +566,7 @@ def test_a_send_the_provider_took_is_recorded_once_the_database_is_back(
     """PostgreSQL away for 3 s while the provider answers: the activity keeps trying to
     record the answer (instead of leaving it `sending`, which a retry would call
     `unknown`), and the send is `sent` with the provider's message ID."""
-    from nurture.runtime import build_activities
+    from services.runtime import build_activities
     from tests.test_providers import lead_and_request
 
     proxy = TcpProxy("127.0.0.1", 5432)
@@ -578,7 +578,7 @@ def test_a_send_the_provider_took_is_recorded_once_the_database_is_back(
     })  # fmt: skip
     database = open_database(proxied_settings)
     try:
-        activities = build_activities(proxied_settings, database)
+        activities = build_activities(proxied_settings, database).lead
         request = lead_and_request(database, "email", "hello")
 
         def cut_for_three_seconds() -> None:

@@ -19,8 +19,8 @@ from api.app import create_app
 from models.db import Handoff, HandoffEvent, Lead, StageChange
 from models.definitions import SalesTeam
 from models.workflow_io import HandoffAnswer
-from sales.answering import AnswerRefused, submit_answer
-from sales.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from sales.outbound_webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from services.answering import AnswerRefused, submit_answer
 from tests.harness import eventually, running_harness
 from tests.webhook_sink import WebhookSink
 from workflows.lead import LeadWorkflow
@@ -275,7 +275,7 @@ async def test_answers_through_the_api_and_the_signed_link(harness):
     app = create_app(harness.intake, harness.settings, relay=False)
     links = [e for e in events(harness, handoff.id)]
     assert links  # assigned at least
-    from nurture.runtime import build_links
+    from services.runtime import build_links
 
     link = build_links(harness.settings).handoff_url(handoff.id, handoff.rep_id, "reject")
     path_and_query = link.split("://", 1)[1].split("/", 1)[1]
@@ -314,7 +314,7 @@ async def test_handoff_commands_list_show_and_answer(harness, time_skipping_env,
 
     from typer.testing import CliRunner
 
-    from nurture.cli import app
+    from cli.app import app
 
     lead_id, handoff = await qualify(harness, "cli@acme.example")
     settings = harness.settings

@@ -16,11 +16,11 @@ from sqlalchemy import event, func, select
 from temporalio.service import RPCError, RPCStatusCode
 from typer.testing import CliRunner
 
+from devstack.temporal_server import free_port
 from models.db import Lead, Response
-from models.loader import load_definitions
 from models.workflow_io import lead_workflow_id
-from nurture.devserver import free_port
-from nurture.importer import (
+from services.definitions import load_definitions
+from services.importer import (
     LeadImporter,
     UsageError,
     open_csv,
@@ -28,7 +28,7 @@ from nurture.importer import (
     plan_columns,
     write_rejects,
 )
-from nurture.intake import Intake
+from services.intake import Intake
 from tests.conftest import FIXTURE_DEFINITIONS, FIXTURES
 from tests.harness import Harness, running_harness
 
@@ -283,7 +283,7 @@ async def test_responses_waiting_for_a_lead_are_given_to_it(database, fixture_de
 
 
 def _event(**fields):
-    from nurture.intake import EventIn
+    from services.intake import EventIn
 
     return EventIn(**fields)
 
@@ -450,7 +450,7 @@ def command_env(tmp_path, monkeypatch, sqlite_settings):
 
 
 def invoke(*args: str):
-    from nurture.cli import app
+    from cli.app import app
 
     return CliRunner().invoke(app, ["import", *args])
 

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from api.app import create_app
 from models.db import Lead
-from nurture.intake import Intake, LeadIn
+from services.intake import Intake, LeadIn
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from models.db import Lead, Message, Response, ScoreChange, StageChange
 from models.workflow_io import lead_workflow_id
-from nurture.intake import EventIn, Intake
+from services.intake import EventIn, Intake
 from tests.harness import running_harness
 
 

@@ -105,7 +105,7 @@ async def test_the_command_moves_older_leads_and_reports_refusals(harness, tmp_p
         monkeypatch.setenv(name, value)
 
     def invoke(*args: str):
-        from nurture.cli import app
+        from cli.app import app
 
         return CliRunner().invoke(app, ["migrate-leads", *args], env={"COLUMNS": "200"})
 

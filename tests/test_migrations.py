@@ -1,4 +1,4 @@
-"""Schema migrations (migrations/, nurture/migrate.py, `nurture db ...`) on SQLite and
+"""Schema migrations (migrations/, models/schema.py, `nurture db ...`) on SQLite and
 PostgreSQL: the migrated schema is exactly the models'; a database behind head, made
 before migrations, or migrated by a newer version is handled as the README says."""
 
@@ -17,11 +17,11 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from typer.testing import CliRunner
 
+from cli.app import app
+from models import schema as migrate
 from models.db import Base, Lead, make_engine, utcnow
-from nurture import migrate
-from nurture.cli import app
-from nurture.migrate import SchemaBehind, SchemaMismatch, SchemaUnknown, SchemaUnversioned
-from nurture.runtime import open_database
+from models.schema import SchemaBehind, SchemaMismatch, SchemaUnknown, SchemaUnversioned
+from services.runtime import open_database
 from tests.conftest import _reset_postgres, fresh_postgres_database
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,7 +70,7 @@ def nurture_db(url: str, tmp_path: Path, *args: str, input: str | None = None):
 
 
 def settings_for(url: str, tmp_path: Path):
-    from nurture.settings import Settings
+    from infra.settings import Settings
 
     return Settings(NURTURE_STATE_DIR=tmp_path / "state", DATABASE_URL=url)
 
@@ -170,7 +170,7 @@ def made_before_migrations(url: str) -> None:
 def test_upgrade_command_gives_exactly_the_models_schema(database_url, reference_url, tmp_path):
     env = os.environ | {"DATABASE_URL": database_url, "NURTURE_STATE_DIR": str(tmp_path)}
     run = subprocess.run(
-        [sys.executable, "-m", "nurture.cli", "db", "upgrade"],
+        [sys.executable, "-m", "cli.app", "db", "upgrade"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr

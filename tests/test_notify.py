@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-import sales.webhooks as webhooks
+import sales.outbound_webhooks as webhooks
 from sales.notify import (
     EVENTS,
     KINDS,
@@ -33,7 +33,7 @@ from sales.notify import (
     slack_payload,
     sms_segments,
 )
-from sales.webhooks import (
+from sales.outbound_webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -376,7 +376,7 @@ STAMP = 1700000000
 
 
 def documented_signature(secret: str, timestamp: int, body: bytes) -> str:
-    """The module docstring's algorithm, written out independently of sales.webhooks."""
+    """The module docstring's algorithm, written out independently of sales.outbound_webhooks."""
     message = str(timestamp).encode("ascii") + b"." + body
     return "v1=" + hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
 

@@ -30,14 +30,14 @@ from temporalio import activity
 from temporalio.runtime import MetricBuffer, Runtime, TelemetryConfig
 from temporalio.testing import ActivityEnvironment
 
+from devstack.temporal_server import free_port
+from infra import logs, metrics
+from infra.logs import handler, mask
+from infra.settings import Settings
 from models.db import Handoff, HandoffEvent, Lead, Message
 from models.workflow_io import lead_workflow_id
-from nurture import logs, metrics
-from nurture.devserver import free_port
-from nurture.intake import EventIn, Intake, LeadIn
-from nurture.logs import handler, mask
-from nurture.runtime import load_and_prepare
-from nurture.settings import Settings
+from services.intake import EventIn, Intake, LeadIn
+from services.runtime import load_and_prepare
 from tests.conftest import FIXTURE_DEFINITIONS
 from tests.harness import eventually
 from tests.provider_server import ProviderServer

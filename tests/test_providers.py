@@ -13,13 +13,13 @@ from sqlalchemy.exc import OperationalError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-import activities.nurture as activities_module
+import activities.lead as activities_module
 from channels.outbox import OutboxChannel
 from channels.sendgrid_email import SendGridEmailChannel
 from channels.twilio_sms import TwilioSmsChannel
 from models.db import Enrollment, Lead, Message, as_utc
 from models.workflow_io import SendRequest
-from nurture.runtime import build_activities, build_channels
+from services.runtime import build_activities, build_channels
 from tests.conftest import FIXTURE_DEFINITIONS
 
 
@@ -43,7 +43,7 @@ def test_channels_chosen_by_settings(settings, provider_settings):
 
 
 def test_email_goes_through_sendgrid_with_tracking_fields(provider_settings, database, providers):
-    activities = build_activities(provider_settings, database)
+    activities = build_activities(provider_settings, database).lead
     request = lead_and_request(database, "email", "hello")
     outcome = activities.send_message(request)
     assert outcome.status == "sent" and outcome.provider == "sendgrid"
@@ -69,7 +69,7 @@ def test_email_goes_through_sendgrid_with_tracking_fields(provider_settings, dat
 
 
 def test_sms_goes_through_twilio(provider_settings, database, providers):
-    activities = build_activities(provider_settings, database)
+    activities = build_activities(provider_settings, database).lead
     outcome = activities.send_message(lead_and_request(database, "sms", "ping", "nudge"))
     assert outcome.status == "sent" and outcome.provider_message_id.startswith("SM")
     (call,) = providers.requests
@@ -80,7 +80,7 @@ def test_sms_goes_through_twilio(provider_settings, database, providers):
 
 
 def test_provider_5xx_is_retried_without_a_second_send(provider_settings, database, providers):
-    activities = build_activities(provider_settings, database)
+    activities = build_activities(provider_settings, database).lead
     request = lead_and_request(database, "email", "hello")
     providers.fail_next(503, "try later")
     with pytest.raises(ApplicationError, match="provider unavailable"):
@@ -94,7 +94,7 @@ def test_provider_5xx_is_retried_without_a_second_send(provider_settings, databa
 
 
 def test_provider_4xx_is_final_with_the_reason(provider_settings, database, providers):
-    activities = build_activities(provider_settings, database)
+    activities = build_activities(provider_settings, database).lead
     request = lead_and_request(database, "sms", "ping", "nudge")
     providers.fail_next(400, "The 'To' number is not a valid phone number.")
     outcome = activities.send_message(request)
@@ -110,7 +110,7 @@ def died_during_the_call(activities, request) -> None:
 
 
 def test_send_interrupted_during_the_call_is_never_repeated(provider_settings, database, providers):
-    activities = build_activities(provider_settings, database)
+    activities = build_activities(provider_settings, database).lead
     request = lead_and_request(database, "email", "hello")
     died_during_the_call(activities, request)
     outcome = activities.send_message(request)
@@ -126,7 +126,7 @@ def test_an_answer_the_database_missed_is_recorded_from_the_heartbeat(
     longer than the attempt waits: the attempt fails, but the answer it heartbeated
     reaches the next attempt, which records the send `sent` with the provider's ID."""
     monkeypatch.setattr(activities_module, "OUTAGE_PATIENCE", 0.5)
-    activities = build_activities(provider_settings, database)
+    activities = build_activities(provider_settings, database).lead
     request = lead_and_request(database, "sms", "ping", "nudge")
     outage = threading.Event()
 
@@ -168,7 +168,7 @@ def test_an_answer_the_database_missed_is_recorded_from_the_heartbeat(
 
 
 def test_send_interrupted_before_the_call_is_sent_once(provider_settings, database, providers):
-    activities = build_activities(provider_settings, database)
+    activities = build_activities(provider_settings, database).lead
     request = lead_and_request(database, "email", "hello")
     activities._claim(request)  # claimed, then the worker died checking or rendering
     assert activities.send_message(request).status == "sent"
@@ -183,7 +183,7 @@ def test_email_without_a_postal_address_is_never_sent(
     shutil.copytree(FIXTURE_DEFINITIONS, definitions)
     (definitions / "templates/email/hello/body.txt").write_text("Hi {{ lead.first_name }}\n")
     settings = provider_settings.model_copy(update={"definitions_dir": definitions})
-    outcome = build_activities(settings, database).send_message(
+    outcome = build_activities(settings, database).lead.send_message(
         lead_and_request(database, "email", "hello")
     )
     assert outcome.status == "failed"
@@ -198,7 +198,7 @@ def test_sms_through_a_messaging_service(provider_settings, database, providers)
     settings = provider_settings.model_copy(
         update={"twilio_from_number": None, "twilio_messaging_service_sid": "MG" + "1" * 32}
     )
-    outcome = build_activities(settings, database).send_message(
+    outcome = build_activities(settings, database).lead.send_message(
         lead_and_request(database, "sms", "ping", "nudge")
     )
     assert outcome.status == "sent"

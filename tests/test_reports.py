@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 
 from models.db import Enrollment, Handoff, Lead, Message, Response, StageChange, utcnow
 from models.workflow_io import HandoffAnswer
-from nurture.intake import EventIn
-from nurture.reports import ReportFilter, build_report, parse_moment, to_csv
-from sales.answering import submit_answer
+from services.answering import submit_answer
+from services.intake import EventIn
+from services.reports import ReportFilter, build_report, parse_moment, to_csv
 from tests.harness import running_harness
 
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
@@ -49,7 +49,7 @@ def cli_env(monkeypatch, settings, temporal: str | None = None) -> None:
 
 
 def invoke(*args: str):
-    from nurture.cli import app
+    from cli.app import app
 
     return CliRunner().invoke(app, list(args))
 

@@ -18,12 +18,12 @@ import pytest
 from sqlalchemy import event, func, select
 
 from models.db import Handoff, Lead, Response, ScoreChange, StageChange, as_utc, utcnow
-from models.loader import load_definitions
 from models.scoring_model import ScoringBook
 from models.workflow_io import ScoreRequest
-from nurture.intake import EventIn, LeadIn
-from nurture.runtime import build_activities
-from scoring.rescore import rescore_all
+from services.definitions import load_definitions
+from services.intake import EventIn, LeadIn
+from services.rescore import rescore_all
+from services.runtime import build_activities
 from tests.conftest import FIXTURE_DEFINITIONS
 from tests.harness import running_harness
 
@@ -185,7 +185,7 @@ def test_rescore_writes_exactly_the_leads_that_moved(database, settings, new_mod
 
     # The bulk path stored what the scoring activity stores: asked again, it finds
     # nothing to write; the SQL-crosser it would hand off.
-    activities = build_activities(settings, database, new_model)
+    activities = build_activities(settings, database, new_model).lead
     for name, stage in (("up", "mql"), ("down", "lead"), ("kept", "sql")):
         result = activities.score_lead(ScoreRequest(
             lead_id=ids[name], event_id="rescore:check", cause="rescore", at=NOW,
@@ -214,7 +214,7 @@ def test_a_lead_scored_by_its_workflow_during_the_run_is_left_to_it(database, se
     """Between reading a batch and writing it, a response arrives for "up" and its
     workflow's scoring activity stores a newer card: the bulk write leaves it alone."""
     ids = seed(database)
-    activities = build_activities(settings, database, new_model)
+    activities = build_activities(settings, database, new_model).lead
     fired = []
 
     def response_meanwhile(_conn, _cursor, statement, *_args):
@@ -276,7 +276,7 @@ async def test_the_command_hands_sql_crossers_to_their_workflows(
     by it; the one without is reported, and left as it was."""
     from typer.testing import CliRunner
 
-    from nurture.cli import app
+    from cli.app import app
 
     defs = tmp_path / "definitions"
     shutil.copytree(FIXTURE_DEFINITIONS, defs)

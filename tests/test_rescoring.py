@@ -15,7 +15,7 @@ from temporalio.exceptions import ApplicationError
 from models.db import Handoff, Lead, ScoreChange, StageChange, utcnow
 from models.scoring_model import ScoringBook
 from models.workflow_io import RescoreRequest, ScoreRequest
-from nurture.runtime import build_activities
+from services.runtime import build_activities
 from tests.harness import running_harness
 from workflows.lead import LeadWorkflow
 
@@ -101,7 +101,7 @@ async def test_rescore_signal_hands_off_a_lead_the_new_model_makes_sql(
 
 
 def test_a_worker_on_another_model_refuses_a_rescore(settings, database, fixture_definitions):
-    activities = build_activities(settings, database, fixture_definitions)
+    activities = build_activities(settings, database, fixture_definitions).lead
     with database.sessions.begin() as session:
         lead = Lead(email="stale@example.com")
         session.add(lead)

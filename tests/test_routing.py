@@ -16,8 +16,6 @@ import pytest
 from pydantic import ValidationError
 
 from models.definitions import SalesRep, SalesTeam, SendWindow
-from models.loader import load_definitions
-from nurture.validate import validate
 from sales.hours import add_working_time, is_working, next_working_start
 from sales.routing import (
     FREE_MAIL_DOMAINS,
@@ -26,6 +24,8 @@ from sales.routing import (
     company_domain,
     route,
 )
+from services.definitions import load_definitions
+from services.validate import validate
 from tests.conftest import FIXTURE_DEFINITIONS
 
 REPO = Path(__file__).resolve().parent.parent

@@ -881,7 +881,7 @@ def test_expressions_are_checked_against_a_sample_lead(defs):  # noqa: F811
 
 
 def test_segments_name_existing_models_and_shadowed_rules_warn(defs):  # noqa: F811
-    from nurture.validate import validate
+    from services.validate import validate
 
     segments = (defs / "segments.yaml").read_text()
     segments = segments.replace("default:\n", "default:\n  scoring_model: nope\n")

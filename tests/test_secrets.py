@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from nurture.runtime import open_database
-from nurture.settings import Settings, SettingsError
+from infra.settings import Settings, SettingsError
+from services.runtime import open_database
 from tests.conftest import FIXTURE_DEFINITIONS
 
 PROCESSES = 6
@@ -105,7 +105,7 @@ def test_an_empty_secret_file_is_refused_not_used(tmp_path):
 def test_an_empty_secret_setting_is_refused_at_start(monkeypatch, tmp_path, name):
     monkeypatch.chdir(tmp_path)  # no .env
     monkeypatch.setenv(name, "  ")
-    from nurture.settings import get_settings
+    from infra.settings import get_settings
 
     with pytest.raises(SettingsError) as raised:
         get_settings()
@@ -137,7 +137,7 @@ def test_the_embedded_sqlite_file_and_state_directory_are_private(tmp_path):
 
 def test_the_dev_servers_state_directory_is_private_parents_too(tmp_path):
     """`nurture dev` and `nurture demo`: Temporal's own database holds leads' addresses."""
-    from nurture.devserver import TemporalDevServer, free_port
+    from devstack.temporal_server import TemporalDevServer, free_port
 
     state = tmp_path / "nurture-state" / "demo"
     server = TemporalDevServer(port=free_port(), ui_port=None, db_file=state / "temporal.db",

@@ -29,11 +29,11 @@ import pytest
 import pytest_asyncio
 from typer.testing import CliRunner
 
+from cli.app import app
 from models.definitions import RESPONSE_TYPES
-from models.loader import load_definitions
-from nurture.cli import app
-from nurture.preview import LeadError, PreviewError, preview, read_lead_file
-from nurture.simulate import (
+from services.definitions import load_definitions
+from services.preview import LeadError, PreviewError, preview, read_lead_file
+from services.simulate import (
     PlannedResponse,
     SpecError,
     first_moment,

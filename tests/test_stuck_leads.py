@@ -25,11 +25,11 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from typer.testing import CliRunner
 
 from api.app import create_app
+from cli.app import app
 from models.db import Lead, Response
 from models.workflow_io import EnrollRequest, LeadInput, lead_workflow_id
-from nurture.cli import app
-from nurture.intake import MAX_ATTRIBUTES_BYTES, MAX_EVENT_DATA_BYTES, EventIn, Intake, LeadIn
-from nurture.stuck import explain, stuck_leads, watch
+from services.intake import MAX_ATTRIBUTES_BYTES, MAX_EVENT_DATA_BYTES, EventIn, Intake, LeadIn
+from services.stuck import explain, stuck_leads, watch
 from tests.harness import eventually, running_harness
 from workflows.lead import LeadWorkflow
 
@@ -158,7 +158,7 @@ async def test_a_wedged_lead_is_listed_counted_and_logged(
         (listed_lead,) = json.loads(result.stdout)["stuck"]
         assert listed_lead["lead_id"] == lead_id and listed_lead["workflow_task_attempt"] >= 2
         monkeypatch.setenv("NURTURE_DEFINITIONS", str(sqlite_settings.definitions_dir))
-        monkeypatch.setattr("nurture.stuck.STUCK_AFTER", timedelta(0))
+        monkeypatch.setattr("services.stuck.STUCK_AFTER", timedelta(0))
         result = await asyncio.to_thread(CliRunner().invoke, app, ["status", lead_id])
         assert "stuck: 1 response(s) delivered but not scored since" in result.stdout
         assert "its task failing (attempt" in result.stdout, result.stdout
@@ -167,7 +167,7 @@ async def test_a_wedged_lead_is_listed_counted_and_logged(
         port = free_port()
         runtime = Runtime(telemetry=TelemetryConfig(
             metrics=PrometheusConfig(bind_address=f"127.0.0.1:{port}")))  # fmt: skip
-        caplog.set_level(logging.WARNING, "nurture.stuck")
+        caplog.set_level(logging.WARNING, "services.stuck")
         task = asyncio.create_task(watch(h.database.sessions, h.env.client, runtime.metric_meter,
                                          older_than=timedelta(0)))  # fmt: skip
         await eventually(lambda: "stuck: lead" in caplog.text, what="the log line")

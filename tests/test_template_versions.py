@@ -14,14 +14,14 @@ from sqlalchemy import func, select
 
 from channels.render import message_context, render_email, render_sms
 from channels.template_sets import TemplateVersions, UnknownTemplateSet, read_templates
+from infra.settings import Settings
+from models import schema as migrate
 from models.db import Lead, Message, TemplateSet, make_engine, session_factory
 from models.jinja import SAMPLE_LEAD, template_environment
-from models.loader import load_definitions
 from models.workflow_io import SendRequest, StartEnrollment
-from nurture import migrate
-from nurture.runtime import build_activities, open_database, sync_sales_reps
-from nurture.settings import Settings
-from nurture.validate import SAMPLE_SENDER
+from services.definitions import load_definitions
+from services.runtime import build_activities, open_database, sync_sales_reps
+from services.validate import SAMPLE_SENDER
 from tests.conftest import FIXTURE_DEFINITIONS
 from tests.harness import running_harness
 
@@ -62,7 +62,7 @@ def sms_to_new_lead(settings, db, templates: str | None, email: str) -> Message:
         session.add(lead)
         session.flush()
         lead_id = lead.id
-    activities = build_activities(settings, db)
+    activities = build_activities(settings, db).lead
     enrollment_id = f"{lead_id}:quick:v1"
     activities.start_enrollment(
         StartEnrollment(lead_id=lead_id, enrollment_id=enrollment_id, workflow_id="w",

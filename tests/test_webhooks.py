@@ -34,6 +34,7 @@ from twilio.request_validator import RequestValidator
 
 from api.app import create_app
 from channels.links import Links
+from infra.settings import Settings
 from models.db import (
     ConsentChange,
     EarlyStatus,
@@ -45,11 +46,10 @@ from models.db import (
     utcnow,
 )
 from models.workflow_io import AssignRequest, NotifyRequest, SendRequest
-from nurture.intake import Intake, LeadIn
-from nurture.reports import response_links
-from nurture.runtime import build_activities, build_links
-from nurture.settings import Settings
 from scoring.records import lead_responses
+from services.intake import Intake, LeadIn
+from services.reports import response_links
+from services.runtime import build_activities, build_links
 
 TWILIO_TOKEN = "twilio-test-token"
 INBOUND_SECRET = "inbound-secret"
@@ -362,7 +362,7 @@ def send(api, database, activities, channel: str, template: str, step: str = "we
                                    workflow_id=f"lead-{api.lead_id}"))  # fmt: skip
     request = SendRequest(lead_id=api.lead_id, enrollment_id=enrollment_id, sequence_id="month",
                           step_id=step, visit=1, channel=channel, template=template)  # fmt: skip
-    outcome = activities.send_message(request)
+    outcome = activities.lead.send_message(request)
     assert outcome.status == "sent", outcome
     with database.sessions() as session:
         return session.get(Message, outcome.message_id)
@@ -641,7 +641,7 @@ def test_events_waiting_for_a_lead_expire_after_the_retention(api, database, app
                         received_at=now - timedelta(days=8)),
             EarlyStatus(provider_message_id="SMnew", status="sent", received_at=now),
         ])  # fmt: skip
-    with caplog.at_level(logging.INFO, logger="nurture.intake"):
+    with caplog.at_level(logging.INFO, logger="services.intake"):
         relay(api)
     assert "expired 2 event(s) that waited for a lead and 1 status callback(s)" in caplog.text
     assert sorted(r.event_id for r in responses(database)) == [

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from infra.settings import Settings
 from models.db import Enrollment, Message
-from nurture.intake import Intake, LeadIn
-from nurture.runtime import load_and_prepare
-from nurture.settings import Settings
+from services.intake import Intake, LeadIn
+from services.runtime import load_and_prepare
 from tests.provider_server import ProviderServer, sends_definitions, worker_process_env
 
 pytestmark = pytest.mark.devserver

@@ -27,7 +27,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.nurture import NurtureActivities
+    from activities.lead import LeadActivities
+    from activities.sales import SalesActivities
     from models.definitions import BranchStep, EmailStep, SmsStep, WaitForStep, WaitStep
     from models.jinja import ConditionError, evaluate_condition
     from models.workflow_io import (
@@ -61,7 +62,6 @@ with workflow.unsafe.imports_passed_through():
         SlaOutcome,
         StartEnrollment,
     )
-    from sales.activities import SalesActivities
     from scoring.legacy import LegacyScoringModel, legacy_apply_response
 
 # Workflows started before this patch score in-workflow with the model in their input.
@@ -217,7 +217,7 @@ class LeadWorkflow:
         self._sequence_task.cancel()
         await workflow.wait([self._sequence_task])
         await self._activity(
-            NurtureActivities.migrate_enrollment,
+            LeadActivities.migrate_enrollment,
             MigrateEnrollment(enrollment_id=old.enrollment_id,
                               sequence_version=request.sequence.version),
             QUICK,
@@ -469,7 +469,7 @@ class LeadWorkflow:
         scoring = LegacyScoringModel.model_validate(self._legacy_scoring)
         change = legacy_apply_response(scoring, int(self._score), self._stage, event.type, detail)
         await workflow.execute_activity_method(
-            NurtureActivities.record_score,
+            LeadActivities.record_score,
             ScoreUpdate(
                 lead_id=self._lead_id,
                 event_id=event.event_id,
@@ -500,7 +500,7 @@ class LeadWorkflow:
         request = ScoreRequest(lead_id=self._lead_id, event_id=event_id, cause=cause,
                                at=workflow.now(), model_fingerprint=fingerprint,
                                batch_event_ids=batch or [])  # fmt: skip
-        result: ScoreResult = await self._activity(NurtureActivities.score_lead, request, QUICK)
+        result: ScoreResult = await self._activity(LeadActivities.score_lead, request, QUICK)
         if self._long_life and result.requested_at not in (None, request.at):
             return  # scored by an earlier run (an event redelivered after it was forgotten)
         self._score, self._stage = result.total, result.stage
@@ -635,7 +635,7 @@ class LeadWorkflow:
 
     async def _legacy_hand_off(self) -> None:
         result = await workflow.execute_activity_method(
-            NurtureActivities.hand_off,
+            LeadActivities.hand_off,
             HandoffRequest(
                 lead_id=self._lead_id,
                 cycle=self._cycle,
@@ -668,7 +668,7 @@ class LeadWorkflow:
         sequence = enrollment.sequence
         if resume is None:
             await self._activity(
-                NurtureActivities.start_enrollment,
+                LeadActivities.start_enrollment,
                 StartEnrollment(
                     lead_id=self._lead_id,
                     enrollment_id=enrollment.enrollment_id,
@@ -726,7 +726,7 @@ class LeadWorkflow:
         self._state.next_action_at = None
         self._finished_enrollments.add(enrollment.enrollment_id)
         await self._activity(
-            NurtureActivities.finish_enrollment,
+            LeadActivities.finish_enrollment,
             FinishEnrollment(enrollment_id=enrollment.enrollment_id, status=status, reason=reason),
             QUICK,
         )
@@ -761,7 +761,7 @@ class LeadWorkflow:
         while True:
             if window_at_dispatch:  # what arrives from here on answers this message
                 self._events_since_send.clear()
-            outcome = await self._activity(NurtureActivities.send_message, request, SEND)
+            outcome = await self._activity(LeadActivities.send_message, request, SEND)
             if outcome.status != "deferred" or outcome.retry_at is None:
                 break
             self._state.deferred = DeferredSend(

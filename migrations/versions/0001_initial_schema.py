@@ -7,7 +7,7 @@ autoincrementing (SERIAL), each index under SQLAlchemy's `ix_<table>_<column>` n
 unique constraints and foreign keys unnamed (as create_all left them; PostgreSQL names
 them `<table>_<columns>_key` / `_fkey`). No server defaults: every default is the
 models' Python-side one. A database made by create_all with this schema is stamped with
-this revision by `nurture db upgrade` (nurture/migrate.py).
+this revision by `nurture db upgrade` (models/schema.py).
 
 Revision ID: 0001
 Revises:

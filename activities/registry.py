@@ -1,0 +1,34 @@
+"""Every activity the worker registers, listed in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from activities.lead import LeadActivities
+from activities.sales import SalesActivities
+
+
+@dataclass(frozen=True)
+class Activities:
+    """The lead's activities (enrollments, sends, scoring) and the handoff's (assignment,
+    notices, answers, recycling), built with the same database, channels and links."""
+
+    lead: LeadActivities
+    sales: SalesActivities
+
+    def all(self) -> list:
+        lead, sales = self.lead, self.sales
+        return [
+            lead.start_enrollment,
+            lead.finish_enrollment,
+            lead.migrate_enrollment,
+            lead.send_message,
+            lead.score_lead,
+            lead.record_score,  # only workflows started before the score card call it
+            lead.hand_off,
+            sales.assign_handoff,
+            sales.notify_rep,
+            sales.handle_sla_lapse,
+            sales.answer_handoff,
+            sales.recycle_lead,
+        ]

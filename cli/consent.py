@@ -1,0 +1,60 @@
+"""`nurture consent`: show or change a lead's consent by hand."""
+
+from __future__ import annotations
+
+import typer
+
+from cli.common import console, errors
+from infra.settings import get_settings
+
+
+def consent(
+    lead: str = typer.Argument(..., help="the lead's email address or ID"),
+    channel: str = typer.Option(None, help="email or sms"),
+    opt_out: bool = typer.Option(None, "--opt-out/--opt-in", help="change consent"),
+    reason: str = typer.Option(None, help="why (kept in the consent history)"),
+) -> None:
+    """Show a lead's consent per channel and its history, or change it by hand.
+
+    Examples:
+      nurture consent ada@example.com
+      nurture consent ada@example.com --channel sms --opt-out --reason "asked by phone"
+    """
+    from sqlalchemy import select
+
+    from models.consent import ConsentEffect, set_consent
+    from models.db import ConsentChange, Lead
+    from services.runtime import open_database
+
+    if (channel is None) != (opt_out is None):
+        errors.print("give both --channel and --opt-out/--opt-in to change consent")
+        raise typer.Exit(2)
+    if channel not in (None, "email", "sms"):
+        errors.print(f"--channel must be email or sms, not {channel!r}")
+        raise typer.Exit(2)
+    database = open_database(get_settings())
+    with database.sessions.begin() as session:
+        row = Lead.find(session, lead)
+        if row is None:
+            errors.print(f"no lead {lead!r} (give an email address or a lead ID)")
+            raise typer.Exit(1)
+        if channel is not None:
+            effect = ConsentEffect(channel, not opt_out, "manual", reason)
+            changed = set_consent(session, row, effect)
+            verb = "opted out of" if opt_out else "opted in to"
+            console.print(f"{row.email} {verb} {channel}" + ("" if changed else " (no change)"))
+        for name in ("email", "sms"):
+            allowed = getattr(row, f"{name}_consent")
+            why = getattr(row, f"{name}_opt_out_reason")
+            console.print(f"{name:<6} {'allowed' if allowed else 'opted out: ' + (why or '')}")
+        history = session.scalars(
+            select(ConsentChange).where(ConsentChange.lead_id == row.id)
+            .order_by(ConsentChange.id)
+        )  # fmt: skip
+        for change in history:
+            direction = "in " if change.opted_in else "out"
+            console.print(
+                f"  {change.created_at:%Y-%m-%d %H:%M} {change.channel:<5} {direction} "
+                f"{change.reason}" + (f" ({change.detail})" if change.detail else ""),
+                highlight=False,
+            )

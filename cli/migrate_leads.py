@@ -1,0 +1,156 @@
+"""`nurture migrate-leads`: move leads in flight to the current version of a sequence.
+
+A lead keeps the sequence version it was enrolled on (its workflow holds the whole
+sequence). This command is the explicit exception: each running enrollment of SEQUENCE on
+an older version is moved by the workflow's `migrate` update, which refuses (and changes
+nothing) where the lead's current step has no counterpart of the same type in the new
+version, unless `--map OLD=NEW` names one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import asdict, dataclass
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+errors = Console(stderr=True, soft_wrap=True)
+CONCURRENCY = 20  # updates in flight
+
+
+@dataclass
+class Outcome:
+    lead_id: str
+    email: str
+    enrollment_id: str
+    from_version: int
+    status: str  # migrated | refused | failed | would migrate
+    detail: str
+
+
+def migrate_leads(
+    sequence: str = typer.Argument(..., help="the sequence to move leads on"),
+    step_map: list[str] = typer.Option(
+        None, "--map", help="OLD=NEW: leads waiting in step OLD go on from NEW (repeat)"
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list who would move; change nothing"),
+    as_json: bool = typer.Option(False, "--json", help="the outcome per lead as JSON"),
+) -> None:
+    """Move the leads running an older version of SEQUENCE to the version in the
+    definitions now. Each lead goes on from the step it waits in (same step id), with its
+    timer, visits and sent messages kept; a step the new version lacks, or one of another
+    type, is refused for that lead unless --map names its counterpart. Leads on the
+    current version, and finished enrollments, are left alone.
+
+    Examples:
+      nurture migrate-leads saas_trial --dry-run
+      nurture migrate-leads saas_trial --map day3_tips=day3_case_study
+      nurture migrate-leads enterprise_content --json > migration.json
+
+    Exit codes: 0 every lead moved (or none to move); 1 some were refused or failed
+    (listed; run again after fixing the map); 2 bad usage (unknown sequence, bad --map).
+    """
+    from infra.settings import get_settings
+    from services.definitions import load_definitions
+
+    settings = get_settings()
+    definitions = load_definitions(settings.definitions_dir)
+    target = definitions.sequences.get(sequence)
+    if target is None:
+        errors.print(f"no sequence {sequence!r} (known: {', '.join(definitions.sequences)})")
+        raise typer.Exit(2)
+    mapping = {}
+    for item in step_map or ():
+        old, sep, new = item.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            errors.print(f"--map {item!r}: write OLD_STEP=NEW_STEP")
+            raise typer.Exit(2)
+        if new.strip() not in {step.id for step in target.steps}:
+            errors.print(f"--map {item!r}: {sequence} v{target.version} has no step {new!r}")
+            raise typer.Exit(2)
+        mapping[old.strip()] = new.strip()
+
+    outcomes = asyncio.run(_migrate(settings, target, mapping, dry_run, quiet=as_json))
+    if as_json:
+        print(json.dumps([asdict(o) for o in outcomes], indent=2))
+    else:
+        _print(outcomes, target, dry_run)
+    if any(o.status in ("refused", "failed") for o in outcomes):
+        raise typer.Exit(1)
+
+
+async def _migrate(settings, target, mapping, dry_run: bool, quiet: bool) -> list[Outcome]:
+    from sqlalchemy import select
+    from temporalio.client import WorkflowUpdateFailedError
+    from temporalio.service import RPCError
+
+    from channels.template_sets import TemplateVersions
+    from models.db import Enrollment, Lead
+    from models.workflow_io import MigrateRequest, lead_workflow_id
+    from services.runtime import connect_temporal, open_database
+    from workflows.lead import LeadWorkflow
+
+    database = open_database(settings)
+    with database.sessions() as session:
+        rows = session.execute(
+            select(Enrollment, Lead.email)
+            .join(Lead, Lead.id == Enrollment.lead_id)
+            .where(Enrollment.sequence_id == target.id, Enrollment.status == "active",
+                   Enrollment.sequence_version < target.version)
+            .order_by(Enrollment.started_at)
+        ).all()  # fmt: skip
+    todo = [Outcome(e.lead_id, email, e.id, e.sequence_version, "would migrate", "")
+            for e, email in rows]  # fmt: skip
+    if dry_run or not todo:
+        database.engine.dispose()
+        return todo
+    # The leads moved to the new version go on with today's templates too.
+    templates = TemplateVersions(settings.definitions_dir / "templates", database.sessions)
+    request = MigrateRequest(sequence=target, step_map=mapping, templates=templates.current())
+    database.engine.dispose()
+    client = await connect_temporal(settings)
+    slots = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(outcome: Outcome, advance) -> None:
+        handle = client.get_workflow_handle_for(LeadWorkflow.run, lead_workflow_id(outcome.lead_id))
+        async with slots:
+            try:
+                result = await asyncio.wait_for(
+                    handle.execute_update(LeadWorkflow.migrate, request), timeout=60
+                )
+            except WorkflowUpdateFailedError as exc:  # the validator or the handler said no
+                outcome.status, outcome.detail = "refused", str(exc.cause or exc)
+            except (RPCError, TimeoutError) as exc:
+                outcome.status, outcome.detail = "failed", f"{type(exc).__name__}: {exc}"
+            else:
+                outcome.status = "migrated"
+                outcome.detail = (f"v{result.from_version} {result.from_step} -> "
+                                  f"v{result.to_version} {result.to_step}")  # fmt: skip
+        advance()
+
+    with Progress(console=errors, transient=True, disable=quiet) as progress:
+        task = progress.add_task(f"migrating {target.id}", total=len(todo))
+        await asyncio.gather(*(one(o, lambda: progress.advance(task)) for o in todo))
+    return todo
+
+
+def _print(outcomes: list[Outcome], target, dry_run: bool) -> None:
+    from rich.table import Table
+
+    console = Console(soft_wrap=True)
+    if not outcomes:
+        console.print(f"no running enrollment of {target.id} is older than v{target.version}")
+        return
+    table = Table("lead", "enrollment", "from", "outcome", "detail")
+    for o in outcomes:
+        table.add_row(o.email, o.enrollment_id, f"v{o.from_version}", o.status, o.detail)
+    console.print(table)
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items())
+    prefix = "dry run: " if dry_run else ""
+    console.print(f"{prefix}{target.id} -> v{target.version}: {summary}", highlight=False)

@@ -1,0 +1,334 @@
+"""Scoring commands: `score` (one lead's card), `backtest` and `rescore`."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import typer
+
+from cli.common import console, errors, fail_on_definition_errors, load, setup_logging
+from infra.settings import get_settings
+
+
+def score(
+    lead: str = typer.Argument(..., help="the lead's email address or ID"),
+    as_json: bool = typer.Option(False, "--json", help="the card as JSON"),
+    history: int = typer.Option(10, help="how many stored score changes to show"),
+) -> None:
+    """Show a lead's score card now: fit, engagement, grade, every rule's points after
+    decay and caps, which stage thresholds and gate criteria hold, and its score history.
+
+    Examples:
+      nurture score ada@example.com
+      nurture score ada@example.com --json
+    """
+    import json
+
+    from models.db import Lead, utcnow
+    from scoring.explain import explain, print_explanation
+    from services.runtime import open_database
+
+    settings = get_settings()
+    definitions = fail_on_definition_errors(lambda: load(settings))
+    database = open_database(settings)
+    with database.sessions() as session:
+        row = Lead.find(session, lead)
+        if row is None:
+            errors.print(f"no lead {lead!r} (give an email address or a lead ID)")
+            raise typer.Exit(1)
+        data = explain(session, definitions, row, utcnow(), history)
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print_explanation(console, data)
+
+
+def backtest(
+    leads: Path = typer.Option(
+        None,
+        "--leads",
+        metavar="FILE",
+        exists=True,
+        dir_okay=False,
+        help="lead history as JSON Lines: profile, responses, outcome (see README)",
+    ),
+    synthetic: int = typer.Option(
+        None, "--synthetic", metavar="N", min=1, help="score N synthetic leads instead of a file"
+    ),
+    seed: int = typer.Option(1, help="the synthetic leads' seed: same seed, same leads"),
+    objective: str = typer.Option(
+        "f1", help="what the best threshold maximises: f1, f2, fbeta, precision or recall"
+    ),
+    beta: float = typer.Option(None, help="β of --objective fbeta (below 1 favours precision)"),
+    min_recall: float = typer.Option(
+        None, help="only thresholds with at least this recall, 0-1 (precision: 0.5 unless given)"
+    ),
+    min_precision: float = typer.Option(
+        None, help="only thresholds with at least this precision, 0-1 (recall: 0.5 unless given)"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="the report as JSON"),
+) -> None:
+    """Replay lead history through the scoring models: for MQL and SQL, the precision,
+    recall and lift against who became a customer, lift by score decile, and the threshold
+    that would have maximised the objective.
+
+    Each lead is scored by its segment's model as of each of its responses, never with
+    what it did after its outcome. A bad history file stops with exit code 2 and names
+    the file, line and field. Make a history with `python -m scoring.synthetic`, or export
+    yours (README: Backtesting).
+
+    Examples:
+      nurture backtest --synthetic 5000
+      nurture backtest --leads history.jsonl --objective f2
+      nurture backtest --leads history.jsonl --objective precision --min-recall 0.4 --json
+    """
+    import json
+
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from models.jinja import ConditionError
+    from scoring.backtest import Objective, evaluate, report
+    from scoring.backtest_view import print_report
+    from scoring.history import HistoryError, load_history, parse_leads
+    from scoring.synthetic import generate
+
+    if (leads is None) == (synthetic is None):
+        errors.print("give --leads FILE (your history) or --synthetic N (made-up leads)")
+        raise typer.Exit(2)
+    try:
+        goal = Objective.named(objective, beta, min_recall, min_precision)
+    except ValueError as exc:
+        errors.print(str(exc), highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    settings = get_settings()
+    definitions = fail_on_definition_errors(lambda: load(settings))
+    try:
+        if leads is not None:
+            history, source = load_history(leads), str(leads)
+        else:
+            history = list(parse_leads(generate(synthetic, seed), "<synthetic>"))
+            source = f"a synthetic history (seed {seed})"
+    except HistoryError as exc:
+        errors.print(f"[red]error[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        errors.print("the history was not scored: fix that line (format: README, Backtesting)")
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        errors.print(f"cannot read {leads}: {exc.strerror or exc}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    if not history:
+        errors.print(f"{source} holds no leads", highlight=False, markup=False)
+        raise typer.Exit(2)
+
+    try:
+        if errors.is_terminal:  # a bar on stderr: stdout stays the report
+            columns = ("scoring", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+            with Progress(*columns, console=errors, transient=True) as bar:
+                task = bar.add_task("scoring", total=len(history))
+                results = evaluate(definitions, history, lambda n: bar.advance(task, n))
+        else:
+            results = evaluate(definitions, history)
+    except ConditionError as exc:  # a segment rule that fails on a lead of the history
+        errors.print(f"[red]error[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    outcome = report(results, definitions.scoring, goal)
+    if as_json:
+        print(json.dumps(outcome.to_dict(), indent=2))
+    else:
+        print_report(console, outcome, source)
+
+
+def rescore(
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="score and report only: write nothing, signal no workflow"
+    ),
+    batch_size: int = typer.Option(2000, min=1, help="leads per batch (one transaction each)"),
+    as_json: bool = typer.Option(False, "--json", help="the report as JSON"),
+) -> None:
+    """Score every lead again with the models now in scoring.yaml (after a model change).
+
+    Leads are scored in batches, with a progress bar on stderr. Those whose score (to
+    0.1) or stage moved are written (cause `rescore`); leads past SQL belong to sales
+    and are left alone. A lead the new model makes an SQL is not written here: its
+    workflow gets a `rescore` signal, scores it and hands it to sales itself. Prints
+    how many leads changed and each stage transition.
+
+    Restart the workers on the new scoring.yaml first: a worker refuses a rescore whose
+    model fingerprint differs from its own ("restart the workers") and retries it until
+    a worker with that model takes it. A dry run needs no Temporal.
+
+    Examples:
+      nurture rescore --dry-run
+      nurture rescore --batch-size 5000 --json
+    """
+    import json
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from models.db import utcnow
+    from services.rescore import rescore_all
+    from services.runtime import open_database
+
+    setup_logging(False)
+    settings = get_settings()
+    definitions = fail_on_definition_errors(lambda: load(settings))
+    database = open_database(settings)
+    bar = Progress(
+        TextColumn("rescoring"), BarColumn(), MofNCompleteColumn(), TextColumn("leads"),
+        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=errors,
+    )  # fmt: skip
+    task = bar.add_task("rescoring", total=None)
+
+    def run(on_sql=None):
+        with bar:
+            return rescore_all(
+                database.sessions, definitions, utcnow(), batch_size=batch_size,
+                dry_run=dry_run, on_sql=on_sql,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )  # fmt: skip
+
+    started = time.perf_counter()
+    try:
+        if dry_run:
+            report, handed = run(), None
+        else:
+            report, handed = asyncio.run(_rescore_with_handoffs(settings, run))
+    finally:
+        database.engine.dispose()
+    seconds = time.perf_counter() - started
+    if as_json:
+        data = report.to_dict() | {"handed": handed.to_dict() if handed else None,
+                                   "total_seconds": round(seconds, 3)}  # fmt: skip
+        print(json.dumps(data, indent=2))
+    else:
+        _print_rescore(report, handed, seconds)
+
+
+_SIGNALS_IN_FLIGHT = 50  # `rescore` signals sent at once
+_LISTED = 20  # lead ids named in the summary per kind of problem
+
+
+class _Handed:
+    """What became of the `rescore` signals to SQL-crossing leads' workflows."""
+
+    def __init__(self) -> None:
+        self.signalled = 0
+        self.not_running: list[str] = []  # no open workflow: not handed off, not written
+        self.failed: dict[str, str] = {}  # lead id -> error
+
+    def to_dict(self) -> dict:
+        return {"signalled": self.signalled, "not_running": self.not_running,
+                "failed": self.failed}  # fmt: skip
+
+
+async def _rescore_with_handoffs(settings, run):
+    """Run `run(on_sql)` in a thread while this loop signals each batch's SQL-crossers
+    (committed by then) to their workflows, at most _SIGNALS_IN_FLIGHT at once."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from models.workflow_io import RescoreRequest, lead_workflow_id
+    from services.runtime import connect_temporal
+    from workflows.lead import LeadWorkflow
+
+    try:
+        client = await connect_temporal(settings)
+    except Exception as exc:  # before anything is written: nothing to undo
+        errors.print(f"cannot reach Temporal at {settings.temporal_address}: {exc}")
+        errors.print("nothing was rescored (`nurture rescore --dry-run` needs no Temporal)")
+        raise typer.Exit(1) from None
+    loop = asyncio.get_running_loop()
+    in_flight = asyncio.Semaphore(_SIGNALS_IN_FLIGHT)
+    handed = _Handed()
+    sent = []
+
+    async def signal(lead_id: str, request: RescoreRequest) -> None:
+        async with in_flight:
+            handle = client.get_workflow_handle(lead_workflow_id(lead_id))
+            try:
+                await handle.signal(LeadWorkflow.rescore, request)
+            except RPCError as exc:
+                if exc.status == RPCStatusCode.NOT_FOUND:
+                    handed.not_running.append(lead_id)
+                else:
+                    handed.failed[lead_id] = f"{exc.status.name}: {exc.message}"
+            except Exception as exc:
+                handed.failed[lead_id] = f"{type(exc).__name__}: {exc}"
+            else:
+                handed.signalled += 1
+
+    async def signal_all(lead_ids: list[str], event_id: str, fingerprint: str) -> None:
+        request = RescoreRequest(event_id=event_id, model_fingerprint=fingerprint)
+        await asyncio.gather(*(signal(lead_id, request) for lead_id in lead_ids))
+
+    def on_sql(lead_ids: list[str], event_id: str, fingerprint: str) -> None:
+        # Called in the scoring thread after each batch's commit: signal while it goes on.
+        sent.append(asyncio.run_coroutine_threadsafe(signal_all(lead_ids, event_id, fingerprint),
+                                                     loop))  # fmt: skip
+
+    try:
+        report = await asyncio.to_thread(run, on_sql)
+    finally:  # batches already committed still get their handoffs
+        await asyncio.gather(*(asyncio.wrap_future(future) for future in sent))
+    return report, handed
+
+
+def _print_rescore(report, handed: _Handed | None, seconds: float) -> None:
+    dry = report.dry_run
+    if dry:
+        console.print(f"dry run at {report.at:%Y-%m-%d %H:%M:%S} UTC: nothing written, "
+                      "no workflow signalled")  # fmt: skip
+    else:
+        console.print(f"rescore {report.event_id} at {report.at:%Y-%m-%d %H:%M:%S} UTC")
+    if handed is None:
+        sql_detail = "would be handed to their workflows"
+    else:
+        sql_detail = f"signalled {handed.signalled}"
+        if handed.not_running:
+            sql_detail += f", {len(handed.not_running)} with no running workflow"
+        if handed.failed:
+            sql_detail += f", {len(handed.failed)} failed"
+    for name, count, detail in [
+        ("leads", report.total, ""),
+        ("scored", report.scored, ""),
+        ("changed", report.changed,
+         "score (to 0.1) or stage moved: " + ("would be written" if dry else "written")),
+        ("unchanged", report.unchanged, ""),
+        ("handed to workflows for SQL", report.to_sql, sql_detail),
+        ("sales-owned, skipped", report.sales_owned, "past SQL: left to sales"),
+        ("concurrent", report.concurrent, "scored by their workflow meanwhile: left to it"),
+        ("problems", sum(report.problems.values()), "rule evaluations that failed"),
+    ]:  # fmt: skip
+        console.print(f"  {name:<28}{count:>9,}  {detail}".rstrip(), highlight=False)
+    if report.transitions:
+        console.print("stage transitions")
+        for transition, count in report.transitions.most_common():
+            console.print(f"  {transition:<28}{count:>9,}", highlight=False)
+    else:
+        console.print("no stage transitions")
+    for problem, count in report.problems.most_common():
+        console.print(f"[yellow]problem[/yellow] ×{count}: {problem}", highlight=False)
+    if handed is not None:
+        for lead_id in handed.not_running[:_LISTED]:
+            console.print(f"[yellow]not handed off[/yellow] {lead_id}: no running workflow "
+                          "(left as it was)", highlight=False)  # fmt: skip
+        for lead_id, error in list(handed.failed.items())[:_LISTED]:
+            console.print(f"[red]signal failed[/red] {lead_id}: {error}", highlight=False)
+        hidden = max(len(handed.not_running) - _LISTED, 0) + max(len(handed.failed) - _LISTED, 0)
+        if hidden:
+            console.print(f"... and {hidden} more (--json lists them all)")
+        if handed.signalled:
+            console.print("the workers must run these models to take the handoffs: "
+                          "restart them on the new scoring.yaml if not done yet")  # fmt: skip
+    models = ", ".join(f"{name} ({fp})" for name, fp in sorted(report.models.items()))
+    console.print(f"models: {models or 'none'}", highlight=False)
+    console.print(f"time: {report.seconds:.1f} s scoring ({report.leads_per_second:,.0f} "
+                  f"leads/s), {seconds:.1f} s in all")  # fmt: skip

@@ -1,0 +1,41 @@
+"""Everything one definitions directory holds, loaded and checked
+(`services.definitions.load_definitions` builds it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.definitions import DeliveryPolicy, SalesTeam, Segments, Sequence
+from models.jinja import evaluate_condition
+from models.scoring_model import ScoringBook, ScoringModel
+from models.yaml_source import DefinitionProblem
+
+
+@dataclass
+class Definitions:
+    root: Path
+    sequences: dict[str, Sequence]
+    segments: Segments
+    scoring: ScoringBook
+    sales: SalesTeam
+    delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
+    warnings: list[DefinitionProblem] = field(default_factory=list)
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / "templates"
+
+    def choose_segment(self, lead: dict[str, Any]) -> tuple[str, str]:
+        """(segment id, sequence id) for a lead: the first matching rule, else the default."""
+        for segment in self.segments.segments:
+            if evaluate_condition(segment.when, {"lead": lead}):
+                return segment.id, segment.sequence
+        return self.segments.default.id, self.segments.default.sequence
+
+    def scoring_model(self, segment_id: str | None) -> ScoringModel:
+        """The scoring model a segment uses (the file's default_model if it names none)."""
+        named = {s.id: s.scoring_model for s in self.segments.segments}
+        named[self.segments.default.id] = self.segments.default.scoring_model
+        return self.scoring.model(named.get(segment_id or ""))

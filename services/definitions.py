@@ -1,0 +1,473 @@
+"""Load a definitions directory into typed models, reporting every problem at once.
+
+Layout of a definitions directory (the repository root by default):
+
+    sequences/*.yaml     one sequence per file
+    segments.yaml        rules choosing a sequence per lead (first match wins) and a default
+    scoring.yaml         scoring models: fit and engagement rules, decay, stages and gates
+    sales.yaml           the sales reps leads are handed to
+    delivery.yaml        optional: send windows (quiet hours) and frequency caps
+    templates/email/<name>/{subject.txt,body.html,body.txt}
+    templates/sms/<name>.txt
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from models.definition_set import Definitions
+from models.definitions import (
+    BranchStep,
+    DeliveryPolicy,
+    EmailStep,
+    SalesTeam,
+    Segments,
+    Sequence,
+    SmsStep,
+    Step,
+    _LocatedValueError,
+)
+from models.jinja import SAMPLE_LEAD, ConditionError, compile_condition, evaluate_condition
+from models.scoring_model import ScoringBook
+from models.yaml_source import DefinitionError, DefinitionProblem, LocatedYaml, load_located
+
+M = TypeVar("M", bound=BaseModel)
+
+EMAIL_PARTS = ("subject.txt", "body.html", "body.txt")
+STEP_TYPES = ("email", "sms", "wait", "wait_for", "branch", "exit")
+
+
+def load_definitions(root: Path | str) -> Definitions:
+    """Load and cross-check everything under `root`; raise DefinitionError listing all errors."""
+    definitions, problems = check_definitions(root)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors or definitions is None:
+        raise DefinitionError(errors)
+    return definitions
+
+
+def check_definitions(root: Path | str) -> tuple[Definitions | None, list[DefinitionProblem]]:
+    """Load what can be loaded and return it with every problem (errors and warnings)."""
+    inspection = inspect_definitions(root)
+    return inspection.definitions, inspection.problems
+
+
+@dataclass
+class Inspection:
+    """Everything `inspect_definitions` found. `definitions` is None if any file failed;
+    `sends` still lists every send step that could be read, valid steps of a broken
+    sequence included, so that `nurture validate` checks their templates in the same run."""
+
+    root: Path
+    definitions: Definitions | None
+    problems: list[DefinitionProblem]
+    sends: list[SendStep]
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.root / "templates"
+
+
+@dataclass(frozen=True)
+class SendStep:
+    sequence: str
+    step: str
+    channel: str
+    template: str
+
+
+def inspect_definitions(root: Path | str) -> Inspection:
+    """Load every file on its own and cross-check what loaded: one broken file never hides
+    the problems of the others (objects that failed are left out of the cross-checks that
+    need them, so they cause no follow-on errors)."""
+    root = Path(root)
+    problems: list[DefinitionProblem] = []
+    sequences, broken, sends = _load_sequences(root, problems)
+
+    segments = _load_model(root / "segments.yaml", Segments, problems)
+    if segments is not None:
+        problems += _check_segments(*segments, sequences, broken)
+    scoring = _load_model(root / "scoring.yaml", ScoringBook, problems)
+    if scoring is not None:
+        problems += _check_scoring(*scoring)
+        if segments is not None:
+            problems += _check_segment_models(*segments, scoring[0])
+    sales = _load_model(root / "sales.yaml", SalesTeam, problems)
+    if sales is not None:
+        known_segments = None
+        if segments is not None:
+            known_segments = [s.id for s in segments[0].segments] + [segments[0].default.id]
+        problems += _check_sales(*sales, known_segments, sequences, broken)
+    delivery: tuple[DeliveryPolicy, Any] | None = (DeliveryPolicy(), None)
+    if (root / "delivery.yaml").exists():  # optional: the defaults otherwise
+        delivery = _load_model(root / "delivery.yaml", DeliveryPolicy, problems)
+
+    if segments is None or scoring is None or sales is None or delivery is None:
+        return Inspection(root, None, problems, sends)
+    definitions = Definitions(root, sequences, segments[0], scoring[0], sales[0], delivery[0])
+    definitions.warnings = [p for p in problems if p.severity != "error"]
+    return Inspection(root, definitions, problems, sends)
+
+
+def _load_sequences(
+    root: Path, problems: list[DefinitionProblem]
+) -> tuple[dict[str, Sequence], set[str], list[SendStep]]:
+    """The valid sequences; the names of the broken ones (by file name and by the id they
+    declare, so that a segment naming one is not also an error); and every send step."""
+    sequences: dict[str, Sequence] = {}
+    broken: set[str] = set()
+    sends: list[SendStep] = []
+    sequence_files = sorted((root / "sequences").glob("*.yaml"))
+    if not sequence_files:
+        problems.append(DefinitionProblem(str(root / "sequences"), None, None, "", "no *.yaml"))
+    for path in sequence_files:
+        source = _load_source(path, problems)
+        sequence = _validate(source, Sequence, problems) if source is not None else None
+        if sequence is None:
+            broken.add(path.stem)
+            if source is not None:
+                problems += _check_readable_steps(root, source, broken, sends)
+            continue
+        if sequence.id in sequences:
+            problems.append(
+                source.problem(("id",), f"sequence id {sequence.id!r} is also used by another file")
+            )
+            continue
+        sequences[sequence.id] = sequence
+        sends += [SendStep(sequence.id, *send) for send in sequence.templates()]
+        problems += _check_sequence(root, sequence, source)
+    return sequences, broken, sends
+
+
+def _check_readable_steps(
+    root: Path, source: LocatedYaml, broken: set[str], sends: list[SendStep]
+) -> list[DefinitionProblem]:
+    """A sequence that failed validation: its errors are already reported, but each step
+    that is valid on its own still has its template checked (and rendered by validate)."""
+    data = source.data if isinstance(source.data, dict) else {}
+    sequence_id = data.get("id") if isinstance(data.get("id"), str) else source.path.stem
+    broken.add(sequence_id)
+    steps = data.get("steps") if isinstance(data.get("steps"), list) else []
+    problems: list[DefinitionProblem] = []
+    for index, raw in enumerate(steps):
+        try:
+            step = _STEP.validate_python(raw)
+        except ValidationError:
+            continue  # reported with the sequence
+        if isinstance(step, EmailStep | SmsStep):
+            sends.append(SendStep(sequence_id, step.id, step.type, step.template))
+            problems += _check_send_step(root, index, step, source)
+    return problems
+
+
+_STEP: TypeAdapter[Step] = TypeAdapter(Step)
+
+
+def _load_model(
+    path: Path, model: type[M], problems: list[DefinitionProblem]
+) -> tuple[M, LocatedYaml] | None:
+    source = _load_source(path, problems)
+    if source is None:
+        return None
+    loaded = _validate(source, model, problems)
+    return None if loaded is None else (loaded, source)
+
+
+def _load_source(path: Path, problems: list[DefinitionProblem]) -> LocatedYaml | None:
+    if not path.is_file():
+        problems.append(DefinitionProblem(str(path), None, None, "", "file is missing"))
+        return None
+    try:
+        return load_located(path)
+    except DefinitionError as exc:
+        problems += exc.problems
+        return None
+
+
+def _validate(source: LocatedYaml, model: type[M], problems: list[DefinitionProblem]) -> M | None:
+    if not isinstance(source.data, dict):
+        problems.append(source.problem((), "expected a mapping at the top of the file"))
+        return None
+    try:
+        return model.model_validate(source.data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = _data_loc(source.data, error["loc"])
+            if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                loc = (*loc, "type")
+            message = error["msg"].removeprefix("Value error, ")
+            cause = (error.get("ctx") or {}).get("error")
+            if isinstance(cause, _LocatedValueError):
+                loc = (*loc, *cause.loc)
+            problems.append(source.problem(loc, message))
+        return None
+
+
+def _data_loc(data: Any, loc: tuple) -> tuple:
+    """Map a pydantic `loc` onto the data, dropping union tags (`steps.2.wait.duration`)."""
+    path: list = []
+    node = data
+    for part in loc:
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and part < len(node)
+        if in_dict or in_list:
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, dict) and part not in STEP_TYPES:
+            path.append(part)  # a missing field: name it, located at its parent
+            break
+    return tuple(path)
+
+
+def _check_sequence(root: Path, sequence: Sequence, source: LocatedYaml) -> list[DefinitionProblem]:
+    problems: list[DefinitionProblem] = []
+    for index, step in enumerate(sequence.steps):
+        if isinstance(step, EmailStep | SmsStep):
+            problems += _check_send_step(root, index, step, source)
+        elif isinstance(step, BranchStep):
+            try:
+                compile_condition(step.condition)
+            except ConditionError as exc:
+                problems.append(source.problem(("steps", index, "if"), str(exc)))
+    problems += _check_reachability(sequence, source)
+    return problems
+
+
+def _check_send_step(
+    root: Path, index: int, step: EmailStep | SmsStep, source: LocatedYaml
+) -> list[DefinitionProblem]:
+    """The template files a send step needs exist."""
+    if step.type == "email":
+        parts = [f"templates/email/{step.template}/{part}" for part in EMAIL_PARTS]
+        what = "email template"
+    else:
+        parts, what = [f"templates/sms/{step.template}.txt"], "SMS template"
+    return [
+        source.problem(("steps", index, "template"), f"{what} {step.template!r} has no {part}")
+        for part in parts
+        if not (root / part).is_file()
+    ]
+
+
+def _check_reachability(sequence: Sequence, source: LocatedYaml) -> list[DefinitionProblem]:
+    """Warn about steps no path reaches; error on loops that never wait."""
+    problems: list[DefinitionProblem] = []
+    index_of = {step.id: i for i, step in enumerate(sequence.steps)}
+
+    reached: set[str] = set()
+    frontier = [sequence.steps[0].id]
+    while frontier:
+        current = frontier.pop()
+        if current in reached:
+            continue
+        reached.add(current)
+        frontier += sequence.successors(current)
+    for step in sequence.steps:
+        if step.id not in reached:
+            problems.append(
+                source.problem(
+                    ("steps", index_of[step.id], "id"),
+                    f"step {step.id!r} can never be reached",
+                    severity="warning",
+                )
+            )
+
+    # A cycle made only of non-waiting steps would send or spin without end.
+    instant = {s.id for s in sequence.steps if s.type not in ("wait", "wait_for")}
+
+    def cycle_from(start: str) -> bool:
+        stack, seen = [start], set()
+        while stack:
+            node = stack.pop()
+            for nxt in sequence.successors(node):
+                if nxt == start:
+                    return True
+                if nxt in instant and nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        return False
+
+    for step_id in sorted(instant & reached, key=index_of.get):
+        if cycle_from(step_id):
+            problems.append(
+                source.problem(
+                    ("steps", index_of[step_id], "id"),
+                    f"step {step_id!r} is on a loop with no wait, which would never pause",
+                )
+            )
+            break
+    return problems
+
+
+def _check_segments(
+    segments: Segments, source: LocatedYaml, sequences: dict[str, Sequence], broken: set[str]
+) -> list[DefinitionProblem]:
+    problems: list[DefinitionProblem] = []
+    for index, segment in enumerate(segments.segments):
+        try:
+            compile_condition(segment.when)
+        except ConditionError as exc:
+            problems.append(source.problem(("segments", index, "when"), str(exc)))
+        if segment.sequence not in sequences and segment.sequence not in broken:
+            problems.append(
+                source.problem(
+                    ("segments", index, "sequence"),
+                    f"no sequence {segment.sequence!r} (known: {', '.join(sorted(sequences))})",
+                )
+            )
+    if segments.default.sequence not in sequences and segments.default.sequence not in broken:
+        problems.append(
+            source.problem(
+                ("default", "sequence"),
+                f"no sequence {segments.default.sequence!r} (known: {', '.join(sorted(sequences))})",  # noqa: E501
+            )
+        )
+    return problems
+
+
+def _check_segment_models(
+    segments: Segments, source: LocatedYaml, scoring: ScoringBook
+) -> list[DefinitionProblem]:
+    problems: list[DefinitionProblem] = []
+    named = [(("segments", i, "scoring_model"), s.scoring_model)
+             for i, s in enumerate(segments.segments)]  # fmt: skip
+    named.append((("default", "scoring_model"), segments.default.scoring_model))
+    for loc, name in named:
+        if name is not None and name not in scoring.models:
+            problems.append(source.problem(
+                loc, f"no scoring model {name!r} in scoring.yaml "
+                f"(models: {', '.join(scoring.models)})",
+            ))  # fmt: skip
+    return problems
+
+
+def _check_scoring(scoring: ScoringBook, source: LocatedYaml) -> list[DefinitionProblem]:
+    """Evaluate every expression once on a sample lead, so a misspelt name is an error
+    here, not a stage that silently never holds."""
+    from scoring.engine import score, stage_context  # the engine imports these models
+
+    problems: list[DefinitionProblem] = []
+    for name, model in scoring.models.items():
+        card = score(model, SAMPLE_LEAD, [], _SAMPLE_MOMENT)
+        context = stage_context(card, SAMPLE_LEAD)
+        expressions = [
+            (("fit", "rules", i, "when"), rule.when, {"lead": context["lead"]})
+            for i, rule in enumerate(model.fit.rules) if rule.when
+        ]  # fmt: skip
+        for stage_name, stage in model.stages.ladder():
+            for key in ("when", "recycle_when"):
+                if getattr(stage, key):
+                    expressions.append(((stage_name, key), getattr(stage, key), context))
+            for criterion, expression in stage.gate.items():
+                expressions.append(((stage_name, "gate", criterion), expression, context))
+        for loc, expression, names in expressions:
+            if loc[0] != "fit":
+                loc = ("stages", *loc)
+            try:
+                evaluate_condition(expression, names)
+            except ConditionError as exc:
+                problems.append(source.problem(("models", name, *loc), str(exc)))
+        for index, rule in enumerate(model.engagement.rules):
+            for other in model.engagement.rules[:index]:
+                if set(rule.event) <= set(other.event) and not other.where:
+                    problems.append(source.problem(
+                        ("models", name, "engagement", "rules", index, "id"),
+                        f"rule {rule.id!r} never counts: {other.id!r} above it takes every "
+                        f"{', '.join(rule.event)} first (put specific rules first)",
+                        severity="warning",
+                    ))  # fmt: skip
+                    break
+    return problems
+
+
+_SAMPLE_MOMENT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _check_sales(
+    team: SalesTeam,
+    source: LocatedYaml,
+    segment_ids: list[str] | None,
+    sequences: dict[str, Sequence],
+    broken: set[str],
+) -> list[DefinitionProblem]:
+    """Cross-check sales.yaml: every rep, pool, segment and sequence it names exists."""
+    problems: list[DefinitionProblem] = []
+    rep_ids = [rep.id for rep in team.reps]
+    for index, rep_id in enumerate(rep_ids):
+        if rep_id in rep_ids[:index]:
+            problems.append(source.problem(("reps", index, "id"), f"duplicate rep id {rep_id!r}"))
+    if segment_ids is not None:
+        for index, rep in enumerate(team.reps):
+            for position, segment in enumerate(rep.segments):
+                if segment not in segment_ids:
+                    problems.append(source.problem(
+                        ("reps", index, "segments", position),
+                        f"no segment {segment!r} in segments.yaml "
+                        f"(segments: {', '.join(segment_ids)})",
+                    ))  # fmt: skip
+    active = {rep.id for rep in team.reps if rep.active}
+    if not active:
+        problems.append(source.problem(
+            ("reps",), "no rep is active: no lead can be handed to sales", severity="warning"
+        ))  # fmt: skip
+    for pool, members in team.pools.items():
+        for position, rep_id in enumerate(members):
+            if rep_id not in rep_ids:
+                problems.append(source.problem(
+                    ("pools", pool, position),
+                    f"pool {pool!r} names {rep_id!r}, who is not a rep "
+                    f"(reps: {', '.join(rep_ids)})",
+                ))  # fmt: skip
+            elif rep_id in members[:position]:
+                problems.append(source.problem(
+                    ("pools", pool, position), f"{rep_id!r} is in pool {pool!r} twice"
+                ))  # fmt: skip
+        if active and not active & set(members) and set(members) <= set(rep_ids):
+            problems.append(source.problem(
+                ("pools", pool),
+                f"pool {pool!r} has no active rep: its leads go to the fallback pool",
+                severity="warning",
+            ))  # fmt: skip
+    pools = ", ".join(team.pool_ids)
+    for index, rule in enumerate(team.routing):
+        if rule.pool not in team.pool_ids:
+            problems.append(source.problem(
+                ("routing", index, "pool"), f"no pool {rule.pool!r} (pools: {pools})"
+            ))  # fmt: skip
+        if segment_ids is not None:
+            for position, segment in enumerate(rule.segment):
+                if segment not in segment_ids:
+                    problems.append(source.problem(
+                        ("routing", index, "segment", position),
+                        f"no segment {segment!r} in segments.yaml "
+                        f"(segments: {', '.join(segment_ids)})",
+                    ))  # fmt: skip
+        if rule.when:
+            try:
+                evaluate_condition(rule.when, {"lead": SAMPLE_LEAD})
+            except ConditionError as exc:
+                problems.append(source.problem(("routing", index, "when"), str(exc)))
+        for earlier, other in enumerate(team.routing[:index], start=1):
+            if other.matches_everyone:
+                problems.append(source.problem(
+                    ("routing", index, "pool"),
+                    f"rule {index + 1} never matches: rule {earlier} above it takes every lead",
+                    severity="warning",
+                ))  # fmt: skip
+                break
+    if team.fallback_pool is not None and team.fallback_pool not in team.pool_ids:
+        problems.append(source.problem(
+            ("fallback_pool",), f"no pool {team.fallback_pool!r} (pools: {pools})"
+        ))  # fmt: skip
+    sequence = team.recycle.sequence
+    if sequence is not None and sequence not in sequences and sequence not in broken:
+        problems.append(source.problem(
+            ("recycle", "sequence"),
+            f"no sequence {sequence!r} (known: {', '.join(sorted(sequences))})",
+        ))  # fmt: skip
+    return problems

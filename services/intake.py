@@ -1,0 +1,646 @@
+"""Intake: upsert a lead, choose its segment, enroll it, and deliver responses to its workflow.
+
+Used by the API, the CLI and the demo. Responses are committed to the database
+first (the inbox) and only then signalled, so a Temporal outage loses nothing:
+`redeliver` signals whatever is still undelivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from channels.template_sets import TemplateVersions
+from infra.settings import Settings
+from models.consent import ConsentEffect, classify_response, set_consent
+from models.contact import known_timezone, normalise_phone
+from models.db import (
+    EarlyStatus,
+    Lead,
+    Message,
+    Response,
+    as_utc,
+    new_id,
+    report_delivery,
+    utcnow,
+)
+from models.definition_set import Definitions
+from models.definitions import RESPONSE_TYPES
+from models.workflow_io import (
+    EnrollRequest,
+    LeadInput,
+    ResponseEvent,
+    lead_workflow_id,
+)
+from workflows.lead import LeadWorkflow
+
+log = logging.getLogger("services.intake")
+
+
+def storable(value: Any, where: str = "", depth: int = 0) -> None:
+    """Refuse what a database column or a JSON document cannot hold, naming where it is:
+    NUL characters and unpaired surrogates in text, NaN and infinities, deep nesting."""
+    if depth > MAX_NESTING:
+        raise ValueError(f"{where or 'value'}: nested deeper than {MAX_NESTING} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{where or 'text'}: contains a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{where or 'text'}: contains an unpaired surrogate") from None
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where or 'number'}: {value} is not a JSON number")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            # The path may name a key that is itself unprintable: escape it.
+            name = str(key).encode("utf-8", "backslashreplace").decode("utf-8")[:50]
+            path = f"{where}.{name}" if where else name
+            storable(key, f"{path} (the key)", depth + 1)
+            storable(item, path, depth + 1)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            storable(item, f"{where}.{index}" if where else str(index), depth + 1)
+
+
+MAX_NESTING = 20
+# JSON sizes (UTF-8 bytes). Attributes ride in the lead workflow's inputs (Temporal refuses
+# a payload over 2 MB); event data stays in the database, only its ID and type are signalled.
+MAX_ATTRIBUTES_BYTES = 16_384
+MAX_EVENT_DATA_BYTES = 65_536
+EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, default=str).encode("utf-8"))
+
+
+def _within(value: dict[str, Any], limit: int) -> dict[str, Any]:
+    size = json_size(value)
+    if size > limit:
+        raise ValueError(f"{size:,} bytes as JSON; the limit is {limit:,}")
+    return value
+
+
+class _Incoming(BaseModel):
+    """What arrives from outside: unknown fields refused, everything storable."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            storable(data)
+        return data
+
+
+class LeadIn(_Incoming):
+    """A lead as it arrives from a form, an import or the API (sizes: the columns')."""
+
+    email: EmailStr = Field(max_length=320)
+    # Before `phone`: a number without a +country code is read in the lead's country.
+    country: str | None = Field(default=None, min_length=2, max_length=2)
+    phone: str | None = Field(default=None, max_length=40)
+    first_name: str | None = Field(default=None, max_length=100)
+    last_name: str | None = Field(default=None, max_length=100)
+    title: str | None = Field(default=None, max_length=200)
+    company: str | None = Field(default=None, max_length=200)
+    company_size: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    industry: str | None = Field(default=None, max_length=100)
+    timezone: str = Field(default="UTC", max_length=64)
+    source: str | None = Field(default=None, max_length=100)
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, description=f"at most {MAX_ATTRIBUTES_BYTES:,} bytes as JSON"
+    )
+    sequence: str | None = Field(
+        default=None, max_length=100, description="enroll in this sequence instead of the segment's"
+    )
+
+    @field_validator("attributes")
+    @classmethod
+    def _small_attributes(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _within(value, MAX_ATTRIBUTES_BYTES)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        return known_timezone(value)
+
+    @field_validator("country")
+    @classmethod
+    def _upper_country(cls, value: str | None) -> str | None:
+        return value.upper() if value else value
+
+    @field_validator("phone")
+    @classmethod
+    def _phone_in_e164(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else normalise_phone(value, info.data.get("country"))
+
+
+class EventIn(_Incoming):
+    """A response from a lead: `POST /events`, or a provider webhook translated.
+
+    The lead is named by `lead_id`, or by `email` or `phone`; an email or phone no lead
+    has yet is kept and matched when that lead arrives."""
+
+    type: str = Field(max_length=50)
+    lead_id: str | None = Field(default=None, max_length=32)
+    email: EmailStr | None = None
+    phone: str | None = Field(default=None, max_length=32)
+    event_id: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="idempotency key: an event with a key already seen is counted, not stored",
+    )  # fmt: skip
+    occurred_at: datetime | None = None
+    message_id: str | None = Field(default=None, max_length=32, description="our message ID")
+    data: dict[str, Any] = Field(
+        default_factory=dict, description=f"at most {MAX_EVENT_DATA_BYTES:,} bytes as JSON"
+    )
+
+    @field_validator("data")
+    @classmethod
+    def _small_data(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _within(value, MAX_EVENT_DATA_BYTES)
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        return None if value is None else normalise_phone(value)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _plausible_time(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        value = value if value.tzinfo else value.replace(tzinfo=UTC)
+        if not EARLIEST <= value <= LATEST:
+            raise ValueError(f"{value.isoformat()} is not a plausible time for an event")
+        return value
+
+    @model_validator(mode="after")
+    def _names_a_lead(self) -> EventIn:
+        if not (self.lead_id or self.email or self.phone or self.message_id):
+            raise ValueError("name the lead: give lead_id, email or phone")
+        return self
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in RESPONSE_TYPES:
+            raise ValueError(
+                f"unknown event type {value!r}; known: {', '.join(sorted(RESPONSE_TYPES))}"
+            )
+        return value
+
+
+# Seconds a request may spend signalling workflows after its events are committed.
+INLINE_BUDGET = 1.0
+# Days events wait for their lead by default (NURTURE_PENDING_EVENT_RETENTION_DAYS), and
+# seconds between the relay's expiries of those that waited longer.
+RETENTION_DAYS = Settings.model_fields["pending_event_retention_days"].default
+EXPIRY_INTERVAL = 600.0
+
+
+class UnknownLead(LookupError):
+    pass
+
+
+@dataclass
+class StoreResult:
+    stored: list[Response] = field(default_factory=list)  # for a known lead: to deliver
+    pending: list[Response] = field(default_factory=list)  # waiting for their lead
+    duplicates: int = 0
+    ignored: int = 0  # about one of our messages, but not its recipient: not stored
+    unverified: int = 0  # replies kept unverified: no lead, never scored
+
+
+class UnknownSequence(LookupError):
+    pass
+
+
+class Intake:
+    def __init__(
+        self,
+        definitions: Definitions,
+        sessions: sessionmaker,
+        client: Client,
+        task_queue: str,
+        responses_per_run: int | None = None,  # tests: continue as new sooner
+    ):
+        self.definitions = definitions
+        self.sessions = sessions
+        self.client = client
+        self.task_queue = task_queue
+        self.responses_per_run = responses_per_run
+        self.template_versions = TemplateVersions(definitions.templates_dir, sessions)
+
+    # --- leads ----------------------------------------------------------------------------
+
+    def upsert_lead(self, lead_in: LeadIn) -> tuple[Lead, bool]:
+        """Create or update the lead by email; returns (lead, created)."""
+        fields = lead_in.model_dump(exclude={"sequence"}, exclude_unset=True)
+        fields["email"] = str(lead_in.email).lower()
+        with self.sessions.begin() as session:
+            lead = session.scalars(select(Lead).where(Lead.email == fields["email"])).one_or_none()
+            created = lead is None
+            if created:
+                lead = Lead(**fields)
+                session.add(lead)
+            else:
+                if "phone" in fields and fields["phone"] != lead.phone:
+                    _new_number_clears_bad_address(session, lead)
+                for name, value in fields.items():
+                    setattr(lead, name, value)
+            if lead.segment is None:  # a lead keeps the segment it was first given
+                lead.segment = self.definitions.choose_segment(lead.profile())[0]
+            session.flush()
+            self._match_pending(session, lead)
+            return lead, created
+
+    async def enroll(
+        self, lead: Lead, sequence_id: str | None = None, new_lead: bool = False
+    ) -> EnrollRequest:
+        """Enroll the lead; enrolling twice is a no-op in the workflow.
+
+        A lead just created has no workflow yet: start it with the enrollment in its
+        input (one plain start, cheaper than signal-with-start). Otherwise, or if a
+        workflow turns out to be running after all, signal-with-start.
+        """
+        profile = lead.profile()
+        segment, chosen = self.definitions.choose_segment(profile)
+        sequence_id = sequence_id or chosen
+        if sequence_id not in self.definitions.sequences:
+            raise UnknownSequence(
+                f"no sequence {sequence_id!r} (known: {', '.join(self.definitions.sequences)})"
+            )
+        sequence = self.definitions.sequences[sequence_id]
+        request = EnrollRequest(
+            enrollment_id=f"{lead.id}:{sequence.id}:v{sequence.version}",
+            sequence=sequence,
+            segment=segment,
+            profile=profile,
+            templates=await asyncio.to_thread(self.template_versions.current),
+        )
+        if new_lead:
+            try:
+                await self.client.start_workflow(
+                    LeadWorkflow.run,
+                    self._lead_input(lead, enroll=request),
+                    id=lead_workflow_id(lead.id),
+                    task_queue=self.task_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                )
+                return request
+            except WorkflowAlreadyStartedError:
+                pass
+        await self._signal_with_start(lead, "enroll", request)
+        return request
+
+    def _lead_input(self, lead: Lead, enroll: EnrollRequest | None = None) -> LeadInput:
+        return LeadInput(lead_id=lead.id, profile=lead.profile(), score=lead.score,
+                         stage=lead.stage, enroll=enroll,
+                         responses_per_run=self.responses_per_run)  # fmt: skip
+
+    async def _signal_with_start(self, lead: Lead, signal: str, argument: object) -> None:
+        """Signal the lead's workflow, starting it first if it is not running."""
+        await self.client.start_workflow(
+            LeadWorkflow.run,
+            self._lead_input(lead),
+            id=lead_workflow_id(lead.id),
+            task_queue=self.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            start_signal=signal,
+            start_signal_args=[argument],
+        )
+
+    # --- responses ------------------------------------------------------------------------
+
+    def store_events(
+        self, events: list[EventIn], source: str = "api", unknown_ids_pending: bool = False
+    ) -> StoreResult:
+        """Commit events to the inbox; each a transaction of its own with its consent change.
+
+        Raises UnknownLead (and stores nothing) if an event names a lead ID we do not have.
+        An event whose email or phone belongs to no lead yet is stored as pending.
+        A repeated event ID is not stored again: the first row counts it. A delivery or
+        engagement event naming one of our messages but another recipient is not about
+        that message: it is ignored (counted), never given to the message's lead.
+        """
+        with self.sessions() as session:
+            for index, event in enumerate(events):
+                if unknown_ids_pending or not event.lead_id:
+                    continue  # providers echo IDs back: match those by address instead
+                if session.get(Lead, event.lead_id) is None:
+                    raise UnknownLead(f"event {index}: no lead {event.lead_id!r}")
+        result = StoreResult()
+        for event in events:
+            event_id = event.event_id or f"{source}-{new_id()}"
+            try:
+                with self.sessions.begin() as session:
+                    if _about_another_recipient(session, event):
+                        log.warning("event %s names message %s but not its recipient: ignored",
+                                    event_id, event.message_id)  # fmt: skip
+                        result.ignored += 1
+                        continue
+                    lead = self._find_lead(session, event)
+                    row = Response(
+                        event_id=event_id,
+                        lead_id=lead.id if lead else None,
+                        lead_email=str(event.email).lower() if event.email else None,
+                        lead_phone=event.phone,
+                        type=event.type,
+                        source=source,
+                        message_id=event.message_id,
+                        data=event.data,
+                        occurred_at=event.occurred_at or utcnow(),
+                    )
+                    session.add(row)
+                    session.flush()  # a duplicate event ID fails here, before any change
+                    if lead is not None:
+                        _apply_consent(session, lead, row)
+                    _note_delivery(session, row)
+                (result.stored if row.lead_id else result.pending).append(row)
+            except IntegrityError:
+                if not self._count_duplicate(event_id):
+                    raise  # not a duplicate: a real integrity problem
+                result.duplicates += 1
+        return result
+
+    def _count_duplicate(self, event_id: str) -> bool:
+        """Count a repeat on the first row of its event ID; False if there is none."""
+        with self.sessions.begin() as session:
+            return bool(
+                session.execute(
+                    update(Response).where(Response.event_id == event_id)
+                    .values(duplicates=Response.duplicates + 1)
+                ).rowcount
+            )  # fmt: skip
+
+    def keep_unverified(self, event: EventIn, source: str) -> StoreResult:
+        """A reply that only its From header names, and that SPF and DKIM do not vouch for:
+        anyone can write a From. Kept (nothing is lost) as an `email.reply_unverified` with
+        no lead, so it is never delivered, scored, nor matched to a lead arriving later."""
+        result = StoreResult()
+        event_id = event.event_id or f"{source}-{new_id()}"
+        try:
+            with self.sessions.begin() as session:
+                session.add(Response(event_id=event_id, type=UNVERIFIED_REPLY, source=source,
+                                     data=event.data,
+                                     occurred_at=event.occurred_at or utcnow()))  # fmt: skip
+            result.unverified += 1
+        except IntegrityError:
+            if not self._count_duplicate(event_id):
+                raise
+            result.duplicates += 1
+        return result
+
+    def _match_pending(self, session, lead: Lead) -> None:
+        """Events that arrived before their lead: give them to it (in its transaction)."""
+        keys = [Response.lead_email == lead.email]
+        if lead.phone:
+            keys.append(Response.lead_phone == lead.phone)
+        waiting = session.scalars(
+            select(Response).where(Response.lead_id.is_(None), or_(*keys))
+            .order_by(Response.received_at)
+        ).all()  # fmt: skip
+        for row in waiting:
+            row.lead_id = lead.id
+            _apply_consent(session, lead, row)
+
+    @staticmethod
+    def _find_lead(session, event: EventIn) -> Lead | None:
+        if event.lead_id and (lead := session.get(Lead, event.lead_id)) is not None:
+            return lead
+        if event.message_id and (message := session.get(Message, event.message_id)):
+            return session.get(Lead, message.lead_id)  # a reply to one of our messages
+        if event.email:
+            return session.scalars(
+                select(Lead).where(Lead.email == str(event.email).lower())
+            ).one_or_none()
+        if not event.phone:
+            return None
+        # A number can belong to several leads (shared phones): the newest one.
+        return session.scalars(
+            select(Lead).where(Lead.phone == event.phone).order_by(Lead.created_at.desc())
+        ).first()
+
+    async def deliver(self, rows: list[Response]) -> int:
+        """Signal stored responses to their workflows; mark the ones Temporal accepted.
+        The database work runs in a thread (callers are request handlers on the loop),
+        once before and once after the batch, so its signals go out back to back."""
+        leads = await asyncio.to_thread(self._leads_of, {row.lead_id for row in rows})
+        delivered: list[str] = []
+        try:
+            for row in rows:
+                event = ResponseEvent(event_id=row.event_id, type=row.type, data=row.data,
+                                      occurred_at=as_utc(row.occurred_at)).slim()  # fmt: skip
+                await self._signal_with_start(leads[row.lead_id], "respond", event)
+                delivered.append(row.id)
+        finally:  # what Temporal accepted is marked even if a later signal failed
+            if delivered:
+                await asyncio.to_thread(self._mark_delivered, delivered)
+        return len(delivered)
+
+    def _leads_of(self, lead_ids: set[str]) -> dict[str, Lead]:
+        with self.sessions() as session:
+            return {lead.id: lead for lead in session.scalars(
+                select(Lead).where(Lead.id.in_(lead_ids)))}  # fmt: skip
+
+    def _mark_delivered(self, response_ids: list[str]) -> None:
+        with self.sessions.begin() as session:  # the first delivery's time stays
+            session.execute(
+                update(Response)
+                .where(Response.id.in_(response_ids), Response.delivered_at.is_(None))
+                .values(delivered_at=utcnow())
+            )
+
+    async def deliver_now(self, rows: list[Response], budget: float = INLINE_BUDGET) -> int:
+        """Try to deliver at once, for at most `budget` seconds; never raises.
+
+        What a request handler calls after committing: its answer must not wait on a
+        Temporal outage (the SDK retries a failed call for ~10 s). Whatever is not
+        delivered in time is left to the relay. Returns how many were delivered."""
+        delivered = 0
+
+        async def each() -> None:
+            nonlocal delivered
+            for row in rows:
+                delivered += await self.deliver([row])
+
+        try:
+            await asyncio.wait_for(each(), timeout=budget)
+        except Exception as exc:  # a timeout, or Temporal unreachable: the relay goes on
+            log.warning("%d of %d event(s) delivered now; the relay has the rest (%s)",
+                        delivered, len(rows), type(exc).__name__)  # fmt: skip
+        return delivered
+
+    async def redeliver(self, limit: int = 500) -> int:
+        """The relay: apply status callbacks whose message has its SID by now, expire what
+        waited too long for its lead (every EXPIRY_INTERVAL), and signal what was stored
+        but never reached a workflow. Database work runs in a thread: this is the API's
+        event loop."""
+        if time.monotonic() - self._expired_at >= EXPIRY_INTERVAL:
+            await asyncio.to_thread(self.expire_pending)
+            self._expired_at = time.monotonic()
+        settled = await asyncio.to_thread(self.settle_statuses, None, limit)
+        delivered = await self.deliver(settled.stored)
+        return delivered + await self.deliver(await asyncio.to_thread(self._undelivered, limit))
+
+    def _undelivered(self, limit: int) -> list[Response]:
+        # Rows younger than the inline budget may be on their way already: leave them.
+        settled = utcnow() - timedelta(seconds=INLINE_BUDGET + 1)
+        query = (
+            select(Response)
+            .where(Response.delivered_at.is_(None), Response.lead_id.is_not(None))
+            .where(Response.received_at < settled)
+            .order_by(Response.received_at)
+            .limit(limit)
+        )
+        with self.sessions() as session:
+            return list(session.scalars(query))
+
+    # --- provider status callbacks and expiry -----------------------------------------------
+
+    # What waits for its lead (or a status for its message) longer than this is deleted;
+    # the API sets it from NURTURE_PENDING_EVENT_RETENTION_DAYS.
+    pending_retention = timedelta(days=RETENTION_DAYS)
+    _expired_at = -math.inf  # when the relay last expired pending events (monotonic)
+
+    def record_status(
+        self, sid: str, status: str, error_code: str | None
+    ) -> tuple[StoreResult, bool]:
+        """A Twilio status callback: kept, then applied at once if its message has the SID.
+        A callback can beat the send activity writing the SID Twilio answered with: then
+        it waits (the second value is True) and the relay applies it when the message
+        has the SID."""
+        try:
+            with self.sessions.begin() as session:
+                session.add(EarlyStatus(provider_message_id=sid, status=status,
+                                        error_code=error_code))  # fmt: skip
+        except IntegrityError:
+            pass  # Twilio repeated a callback still waiting for its message: one is enough
+        result = self.settle_statuses([sid])
+        with self.sessions() as session:
+            waiting = session.get(EarlyStatus, (sid, status)) is not None
+        return result, waiting
+
+    def settle_statuses(self, sids: list[str] | None = None, limit: int = 500) -> StoreResult:
+        """Apply the kept status callbacks whose message has their SID now: the message's
+        `delivery_status` moves forward only; a final one is also a response of its lead
+        (with its consent effect: 30005/30006 flag the number). Then they are deleted."""
+        query = (
+            select(EarlyStatus, Message.id, Message.lead_id)
+            .join(Message, Message.provider_message_id == EarlyStatus.provider_message_id)
+            .where(Message.channel == "sms")
+            .order_by(EarlyStatus.received_at)
+            .limit(limit)
+        )
+        if sids is not None:
+            query = query.where(EarlyStatus.provider_message_id.in_(sids))
+        with self.sessions.begin() as session:
+            found = session.execute(query).all()
+            for early, message_id, _lead_id in found:
+                report_delivery(session, message_id, early.status)
+        events = [
+            EventIn(type=TWILIO_RESPONSES[early.status], lead_id=lead_id, message_id=message_id,
+                    event_id=f"twilio:{early.provider_message_id}:{early.status}",
+                    occurred_at=early.received_at,
+                    data={"status": early.status, "error_code": early.error_code})
+            for early, message_id, lead_id in found if early.status in TWILIO_RESPONSES
+        ]  # fmt: skip
+        result = self.store_events(events, source="twilio")
+        if found:
+            keys = [and_(EarlyStatus.provider_message_id == early.provider_message_id,
+                         EarlyStatus.status == early.status) for early, *_ in found]  # fmt: skip
+            with self.sessions.begin() as session:
+                session.execute(delete(EarlyStatus).where(or_(*keys)))
+        return result
+
+    def expire_pending(self) -> int:
+        """Delete the events that waited for their lead longer than `pending_retention`,
+        and the status callbacks that never found their message (a rep's SMS, say)."""
+        cutoff = utcnow() - self.pending_retention
+        with self.sessions.begin() as session:
+            events = session.execute(
+                delete(Response).where(Response.lead_id.is_(None),
+                                       Response.type != UNVERIFIED_REPLY,
+                                       Response.received_at < cutoff)
+            ).rowcount  # fmt: skip
+            statuses = session.execute(
+                delete(EarlyStatus).where(EarlyStatus.received_at < cutoff)
+            ).rowcount
+        if events or statuses:
+            log.info("expired %d event(s) that waited for a lead and %d status callback(s) "
+                     "that waited for a message, for over %s", events, statuses,
+                     self.pending_retention)  # fmt: skip
+        return events + statuses
+
+
+def _apply_consent(session, lead: Lead, row: Response) -> None:
+    """An SMS reply "STOP" is recorded as sms.stop and opts the lead out, in the same
+    transaction as the response row."""
+    row.type, consent = classify_response(row.type, row.data, lead)
+    if consent is not None:
+        set_consent(session, lead, consent, row.event_id)
+
+
+# Provider reports about a message we sent: kept on the message row too, for reports.
+DELIVERY_EVENTS = frozenset({"email.processed", "email.delivered", "email.deferred",
+                             "email.bounce", "email.dropped", "sms.delivered",
+                             "sms.undelivered"})  # fmt: skip
+
+
+# Events about one of our messages as its recipient got it: another address is not its.
+RECIPIENT_EVENTS = DELIVERY_EVENTS | {"email.open", "email.click", "email.unsubscribe",
+                                      "email.spamreport"}  # fmt: skip
+# Twilio statuses that are also responses of the lead; the others only move the message on.
+TWILIO_RESPONSES = {"delivered": "sms.delivered", "undelivered": "sms.undelivered",
+                    "failed": "sms.undelivered"}  # fmt: skip
+UNVERIFIED_REPLY = "email.reply_unverified"
+
+
+def _note_delivery(session, row: Response) -> None:
+    if row.message_id and row.type in DELIVERY_EVENTS:  # forward only: see report_delivery
+        report_delivery(session, row.message_id, row.type.split(".", 1)[1])
+
+
+def _about_another_recipient(session, event: EventIn) -> bool:
+    """Whether the event names one of our messages but not the address it was sent to
+    (custom args copied onto another email, say): then it is not about that message.
+    A reply is exempt: it may come from any address (the reply token vouches for it)."""
+    if event.type not in RECIPIENT_EVENTS or not event.message_id:
+        return False
+    address = str(event.email).lower() if event.email else event.phone
+    message = session.get(Message, event.message_id)
+    if address is None or message is None:
+        return False
+    return message.recipient.lower() != address
+
+
+def _new_number_clears_bad_address(session, lead: Lead) -> None:
+    """A number the provider rejected stops SMS; a new number lifts that (nothing else)."""
+    if not lead.sms_consent and (lead.sms_opt_out_reason or "").startswith("bad_address"):
+        set_consent(session, lead, ConsentEffect("sms", True, "new_phone"))
