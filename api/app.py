@@ -38,6 +38,7 @@ from infra.settings import Settings
 from models.db import Response
 from models.definition_set import Definitions
 from services import intake as intake_module
+from services import lead_client
 from services.intake import EventIn, Intake, UnknownLead, UnknownSequence
 from services.runtime import build_links
 
@@ -163,7 +164,7 @@ def create_app(
             segment=enrollment.segment,
             sequence=enrollment.sequence.id,
             enrollment_id=enrollment.enrollment_id,
-            workflow_id=f"lead-{lead.id}",
+            workflow_id=lead_client.lead_workflow_id(lead.id),
         )
 
     @app.post("/events", dependencies=[Depends(authenticated)], status_code=202,

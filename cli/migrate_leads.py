@@ -11,24 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import typer
 from rich.console import Console
 from rich.progress import Progress
 
 errors = Console(stderr=True, soft_wrap=True)
-CONCURRENCY = 20  # updates in flight
-
-
-@dataclass
-class Outcome:
-    lead_id: str
-    email: str
-    enrollment_id: str
-    from_version: int
-    status: str  # migrated | refused | failed | would migrate
-    detail: str
 
 
 def migrate_leads(
@@ -55,6 +44,7 @@ def migrate_leads(
     """
     from infra.settings import get_settings
     from services.definitions import load_definitions
+    from services.migrate_leads import migrate_in_flight
 
     settings = get_settings()
     definitions = load_definitions(settings.definitions_dir)
@@ -73,7 +63,11 @@ def migrate_leads(
             raise typer.Exit(2)
         mapping[old.strip()] = new.strip()
 
-    outcomes = asyncio.run(_migrate(settings, target, mapping, dry_run, quiet=as_json))
+    with Progress(console=errors, transient=True, disable=as_json) as bar:
+        task = bar.add_task(f"migrating {target.id}", total=None)
+        moved = migrate_in_flight(settings, target, mapping, dry_run,
+                                  lambda done, total: bar.update(task, completed=done, total=total))
+        outcomes = asyncio.run(moved)
     if as_json:
         print(json.dumps([asdict(o) for o in outcomes], indent=2))
     else:
@@ -82,62 +76,7 @@ def migrate_leads(
         raise typer.Exit(1)
 
 
-async def _migrate(settings, target, mapping, dry_run: bool, quiet: bool) -> list[Outcome]:
-    from sqlalchemy import select
-    from temporalio.client import WorkflowUpdateFailedError
-    from temporalio.service import RPCError
-
-    from channels.template_sets import TemplateVersions
-    from models.db import Enrollment, Lead
-    from models.workflow_io import MigrateRequest, lead_workflow_id
-    from services.runtime import connect_temporal, open_database
-    from workflows.lead import LeadWorkflow
-
-    database = open_database(settings)
-    with database.sessions() as session:
-        rows = session.execute(
-            select(Enrollment, Lead.email)
-            .join(Lead, Lead.id == Enrollment.lead_id)
-            .where(Enrollment.sequence_id == target.id, Enrollment.status == "active",
-                   Enrollment.sequence_version < target.version)
-            .order_by(Enrollment.started_at)
-        ).all()  # fmt: skip
-    todo = [Outcome(e.lead_id, email, e.id, e.sequence_version, "would migrate", "")
-            for e, email in rows]  # fmt: skip
-    if dry_run or not todo:
-        database.engine.dispose()
-        return todo
-    # The leads moved to the new version go on with today's templates too.
-    templates = TemplateVersions(settings.definitions_dir / "templates", database.sessions)
-    request = MigrateRequest(sequence=target, step_map=mapping, templates=templates.current())
-    database.engine.dispose()
-    client = await connect_temporal(settings)
-    slots = asyncio.Semaphore(CONCURRENCY)
-
-    async def one(outcome: Outcome, advance) -> None:
-        handle = client.get_workflow_handle_for(LeadWorkflow.run, lead_workflow_id(outcome.lead_id))
-        async with slots:
-            try:
-                result = await asyncio.wait_for(
-                    handle.execute_update(LeadWorkflow.migrate, request), timeout=60
-                )
-            except WorkflowUpdateFailedError as exc:  # the validator or the handler said no
-                outcome.status, outcome.detail = "refused", str(exc.cause or exc)
-            except (RPCError, TimeoutError) as exc:
-                outcome.status, outcome.detail = "failed", f"{type(exc).__name__}: {exc}"
-            else:
-                outcome.status = "migrated"
-                outcome.detail = (f"v{result.from_version} {result.from_step} -> "
-                                  f"v{result.to_version} {result.to_step}")  # fmt: skip
-        advance()
-
-    with Progress(console=errors, transient=True, disable=quiet) as progress:
-        task = progress.add_task(f"migrating {target.id}", total=len(todo))
-        await asyncio.gather(*(one(o, lambda: progress.advance(task)) for o in todo))
-    return todo
-
-
-def _print(outcomes: list[Outcome], target, dry_run: bool) -> None:
+def _print(outcomes: list, target, dry_run: bool) -> None:
     from rich.table import Table
 
     console = Console(soft_wrap=True)

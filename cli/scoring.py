@@ -213,31 +213,13 @@ def rescore(
         _print_rescore(report, handed, seconds)
 
 
-_SIGNALS_IN_FLIGHT = 50  # `rescore` signals sent at once
 _LISTED = 20  # lead ids named in the summary per kind of problem
 
 
-class _Handed:
-    """What became of the `rescore` signals to SQL-crossing leads' workflows."""
-
-    def __init__(self) -> None:
-        self.signalled = 0
-        self.not_running: list[str] = []  # no open workflow: not handed off, not written
-        self.failed: dict[str, str] = {}  # lead id -> error
-
-    def to_dict(self) -> dict:
-        return {"signalled": self.signalled, "not_running": self.not_running,
-                "failed": self.failed}  # fmt: skip
-
-
 async def _rescore_with_handoffs(settings, run):
-    """Run `run(on_sql)` in a thread while this loop signals each batch's SQL-crossers
-    (committed by then) to their workflows, at most _SIGNALS_IN_FLIGHT at once."""
-    from temporalio.service import RPCError, RPCStatusCode
-
-    from models.workflow_io import RescoreRequest, lead_workflow_id
+    """Connect to Temporal, then rescore with each batch's SQL-crossers signalled."""
+    from services.rescore import signal_sql_crossers
     from services.runtime import connect_temporal
-    from workflows.lead import LeadWorkflow
 
     try:
         client = await connect_temporal(settings)
@@ -245,43 +227,10 @@ async def _rescore_with_handoffs(settings, run):
         errors.print(f"cannot reach Temporal at {settings.temporal_address}: {exc}")
         errors.print("nothing was rescored (`nurture rescore --dry-run` needs no Temporal)")
         raise typer.Exit(1) from None
-    loop = asyncio.get_running_loop()
-    in_flight = asyncio.Semaphore(_SIGNALS_IN_FLIGHT)
-    handed = _Handed()
-    sent = []
-
-    async def signal(lead_id: str, request: RescoreRequest) -> None:
-        async with in_flight:
-            handle = client.get_workflow_handle(lead_workflow_id(lead_id))
-            try:
-                await handle.signal(LeadWorkflow.rescore, request)
-            except RPCError as exc:
-                if exc.status == RPCStatusCode.NOT_FOUND:
-                    handed.not_running.append(lead_id)
-                else:
-                    handed.failed[lead_id] = f"{exc.status.name}: {exc.message}"
-            except Exception as exc:
-                handed.failed[lead_id] = f"{type(exc).__name__}: {exc}"
-            else:
-                handed.signalled += 1
-
-    async def signal_all(lead_ids: list[str], event_id: str, fingerprint: str) -> None:
-        request = RescoreRequest(event_id=event_id, model_fingerprint=fingerprint)
-        await asyncio.gather(*(signal(lead_id, request) for lead_id in lead_ids))
-
-    def on_sql(lead_ids: list[str], event_id: str, fingerprint: str) -> None:
-        # Called in the scoring thread after each batch's commit: signal while it goes on.
-        sent.append(asyncio.run_coroutine_threadsafe(signal_all(lead_ids, event_id, fingerprint),
-                                                     loop))  # fmt: skip
-
-    try:
-        report = await asyncio.to_thread(run, on_sql)
-    finally:  # batches already committed still get their handoffs
-        await asyncio.gather(*(asyncio.wrap_future(future) for future in sent))
-    return report, handed
+    return await signal_sql_crossers(client, run)
 
 
-def _print_rescore(report, handed: _Handed | None, seconds: float) -> None:
+def _print_rescore(report, handed, seconds: float) -> None:
     dry = report.dry_run
     if dry:
         console.print(f"dry run at {report.at:%Y-%m-%d %H:%M:%S} UTC: nothing written, "

@@ -15,8 +15,8 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from models.db import Handoff, Lead, as_utc
-from models.workflow_io import AnswerResult, HandoffAnswer, lead_workflow_id
-from workflows.lead import LeadWorkflow
+from models.workflow_io import AnswerResult, HandoffAnswer
+from services import lead_client
 
 
 class AnswerRefused(Exception):
@@ -85,9 +85,8 @@ async def submit_answer(
     # In a thread: an API request handler calls this, and must not hold the event loop.
     view = await asyncio.to_thread(find_handoff, sessions, answer.handoff_id)
     check_answerable(view, rep_id)
-    handle = client.get_workflow_handle_for(LeadWorkflow.run, lead_workflow_id(view.lead_id))
     try:
-        return await handle.execute_update(LeadWorkflow.answer, answer)
+        return await lead_client.answer(client, view.lead_id, answer)
     except WorkflowUpdateFailedError as exc:  # the validator or the activity said no
         cause = exc.cause
         message = getattr(cause, "message", None) or str(cause or exc)

@@ -29,8 +29,6 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from channels.template_sets import TemplateVersions
 from infra.settings import Settings
@@ -52,9 +50,8 @@ from models.workflow_io import (
     EnrollRequest,
     LeadInput,
     ResponseEvent,
-    lead_workflow_id,
 )
-from workflows.lead import LeadWorkflow
+from services import lead_client
 
 log = logging.getLogger("services.intake")
 
@@ -304,37 +301,17 @@ class Intake:
             profile=profile,
             templates=await asyncio.to_thread(self.template_versions.current),
         )
-        if new_lead:
-            try:
-                await self.client.start_workflow(
-                    LeadWorkflow.run,
-                    self._lead_input(lead, enroll=request),
-                    id=lead_workflow_id(lead.id),
-                    task_queue=self.task_queue,
-                    id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                )
-                return request
-            except WorkflowAlreadyStartedError:
-                pass
-        await self._signal_with_start(lead, "enroll", request)
+        if new_lead and await lead_client.start_enrolled(
+            self.client, self.task_queue, self._lead_input(lead, enroll=request)
+        ):
+            return request
+        await lead_client.enroll(self.client, self.task_queue, self._lead_input(lead), request)
         return request
 
     def _lead_input(self, lead: Lead, enroll: EnrollRequest | None = None) -> LeadInput:
         return LeadInput(lead_id=lead.id, profile=lead.profile(), score=lead.score,
                          stage=lead.stage, enroll=enroll,
                          responses_per_run=self.responses_per_run)  # fmt: skip
-
-    async def _signal_with_start(self, lead: Lead, signal: str, argument: object) -> None:
-        """Signal the lead's workflow, starting it first if it is not running."""
-        await self.client.start_workflow(
-            LeadWorkflow.run,
-            self._lead_input(lead),
-            id=lead_workflow_id(lead.id),
-            task_queue=self.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal=signal,
-            start_signal_args=[argument],
-        )
 
     # --- responses ------------------------------------------------------------------------
 
@@ -457,7 +434,9 @@ class Intake:
             for row in rows:
                 event = ResponseEvent(event_id=row.event_id, type=row.type, data=row.data,
                                       occurred_at=as_utc(row.occurred_at)).slim()  # fmt: skip
-                await self._signal_with_start(leads[row.lead_id], "respond", event)
+                await lead_client.respond(
+                    self.client, self.task_queue, self._lead_input(leads[row.lead_id]), event
+                )
                 delivered.append(row.id)
         finally:  # what Temporal accepted is marked even if a later signal failed
             if delivered:

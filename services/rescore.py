@@ -21,6 +21,7 @@ just before it is written and left alone if its workflow scored it in the meanti
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -32,12 +33,16 @@ from typing import Any
 
 from sqlalchemy import Text, bindparam, cast, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from models.db import Lead, Response, ScoreChange, StageChange, as_utc
 from models.definition_set import Definitions
 from models.scoring_model import STAGE_LADDER, ScoringModel
+from models.workflow_io import RescoreRequest
 from scoring.engine import ResponseFact, decide_stage, score
 from scoring.records import describe, stage_change_rows
+from services import lead_client
 
 # (lead ids, event id, model fingerprint): ask these leads' workflows to score them again.
 OnSql = Callable[[list[str], str, str], None]
@@ -284,3 +289,57 @@ def _lock_for_writing(session: Session) -> None:
     connection = session.connection()
     if connection.dialect.name == "sqlite":
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+SIGNALS_IN_FLIGHT = 50  # `rescore` signals sent at once
+
+
+class Handed:
+    """What became of the `rescore` signals to SQL-crossing leads' workflows."""
+
+    def __init__(self) -> None:
+        self.signalled = 0
+        self.not_running: list[str] = []  # no open workflow: not handed off, not written
+        self.failed: dict[str, str] = {}  # lead id -> error
+
+    def to_dict(self) -> dict:
+        return {"signalled": self.signalled, "not_running": self.not_running,
+                "failed": self.failed}  # fmt: skip
+
+
+async def signal_sql_crossers(client: Client, run) -> tuple[RescoreReport, Handed]:
+    """Run `run(on_sql)` in a thread while this loop signals each batch's SQL-crossers
+    (committed by then) to their workflows, at most SIGNALS_IN_FLIGHT at once."""
+    loop = asyncio.get_running_loop()
+    in_flight = asyncio.Semaphore(SIGNALS_IN_FLIGHT)
+    handed = Handed()
+    sent = []
+
+    async def signal(lead_id: str, request: RescoreRequest) -> None:
+        async with in_flight:
+            try:
+                await lead_client.rescore(client, lead_id, request)
+            except RPCError as exc:
+                if exc.status == RPCStatusCode.NOT_FOUND:
+                    handed.not_running.append(lead_id)
+                else:
+                    handed.failed[lead_id] = f"{exc.status.name}: {exc.message}"
+            except Exception as exc:
+                handed.failed[lead_id] = f"{type(exc).__name__}: {exc}"
+            else:
+                handed.signalled += 1
+
+    async def signal_all(lead_ids: list[str], event_id: str, fingerprint: str) -> None:
+        request = RescoreRequest(event_id=event_id, model_fingerprint=fingerprint)
+        await asyncio.gather(*(signal(lead_id, request) for lead_id in lead_ids))
+
+    def on_sql(lead_ids: list[str], event_id: str, fingerprint: str) -> None:
+        # Called in the scoring thread after each batch's commit: signal while it goes on.
+        sent.append(asyncio.run_coroutine_threadsafe(signal_all(lead_ids, event_id, fingerprint),
+                                                     loop))  # fmt: skip
+
+    try:
+        report = await asyncio.to_thread(run, on_sql)
+    finally:  # batches already committed still get their handoffs
+        await asyncio.gather(*(asyncio.wrap_future(future) for future in sent))
+    return report, handed

@@ -81,12 +81,11 @@ from models.workflow_io import (
     SendRequest,
     SlaLapse,
     SlaOutcome,
-    lead_workflow_id,
 )
+from services import lead_client
 from services.intake import EventIn, Intake, LeadIn
 from services.preview import validate_lead
 from services.runtime import build_activities, build_worker, open_database, sync_sales_reps
-from workflows.lead import LeadWorkflow
 
 DAY = timedelta(days=1)
 DEFAULT_START = "mon 10:00"  # the lead's local time of enrollment
@@ -514,7 +513,7 @@ async def _run(
                 await _advance_to(env, begin)
                 row, _created = intake.upsert_lead(LeadIn(**fields))
                 lead_id = row.id
-                handle = env.client.get_workflow_handle(lead_workflow_id(lead_id))
+                handle = lead_client.handle(env.client, lead_id)
                 await intake.enroll(row, sequence_id)
                 try:
                     run = _Run(env, handle)
@@ -587,7 +586,7 @@ class _Run:
         await _settle(self.handle)
 
     async def state(self):
-        return await self.handle.query(LeadWorkflow.state)
+        return await lead_client.state(self.handle)
 
     async def advance_to(self, moment: datetime) -> None:
         await _advance_to(self.env, moment)

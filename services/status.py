@@ -110,18 +110,17 @@ async def workflow_status(settings, lead_id: str, timeout: float = 5.0) -> dict[
     {"reachable": False, "error": ...} when Temporal does not answer."""
     from temporalio.service import RPCError, RPCStatusCode
 
-    from models.workflow_io import lead_workflow_id
+    from services import lead_client
     from services.runtime import connect_temporal
-    from workflows.lead import LeadWorkflow
 
-    workflow_id = lead_workflow_id(lead_id)
+    workflow_id = lead_client.lead_workflow_id(lead_id)
     out: dict[str, Any] = {"address": settings.temporal_address, "workflow_id": workflow_id}
     try:
         client = await asyncio.wait_for(connect_temporal(settings), timeout)
     except Exception as exc:  # refused, unresolvable, timed out: the DB part still shows
         return out | {"reachable": False, "error": _short(exc)}
     out["reachable"] = True
-    handle = client.get_workflow_handle_for(LeadWorkflow.run, workflow_id)
+    handle = lead_client.handle(client, lead_id)
     rpc_timeout = timedelta(seconds=timeout)
     try:
         description = await handle.describe(rpc_timeout=rpc_timeout)
@@ -135,7 +134,7 @@ async def workflow_status(settings, lead_id: str, timeout: float = 5.0) -> dict[
         out["workflow_task_attempt"] = attempt
     out["running"] = out["status"] == "RUNNING"
     try:
-        state = await handle.query(LeadWorkflow.state, rpc_timeout=rpc_timeout)
+        state = await lead_client.state(handle, rpc_timeout)
     except Exception as exc:  # no worker polling, or a closed workflow nobody replays
         return out | {"error": f"state query not answered: {_short(exc)}"}
     # Not model_dump(mode="json"): that writes UTC as `Z`, every other --json `+00:00`.

@@ -26,7 +26,7 @@ from temporalio.common import MetricMeter
 from temporalio.service import RPCError
 
 from models.db import Lead, Response, as_utc, utcnow
-from models.workflow_io import lead_workflow_id
+from services import lead_client
 
 log = logging.getLogger("services.stuck")
 
@@ -84,7 +84,7 @@ async def explain(client: Client, stuck: list[StuckLead]) -> list[StuckLead]:
     """Add what Temporal knows: the pending workflow task's attempt and the last failure
     in the history. A lead Temporal cannot describe keeps what the database said."""
     for lead in stuck:
-        handle = client.get_workflow_handle(lead_workflow_id(lead.lead_id))
+        handle = lead_client.handle(client, lead.lead_id)
         try:
             description = await handle.describe()
             pending = description.raw_description.pending_workflow_task

@@ -1,0 +1,97 @@
+"""The lead workflow seen from outside: its ID, and how the API, the CLI and the services
+start it, enroll it, signal it, update it and query it.
+
+The one module outside `workflows/` that names `LeadWorkflow`'s run method, signals,
+updates and query, so a change to them is made here once.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from models.workflow_io import (
+    AnswerResult,
+    EnrollRequest,
+    HandoffAnswer,
+    LeadInput,
+    LeadState,
+    MigrateRequest,
+    MigrateResult,
+    RescoreRequest,
+    ResponseEvent,
+    lead_workflow_id,
+)
+from workflows.lead import LeadWorkflow
+
+__all__ = ["lead_workflow_id"]  # the ID rule itself lives with the workflow's messages
+
+
+def handle(client: Client, lead_id: str) -> WorkflowHandle:
+    """The lead's workflow (whichever run is current)."""
+    return client.get_workflow_handle_for(LeadWorkflow.run, lead_workflow_id(lead_id))
+
+
+async def start_enrolled(client: Client, task_queue: str, lead: LeadInput) -> bool:
+    """Start a new lead's workflow with its enrollment in the input (one plain start,
+    cheaper than signal-with-start). False if a workflow for the lead already runs."""
+    try:
+        await client.start_workflow(
+            LeadWorkflow.run,
+            lead,
+            id=lead_workflow_id(lead.lead_id),
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        )
+    except WorkflowAlreadyStartedError:
+        return False
+    return True
+
+
+async def enroll(client: Client, task_queue: str, lead: LeadInput, request: EnrollRequest):
+    """Enroll the lead: signal its workflow, starting it first if it is not running."""
+    await _signal_with_start(client, task_queue, lead, "enroll", request)
+
+
+async def respond(client: Client, task_queue: str, lead: LeadInput, event: ResponseEvent):
+    """Give the lead's workflow a stored response, starting the workflow if need be."""
+    await _signal_with_start(client, task_queue, lead, "respond", event)
+
+
+async def _signal_with_start(
+    client: Client, task_queue: str, lead: LeadInput, signal: str, argument: object
+) -> None:
+    await client.start_workflow(
+        LeadWorkflow.run,
+        lead,
+        id=lead_workflow_id(lead.lead_id),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        start_signal=signal,
+        start_signal_args=[argument],
+    )
+
+
+async def rescore(client: Client, lead_id: str, request: RescoreRequest) -> None:
+    """Ask a running workflow to score its lead again (RPCError NOT_FOUND if none runs)."""
+    await handle(client, lead_id).signal(LeadWorkflow.rescore, request)
+
+
+async def answer(client: Client, lead_id: str, answer: HandoffAnswer) -> AnswerResult:
+    """Sales' answer to the lead's open handoff, as a validated update."""
+    return await handle(client, lead_id).execute_update(LeadWorkflow.answer, answer)
+
+
+async def migrate(client: Client, lead_id: str, request: MigrateRequest) -> MigrateResult:
+    """Move the lead's enrollment to a new version of its sequence, as a validated update."""
+    return await handle(client, lead_id).execute_update(LeadWorkflow.migrate, request)
+
+
+async def state(
+    workflow: WorkflowHandle, rpc_timeout: timedelta | None = None
+) -> LeadState:
+    """What the workflow says about its lead now (a query: needs a worker polling)."""
+    return await workflow.query(LeadWorkflow.state, rpc_timeout=rpc_timeout)
