@@ -45,6 +45,7 @@ from sqlalchemy import Select, String, case, func, literal, or_, select, text, u
 from sqlalchemy.orm import Session, aliased
 
 from models.db import Enrollment, Lead, Message, Response, StageChange, as_utc
+from models.definitions import parse_duration
 from services.json_output import iso
 
 FUNNEL = ("lead", "mql", "sql", "accepted")
@@ -482,8 +483,6 @@ def to_csv(report: dict[str, Any], sections: Iterable[str] = tuple(SECTIONS)) ->
 def parse_moment(text: str, now: datetime, end: bool = False) -> datetime:
     """`2024-05-01`, `2024-05-01T09:30` (UTC unless it has an offset), or a duration ago
     (`30d`, `12h`, `2w`). A bare date as an end (`--until`) includes that whole day."""
-    from models.definitions import parse_duration
-
     text = text.strip()
     try:
         return now - timedelta(seconds=parse_duration(text))

@@ -34,6 +34,7 @@ from infra.logs import setup as setup_logging
 from infra.settings import Settings, SettingsError, get_settings
 from models.db import SalesRepRow, make_engine, session_factory
 from models.definition_set import Definitions
+from models.schema import ensure_schema
 from services.definitions import load_definitions
 from workflows import sandbox_runner
 from workflows.lead import LeadWorkflow
@@ -68,8 +69,6 @@ def open_database(settings: Settings) -> Database:
     PostgreSQL (`SchemaError`: run `nurture db upgrade`). PostgreSQL connections get
     NURTURE_DB_CONNECT_TIMEOUT and NURTURE_DB_STATEMENT_TIMEOUT; a SQLite file is made
     private (0600) if it is created here."""
-    from models.schema import ensure_schema
-
     if settings.database_url is None:
         settings.ensure_state_dir()
     url = settings.effective_database_url
