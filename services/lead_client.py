@@ -39,13 +39,7 @@ async def start_enrolled(client: Client, task_queue: str, lead: LeadInput) -> bo
     """Start a new lead's workflow with its enrollment in the input (one plain start,
     cheaper than signal-with-start). False if a workflow for the lead already runs."""
     try:
-        await client.start_workflow(
-            LeadWorkflow.run,
-            lead,
-            id=lead_workflow_id(lead.lead_id),
-            task_queue=task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-        )
+        await _start(client, task_queue, lead, WorkflowIDConflictPolicy.FAIL)
     except WorkflowAlreadyStartedError:
         return False
     return True
@@ -64,15 +58,17 @@ async def respond(client: Client, task_queue: str, lead: LeadInput, event: Respo
 async def _signal_with_start(
     client: Client, task_queue: str, lead: LeadInput, signal: str, argument: object
 ) -> None:
+    await _start(client, task_queue, lead, WorkflowIDConflictPolicy.USE_EXISTING,
+                 start_signal=signal, start_signal_args=[argument])  # fmt: skip
+
+
+async def _start(
+    client: Client, task_queue: str, lead: LeadInput, policy: WorkflowIDConflictPolicy, **signal
+) -> None:
     await client.start_workflow(
-        LeadWorkflow.run,
-        lead,
-        id=lead_workflow_id(lead.lead_id),
-        task_queue=task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        start_signal=signal,
-        start_signal_args=[argument],
-    )
+        LeadWorkflow.run, lead, id=lead_workflow_id(lead.lead_id), task_queue=task_queue,
+        id_conflict_policy=policy, **signal,
+    )  # fmt: skip
 
 
 async def rescore(client: Client, lead_id: str, request: RescoreRequest) -> None:
