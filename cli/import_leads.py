@@ -16,50 +16,35 @@ console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
 _LISTED = 20  # rejected rows, duplicates and failures shown; --json and the file have all
 
+# The longer help texts of `nurture import`'s options, kept here so that the command's
+# signature shows each option's name, default and checks at a glance.
+_HELP = {
+    "file": "the leads: a header line naming the columns, then one lead per line",
+    "map": "fill FIELD from column HEADER (repeatable); FIELD is a lead field (email, "
+    "first_name, last_name, phone, title, company, company_size, industry, country, "
+    "timezone, source, sequence) or attributes.KEY",
+    "enroll": "enroll each lead in its segment's sequence (signal-with-start of its workflow)",
+    "dry_run": "validate only: no database, no Temporal; only the rejects file is written",
+    "strict": "any rejected row refuses the whole file: nothing written, exit 1 (with --dry-run: "
+    "exit 1)",
+    "rejects": "where rejected rows go (default: FILE.rejects.csv next to FILE; written only "
+    "if a row is rejected)",
+}
+
 
 def import_leads(
     file: Path = typer.Argument(
-        ...,
-        metavar="FILE.csv",
-        exists=True,
-        dir_okay=False,
-        readable=True,
-        help="the leads: a header line naming the columns, then one lead per line",
+        ..., metavar="FILE.csv", exists=True, dir_okay=False, readable=True, help=_HELP["file"]
     ),
-    maps: list[str] = typer.Option(
-        [],
-        "--map",
-        metavar="HEADER=FIELD",
-        help="fill FIELD from column HEADER (repeatable); FIELD is a lead field (email, "
-        "first_name, last_name, phone, title, company, company_size, industry, country, "
-        "timezone, source, sequence) or attributes.KEY",
-    ),
+    maps: list[str] = typer.Option([], "--map", metavar="HEADER=FIELD", help=_HELP["map"]),
     ignore: list[str] = typer.Option(
         [], "--ignore", metavar="HEADER", help="leave this column out (repeatable)"
     ),
-    enroll: bool = typer.Option(
-        True,
-        "--enroll/--no-enroll",
-        help="enroll each lead in its segment's sequence (signal-with-start of its workflow)",
-    ),
-    dry_run: bool = typer.Option(
-        False,
-        "--dry-run",
-        help="validate only: no database, no Temporal; only the rejects file is written",
-    ),
-    strict: bool = typer.Option(
-        False,
-        "--strict",
-        help="any rejected row refuses the whole file: nothing written, exit 1 (with --dry-run: "
-        "exit 1)",
-    ),
+    enroll: bool = typer.Option(True, "--enroll/--no-enroll", help=_HELP["enroll"]),
+    dry_run: bool = typer.Option(False, "--dry-run", help=_HELP["dry_run"]),
+    strict: bool = typer.Option(False, "--strict", help=_HELP["strict"]),
     rejects: Path = typer.Option(
-        None,
-        "--rejects",
-        metavar="PATH",
-        dir_okay=False,
-        help="where rejected rows go (default: FILE.rejects.csv next to FILE; written only "
-        "if a row is rejected)",
+        None, "--rejects", metavar="PATH", dir_okay=False, help=_HELP["rejects"]
     ),
     sequence: str = typer.Option(
         None, "--sequence", help="enroll every lead in this sequence, not its segment's"
@@ -98,6 +83,24 @@ def import_leads(
     database error, definitions with errors; 2 bad usage: an unreadable file, no
     header or no email column, a --map or --ignore naming no column.
     """
+    source, plan = _open_source(file, encoding, delimiter, maps, ignore)
+    rejects_path = rejects or _default_rejects(file)
+    settings, definitions = _settings_and_definitions(sequence)
+    options = {"sequence": sequence, "batch_size": batch_size, "concurrency": concurrency}
+
+    if strict and not dry_run:  # the whole file checked first: all of it, or nothing
+        checked = _run(settings, definitions, source, plan, options, dry_run=True, enroll=False)
+        if checked.rejected:
+            _finish(checked, source, rejects_path, as_json, refused=True)
+    report = _run(settings, definitions, source, plan, options, dry_run=dry_run, enroll=enroll)
+    _finish(report, source, rejects_path, as_json, refused=strict and bool(report.rejected))
+
+
+def _open_source(
+    file: Path, encoding: str, delimiter: str | None, maps: list[str], ignore: list[str]
+):
+    """The CSV file and the plan of its columns (--map, --ignore and the headers); bad
+    usage (exit 2) before anything is loaded."""
     from services.importer import UsageError, open_csv, parse_maps, plan_columns
 
     separators = {None: None, ",": ",", ";": ";", "tab": "\t", "\\t": "\t", "\t": "\t"}
@@ -108,7 +111,12 @@ def import_leads(
         plan = plan_columns(source.headers, parse_maps(maps), ignore)
     except UsageError as exc:
         _usage(str(exc))
-    rejects_path = rejects or _default_rejects(file)
+    return source, plan
+
+
+def _settings_and_definitions(sequence: str | None):
+    """The settings and the definitions (exit 1 if they have errors); a --sequence they
+    do not define is bad usage (exit 2)."""
     from infra.settings import get_settings
 
     setup_logging(False)
@@ -116,14 +124,7 @@ def import_leads(
     definitions = fail_on_definition_errors(lambda: load(settings))
     if sequence is not None and sequence not in definitions.sequences:
         _usage(f"--sequence: no sequence {sequence!r} (known: {', '.join(definitions.sequences)})")
-    options = {"sequence": sequence, "batch_size": batch_size, "concurrency": concurrency}
-
-    if strict and not dry_run:  # the whole file checked first: all of it, or nothing
-        checked = _run(settings, definitions, source, plan, options, dry_run=True, enroll=False)
-        if checked.rejected:
-            _finish(checked, source, rejects_path, as_json, refused=True)
-    report = _run(settings, definitions, source, plan, options, dry_run=dry_run, enroll=enroll)
-    _finish(report, source, rejects_path, as_json, refused=strict and bool(report.rejected))
+    return settings, definitions
 
 
 def _default_rejects(file: Path) -> Path:

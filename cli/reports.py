@@ -125,10 +125,25 @@ def leads(
 
     Exit codes: 0 listed (also when none match); 2 bad usage.
     """
-    from sqlalchemy import or_, select
+    _check_leads_options(stage, min_score, max_score, as_csv, as_json)
+    query = _leads_query(stage, segment, min_score, max_score, sequence, limit)
+    rows = _fetch_leads(query)
+    if as_json:
+        print(dumps(rows))
+    elif as_csv:
+        _write_leads_csv(rows)
+    else:
+        _print_leads(_console(), rows, limit)
 
-    from models.db import Enrollment, Lead
 
+def _check_leads_options(
+    stage: list[str] | None,
+    min_score: float | None,
+    max_score: float | None,
+    as_csv: bool,
+    as_json: bool,
+) -> None:
+    """Bad usage (exit 2) before the database is opened."""
     if as_csv and as_json:
         raise _bad_usage("give --csv or --json, not both")
     unknown = [s for s in stage or () if s not in STAGES]
@@ -136,6 +151,20 @@ def leads(
         raise _bad_usage(f"unknown stage {unknown[0]!r}; one of {', '.join(STAGES)}")
     if min_score is not None and max_score is not None and min_score > max_score:
         raise _bad_usage(f"--min-score {min_score:g} is above --max-score {max_score:g}")
+
+
+def _leads_query(
+    stage: list[str] | None,
+    segment: list[str] | None,
+    min_score: float | None,
+    max_score: float | None,
+    sequence: str | None,
+    limit: int,
+):
+    """The leads the filters select, newest first (the ID breaks ties)."""
+    from sqlalchemy import or_, select
+
+    from models.db import Enrollment, Lead
 
     query = select(Lead).order_by(Lead.created_at.desc(), Lead.id)
     if stage:
@@ -156,25 +185,30 @@ def leads(
         query = query.where(enrolled.exists())
     if limit:
         query = query.limit(limit)
+    return query
+
+
+def _fetch_leads(query) -> list[dict]:
+    """The selected leads as rows of LEAD_COLUMNS (JSON-ready)."""
     _settings, database = _database()
     try:
         with database.sessions() as session:
-            rows = [
+            return [
                 {c: getattr(lead, c) for c in LEAD_COLUMNS}
                 | {"score": round(lead.score, 2), "created_at": iso(lead.created_at)}
                 for lead in session.scalars(query)
             ]  # fmt: skip
     finally:
         database.engine.dispose()
-    if as_json:
-        print(dumps(rows))
-        return
-    if as_csv:
-        writer = csv.DictWriter(sys.stdout, LEAD_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
-        return
-    console = _console()
+
+
+def _write_leads_csv(rows: list[dict]) -> None:
+    writer = csv.DictWriter(sys.stdout, LEAD_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+
+
+def _print_leads(console: Console, rows: list[dict], limit: int) -> None:
     # Emails and segments fold rather than end in "…" (they are what one copies from
     # here), and an email has the room for a whole address where the terminal allows.
     email_width = min(console.width // 4, max((len(row["email"]) for row in rows), default=5))
@@ -228,15 +262,30 @@ def report(
 
     Exit codes: 0 reported; 2 bad usage (a date that is not one, an unknown section).
     """
+    flt, sections = _report_options(since, until, segment, section, as_csv, as_json)
+    data = _build_report(flt, sections)
+    if as_json:
+        print(dumps(data))
+    elif as_csv:
+        from services.reports import to_csv
+
+        sys.stdout.write(to_csv(data, sections))
+    else:
+        _print_report(_console(), data, sections)
+
+
+def _report_options(
+    since: str | None,
+    until: str | None,
+    segment: list[str] | None,
+    section: list[str] | None,
+    as_csv: bool,
+    as_json: bool,
+):
+    """The report's filter and sections (in their fixed order) from the options; bad usage
+    (exit 2) before the database is opened."""
     from models.db import utcnow
-    from services.reports import (
-        SECTIONS,
-        ReportFilter,
-        analyze_never_analyzed,
-        build_report,
-        parse_moment,
-        to_csv,
-    )
+    from services.reports import SECTIONS, ReportFilter, parse_moment
 
     if as_csv and as_json:
         raise _bad_usage("give --csv or --json, not both")
@@ -254,7 +303,14 @@ def report(
         raise _bad_usage(
             f"--since {start:%Y-%m-%d %H:%M} is not before --until {end:%Y-%m-%d %H:%M}"
         )
-    flt = ReportFilter(since=start, until=end, segments=tuple(segment or ()))
+    return ReportFilter(since=start, until=end, segments=tuple(segment or ())), sections
+
+
+def _build_report(flt, sections: list[str]) -> dict:
+    """The report from the database, after analyzing tables PostgreSQL has no statistics
+    for (without them the planner may pick a plan that runs for hours)."""
+    from services.reports import analyze_never_analyzed, build_report
+
     _settings, database = _database()
     try:
         analyzed, problem = analyze_never_analyzed(database.engine)
@@ -266,15 +322,9 @@ def report(
                          "the report may be slow; run ANALYZE", highlight=False,
                          markup=False)  # fmt: skip
         with database.sessions() as session:
-            data = build_report(session, flt, sections)
+            return build_report(session, flt, sections)
     finally:
         database.engine.dispose()
-    if as_json:
-        print(dumps(data))
-    elif as_csv:
-        sys.stdout.write(to_csv(data, sections))
-    else:
-        _print_report(_console(), data, sections)
 
 
 def _pct(rate: float | None) -> str:

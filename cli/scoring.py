@@ -85,25 +85,45 @@ def backtest(
     """
     import json
 
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from models.jinja import ConditionError
-    from scoring.backtest import Objective, evaluate, report
+    from scoring.backtest import report
     from scoring.backtest_view import print_report
-    from scoring.history import HistoryError, load_history, parse_leads
-    from scoring.synthetic import generate
 
     if (leads is None) == (synthetic is None):
         errors.print("give --leads FILE (your history) or --synthetic N (made-up leads)")
         raise typer.Exit(2)
+    goal = _backtest_objective(objective, beta, min_recall, min_precision)
+    settings = get_settings()
+    definitions = fail_on_definition_errors(lambda: load(settings))
+    history, source = _backtest_history(leads, synthetic, seed)
+    results = _evaluate_history(definitions, history)
+    outcome = report(results, definitions.scoring, goal)
+    if as_json:
+        print(json.dumps(outcome.to_dict(), indent=2))
+    else:
+        print_report(console, outcome, source)
+
+
+def _backtest_objective(
+    objective: str, beta: float | None, min_recall: float | None, min_precision: float | None
+):
+    """The --objective and its limits as an Objective; a bad combination exits 2."""
+    from scoring.backtest import Objective
+
     try:
-        goal = Objective.named(objective, beta, min_recall, min_precision)
+        return Objective.named(objective, beta, min_recall, min_precision)
     except ValueError as exc:
         errors.print(str(exc), highlight=False, markup=False)
         raise typer.Exit(2) from None
-    settings = get_settings()
-    definitions = fail_on_definition_errors(lambda: load(settings))
+
+
+def _backtest_history(leads: Path | None, synthetic: int | None, seed: int) -> tuple[list, str]:
+    """The history to replay (the --leads file or N synthetic leads) and how to name it
+    in the report; a history that cannot be read, or holds no lead, exits 2."""
+    from rich.markup import escape
+
+    from scoring.history import HistoryError, load_history, parse_leads
+    from scoring.synthetic import generate
+
     try:
         if leads is not None:
             history, source = load_history(leads), str(leads)
@@ -120,23 +140,28 @@ def backtest(
     if not history:
         errors.print(f"{source} holds no leads", highlight=False, markup=False)
         raise typer.Exit(2)
+    return history, source
+
+
+def _evaluate_history(definitions, history: list):
+    """Score the history, with a progress bar on stderr on a terminal (stdout stays the
+    report); a segment rule that fails on a lead of the history exits 1."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from models.jinja import ConditionError
+    from scoring.backtest import evaluate
 
     try:
-        if errors.is_terminal:  # a bar on stderr: stdout stays the report
+        if errors.is_terminal:
             columns = ("scoring", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
             with Progress(*columns, console=errors, transient=True) as bar:
                 task = bar.add_task("scoring", total=len(history))
-                results = evaluate(definitions, history, lambda n: bar.advance(task, n))
-        else:
-            results = evaluate(definitions, history)
-    except ConditionError as exc:  # a segment rule that fails on a lead of the history
+                return evaluate(definitions, history, lambda n: bar.advance(task, n))
+        return evaluate(definitions, history)
+    except ConditionError as exc:
         errors.print(f"[red]error[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    outcome = report(results, definitions.scoring, goal)
-    if as_json:
-        print(json.dumps(outcome.to_dict(), indent=2))
-    else:
-        print_report(console, outcome, source)
 
 
 def rescore(

@@ -105,19 +105,30 @@ def preview(
     written, or the definitions have errors; 2 bad usage (unknown sequence or step, a
     step that sends nothing, a bad lead file).
     """
-    import webbrowser
-
-    from jinja2 import TemplateError
-
     from infra.settings import get_settings
-    from services.preview import LeadError, PreviewError, describe_lead
-    from services.preview import preview as render
 
     settings = get_settings()
+    result = _render_preview(settings, sequence, step, lead)
+    html_path = _write_preview_html(result, settings, sequence, step, html_out, open_html)
+    if as_json:
+        data = result.to_dict() | {"html_path": str(html_path) if html_path else None}
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    _print_preview(result, sequence, step, html_path)
+
+
+def _render_preview(settings, sequence: str, step: str, lead: Path | None):
+    """The step rendered for the lead; an unknown sequence or step, or a step that sends
+    nothing, exits 2, a template that fails for this lead exits 1."""
+    from jinja2 import TemplateError
+
+    from services.preview import LeadError, PreviewError
+    from services.preview import preview as render
+
     definitions = _definitions(settings)
     fields = _read_lead(lead)
     try:
-        result = render(definitions, sequence, step, fields, sender=settings.sender)
+        return render(definitions, sequence, step, fields, sender=settings.sender)
     except (PreviewError, LeadError) as exc:
         raise _usage(str(exc)) from None
     except TemplateError as exc:
@@ -128,24 +139,32 @@ def preview(
         )
         raise typer.Exit(1) from None
 
-    html_path = None
-    if result.channel == "email":
-        html_path = html_out or settings.state_dir / "preview" / f"{sequence}-{step}.html"
-        try:
-            html_path.parent.mkdir(parents=True, exist_ok=True)
-            html_path.write_text(result.html or "", encoding="utf-8")
-        except OSError as exc:
-            errors.print(f"cannot write {html_path}: {exc.strerror or exc}", markup=False)
-            raise typer.Exit(1) from None
-        if open_html:
-            webbrowser.open(html_path.resolve().as_uri())
-    elif html_out is not None or open_html:
-        errors.print("an SMS has no HTML: --html-out and --open are ignored")
 
-    if as_json:
-        data = result.to_dict() | {"html_path": str(html_path) if html_path else None}
-        print(json.dumps(data, indent=2, ensure_ascii=False))
-        return
+def _write_preview_html(
+    result, settings, sequence: str, step: str, html_out: Path | None, open_html: bool
+) -> Path | None:
+    """Write an email's HTML (and open it with --open); None for an SMS, which has none."""
+    import webbrowser
+
+    if result.channel != "email":
+        if html_out is not None or open_html:
+            errors.print("an SMS has no HTML: --html-out and --open are ignored")
+        return None
+    html_path = html_out or settings.state_dir / "preview" / f"{sequence}-{step}.html"
+    try:
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        html_path.write_text(result.html or "", encoding="utf-8")
+    except OSError as exc:
+        errors.print(f"cannot write {html_path}: {exc.strerror or exc}", markup=False)
+        raise typer.Exit(1) from None
+    if open_html:
+        webbrowser.open(html_path.resolve().as_uri())
+    return html_path
+
+
+def _print_preview(result, sequence: str, step: str, html_path: Path | None) -> None:
+    from services.preview import describe_lead
+
     who = describe_lead(result.lead) + (" (sample lead)" if result.sample_lead else "")
     channel = "email" if result.channel == "email" else "SMS"
     console.print(
@@ -154,12 +173,21 @@ def preview(
         highlight=False,
     )
     if result.channel == "email":
-        console.print(f"[bold]Subject:[/bold] {escape(result.subject or '')}", highlight=False)
-        console.print()
-        console.print(result.text, markup=False, highlight=False)
-        console.print()
-        console.print(f"HTML: {escape(str(html_path))}", highlight=False)
-        return
+        _print_email(result, html_path)
+    else:
+        _print_sms(result)
+
+
+def _print_email(result, html_path: Path | None) -> None:
+    console.print(f"[bold]Subject:[/bold] {escape(result.subject or '')}", highlight=False)
+    console.print()
+    console.print(result.text, markup=False, highlight=False)
+    console.print()
+    console.print(f"HTML: {escape(str(html_path))}", highlight=False)
+
+
+def _print_sms(result) -> None:
+    """The text, then its characters and segments (more than one: each is billed)."""
     to = result.lead.get("phone") or "(no phone: an SMS would be skipped)"
     console.print(f"To: {escape(str(to))}", highlight=False)
     console.print()
@@ -226,16 +254,26 @@ def simulate(
     2 bad usage (unknown sequence, a bad --responses spec or lead file).
     """
     from infra.settings import get_settings
-    from services.simulate import (
-        SimulationError,
-        SpecError,
-        parse_responses,
-        parse_start,
-    )
-    from services.simulate import simulate as run_simulation
 
     settings = get_settings()
     definitions = _definitions(settings)
+    fields, planned = _simulation_inputs(definitions, sequence, lead, responses, start)
+    timeline = _run_simulation(definitions, sequence, fields, planned, days, start)
+    if as_json:
+        print(json.dumps(timeline.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print_timeline(console, timeline)
+    _leave(0)
+
+
+def _simulation_inputs(
+    definitions, sequence: str, lead: Path | None, responses: str | None, start: str
+) -> tuple[dict | None, list]:
+    """The lead's fields and the planned responses, every option checked before a test
+    server is started: an unknown sequence or a bad lead file, --responses or --start
+    exits 2 (a bad spec with a caret under where it went wrong)."""
+    from services.simulate import SpecError, parse_responses, parse_start
+
     if sequence not in definitions.sequences:
         known = ", ".join(sorted(definitions.sequences))
         raise _usage(f"no sequence {sequence!r} (sequences: {known})")
@@ -249,19 +287,23 @@ def simulate(
         parse_start(start)
     except ValueError as exc:
         raise _usage(f"bad --start: {exc}") from None
+    return fields, planned
+
+
+def _run_simulation(
+    definitions, sequence: str, fields: dict | None, planned: list, days: int | None, start: str
+):
+    """The simulation's timeline; a simulation that fails leaves with exit code 1."""
+    from services.simulate import SimulationError
+    from services.simulate import simulate as run_simulation
 
     try:
-        timeline = asyncio.run(
+        return asyncio.run(
             run_simulation(definitions, sequence, fields, planned, days, start=start)
         )
     except SimulationError as exc:
         errors.print(f"[red]simulation failed[/red]: {escape(str(exc))}", highlight=False)
         _leave(1)
-    if as_json:
-        print(json.dumps(timeline.to_dict(), indent=2, ensure_ascii=False))
-    else:
-        print_timeline(console, timeline)
-    _leave(0)
 
 
 def print_timeline(out: Console, timeline) -> None:

@@ -731,23 +731,11 @@ def _timeline(
     ended_at: datetime,
     history: list[_Done],
 ) -> Timeline:
-    # (time, rank, order, what, kind, data): in time, then cause before effect, then the
-    # order the workflow scheduled it in (activities), then the text.
-    raw: list[tuple[datetime, int, int, str, str, dict[str, Any]]] = []
-
-    def add(at: datetime, kind: str, what: str, data: dict[str, Any], order: int = 0) -> None:
-        raw.append((at, _RANK[kind], order, what, kind, data))
-
-    reps = {rep.id: rep.name for rep in definitions.sales.reps}
+    """The simulated lead's timeline: what the database holds (responses, score and stage
+    changes, handoffs) and what the workflow history says (sends, notices, SLA lapses,
+    the end of the enrollment), in order, with the score and stage after each event."""
+    collected = _Collected(enrolled_at, zone, {rep.id: rep.name for rep in definitions.sales.reps})
     sequence = definitions.sequences[sequence_id]
-
-    def offset(moment: datetime) -> str:
-        return format_offset(as_utc(moment) - enrolled_at)
-
-    def local(moment: datetime) -> datetime:  # the lead's clock, to the minute shown
-        minutes = offset_minutes(moment - enrolled_at)
-        return (enrolled_at + timedelta(minutes=minutes)).astimezone(zone)
-
     with sessions() as session:
         lead = session.get(Lead, lead_id)
         profile = lead.profile()
@@ -755,7 +743,7 @@ def _timeline(
         enrollment = session.scalars(
             select(Enrollment).where(Enrollment.lead_id == lead_id)
         ).first()
-        add(
+        collected.add(
             enrolled_at,
             "enrolled",
             f"enrolled in {sequence_id} ({sequence.name}); segment {lead.segment}, "
@@ -765,24 +753,116 @@ def _timeline(
         messages = {
             m.id: m for m in session.scalars(select(Message).where(Message.lead_id == lead_id))
         }
+        collected.add_responses(session, lead_id)
+        collected.add_score_and_stage_changes(session, lead_id)
+        handoffs = _read_handoffs(session, lead_id)
+    activities = collected.add_history(history, messages)
+    collected.add_handoffs(handoffs, activities.assignments)
+    collected.add_notices(activities.notified)
+    status, reason = activities.finished
+    if enrollment is not None and status == "active":
+        status, reason = enrollment.status, enrollment.exit_reason
+    return Timeline(
+        sequence_id=sequence_id,
+        lead=profile,
+        segment=profile["segment"],
+        scoring_model=model.name,
+        started_at=enrolled_at,
+        ended_at=ended_at,
+        events=collected.events(),
+        enrollment=status,
+        enrollment_reason=reason,
+    )
+
+
+# How a notice to a rep is named on the timeline ("told Ann (reminder) by email").
+_NOTICE_KINDS = {
+    "new": "new handoff",
+    "reminder": "reminder",
+    "reassigned_away": "taken away",
+    "reassigned_to": "reassigned to them",
+}
+
+# (created, pool, first rep, why that rep) of a handoff, from the database.
+_HandoffRow = tuple[datetime, str, str, str]
+# The notices to reps, one per (handoff, notice, rep, kind): each channel's (time,
+# scheduling order, "email" or "sms (failed)").
+_Notices = dict[tuple[str, str, str, str], list[tuple[datetime, int, str]]]
+
+
+def _read_handoffs(session, lead_id: str) -> dict[str, _HandoffRow]:
+    """The lead's handoffs by id, each with the rep it was first assigned to and why."""
+    handoffs = {}
+    for handoff in session.scalars(select(Handoff).where(Handoff.lead_id == lead_id)):
+        assigned = session.scalars(
+            select(HandoffEvent)
+            .where(HandoffEvent.handoff_id == handoff.id, HandoffEvent.kind == "assigned")
+            .order_by(HandoffEvent.id)
+        ).first()
+        rep_id = assigned.rep_id if assigned else handoff.rep_id
+        why = assigned.detail if assigned else handoff.routing
+        handoffs[handoff.id] = (as_utc(handoff.created_at), handoff.pool, rep_id, why)
+    return handoffs
+
+
+@dataclass
+class _HistoryFindings:
+    """What the workflow history tells beyond its own events: the handoffs' assignments
+    (their due times), the notices to reps (one event each, added once all are known)
+    and how the enrollment finished."""
+
+    assignments: dict[str, Assignment] = field(default_factory=dict)
+    notified: _Notices = field(default_factory=dict)
+    finished: tuple[str, str | None] = ("active", None)
+
+
+class _Collected:
+    """The timeline's events as they are collected, from the database and the history,
+    then put in order. Each is (time, rank, order, what, kind, data), which sorts in time,
+    then cause before effect, then the order the workflow scheduled it in (activities),
+    then the text; events that tie on all four keep the order they were added in."""
+
+    def __init__(self, enrolled_at: datetime, zone: ZoneInfo, reps: dict[str, str]):
+        self.enrolled_at, self.zone, self.reps = enrolled_at, zone, reps
+        self.raw: list[tuple[datetime, int, int, str, str, dict[str, Any]]] = []
+
+    def add(self, at: datetime, kind: str, what: str, data: dict[str, Any], order: int = 0) -> None:
+        self.raw.append((at, _RANK[kind], order, what, kind, data))
+
+    def offset(self, moment: datetime) -> str:
+        return format_offset(as_utc(moment) - self.enrolled_at)
+
+    def local(self, moment: datetime) -> datetime:
+        """The lead's clock, to the minute shown."""
+        minutes = offset_minutes(moment - self.enrolled_at)
+        return (self.enrolled_at + timedelta(minutes=minutes)).astimezone(self.zone)
+
+    def rep(self, rep_id: str) -> str:
+        return self.reps.get(rep_id, rep_id)
+
+    def add_responses(self, session, lead_id: str) -> None:
         for row in session.scalars(select(Response).where(Response.lead_id == lead_id)):
             pairs = " ".join(f"{k}={v}" for k, v in (row.data or {}).items())
-            add(
+            self.add(
                 as_utc(row.occurred_at),
                 "response",
                 f"lead: {row.type} {pairs}".rstrip(),
                 {"type": row.type, "data": row.data or {}},
             )
+
+    def add_score_and_stage_changes(self, session, lead_id: str) -> None:
+        """Score changes at the (simulated) time they were scored, and stage changes at
+        their score change's time (the database stamps a stage change's wall clock)."""
         changes = list(
             session.scalars(
                 select(ScoreChange).where(ScoreChange.lead_id == lead_id).order_by(ScoreChange.id)
             )
         )
-        scored_at = {c.event_id: as_utc(c.scored_at or enrolled_at) for c in changes}
+        scored_at = {c.event_id: as_utc(c.scored_at or self.enrolled_at) for c in changes}
         for change in changes:
             decay = change.cause in ("decay", "rescore")
             cause = change.cause or "response"
-            add(
+            self.add(
                 scored_at[change.event_id],
                 "decay" if decay else "score",
                 f"score {tenths(change.old_score)} -> {tenths(change.new_score)} ({cause})",
@@ -796,122 +876,111 @@ def _timeline(
             select(StageChange).where(StageChange.lead_id == lead_id).order_by(StageChange.id)
         ):
             event_id = stage.change_key.rsplit(":", 1)[0]
-            add(
+            self.add(
                 scored_at.get(event_id, as_utc(stage.created_at)),
                 "stage",
                 f"stage {stage.from_stage} -> {stage.to_stage}: {stage.reason}",
                 {"from": stage.from_stage, "to": stage.to_stage},
             )
-        handoffs = {}  # id -> (created, pool, first rep, why that rep)
-        for handoff in session.scalars(select(Handoff).where(Handoff.lead_id == lead_id)):
-            assigned = session.scalars(
-                select(HandoffEvent)
-                .where(HandoffEvent.handoff_id == handoff.id, HandoffEvent.kind == "assigned")
-                .order_by(HandoffEvent.id)
-            ).first()
-            rep_id = assigned.rep_id if assigned else handoff.rep_id
-            why = assigned.detail if assigned else handoff.routing
-            handoffs[handoff.id] = (as_utc(handoff.created_at), handoff.pool, rep_id, why)
 
-    notified: dict[tuple[str, str, str, str], list[tuple[datetime, str]]] = {}
-    assignments: dict[str, Assignment] = {}
-    finished = ("active", None)
-    for item in history:
-        if item.name == "send_message":
-            add(*_send_event(item, messages.get(item.result.message_id), offset), item.order)
-        elif item.name == "assign_handoff":
-            assignments.setdefault(item.result.handoff_id, item.result)
-        elif item.name == "notify_rep":
-            request: NotifyRequest = item.request
-            # One line per notice (its key without rep and channel), every channel on it.
-            notice = request.key.rsplit(":", 2)[0]
-            channel = request.channel + ("" if item.result == "sent" else f" ({item.result})")
-            group = (request.handoff_id, notice, request.rep_id, request.kind)
-            notified.setdefault(group, []).append((item.at, item.order, channel))
-        elif item.name == "handle_sla_lapse":
-            outcome: SlaOutcome = item.result
-            add(*_lapse_event(item.at, outcome, reps, offset), item.order)
-        elif item.name == "finish_enrollment":
-            request: FinishEnrollment = item.request
-            finished = (request.status, request.reason)
-            add(
-                item.at,
-                "finished",
-                f"sequence {request.status.replace('_', ' ')}: {request.reason}",
-                {"status": request.status, "reason": request.reason},
-            )
-    for handoff_id, (at, pool, rep_id, why) in handoffs.items():
-        assignment = assignments.get(handoff_id)
-        due = offset(assignment.due_at) if assignment and assignment.due_at else None
-        add(
-            at,
-            "handoff",
-            f"handoff to {reps.get(rep_id, rep_id)} (pool {pool}"
-            + (f", answer due {due}" if due else "")
-            + f"): {why}",
-            {"rep": rep_id, "rep_name": reps.get(rep_id, rep_id), "pool": pool, "due": due},
-        )
-    kinds = {
-        "new": "new handoff",
-        "reminder": "reminder",
-        "reassigned_away": "taken away",
-        "reassigned_to": "reassigned to them",
-    }
-    # The notices of one lapse (to the rep it left, to the one it went to) go out at once:
-    # all at the first one's time, in a fixed order, whichever finished first.
-    sent_at: dict[tuple[str, str], tuple[datetime, int]] = {}
-    for (handoff_id, notice, _rep, _kind), sends in notified.items():
-        first = min((at, order) for at, order, _channel in sends)
-        sent_at[handoff_id, notice] = min(sent_at.get((handoff_id, notice), first), first)
-    for (handoff_id, notice, rep_id, kind), sends in notified.items():
-        channels = sorted(channel for _at, _order, channel in sends)
-        at, order = sent_at[handoff_id, notice]
-        add(
-            at,
-            "notified",
-            f"told {reps.get(rep_id, rep_id)} ({kinds.get(kind, kind)}) by {', '.join(channels)}",
-            {"rep": rep_id, "notice": kind, "channels": channels},
-            order,
-        )
+    def add_history(self, history: list[_Done], messages: dict[str, Message]) -> _HistoryFindings:
+        """Sends, SLA lapses and the end of the enrollment as events; the assignments and
+        notices to reps gathered for `add_handoffs` and `add_notices`."""
+        found = _HistoryFindings()
+        for item in history:
+            if item.name == "send_message":
+                message = messages.get(item.result.message_id)
+                self.add(*_send_event(item, message, self.offset), item.order)
+            elif item.name == "assign_handoff":
+                found.assignments.setdefault(item.result.handoff_id, item.result)
+            elif item.name == "notify_rep":
+                request: NotifyRequest = item.request
+                # One line per notice (its key without rep and channel), every channel on it.
+                notice = request.key.rsplit(":", 2)[0]
+                channel = request.channel + ("" if item.result == "sent" else f" ({item.result})")
+                group = (request.handoff_id, notice, request.rep_id, request.kind)
+                found.notified.setdefault(group, []).append((item.at, item.order, channel))
+            elif item.name == "handle_sla_lapse":
+                outcome: SlaOutcome = item.result
+                self.add(*_lapse_event(item.at, outcome, self.reps, self.offset), item.order)
+            elif item.name == "finish_enrollment":
+                request: FinishEnrollment = item.request
+                found.finished = (request.status, request.reason)
+                self.add(
+                    item.at,
+                    "finished",
+                    f"sequence {request.status.replace('_', ' ')}: {request.reason}",
+                    {"status": request.status, "reason": request.reason},
+                )
+        return found
 
-    raw.sort(key=lambda r: r[:4])
-    events: list[TimelineEvent] = []
-    score, stage = 0.0, "lead"
-    for at, _rank, _order, what, kind, data in raw:
-        if kind in ("score", "decay"):
-            score = data["to"]
-        elif kind == "stage":
-            stage = data["to"]
-        previous = events[-1] if events else None
-        if kind == "decay" and previous is not None and previous.kind == "decay":
-            # Daily decay rescores in a row: one line from the first to the last.
-            previous.data["to"], previous.data["rescores"] = score, previous.data["rescores"] + 1
-            previous.offset, previous.local = at - enrolled_at, local(at)
-            previous.score = score
-            previous.what = (
-                f"score {previous.data['from']:.1f} -> {score:.1f} (decayed over "
-                f"{previous.data['rescores']} rescores since "
-                f"{previous.data['since']})"
+    def add_handoffs(
+        self, handoffs: dict[str, _HandoffRow], assignments: dict[str, Assignment]
+    ) -> None:
+        for handoff_id, (at, pool, rep_id, why) in handoffs.items():
+            assignment = assignments.get(handoff_id)
+            due = self.offset(assignment.due_at) if assignment and assignment.due_at else None
+            self.add(
+                at,
+                "handoff",
+                f"handoff to {self.rep(rep_id)} (pool {pool}"
+                + (f", answer due {due}" if due else "")
+                + f"): {why}",
+                {"rep": rep_id, "rep_name": self.rep(rep_id), "pool": pool, "due": due},
             )
-            continue
-        if kind == "decay":
-            data = data | {"rescores": 1, "since": format_offset(at - enrolled_at)}
-            what = f"score {data['from']:.1f} -> {data['to']:.1f} (decay)"
-        events.append(TimelineEvent(at - enrolled_at, local(at), kind, what, data, score, stage))
-    status, reason = finished
-    if enrollment is not None and status == "active":
-        status, reason = enrollment.status, enrollment.exit_reason
-    return Timeline(
-        sequence_id=sequence_id,
-        lead=profile,
-        segment=profile["segment"],
-        scoring_model=model.name,
-        started_at=enrolled_at,
-        ended_at=ended_at,
-        events=events,
-        enrollment=status,
-        enrollment_reason=reason,
-    )
+
+    def add_notices(self, notified: _Notices) -> None:
+        """One event per notice to a rep. The notices of one lapse (to the rep it left, to
+        the one it went to) go out at once: all at the first one's time, in a fixed order,
+        whichever finished first."""
+        sent_at: dict[tuple[str, str], tuple[datetime, int]] = {}
+        for (handoff_id, notice, _rep, _kind), sends in notified.items():
+            first = min((at, order) for at, order, _channel in sends)
+            sent_at[handoff_id, notice] = min(sent_at.get((handoff_id, notice), first), first)
+        for (handoff_id, notice, rep_id, kind), sends in notified.items():
+            channels = sorted(channel for _at, _order, channel in sends)
+            at, order = sent_at[handoff_id, notice]
+            self.add(
+                at,
+                "notified",
+                f"told {self.rep(rep_id)} ({_NOTICE_KINDS.get(kind, kind)}) by "
+                f"{', '.join(channels)}",
+                {"rep": rep_id, "notice": kind, "channels": channels},
+                order,
+            )
+
+    def events(self) -> list[TimelineEvent]:
+        """The events in order, each with the score and stage after it; daily decay
+        rescores in a row folded into one line from the first to the last."""
+        self.raw.sort(key=lambda r: r[:4])
+        events: list[TimelineEvent] = []
+        score, stage = 0.0, "lead"
+        for at, _rank, _order, what, kind, data in self.raw:
+            if kind in ("score", "decay"):
+                score = data["to"]
+            elif kind == "stage":
+                stage = data["to"]
+            previous = events[-1] if events else None
+            if kind == "decay" and previous is not None and previous.kind == "decay":
+                self._extend_decay(previous, at, score)
+                continue
+            if kind == "decay":
+                data = data | {"rescores": 1, "since": format_offset(at - self.enrolled_at)}
+                what = f"score {data['from']:.1f} -> {data['to']:.1f} (decay)"
+            offset = at - self.enrolled_at
+            events.append(TimelineEvent(offset, self.local(at), kind, what, data, score, stage))
+        return events
+
+    def _extend_decay(self, decay: TimelineEvent, at: datetime, score: float) -> None:
+        """One more decay rescore folded into the line of the ones before it."""
+        decay.data["to"], decay.data["rescores"] = score, decay.data["rescores"] + 1
+        decay.offset, decay.local = at - self.enrolled_at, self.local(at)
+        decay.score = score
+        decay.what = (
+            f"score {decay.data['from']:.1f} -> {score:.1f} (decayed over "
+            f"{decay.data['rescores']} rescores since "
+            f"{decay.data['since']})"
+        )
 
 
 def _send_event(item: _Done, message: Message | None, offset) -> tuple:

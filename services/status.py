@@ -174,7 +174,24 @@ def duration(seconds: float) -> str:
 
 
 def print_status(console: Console, data: dict[str, Any], now: datetime) -> None:
-    lead = data["lead"]
+    """The text view of `lead_status` (with `workflow_status` under "workflow")."""
+    _print_profile(console, data["lead"])
+    if data.get("stuck"):
+        stuck = data["stuck"]
+        console.print(f"  [red]stuck[/red]: {stuck['unscored']} response(s) delivered but not "
+                      f"scored since {_when(stuck['since'])} UTC (see `nurture doctor`)",
+                      highlight=False)  # fmt: skip
+    _print_workflow(console, data.get("workflow"), now)
+    console.print()
+    print_explanation(console, data["score"])
+    _print_enrollments(console, data["enrollments"])
+    _print_messages(console, data["messages"])
+    _print_responses(console, data["responses"])
+    _print_handoffs(console, data["handoffs"])
+
+
+def _print_profile(console: Console, lead: dict[str, Any]) -> None:
+    """Who the lead is, where it stands (segment, stage, score, owner) and its consent."""
     name = " ".join(filter(None, (lead["first_name"], lead["last_name"])))
     console.print(f"[bold]{escape(lead['email'])}[/bold]  {escape(name)}  (lead {lead['id']})",
                   highlight=False)  # fmt: skip
@@ -201,60 +218,66 @@ def print_status(console: Console, data: dict[str, Any], now: datetime) -> None:
     if lead["attributes"]:
         console.print(f"  attributes: {escape(str(lead['attributes']))}", highlight=False)
 
-    if data.get("stuck"):
-        stuck = data["stuck"]
-        console.print(f"  [red]stuck[/red]: {stuck['unscored']} response(s) delivered but not "
-                      f"scored since {_when(stuck['since'])} UTC (see `nurture doctor`)",
-                      highlight=False)  # fmt: skip
-    _print_workflow(console, data.get("workflow"), now)
-    console.print()
-    print_explanation(console, data["score"])
-    if data["enrollments"]:
-        table = Table("sequence", "status", "started", "ended", "exit reason", title="enrollments")
-        for e in data["enrollments"]:
-            table.add_row(f"{e['sequence']} v{e['version']}", e["status"], _when(e["started_at"]),
-                          _when(e["ended_at"]), e["exit_reason"] or "")  # fmt: skip
-        console.print(table)
-    if data["messages"]:
-        table = Table("sent", "sequence", "step", "channel", "status", "delivery", "responses",
-                      title="messages")  # fmt: skip
-        for m in data["messages"]:
-            counts = ", ".join(f"{kind.split('.', 1)[1]}" + (f" ×{n}" if n > 1 else "")
-                               for kind, n in m["responses"].items())  # fmt: skip
-            status = m["status"] + (f": {m['status_reason']}" if m["status_reason"] else "")
-            table.add_row(_when(m["sent_at"] or m["created_at"]), m["sequence"] or "",
-                          m["step"] or "", m["channel"], status, m["delivery_status"] or "",
-                          counts)  # fmt: skip
-        console.print(table)
-    else:
+
+def _print_enrollments(console: Console, enrollments: list[dict[str, Any]]) -> None:
+    if not enrollments:
+        return
+    table = Table("sequence", "status", "started", "ended", "exit reason", title="enrollments")
+    for e in enrollments:
+        table.add_row(f"{e['sequence']} v{e['version']}", e["status"], _when(e["started_at"]),
+                      _when(e["ended_at"]), e["exit_reason"] or "")  # fmt: skip
+    console.print(table)
+
+
+def _print_messages(console: Console, messages: list[dict[str, Any]]) -> None:
+    """Each message with the responses counted for it ("click ×2")."""
+    if not messages:
         console.print("no messages")
-    responses = data["responses"]
-    if responses:
-        shown = responses[-RESPONSES_SHOWN:]
-        title = "responses" + (f" (latest {len(shown)} of {len(responses)}: --json lists all)"
-                               if len(shown) < len(responses) else "")  # fmt: skip
-        table = Table("occurred", "type", "source", "for step", "detail", title=title)
-        for r in shown:
-            detail = ", ".join(f"{k}={v}" for k, v in sorted(r["data"].items())
-                               if k in ("url", "step", "reason", "body", "via"))  # fmt: skip
-            table.add_row(_when(r["occurred_at"]), r["type"], r["source"], r["step"] or "",
-                          escape(detail[:60]))  # fmt: skip
-        console.print(table)
-    else:
+        return
+    table = Table("sent", "sequence", "step", "channel", "status", "delivery", "responses",
+                  title="messages")  # fmt: skip
+    for m in messages:
+        counts = ", ".join(f"{kind.split('.', 1)[1]}" + (f" ×{n}" if n > 1 else "")
+                           for kind, n in m["responses"].items())  # fmt: skip
+        status = m["status"] + (f": {m['status_reason']}" if m["status_reason"] else "")
+        table.add_row(_when(m["sent_at"] or m["created_at"]), m["sequence"] or "",
+                      m["step"] or "", m["channel"], status, m["delivery_status"] or "",
+                      counts)  # fmt: skip
+    console.print(table)
+
+
+def _print_responses(console: Console, responses: list[dict[str, Any]]) -> None:
+    """The latest RESPONSES_SHOWN responses (--json has them all)."""
+    if not responses:
         console.print("no responses")
-    if data["handoffs"]:
-        table = Table("cycle", "handoff", "rep", "status", "score", "created", "answered",
-                      title="handoffs")  # fmt: skip
-        for h in data["handoffs"]:
-            answered = _when(h["answered_at"]) if h["answered_at"] else ""
-            if h["answered_by"]:
-                answered += f" by {h['answered_by']}"
-            if h["answer_reason"]:
-                answered += f" ({h['answer_reason']})"
-            table.add_row(str(h["cycle"]), h["id"], h["rep"], h["status"],
-                          f"{h['score']:.1f} {h['grade'] or ''}", _when(h["created_at"]),
-                          answered)  # fmt: skip
-        console.print(table)
+        return
+    shown = responses[-RESPONSES_SHOWN:]
+    title = "responses" + (f" (latest {len(shown)} of {len(responses)}: --json lists all)"
+                           if len(shown) < len(responses) else "")  # fmt: skip
+    table = Table("occurred", "type", "source", "for step", "detail", title=title)
+    for r in shown:
+        detail = ", ".join(f"{k}={v}" for k, v in sorted(r["data"].items())
+                           if k in ("url", "step", "reason", "body", "via"))  # fmt: skip
+        table.add_row(_when(r["occurred_at"]), r["type"], r["source"], r["step"] or "",
+                      escape(detail[:60]))  # fmt: skip
+    console.print(table)
+
+
+def _print_handoffs(console: Console, handoffs: list[dict[str, Any]]) -> None:
+    if not handoffs:
+        return
+    table = Table("cycle", "handoff", "rep", "status", "score", "created", "answered",
+                  title="handoffs")  # fmt: skip
+    for h in handoffs:
+        answered = _when(h["answered_at"]) if h["answered_at"] else ""
+        if h["answered_by"]:
+            answered += f" by {h['answered_by']}"
+        if h["answer_reason"]:
+            answered += f" ({h['answer_reason']})"
+        table.add_row(str(h["cycle"]), h["id"], h["rep"], h["status"],
+                      f"{h['score']:.1f} {h['grade'] or ''}", _when(h["created_at"]),
+                      answered)  # fmt: skip
+    console.print(table)
 
 
 def _print_workflow(console: Console, workflow: dict[str, Any] | None, now: datetime) -> None:
