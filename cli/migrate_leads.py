@@ -65,8 +65,13 @@ def migrate_leads(
 
     with Progress(console=errors, transient=True, disable=as_json) as bar:
         task = bar.add_task(f"migrating {target.id}", total=None)
-        moved = migrate_in_flight(settings, target, mapping, dry_run,
-                                  lambda done, total: bar.update(task, completed=done, total=total))
+        moved = migrate_in_flight(
+            settings,
+            target,
+            mapping,
+            dry_run,
+            lambda done, total: bar.update(task, completed=done, total=total),
+        )
         outcomes = asyncio.run(moved)
     if as_json:
         print(json.dumps([asdict(o) for o in outcomes], indent=2))

@@ -70,8 +70,10 @@ class FitRule(_Definition):
     @field_validator("field")
     @classmethod
     def _known_field(cls, value: str | None) -> str | None:
-        if value is not None and value not in PROFILE_FIELDS and not value.startswith(
-            "attributes."
+        if (
+            value is not None
+            and value not in PROFILE_FIELDS
+            and not value.startswith("attributes.")
         ):
             raise ValueError(
                 f"unknown field {value!r}; use one of {', '.join(PROFILE_FIELDS)} "

@@ -123,4 +123,3 @@ def print_explanation(console: Console, data: dict[str, Any]) -> None:
         for change in data["score_changes"]:
             console.print(f"  {change['at'][:19]} {change['old']:5.1f} -> {change['new']:5.1f} "
                           f"{change['reason']}", highlight=False)  # fmt: skip
-

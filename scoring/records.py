@@ -35,15 +35,31 @@ def stage_change_rows(
 ) -> list[dict[str, Any]]:
     """One row per stage entered (lowest first), or one for a recycle."""
     if decision.recycled:
-        return [dict(lead_id=lead_id, change_key=f"{event_id}:{decision.new}",
-                     from_stage=decision.old, to_stage=decision.new, reason=decision.reason)]
+        return [
+            dict(
+                lead_id=lead_id,
+                change_key=f"{event_id}:{decision.new}",
+                from_stage=decision.old,
+                to_stage=decision.new,
+                reason=decision.reason,
+            )
+        ]
     rows, previous = [], decision.old
     for stage in decision.entered:
-        reason = decision.reason if stage == decision.new else (
-            f"passed on the way to {decision.new}: {decision.reason}"
+        reason = (
+            decision.reason
+            if stage == decision.new
+            else (f"passed on the way to {decision.new}: {decision.reason}")
         )
-        rows.append(dict(lead_id=lead_id, change_key=f"{event_id}:{stage}",
-                         from_stage=previous, to_stage=stage, reason=reason))
+        rows.append(
+            dict(
+                lead_id=lead_id,
+                change_key=f"{event_id}:{stage}",
+                from_stage=previous,
+                to_stage=stage,
+                reason=reason,
+            )
+        )
         previous = stage
     return rows  # fmt: skip
 
@@ -72,16 +88,16 @@ def record_card(
     if not always and not moved:
         return False
     change = ScoreChange(
-            lead_id=lead.id,
-            event_id=event_id,
-            cause=cause,
-            old_score=round(old_score, 2),
-            new_score=round(card.total, 2),
-            reason=describe(card, decision, cause),
-            model=model.fingerprint,
-            breakdown=card.to_dict(),
-            result=result,
-            scored_at=card.at,
+        lead_id=lead.id,
+        event_id=event_id,
+        cause=cause,
+        old_score=round(old_score, 2),
+        new_score=round(card.total, 2),
+        reason=describe(card, decision, cause),
+        model=model.fingerprint,
+        breakdown=card.to_dict(),
+        result=result,
+        scored_at=card.at,
     )
     session.add(change)
     if responses:

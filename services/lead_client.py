@@ -86,8 +86,6 @@ async def migrate(client: Client, lead_id: str, request: MigrateRequest) -> Migr
     return await handle(client, lead_id).execute_update(LeadWorkflow.migrate, request)
 
 
-async def state(
-    workflow: WorkflowHandle, rpc_timeout: timedelta | None = None
-) -> LeadState:
+async def state(workflow: WorkflowHandle, rpc_timeout: timedelta | None = None) -> LeadState:
     """What the workflow says about its lead now (a query: needs a worker polling)."""
     return await workflow.query(LeadWorkflow.state, rpc_timeout=rpc_timeout)

@@ -35,7 +35,10 @@ class Outcome:
 
 
 async def migrate_in_flight(
-    settings: Settings, target: Sequence, mapping: dict[str, str], dry_run: bool,
+    settings: Settings,
+    target: Sequence,
+    mapping: dict[str, str],
+    dry_run: bool,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> list[Outcome]:
     """Move every running enrollment of `target` on an older version to it (the leads

@@ -209,9 +209,7 @@ def build_activities(
     return Activities(lead=lead, sales=sales)
 
 
-def build_worker(
-    client: Client, settings: Settings, activities: Activities, **options
-) -> Worker:
+def build_worker(client: Client, settings: Settings, activities: Activities, **options) -> Worker:
     return Worker(
         client,
         task_queue=settings.task_queue,

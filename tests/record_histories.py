@@ -126,8 +126,12 @@ async def record() -> None:
                         LeadWorkflow.run, lead_workflow_id(row.id)
                     )
                     month = definitions.sequences["month"]
-                    steps = [step if step.id != "nudge" else EmailStep(
-                        id="nudge", type="email", template="followup") for step in month.steps]
+                    steps = [
+                        step
+                        if step.id != "nudge"
+                        else EmailStep(id="nudge", type="email", template="followup")
+                        for step in month.steps
+                    ]
                     newer = month.model_copy(update={"version": 2, "steps": steps})
                     await handle.execute_update(LeadWorkflow.migrate,
                                                 MigrateRequest(sequence=newer))  # fmt: skip

@@ -16,8 +16,12 @@ NURTURE = str(Path(sys.executable).parent / "nurture")
 
 
 def run_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = os.environ.copy() | {"NURTURE_STATE_DIR": str(tmp_path / "state"), "COLUMNS": "160",
-                               "NURTURE_METRICS_PORT": "0", "NURTURE_HEALTH_PORT": "0"}
+    env = os.environ.copy() | {
+        "NURTURE_STATE_DIR": str(tmp_path / "state"),
+        "COLUMNS": "160",
+        "NURTURE_METRICS_PORT": "0",
+        "NURTURE_HEALTH_PORT": "0",
+    }
     env.pop("DATABASE_URL", None)
     return env | extra
 
