@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import or_, select, update
@@ -64,6 +66,15 @@ log = logging.getLogger("nurture.activities")
 RECLAIMABLE = ("retrying", "deferred")
 # claimed (checks, rendering: nothing sent) -> sending (the provider call) -> sent | failed
 # | retrying. Only `sending` can hide a send we do not know about.
+
+
+class _Outgoing(NamedTuple):
+    """A rendered message, as stored on its row, and the provider call that sends it."""
+
+    recipient: str
+    subject: str | None  # None for an SMS
+    body: str  # an email's text part
+    deliver: Callable[[], SendResult]
 
 
 class LeadActivities:
@@ -143,9 +154,20 @@ class LeadActivities:
 
         # Checks and rendering change nothing outside our database: a crash here is
         # harmless, and the next attempt starts again from the claim.
+        checked = self._check_send(request, message.id)
+        if isinstance(checked, SendOutcome):
+            return checked  # skipped or deferred
+        outgoing = self._render(request, message.id, *checked)
+        if isinstance(outgoing, SendOutcome):
+            return outgoing  # failed: not fit to send
+        return self._call_provider(request, message.id, channel.idempotent, outgoing)
+
+    def _check_send(self, request: SendRequest, message_id: str) -> tuple[str, dict] | SendOutcome:
+        """Consent, quiet hours and caps: the outcome of a send they skip or defer, else
+        the recipient and the lead's profile to render with."""
         with self.sessions.begin() as session:
             lead = session.get(Lead, request.lead_id)
-            message = session.get(Message, message.id)
+            message = session.get(Message, message_id)
             if lead is None:
                 raise ApplicationError(f"lead {request.lead_id} does not exist", non_retryable=True)
             # Consent is read here, at send time, whatever sequence asked for the send.
@@ -165,7 +187,13 @@ class LeadActivities:
                 return _outcome(message)
             profile = lead.profile()
             recipient = lead.email if request.channel == "email" else lead.phone
+            return recipient, profile
 
+    def _render(
+        self, request: SendRequest, message_id: str, recipient: str, profile: dict
+    ) -> _Outgoing | SendOutcome:
+        """The message rendered for its channel, with the provider call that sends it; the
+        outcome instead for an email missing what every marketing email must have."""
         unsubscribe_url = self.links.unsubscribe_url(request.lead_id, request.channel)
         context = message_context(profile, self.sender, unsubscribe_url)
         tags = {
@@ -173,53 +201,59 @@ class LeadActivities:
             "lead_id": request.lead_id,
             "enrollment_id": request.enrollment_id,
             "step_id": request.step_id,
-            "message_id": message.id,
+            "message_id": message_id,
         }
-        if request.channel == "email":
-            rendered = render_email(self._templates(request), request.template, context)
-            missing = compliance_problems(rendered, self.sender, context["unsubscribe_url"])
-            if missing:  # never send a marketing email without them (CAN-SPAM, RFC 8058)
-                outcome = self._set_status(message.id, "failed", "; ".join(missing))
-                _count_send(request, "failed")
-                return outcome
-            subject, body = rendered.subject, rendered.text
-            outgoing = OutgoingEmail(
-                message_id=message.id,
-                to=recipient,
-                from_email=self.sender["email"],
-                from_name=self.sender["name"],
-                subject=rendered.subject,
-                html=rendered.html,
-                text=rendered.text,
-                headers={  # RFC 8058 one-click unsubscribe
-                    "List-Unsubscribe": f"<{context['unsubscribe_url']}>",
-                    "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
-                },
-                tags=tags,
-                categories=(request.sequence_id, f"{request.sequence_id}:{request.step_id}"),
-                reply_to=self.links.reply_to(message.id),  # replies find their lead
-            )
-            deliver = partial(self.email.send_email, outgoing)
-        else:
+        if request.channel != "email":
             body = render_sms(self._templates(request), request.template, context)
-            subject = None
-            deliver = partial(self.sms.send_sms, OutgoingSms(message.id, recipient, body, tags))
+            sms = OutgoingSms(message_id, recipient, body, tags)
+            return _Outgoing(recipient, None, body, partial(self.sms.send_sms, sms))
+        rendered = render_email(self._templates(request), request.template, context)
+        missing = compliance_problems(rendered, self.sender, context["unsubscribe_url"])
+        if missing:  # never send a marketing email without them (CAN-SPAM, RFC 8058)
+            outcome = self._set_status(message_id, "failed", "; ".join(missing))
+            _count_send(request, "failed")
+            return outcome
+        email = OutgoingEmail(
+            message_id=message_id,
+            to=recipient,
+            from_email=self.sender["email"],
+            from_name=self.sender["name"],
+            subject=rendered.subject,
+            html=rendered.html,
+            text=rendered.text,
+            headers={  # RFC 8058 one-click unsubscribe
+                "List-Unsubscribe": f"<{context['unsubscribe_url']}>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            },
+            tags=tags,
+            categories=(request.sequence_id, f"{request.sequence_id}:{request.step_id}"),
+            reply_to=self.links.reply_to(message_id),  # replies find their lead
+        )
+        deliver = partial(self.email.send_email, email)
+        return _Outgoing(recipient, rendered.subject, rendered.text, deliver)
+
+    def _call_provider(
+        self, request: SendRequest, message_id: str, idempotent: bool, outgoing: _Outgoing
+    ) -> SendOutcome:
+        """Mark the message `sending`, call the provider and record its answer."""
         # From here a crash leaves the outcome unknown: mark it just before the call.
-        if not self._mark_sending(message.id, channel.idempotent, recipient, subject, body):
-            return self._concurrent_outcome(message.id, request)
+        if not self._mark_sending(
+            message_id, idempotent, outgoing.recipient, outgoing.subject, outgoing.body
+        ):
+            return self._concurrent_outcome(message_id, request)
         # The send's time is the call's start: a reply can come back before the answer is
         # written, and is attributed to the send it follows by this time.
         started = utcnow()
         try:
-            result = deliver()
+            result = outgoing.deliver()
         except ProviderRejected as exc:  # final: record the provider's reason
-            return self._rejected(message.id, request, exc)
+            return self._rejected(message_id, request, exc)
         except ProviderUnavailable as exc:  # nothing sent: release the claim, retry later
-            self._set_status(message.id, "retrying", str(exc))
+            self._set_status(message_id, "retrying", str(exc))
             _count_send(request, "retrying")
             raise ApplicationError(f"provider unavailable: {exc}") from None
-        _keep_provider_answer(message.id, result, started)
-        return self._record_sent(message.id, request, result, started)
+        _keep_provider_answer(message_id, result, started)
+        return self._record_sent(message_id, request, result, started)
 
     def _record_sent(
         self, message_id: str, request: SendRequest, result: SendResult, started: datetime
@@ -592,8 +626,10 @@ def _stored_result(session: Session, request: ScoreRequest) -> ScoreResult | Non
     stored = session.scalars(
         select(ScoreChange.result).where(
             ScoreChange.lead_id == request.lead_id,
-            or_(ScoreChange.event_id == request.event_id,
-                ScoreChange.id == counted_in.scalar_subquery()),
+            or_(
+                ScoreChange.event_id == request.event_id,
+                ScoreChange.id == counted_in.scalar_subquery(),
+            ),
         )  # fmt: skip
     ).first()
     return ScoreResult.model_validate(stored) if stored else None

@@ -11,7 +11,8 @@ from one client are answered 429 (api/security.py).
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
@@ -97,26 +98,11 @@ def create_app(
     """The API. `auth_failure_limit`: failed authentications a client may have (e.g.
     "10/minute") before it is answered 429; `database_wait`: seconds a request waits for a
     SQLite lock before its 503."""
-    bearer = HTTPBearer(auto_error=False)
     api_token = settings.resolved_api_token()
     links = build_links(settings)
     db = HandlerDatabase(intake.sessions, database_wait)
 
-    def authenticated(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        if not bearer_matches(credentials, api_token):
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
-                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_relay_loop(intake)) if relay else None
-        yield
-        if task:
-            task.cancel()
-
-    app = FastAPI(title="Nurture", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Nurture", version="0.1.0", lifespan=_lifespan(intake, relay))
     # Added innermost first: the headers go on every answer, 429s and 413s included.
     app.add_middleware(
         BodySizeLimit,
@@ -136,6 +122,43 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    # Registered in this order: the OpenAPI document lists the paths in it.
+    authenticated = _bearer_authentication(api_token)
+    _add_lead_route(app, intake, db, authenticated)
+    _add_events_route(app, intake, db, authenticated)
+    return app
+
+
+def _lifespan(intake: Intake, relay: bool) -> Callable[[FastAPI], AbstractAsyncContextManager]:
+    """The app's lifespan: the relay runs while the app does (unless `relay` is False)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_relay_loop(intake)) if relay else None
+        yield
+        if task:
+            task.cancel()
+
+    return lifespan
+
+
+def _bearer_authentication(api_token: str) -> Callable[..., None]:
+    """The dependency of the routes that need the API's bearer token (401 without it)."""
+    bearer = HTTPBearer(auto_error=False)
+
+    def authenticated(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        if not bearer_matches(credentials, api_token):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    return authenticated
+
+
+def _add_lead_route(
+    app: FastAPI, intake: Intake, db: HandlerDatabase, authenticated: Callable[..., None]
+) -> None:
     @app.post("/leads", dependencies=[Depends(authenticated)], status_code=201,
               responses=error_responses(400, 401, 413, 422, 429, 503))  # fmt: skip
     async def create_lead(lead_in: LeadIn) -> LeadOut:
@@ -167,6 +190,10 @@ def create_app(
             workflow_id=lead_client.lead_workflow_id(lead.id),
         )
 
+
+def _add_events_route(
+    app: FastAPI, intake: Intake, db: HandlerDatabase, authenticated: Callable[..., None]
+) -> None:
     @app.post("/events", dependencies=[Depends(authenticated)], status_code=202,
               responses=error_responses(400, 401, 404, 413, 422, 429, 503))  # fmt: skip
     async def post_events(body: EventIn | EventBatch) -> EventsOut:
@@ -187,8 +214,6 @@ def create_app(
             delivered=delivered,
             event_ids=[row.event_id for row in rows],
         )
-
-    return app
 
 
 def _undelivered(sessions: sessionmaker, lead_id: str) -> list[Response]:

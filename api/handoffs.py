@@ -80,21 +80,12 @@ def handoff_router(intake: Intake, links: Links, api_token: str, db: HandlerData
     router = APIRouter(tags=["handoffs"])
     bearer = HTTPBearer(auto_error=False)
 
-    def rep_of(handoff_id: str, token: str) -> str:
-        try:
-            token_handoff, rep_id = links.read_handoff(token)
-        except BadToken:
-            raise AnswerRefused("this answer link is not valid", 403) from None
-        if token_handoff != handoff_id:
-            raise AnswerRefused("this answer link is for another handoff", 403)
-        return rep_id
-
     @router.get("/handoffs/{handoff_id}", response_class=HTMLResponse,
                 responses=error_responses(413, 422, 429, 503, html=(403, 404)))  # fmt: skip
     async def answer_page(handoff_id: str, token: str, answer: str | None = None) -> HTMLResponse:
         """The rep's answer page: the lead, and a form (a GET never answers)."""
         try:
-            rep_id = rep_of(handoff_id, token)
+            rep_id = _rep_of(links, handoff_id, token)
             view = await db.run(find_handoff, intake.sessions, handoff_id)
         except AnswerRefused as exc:
             return page("This link is not valid", f"<p>{escape(str(exc))}</p>", exc.status)
@@ -115,7 +106,7 @@ def handoff_router(intake: Intake, links: Links, api_token: str, db: HandlerData
         """Accept, reject (with a reason) or disqualify a handoff: the page's form (its
         signed token), or JSON with the API bearer token."""
         if "application/x-www-form-urlencoded" in request.headers.get("content-type", ""):
-            return await answer_form(handoff_id, request)
+            return await _answer_form(intake, links, handoff_id, request)
         if not bearer_matches(credentials, api_token):
             raise HTTPException(401, "missing or wrong bearer token",
                                 headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
@@ -123,45 +114,64 @@ def handoff_router(intake: Intake, links: Links, api_token: str, db: HandlerData
         answer = HandoffAnswer(handoff_id=handoff_id, answer=body.answer, reason=body.reason,
                                note=body.note, by=body.by or "api")  # fmt: skip
         try:
-            result = await answered(answer)
+            result = await _answered(intake, answer)
         except AnswerRefused as exc:
             headers = RETRY_AFTER if exc.status == 503 else None
             raise HTTPException(exc.status, str(exc), headers=headers) from None
         return AnswerResult.model_validate(result).model_dump(mode="json")
 
-    async def answered(answer: HandoffAnswer, rep_id: str | None = None) -> AnswerResult:
-        try:
-            return await asyncio.wait_for(
-                submit_answer(intake.client, intake.sessions, answer, rep_id), ANSWER_TIMEOUT
-            )
-        # The SDK answers the cancelling of its update call with its own error. Temporal
-        # took the update, or not: a repeat says which.
-        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
-            raise AnswerRefused(
-                f"the lead's workflow did not take the answer within {ANSWER_TIMEOUT:.0f} s "
-                "(no worker running?); send it again: an answer already taken is reported",
-                503,
-            ) from None
-
-    async def answer_form(handoff_id: str, request: Request) -> HTMLResponse:
-        fields = await request.form()
-        try:
-            rep_id = rep_of(handoff_id, str(fields.get("token", "")))
-            body = AnswerIn(answer=fields.get("answer"), reason=fields.get("reason") or None,
-                            note=fields.get("note") or None, by=rep_id)  # fmt: skip
-            answer = HandoffAnswer(handoff_id=handoff_id, answer=body.answer, reason=body.reason,
-                                   note=body.note, by=rep_id)  # fmt: skip
-            result = await answered(answer, rep_id)
-        except AnswerRefused as exc:
-            headers = RETRY_AFTER if exc.status == 503 else None
-            return page("Your answer was not taken", f"<p>{escape(str(exc))}</p>", exc.status,
-                        headers)  # fmt: skip
-        except ValidationError as exc:  # a malformed form
-            problems = "; ".join(e["msg"] for e in exc.errors())
-            return page("Your answer was not taken", f"<p>{escape(problems)}</p>", 422)
-        return page("Thank you", f"<p>{escape(result.message)}</p>")
-
     return router
+
+
+def _rep_of(links: Links, handoff_id: str, token: str) -> str:
+    """The rep an answer link's signed token names, if it is this handoff's link."""
+    try:
+        token_handoff, rep_id = links.read_handoff(token)
+    except BadToken:
+        raise AnswerRefused("this answer link is not valid", 403) from None
+    if token_handoff != handoff_id:
+        raise AnswerRefused("this answer link is for another handoff", 403)
+    return rep_id
+
+
+async def _answered(
+    intake: Intake, answer: HandoffAnswer, rep_id: str | None = None
+) -> AnswerResult:
+    """The answer, taken by the lead's workflow within ANSWER_TIMEOUT (else a 503)."""
+    try:
+        return await asyncio.wait_for(
+            submit_answer(intake.client, intake.sessions, answer, rep_id), ANSWER_TIMEOUT
+        )
+    # The SDK answers the cancelling of its update call with its own error. Temporal
+    # took the update, or not: a repeat says which.
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        raise AnswerRefused(
+            f"the lead's workflow did not take the answer within {ANSWER_TIMEOUT:.0f} s "
+            "(no worker running?); send it again: an answer already taken is reported",
+            503,
+        ) from None
+
+
+async def _answer_form(
+    intake: Intake, links: Links, handoff_id: str, request: Request
+) -> HTMLResponse:
+    """The answer page's form posted: answered with a page, whatever happens."""
+    fields = await request.form()
+    try:
+        rep_id = _rep_of(links, handoff_id, str(fields.get("token", "")))
+        body = AnswerIn(answer=fields.get("answer"), reason=fields.get("reason") or None,
+                        note=fields.get("note") or None, by=rep_id)  # fmt: skip
+        answer = HandoffAnswer(handoff_id=handoff_id, answer=body.answer, reason=body.reason,
+                               note=body.note, by=rep_id)  # fmt: skip
+        result = await _answered(intake, answer, rep_id)
+    except AnswerRefused as exc:
+        headers = RETRY_AFTER if exc.status == 503 else None
+        return page("Your answer was not taken", f"<p>{escape(str(exc))}</p>", exc.status,
+                    headers)  # fmt: skip
+    except ValidationError as exc:  # a malformed form
+        problems = "; ".join(e["msg"] for e in exc.errors())
+        return page("Your answer was not taken", f"<p>{escape(problems)}</p>", 422)
+    return page("Thank you", f"<p>{escape(result.message)}</p>")
 
 
 def page(title: str, body: str, status: int = 200, headers: dict | None = None) -> HTMLResponse:

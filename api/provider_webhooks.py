@@ -76,38 +76,13 @@ def webhook_router(intake: Intake, settings: Settings, links: Links) -> APIRoute
     # The API's relay expires what waits for a lead; this is where its settings reach it.
     intake.pending_retention = timedelta(days=settings.pending_event_retention_days)
 
-    async def accept(events: list[EventIn], source: str, ignored: int = 0) -> WebhookOut:
-        result = await run_in_threadpool(
-            intake.store_events, events, source=source, unknown_ids_pending=True
-        )
-        await intake.deliver_now(result.stored)
-        return WebhookOut(accepted=len(result.stored) + len(result.pending),
-                          duplicates=result.duplicates, pending=len(result.pending),
-                          ignored=ignored + result.ignored)  # fmt: skip
-
     @router.post("/sendgrid/events", response_model=WebhookOut, **docs.SENDGRID_EVENTS)
     async def sendgrid_events(request: Request) -> WebhookOut:
         """SendGrid Event Webhook batch; Signed Event Webhook required."""
         raw = await request.body()
         _verify_sendgrid(raw, request, settings)
-        try:
-            batch = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise HTTPException(400, "body is not JSON") from None
-        if not isinstance(batch, list) or not all(isinstance(e, dict) for e in batch):
-            raise HTTPException(400, "expected a JSON array of event objects")
-        events, ignored = [], 0
-        for index, item in enumerate(batch):
-            try:
-                event = _sendgrid_event(item, index)
-            except HTTPException as exc:  # one unusable event must not hold up the batch:
-                log.warning("SendGrid event ignored: %s", exc.detail)  # SendGrid would retry
-                event = None  # the whole batch for a day
-            if event is None:
-                ignored += 1
-            else:
-                events.append(event)
-        return await accept(events, "sendgrid", ignored)
+        events, ignored = _sendgrid_batch(raw)
+        return await _accept(intake, events, "sendgrid", ignored)
 
     @router.post("/sendgrid/inbound", response_model=WebhookOut, **docs.INBOUND_PARSE)
     async def sendgrid_inbound(
@@ -117,15 +92,7 @@ def webhook_router(intake: Intake, settings: Settings, links: Links) -> APIRoute
     ) -> WebhookOut:
         """SendGrid Inbound Parse (multipart): a reply, matched by its reply-to token or
         its sender. Authenticated with the basic-auth password SENDGRID_INBOUND_SECRET."""
-        secret = settings.inbound_parse_secret
-        if (
-            secret is None
-            or credentials is None
-            or not hmac.compare_digest(
-                credentials.password.encode(), secret.get_secret_value().encode()
-            )
-        ):
-            raise HTTPException(403, "missing or wrong Inbound Parse credentials")
+        _verify_inbound_parse(credentials, settings)
         form = await request.form()
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         reply = _inbound_reply(fields, links)
@@ -133,7 +100,7 @@ def webhook_router(intake: Intake, settings: Settings, links: Links) -> APIRoute
             raise HTTPException(400, "no sender address (`from`) in the parsed email")
         event, verified = reply
         if verified:
-            return await accept([event], "sendgrid")
+            return await _accept(intake, [event], "sendgrid")
         result = await run_in_threadpool(intake.keep_unverified, event, "sendgrid")
         return WebhookOut(accepted=result.unverified, duplicates=result.duplicates,
                           unverified=result.unverified)  # fmt: skip
@@ -148,7 +115,7 @@ def webhook_router(intake: Intake, settings: Settings, links: Links) -> APIRoute
             raise HTTPException(400, "MessageSid and From are required")
         data = {"body": form.get("Body", "")[:1600], "to": form.get("To")}
         event = _event(type="sms.reply", phone=form["From"], event_id=f"twilio:{sid}", data=data)
-        await accept([event], "twilio")
+        await _accept(intake, [event], "twilio")
         return Response(str(MessagingResponse()), media_type="application/xml")
 
     @router.post("/twilio/status", response_model=WebhookOut, **docs.TWILIO_STATUS)
@@ -156,14 +123,7 @@ def webhook_router(intake: Intake, settings: Settings, links: Links) -> APIRoute
         """Delivery status callbacks of the SMS we sent: the status only moves forward; one
         that arrives before the send has stored the SID waits for it (`pending`)."""
         form = await _verified_twilio_form(request, settings)
-        sid, status = form.get("MessageSid"), form.get("MessageStatus")
-        if not sid or not status:
-            raise HTTPException(400, "MessageSid and MessageStatus are required")
-        if len(status) > 30 or len(sid) > 64 or "\x00" in sid + status:
-            raise HTTPException(400, "MessageSid or MessageStatus is not one of Twilio's")
-        error_code = form.get("ErrorCode") or None
-        if error_code is not None and not re.fullmatch(r"\d{1,10}", error_code):
-            raise HTTPException(400, "ErrorCode is not one of Twilio's (a number)")
+        sid, status, error_code = _twilio_status(form)
         # Matched by the SID only: the message's lead, never whoever has the `To` number
         # (a rep's notification SMS has no message row, and touches no lead).
         result, waiting = await run_in_threadpool(intake.record_status, sid, status, error_code)
@@ -172,6 +132,19 @@ def webhook_router(intake: Intake, settings: Settings, links: Links) -> APIRoute
                           pending=int(waiting))  # fmt: skip
 
     return router
+
+
+async def _accept(
+    intake: Intake, events: list[EventIn], source: str, ignored: int = 0
+) -> WebhookOut:
+    """Commit the events (off the event loop), then signal their leads' workflows."""
+    result = await run_in_threadpool(
+        intake.store_events, events, source=source, unknown_ids_pending=True
+    )
+    await intake.deliver_now(result.stored)
+    return WebhookOut(accepted=len(result.stored) + len(result.pending),
+                      duplicates=result.duplicates, pending=len(result.pending),
+                      ignored=ignored + result.ignored)  # fmt: skip
 
 
 # --- verification ----------------------------------------------------------------------------
@@ -228,6 +201,19 @@ async def _verified_twilio_form(request: Request, settings: Settings) -> dict[st
     return form
 
 
+def _verify_inbound_parse(credentials: HTTPBasicCredentials | None, settings: Settings) -> None:
+    """Inbound Parse posts with the basic-auth password SENDGRID_INBOUND_SECRET."""
+    secret = settings.inbound_parse_secret
+    if (
+        secret is None
+        or credentials is None
+        or not hmac.compare_digest(
+            credentials.password.encode(), secret.get_secret_value().encode()
+        )
+    ):
+        raise HTTPException(403, "missing or wrong Inbound Parse credentials")
+
+
 # --- translation -------------------------------------------------------------------------------
 
 
@@ -238,6 +224,41 @@ def _event(**fields: Any) -> EventIn:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise HTTPException(400, f"unusable event: {problems}") from None
+
+
+def _sendgrid_batch(raw: bytes) -> tuple[list[EventIn], int]:
+    """A verified Event Webhook body: the events we use, and how many were ignored."""
+    try:
+        batch = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise HTTPException(400, "body is not JSON") from None
+    if not isinstance(batch, list) or not all(isinstance(e, dict) for e in batch):
+        raise HTTPException(400, "expected a JSON array of event objects")
+    events, ignored = [], 0
+    for index, item in enumerate(batch):
+        try:
+            event = _sendgrid_event(item, index)
+        except HTTPException as exc:  # one unusable event must not hold up the batch:
+            log.warning("SendGrid event ignored: %s", exc.detail)  # SendGrid would retry
+            event = None  # the whole batch for a day
+        if event is None:
+            ignored += 1
+        else:
+            events.append(event)
+    return events, ignored
+
+
+def _twilio_status(form: dict[str, str]) -> tuple[str, str, str | None]:
+    """A status callback's message SID, status and error code, checked to be Twilio's."""
+    sid, status = form.get("MessageSid"), form.get("MessageStatus")
+    if not sid or not status:
+        raise HTTPException(400, "MessageSid and MessageStatus are required")
+    if len(status) > 30 or len(sid) > 64 or "\x00" in sid + status:
+        raise HTTPException(400, "MessageSid or MessageStatus is not one of Twilio's")
+    error_code = form.get("ErrorCode") or None
+    if error_code is not None and not re.fullmatch(r"\d{1,10}", error_code):
+        raise HTTPException(400, "ErrorCode is not one of Twilio's (a number)")
+    return sid, status, error_code
 
 
 def _sendgrid_event(item: dict[str, Any], index: int) -> EventIn | None:

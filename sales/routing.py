@@ -98,25 +98,55 @@ def route(
 ) -> Routing:
     """Choose the rep for `lead` (its profile: email, country, company_size, segment, ...)."""
     now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
-    skipped: dict[str, str] = {}
-
-    def load(rep: SalesRep) -> RepLoad:
-        return loads.get(rep.id) or RepLoad()
-
+    skipped: dict[str, str] = {}  # rep id -> why passed over, the first reason found
     if owner_rep_id is not None:
-        owner = _find(team, owner_rep_id)
-        domain = company_domain(lead.get("email"))
-        whose = f"owner of {domain}" if domain else "the lead's owner"
-        if owner is None:
-            skipped[owner_rep_id] = f"{whose}, but not a rep in sales.yaml"
-        elif not owner.active:
-            skipped[owner.id] = f"{whose}, but inactive"
-        elif owner.id in exclude:
-            skipped[owner.id] = f"{whose}, but excluded"
-        else:
-            return Routing(owner.id, None, whose, {})
+        owner = _owner(team, lead, owner_rep_id, exclude, skipped)
+        if owner is not None:
+            return owner
+    matched = _matched_rule(team, lead)
+    pools = _pools(team, matched)
+    for _name, busy, order, how in _passes(loads, now):
+        for pool, members in pools:
+            candidates = []
+            for rep in members:
+                why = _unsuitable(rep, lead, exclude) or busy(rep)
+                if why:
+                    skipped.setdefault(rep.id, why)
+                else:
+                    candidates.append(rep)
+            if candidates:
+                chosen = min(candidates, key=order)
+                passed_over = {k: v for k, v in skipped.items() if k != chosen.id}
+                reason = _reason(team, matched, skipped, pool, how)
+                return Routing(chosen.id, pool, reason, passed_over)
 
-    matched: tuple[int, RoutingRule] | None = None
+    looked = ", ".join(f"{rep}: {why}" for rep, why in skipped.items()) or "no reps"
+    names = " or ".join(pool for pool, _ in pools)
+    raise NoRepAvailable(f"no sales rep can take the lead in {names} ({looked})")
+
+
+def _owner(
+    team: SalesTeam, lead: dict, owner_rep_id: str, exclude: frozenset[str], skipped: dict[str, str]
+) -> Routing | None:
+    """Step 1: the company's owner, whatever their hours or load; else None, with why
+    they were passed over in `skipped`."""
+    owner = _find(team, owner_rep_id)
+    domain = company_domain(lead.get("email"))
+    whose = f"owner of {domain}" if domain else "the lead's owner"
+    if owner is None:
+        skipped[owner_rep_id] = f"{whose}, but not a rep in sales.yaml"
+    elif not owner.active:
+        skipped[owner.id] = f"{whose}, but inactive"
+    elif owner.id in exclude:
+        skipped[owner.id] = f"{whose}, but excluded"
+    else:
+        return Routing(owner.id, None, whose, {})
+    return None
+
+
+def _matched_rule(team: SalesTeam, lead: dict) -> tuple[int, RoutingRule] | None:
+    """The first routing rule the lead matches, numbered from 1; a rule that cannot be
+    evaluated for this lead does not match it."""
     for index, rule in enumerate(team.routing, start=1):
         try:
             hit = rule.matches(lead)
@@ -124,30 +154,35 @@ def route(
             log.warning("routing rule %d skipped for lead %s: %s", index, lead.get("id"), exc)
             hit = False
         if hit:
-            matched = (index, rule)
-            break
+            return (index, rule)
+    return None
 
+
+def _pools(
+    team: SalesTeam, matched: tuple[int, RoutingRule] | None
+) -> list[tuple[str, list[SalesRep]]]:
+    """The pools looked in, in order: the matched rule's (if it exists), then the fallback."""
     pools: list[tuple[str, list[SalesRep]]] = []
     if matched is not None and matched[1].pool in team.pool_ids:
         pools.append((matched[1].pool, team.pool_members(matched[1].pool)))
     fallback = (team.fallback_name, team.fallback_members())
     if not pools or pools[0][0] != fallback[0]:
         pools.append(fallback)
+    return pools
 
-    def reason(pool: str, how: str) -> str:
-        if matched is None:
-            return f"{how} in fallback pool {pool} (no routing rule matched)"
-        index, rule = matched
-        if pool == rule.pool:
-            return f"{how} in pool {pool} (rule {index}: {rule.describe()})"
-        members = team.pool_members(rule.pool) if rule.pool in team.pool_ids else []
-        passed = [f"{rep.id}: {why}" for rep in members if (why := skipped.get(rep.id))]
-        why_not = f" ({', '.join(passed)})" if passed else ""
-        then = "" if how == "round-robin" else f"; {how}"
-        return f"fallback pool {pool}: nobody in {rule.pool} available{why_not}{then}"
 
-    # Each pass is (what a rep must also satisfy, how to order those that do, wording).
-    passes: list[tuple[str, Callable[[SalesRep], str | None], Callable, str]] = [
+# A pass: its name, why a rep is too busy in it (None: not), how its candidates are
+# ordered (the first is chosen), and how the choice is worded.
+_Pass = tuple[str, Callable[[SalesRep], str | None], Callable, str]
+
+
+def _passes(loads: dict[str, RepLoad], now: datetime) -> list[_Pass]:
+    """Steps 2 to 5: each pass relaxes what the one before required of a rep."""
+
+    def load(rep: SalesRep) -> RepLoad:
+        return loads.get(rep.id) or RepLoad()
+
+    return [
         (
             "strict",
             lambda rep: _full(rep, load(rep)) or _off_duty(rep, now),
@@ -171,23 +206,27 @@ def route(
             "everyone full: least overloaded",
         ),
     ]
-    for _name, busy, order, how in passes:
-        for pool, members in pools:
-            candidates = []
-            for rep in members:
-                why = _unsuitable(rep, lead, exclude) or busy(rep)
-                if why:
-                    skipped.setdefault(rep.id, why)
-                else:
-                    candidates.append(rep)
-            if candidates:
-                chosen = min(candidates, key=order)
-                passed_over = {k: v for k, v in skipped.items() if k != chosen.id}
-                return Routing(chosen.id, pool, reason(pool, how), passed_over)
 
-    looked = ", ".join(f"{rep}: {why}" for rep, why in skipped.items()) or "no reps"
-    names = " or ".join(pool for pool, _ in pools)
-    raise NoRepAvailable(f"no sales rep can take the lead in {names} ({looked})")
+
+def _reason(
+    team: SalesTeam,
+    matched: tuple[int, RoutingRule] | None,
+    skipped: dict[str, str],
+    pool: str,
+    how: str,
+) -> str:
+    """Why the rep chosen in `pool` by a pass worded `how` got the lead; from the
+    fallback pool, why nobody in the matched rule's pool could take it."""
+    if matched is None:
+        return f"{how} in fallback pool {pool} (no routing rule matched)"
+    index, rule = matched
+    if pool == rule.pool:
+        return f"{how} in pool {pool} (rule {index}: {rule.describe()})"
+    members = team.pool_members(rule.pool) if rule.pool in team.pool_ids else []
+    passed = [f"{rep.id}: {why}" for rep in members if (why := skipped.get(rep.id))]
+    why_not = f" ({', '.join(passed)})" if passed else ""
+    then = "" if how == "round-robin" else f"; {how}"
+    return f"fallback pool {pool}: nobody in {rule.pool} available{why_not}{then}"
 
 
 def _find(team: SalesTeam, rep_id: str) -> SalesRep | None:

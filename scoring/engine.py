@@ -125,13 +125,37 @@ def score(
 ) -> ScoreCard:
     """The lead's score card at `now`; responses after `now` are not counted."""
     compiled = _compiled(model)
-    lines: list[Line] = []
     problems: list[str] = []
+    fit_kept, lines = _fit(model, compiled, _lead_view(profile), problems)
+    tally = _tally(compiled, model.engagement.half_life, responses, now)
+    engagement = _engagement(model, tally)
+    lines += engagement.lines
 
-    # Fit.
+    fit = fit_kept * 100 / model.fit.max
+    engagement_score = engagement.kept * 100 / model.engagement.max
+    total = round((fit * model.weights.fit + engagement_score * model.weights.engagement) / 100, 9)
+    return ScoreCard(
+        model=model.name,
+        at=now,
+        fit=fit,
+        engagement=engagement_score,
+        total=total,
+        grade=_grade(model, fit),
+        lines=lines,
+        counts=engagement.counts,
+        answers=tally.answers,
+        decaying=engagement.decaying_points >= DECAY_NEGLIGIBLE,
+        problems=problems,
+    )
+
+
+def _fit(
+    model: ScoringModel, compiled: _Compiled, lead: Mapping[str, Any], problems: list[str]
+) -> tuple[float, list[Line]]:
+    """The fit points kept (clamped to 0..max) and their lines, a clamping line last.
+    A rule that cannot be evaluated does not match, and is added to `problems`."""
     raw_fit = 0.0
     fit_lines: list[tuple[str, float]] = []
-    lead = _lead_view(profile)
     for rule, test in compiled.fit_tests:
         try:
             matched = test(lead)
@@ -142,27 +166,42 @@ def score(
             raw_fit += rule.points
             fit_lines.append((rule.id, rule.points))
     fit_scale = model.weights.fit / model.fit.max
-    for rule_id, points in fit_lines:
-        lines.append(Line(rule_id, "fit", 1, points, points * fit_scale))
+    lines = [Line(rule_id, "fit", 1, points, points * fit_scale) for rule_id, points in fit_lines]
     fit_kept = _clamp(raw_fit, model.fit.max)
     if fit_kept != raw_fit:
         lines.append(_clamp_line("fit", raw_fit, fit_kept, fit_scale))
+    return fit_kept, lines
 
-    # Engagement.
-    half_life = model.engagement.half_life
-    sums: dict[int, float] = {}
-    best: dict[int, float] = {}
-    counts: dict[int, int] = {}
-    answers: dict[str, Any] = {}
-    latest: dict[str, datetime] = {}
+
+@dataclass
+class _Tally:
+    """The responses up to `now`, per engagement rule (by its index in the model): how
+    many, the sum and the best (largest) of their decayed points; and the answers they
+    carried (per key, the latest response's)."""
+
+    counts: dict[int, int] = field(default_factory=dict)
+    sums: dict[int, float] = field(default_factory=dict)
+    best: dict[int, float] = field(default_factory=dict)
+    answers: dict[str, Any] = field(default_factory=dict)
+    latest: dict[str, datetime] = field(default_factory=dict)
+
+
+def _tally(
+    compiled: _Compiled,
+    half_life: int | None,
+    responses: Iterable[ResponseFact],
+    now: datetime,
+) -> _Tally:
+    """One pass over `responses` (an iterable may be read only once)."""
+    tally = _Tally()
     for response in responses:
         if response.occurred_at > now:
             continue
         for key, value in response.data.items():
             if value in (None, ""):
                 continue
-            if key not in latest or response.occurred_at >= latest[key]:
-                answers[key], latest[key] = value, response.occurred_at
+            if key not in tally.latest or response.occurred_at >= tally.latest[key]:
+                tally.answers[key], tally.latest[key] = value, response.occurred_at
         for index, rule, where in compiled.by_type.get(response.type, ()):
             if where and not all(
                 pattern.match(str(response.data.get(key, ""))) for key, pattern in where
@@ -172,50 +211,47 @@ def score(
             if half_life and rule.decays:
                 age = (now - response.occurred_at).total_seconds()
                 value *= 0.5 ** (age / half_life)
-            counts[index] = counts.get(index, 0) + 1
-            sums[index] = sums.get(index, 0.0) + value
-            if index not in best or abs(value) > abs(best[index]):
-                best[index] = value
-            break  # first matching rule.evently
+            tally.counts[index] = tally.counts.get(index, 0) + 1
+            tally.sums[index] = tally.sums.get(index, 0.0) + value
+            if index not in tally.best or abs(value) > abs(tally.best[index]):
+                tally.best[index] = value
+            break  # a response counts for the first rule it matches only
+    return tally
 
+
+@dataclass(frozen=True)
+class _EngagementPart:
+    kept: float  # engagement points, clamped to 0..max
+    lines: list[Line]  # one per rule with responses, then any clamping line
+    counts: dict[str, int]  # matching responses per rule id
+    decaying_points: float  # total points that decay can still take away
+
+
+def _engagement(model: ScoringModel, tally: _Tally) -> _EngagementPart:
+    """The tallied responses as engagement points: a `once` rule's best response, else
+    their sum, within the rule's cap."""
+    half_life = model.engagement.half_life
     engagement_scale = model.weights.engagement / model.engagement.max
     raw_engagement = 0.0
     decaying_points = 0.0
+    lines: list[Line] = []
     rule_counts: dict[str, int] = {}
     for index, rule in enumerate(model.engagement.rules):
-        if index not in counts:
+        if index not in tally.counts:
             continue
-        points = best[index] if rule.once else sums[index]
+        points = tally.best[index] if rule.once else tally.sums[index]
         note = ""
         if rule.cap is not None and abs(points) > rule.cap:
             points, note = (rule.cap if points > 0 else -rule.cap), f"capped at {rule.cap:g}"
         raw_engagement += points
-        rule_counts[rule.id] = counts[index]
-        lines.append(
-            Line(rule.id, "engagement", counts[index], points, points * engagement_scale, note)
-        )
+        count = rule_counts[rule.id] = tally.counts[index]
+        lines.append(Line(rule.id, "engagement", count, points, points * engagement_scale, note))
         if half_life and rule.decays:
             decaying_points += abs(points * engagement_scale)
     engagement_kept = _clamp(raw_engagement, model.engagement.max)
     if engagement_kept != raw_engagement:
         lines.append(_clamp_line("engagement", raw_engagement, engagement_kept, engagement_scale))
-
-    fit = fit_kept * 100 / model.fit.max
-    engagement = engagement_kept * 100 / model.engagement.max
-    total = round((fit * model.weights.fit + engagement * model.weights.engagement) / 100, 9)
-    return ScoreCard(
-        model=model.name,
-        at=now,
-        fit=fit,
-        engagement=engagement,
-        total=total,
-        grade=_grade(model, fit),
-        lines=lines,
-        counts=rule_counts,
-        answers=answers,
-        decaying=decaying_points >= DECAY_NEGLIGIBLE,
-        problems=problems,
-    )
+    return _EngagementPart(engagement_kept, lines, rule_counts, decaying_points)
 
 
 def _clamp(raw: float, maximum: float) -> float:

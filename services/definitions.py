@@ -396,6 +396,27 @@ def _check_sales(
     broken: set[str],
 ) -> list[DefinitionProblem]:
     """Cross-check sales.yaml: every rep, pool, segment and sequence it names exists."""
+    problems = _check_reps(team, source, segment_ids)
+    problems += _check_pools(team, source)
+    problems += _check_routing(team, source, segment_ids)
+    pools = ", ".join(team.pool_ids)
+    if team.fallback_pool is not None and team.fallback_pool not in team.pool_ids:
+        problems.append(source.problem(
+            ("fallback_pool",), f"no pool {team.fallback_pool!r} (pools: {pools})"
+        ))  # fmt: skip
+    sequence = team.recycle.sequence
+    if sequence is not None and sequence not in sequences and sequence not in broken:
+        problems.append(source.problem(
+            ("recycle", "sequence"),
+            f"no sequence {sequence!r} (known: {', '.join(sorted(sequences))})",
+        ))  # fmt: skip
+    return problems
+
+
+def _check_reps(
+    team: SalesTeam, source: LocatedYaml, segment_ids: list[str] | None
+) -> list[DefinitionProblem]:
+    """sales.yaml's reps: unique ids, known segments, at least one active."""
     problems: list[DefinitionProblem] = []
     rep_ids = [rep.id for rep in team.reps]
     for index, rep_id in enumerate(rep_ids):
@@ -410,11 +431,18 @@ def _check_sales(
                         f"no segment {segment!r} in segments.yaml "
                         f"(segments: {', '.join(segment_ids)})",
                     ))  # fmt: skip
-    active = {rep.id for rep in team.reps if rep.active}
-    if not active:
+    if not any(rep.active for rep in team.reps):
         problems.append(source.problem(
             ("reps",), "no rep is active: no lead can be handed to sales", severity="warning"
         ))  # fmt: skip
+    return problems
+
+
+def _check_pools(team: SalesTeam, source: LocatedYaml) -> list[DefinitionProblem]:
+    """sales.yaml's pools: each names known reps, once each, and (warned) an active one."""
+    problems: list[DefinitionProblem] = []
+    rep_ids = [rep.id for rep in team.reps]
+    active = {rep.id for rep in team.reps if rep.active}
     for pool, members in team.pools.items():
         for position, rep_id in enumerate(members):
             if rep_id not in rep_ids:
@@ -427,12 +455,22 @@ def _check_sales(
                 problems.append(source.problem(
                     ("pools", pool, position), f"{rep_id!r} is in pool {pool!r} twice"
                 ))  # fmt: skip
+        # No warning when nobody at all is active: _check_reps already said so.
         if active and not active & set(members) and set(members) <= set(rep_ids):
             problems.append(source.problem(
                 ("pools", pool),
                 f"pool {pool!r} has no active rep: its leads go to the fallback pool",
                 severity="warning",
             ))  # fmt: skip
+    return problems
+
+
+def _check_routing(
+    team: SalesTeam, source: LocatedYaml, segment_ids: list[str] | None
+) -> list[DefinitionProblem]:
+    """sales.yaml's routing rules: known pools and segments, conditions that evaluate on
+    the sample lead, and (warned) none shadowed by a rule above that takes every lead."""
+    problems: list[DefinitionProblem] = []
     pools = ", ".join(team.pool_ids)
     for index, rule in enumerate(team.routing):
         if rule.pool not in team.pool_ids:
@@ -460,14 +498,4 @@ def _check_sales(
                     severity="warning",
                 ))  # fmt: skip
                 break
-    if team.fallback_pool is not None and team.fallback_pool not in team.pool_ids:
-        problems.append(source.problem(
-            ("fallback_pool",), f"no pool {team.fallback_pool!r} (pools: {pools})"
-        ))  # fmt: skip
-    sequence = team.recycle.sequence
-    if sequence is not None and sequence not in sequences and sequence not in broken:
-        problems.append(source.problem(
-            ("recycle", "sequence"),
-            f"no sequence {sequence!r} (known: {', '.join(sorted(sequences))})",
-        ))  # fmt: skip
     return problems
