@@ -35,6 +35,7 @@ from models.definitions import (
 from models.jinja import SAMPLE_LEAD, ConditionError, compile_condition, evaluate_condition
 from models.scoring_model import ScoringBook
 from models.yaml_source import DefinitionError, DefinitionProblem, LocatedYaml, load_located
+from scoring.engine import score, stage_context
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -349,8 +350,6 @@ def _check_segment_models(
 def _check_scoring(scoring: ScoringBook, source: LocatedYaml) -> list[DefinitionProblem]:
     """Evaluate every expression once on a sample lead, so a misspelt name is an error
     here, not a stage that silently never holds."""
-    from scoring.engine import score, stage_context  # the engine imports these models
-
     problems: list[DefinitionProblem] = []
     for name, model in scoring.models.items():
         card = score(model, SAMPLE_LEAD, [], _SAMPLE_MOMENT)
