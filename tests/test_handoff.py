@@ -21,8 +21,8 @@ from models.definitions import SalesTeam
 from models.workflow_io import HandoffAnswer
 from sales.outbound_webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from services.answering import AnswerRefused, submit_answer
+from testkit.webhook_sink import WebhookSink
 from tests.harness import eventually, running_harness
-from tests.webhook_sink import WebhookSink
 from workflows.lead import LeadWorkflow
 
 SECRET = "crm-test-secret"

@@ -44,7 +44,7 @@ from sales.outbound_webhooks import (
     sign,
     verify,
 )
-from tests.webhook_sink import WebhookSink
+from testkit.webhook_sink import WebhookSink
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 T0 = datetime(2024, 6, 4, 14, 0, tzinfo=UTC)

@@ -38,9 +38,9 @@ from models.db import Handoff, HandoffEvent, Lead, Message
 from models.workflow_io import lead_workflow_id
 from services.intake import EventIn, Intake, LeadIn
 from services.runtime import load_and_prepare
+from testkit.providers import ProviderServer
 from tests.conftest import FIXTURE_DEFINITIONS
 from tests.harness import eventually
-from tests.provider_server import ProviderServer
 
 REPO = Path(__file__).resolve().parent.parent
 

