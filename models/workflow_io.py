@@ -7,9 +7,17 @@ breaking histories of leads already in flight.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    computed_field,
+    field_validator,
+)
 
 from models.definitions import SendWindow, Sequence
 
@@ -29,10 +37,31 @@ class LeadInput(BaseModel):
     # A new lead's first enrollment rides in its start input: one plain start instead
     # of signal-with-start (the import's rate). Older histories have none.
     enroll: EnrollRequest | None = None
-    # A run continued as new: everything the previous run knew (see LeadCarryOver).
-    carried: LeadCarryOver | None = None
+    # A run continued as new: the workflow's state as the previous run left it.
+    carried: LeadWorkflowState | None = None
     # Continue as new after this many responses (default: the workflow's RESPONSES_PER_RUN).
     responses_per_run: int | None = None
+
+    def workflow_state(self) -> LeadWorkflowState:
+        """What a run starts from: the state the previous run handed on, as it is, or a new
+        lead's. (A continued run's profile rides beside its state, where a first run's is.)"""
+        if self.carried is not None:
+            self.carried.profile = dict(self.profile)
+            return self.carried
+        return LeadWorkflowState(
+            profile=dict(self.profile),
+            # As if signalled: the same path whichever way the enrollment came.
+            enroll_requests=[self.enroll] if self.enroll else [],
+            state=LeadState(lead_id=self.lead_id, stage=self.stage, score=self.score),
+        )
+
+    @classmethod
+    def continuing(cls, state: LeadWorkflowState, responses_per_run: int | None) -> LeadInput:
+        """The next run's input: the state as it is. The lead's ID, score and stage are also
+        where a first run's input has them, and the profile only there (not twice)."""
+        lead = state.state
+        return cls(lead_id=lead.lead_id, profile=state.profile, score=lead.score, stage=lead.stage,
+                   carried=state, responses_per_run=responses_per_run)  # fmt: skip
 
 
 class EnrollRequest(BaseModel):
@@ -289,7 +318,7 @@ class HandoffState(BaseModel):
     reassignments: int = 0
 
 
-# --- continue-as-new ---------------------------------------------------------------------------
+# --- the workflow's state, which continue-as-new hands on ------------------------------------
 
 
 class SequencePause(BaseModel):
@@ -302,10 +331,14 @@ class SequencePause(BaseModel):
     visit: int = 1  # the step's visit (a held send resumes under the same send key)
 
 
-class CarriedEnrollment(BaseModel):
+class RunningEnrollment(BaseModel):
+    """The enrollment whose sequence is running, and where it is."""
+
     enrollment: EnrollRequest
-    visits: dict[str, int]
-    pause: SequencePause
+    visits: dict[str, int] = Field(default_factory=dict)  # per step: send keys count them
+    # Set while the sequence waits on a timer: a run only continues as new then, and the
+    # next run's sequence resumes from it.
+    pause: SequencePause | None = None
 
 
 class MigrateRequest(BaseModel):
@@ -330,28 +363,89 @@ class MigrateEnrollment(BaseModel):
     sequence_version: int
 
 
-class LeadCarryOver(BaseModel):
-    """A lead workflow's state, handed to its next run by continue-as-new."""
+def _keyed(value: Any) -> Any:
+    return dict.fromkeys(value) if isinstance(value, list) else value
 
-    runs: int  # runs before this one
-    cycle: int
-    seen_event_ids: list[str]  # the latest; older ones are recognised by the scoring record
-    response_counts: dict[str, int]  # what the lead has done, for branch conditions
-    events_since_send: list[str]
-    reasons: list[str]
-    next_rescore_at: datetime | None = None
-    enroll_requests: list[EnrollRequest] = Field(default_factory=list)
+
+# How some of the state is held while a run works with it, and how it is handed on:
+# Event IDs in arrival order, looked up at once; carried as a list.
+EventIds = Annotated[dict[str, None], BeforeValidator(_keyed),
+                     PlainSerializer(list, return_type=list[str])]  # fmt: skip
+# A set; carried sorted, so the same state is always the same payload.
+SortedSet = Annotated[set[str], PlainSerializer(sorted, return_type=list[str])]
+
+
+class LeadWorkflowState(BaseModel):
+    """Everything a lead workflow knows that outlives a run. The workflow holds one and
+    works on it; continue-as-new hands it to the next run as it is, which takes it as-is.
+
+    The JSON is the one runs have always handed on: older runs read as well as newer ones.
+    """
+
+    runs: int = 0  # runs before this one
+    cycle: int = 1  # the qualification cycle: a rejection by sales starts the next
+    # Scored already: the latest, as a next run gets them (older ones are recognised by
+    # the scoring record).
+    seen_event_ids: EventIds = Field(default_factory=dict)
+    # What the lead has done, in order, for branch conditions. Carried as counts per type
+    # (`response_counts`), so a next run's conditions see them grouped by type.
+    response_types: list[str] = Field(
+        default_factory=list,
+        exclude=True,
+        validation_alias=AliasChoices("response_types", "response_counts"),
+    )
+    events_since_send: SortedSet = Field(default_factory=set)  # what a `wait_for` is satisfied by
+    reasons: list[str] = Field(default_factory=list)  # why the lead scores what it does
+    enroll_requests: list[EnrollRequest] = Field(default_factory=list)  # waiting their turn
     inbox: list[ResponseEvent] = Field(default_factory=list)  # signalled, not yet handled
     rescore_requests: list[RescoreRequest] = Field(default_factory=list)
-    finished_enrollments: list[str] = Field(default_factory=list)
-    enrollment: CarriedEnrollment | None = None
-    nurture_stopped: bool = False
-    handoff: HandoffState | None = None
+    finished_enrollments: SortedSet = Field(default_factory=set)
+    enrollment: RunningEnrollment | None = None  # set while its sequence runs
+    nurture_stopped: bool = False  # handed to sales: no sends until recycled
     sla_reminders: int | None = None  # the SLA is being followed: reminders per rep
-    sla_lapses: int = 0
-    cool_down_until: datetime | None = None
+    sla_lapses: int = 0  # numbers the lapse notifications' keys
     recycle_cycle: int | None = None  # a recycle waits for the end of the cool-down
+    # What the `state` query answers, kept up to date: the score, stage, handoff, ...
     state: LeadState
+    # Handed on in the next run's input (LeadInput.continuing), not in this JSON.
+    profile: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    @field_validator("response_types", mode="before")
+    @classmethod
+    def _uncounted(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # counts per type, as carried
+            return [kind for kind, n in value.items() for _ in range(n)]
+        return value
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def response_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for kind in self.response_types:
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+    @field_validator("inbox")
+    @classmethod
+    def _slim(cls, inbox: list[ResponseEvent]) -> list[ResponseEvent]:
+        return [event.slim() for event in inbox]  # without bodies, however old the run
+
+    # Runs kept these beside `state` as well: still written, so a worker of the version
+    # before can take a run over; read from `state` (the copies were always the same).
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def next_rescore_at(self) -> datetime | None:
+        return self.state.next_rescore_at
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def handoff(self) -> HandoffState | None:
+        return self.state.handoff
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cool_down_until(self) -> datetime | None:
+        return self.state.cool_down_until
 
 
 LeadInput.model_rebuild()  # `enroll` and `carried` refer to models defined below it

@@ -61,8 +61,10 @@ async def test_two_responses_crossing_sql_hand_off_once(harness):
     await harness.respond(lead_id, "webinar.attended", "e1")
     await harness.respond(lead_id, "webinar.attended", "e2")
     await harness.respond(lead_id, "webinar.attended", "e1")  # a redelivery: ignored
-    state = await harness.until(lead_id, lambda s: s.responses_handled == 2)
-    await harness.until(lead_id, lambda s: s.enrollment_status == "handed_off")
+    # Read once both are scored: a response counts as handled before its scoring ends.
+    state = await harness.until(
+        lead_id, lambda s: s.responses_handled == 2 and s.enrollment_status == "handed_off"
+    )
     assert state.stage == "sql" and state.score == 100
     (handoff,) = harness.rows(Handoff, lead_id)
     assert handoff.rep_id in ("alice", "bob")  # never the inactive rep

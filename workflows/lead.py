@@ -36,16 +36,15 @@ with workflow.unsafe.imports_passed_through():
         AnswerResult,
         Assignment,
         AssignRequest,
-        CarriedEnrollment,
         DeferredSend,
         EnrollRequest,
         FinishEnrollment,
         HandoffAnswer,
         HandoffRequest,
         HandoffState,
-        LeadCarryOver,
         LeadInput,
         LeadState,
+        LeadWorkflowState,
         MigrateEnrollment,
         MigrateRequest,
         MigrateResult,
@@ -53,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         RecycleRequest,
         RescoreRequest,
         ResponseEvent,
+        RunningEnrollment,
         ScoreRequest,
         ScoreResult,
         ScoreUpdate,
@@ -104,43 +104,21 @@ NOTIFY = {
 class LeadWorkflow:
     @workflow.init
     def __init__(self, input: LeadInput) -> None:
-        self._lead_id = input.lead_id
-        self._profile = dict(input.profile)
-        self._legacy_scoring = input.scoring
+        # Everything the workflow knows that outlives a run, in one model: continue-as-new
+        # hands it to the next run as it is, which takes it as it is.
+        self.lead: LeadWorkflowState = input.workflow_state()
+        # The rest belongs to this run alone, so none of it is carried:
+        self._lead_id = input.lead_id  # the workflow's identity: in every run's input
+        self._legacy_scoring = input.scoring  # runs that score with it never continue as new
+        self._responses_per_run = input.responses_per_run or RESPONSES_PER_RUN  # the input's
         self._score_card = True  # decided in run(): False only for pre-score-card histories
-        self._score = input.score
-        self._stage = input.stage
-        self._cycle = 1
-        self._seen_event_ids: dict[str, None] = {}  # in arrival order: the latest are carried
-        self._response_types: list[str] = []  # what the lead has done, for conditions
-        self._reasons: list[str] = []
-        self._inbox: list[ResponseEvent] = []
-        self._rescore_requests: list[RescoreRequest] = []
-        self._next_rescore_at = None  # while decay can still move the score
-        # As if signalled: the same path whichever way the enrollment came.
-        self._enroll_requests: list[EnrollRequest] = [input.enroll] if input.enroll else []
-        self._enrollment: EnrollRequest | None = None
-        self._finished_enrollments: set[str] = set()
-        self._sequence_task: asyncio.Task | None = None
-        self._state = LeadState(lead_id=input.lead_id, stage=input.stage, score=input.score)
-        self._nurture_stopped = False
-        self._handoff: HandoffState | None = None
-        self._answering = False  # an answer is being stored: a second one is refused
-        self._cool_down_until = None
-        # Response types seen since the last send: what a `wait_for` step is satisfied by.
-        self._events_since_send: set[str] = set()
         self._long_life = False  # decided in run(): False only for pre-long-life histories
+        self._sequence_task: asyncio.Task | None = None  # a next run restarts it from `lead`
+        # A run only continues as new when no answer is being stored and nothing is in
+        # flight: these are always back at rest when the state is handed on.
+        self._answering = False  # an answer is being stored: a second one is refused
         self._busy = 0  # activities in flight outside the main loop
-        self._pause: SequencePause | None = None  # where the sequence waits on a timer
-        self._sla_reminders: int | None = None  # while the SLA is followed
-        self._sla_lapses = 0
-        self._recycle_cycle: int | None = None  # while a recycle waits for its cool-down
-        self._handled_this_run = 0
-        self._responses_per_run = input.responses_per_run or RESPONSES_PER_RUN
-        self._runs = 0
-        self._visits: dict[str, int] = {}
-        if input.carried is not None:
-            self._restore(input.carried)
+        self._handled_this_run = 0  # responses, counted towards `_responses_per_run`
 
     # --- messages in --------------------------------------------------------------------
 
@@ -149,17 +127,19 @@ class LeadWorkflow:
         if workflow.patched(ENROLL_ONCE_PATCH):
             # The same enrollment asked for again while it waits: keep the latest (its
             # profile), so repeats cannot pile up in the state carried to the next run.
-            self._enroll_requests = [waiting for waiting in self._enroll_requests
-                                     if waiting.enrollment_id != request.enrollment_id]  # fmt: skip
-        self._enroll_requests.append(request)
+            self.lead.enroll_requests = [
+                waiting for waiting in self.lead.enroll_requests
+                if waiting.enrollment_id != request.enrollment_id
+            ]  # fmt: skip
+        self.lead.enroll_requests.append(request)
 
     @workflow.signal
     def respond(self, event: ResponseEvent) -> None:
-        self._inbox.append(event.slim())  # the body stays in the database
+        self.lead.inbox.append(event.slim())  # the body stays in the database
 
     @workflow.signal
     def rescore(self, request: RescoreRequest) -> None:
-        self._rescore_requests.append(request)
+        self.lead.rescore_requests.append(request)
 
     @workflow.update
     async def answer(self, answer: HandoffAnswer) -> AnswerResult:
@@ -173,21 +153,22 @@ class LeadWorkflow:
             )
         finally:
             self._answering = False
-        self._handoff.status = {"accept": "accepted", "reject": "rejected",
+        state = self.lead.state
+        state.handoff.status = {"accept": "accepted", "reject": "rejected",
                                 "disqualify": "disqualified"}[answer.answer]  # fmt: skip
-        self._stage = result.stage
+        state.stage = result.stage
         if answer.answer == "reject":
-            self._cycle += 1
-            self._cool_down_until = result.cool_down_until
+            self.lead.cycle += 1
+            state.cool_down_until = result.cool_down_until
             # Scored again at once (SQL held back until the cool-down ends): the lead
             # may still be an MQL; then nurtured again by the recycle sequence.
             await self._rescore(f"answer:{answer.handoff_id}", "answer")
-            asyncio.create_task(self._recycle(self._cycle))
+            asyncio.create_task(self._recycle(self.lead.cycle))
         return result
 
     @answer.validator
     def _check_answer(self, answer: HandoffAnswer) -> None:
-        handoff = self._handoff
+        handoff = self.lead.state.handoff
         if handoff is None or handoff.handoff_id != answer.handoff_id:
             raise ValueError(f"handoff {answer.handoff_id} is not this lead's open handoff")
         if handoff.status != "pending" or self._answering:
@@ -204,12 +185,11 @@ class LeadWorkflow:
         """Move the running enrollment to a newer version of its sequence: once the
         sequence waits on a timer, it goes on from the same (or the mapped) step of the new
         version, with the same timer, visits and send keys."""
-        await workflow.wait_condition(
-            lambda: self._idle() or (self._pause is not None and self._busy == 0)
-        )
+        await workflow.wait_condition(lambda: self._idle() or (self._paused() and self._busy == 0))
         if self._idle():
             raise ApplicationError("the enrollment ended before it could be migrated")
-        old, pause = self._enrollment, self._pause
+        old, pause = self.lead.enrollment.enrollment, self.lead.enrollment.pause
+        visits = dict(self.lead.enrollment.visits)
         try:  # the sequence may have moved on since the validator looked
             to_step = self._migration_target(request, pause.step_id)
         except ValueError as exc:
@@ -225,37 +205,36 @@ class LeadWorkflow:
         new = old.model_copy(
             update={"sequence": request.sequence, "templates": request.templates or old.templates}
         )
-        self._enrollment = new
-        self._state.sequence_version = request.sequence.version
-        visits = dict(self._visits)
+        self.lead.state.sequence_version = request.sequence.version
         visits[to_step] = visits.pop(pause.step_id, 1)
-        resume = CarriedEnrollment(enrollment=new, visits=visits,
-                                   pause=pause.model_copy(update={"step_id": to_step}))  # fmt: skip
-        self._sequence_task = asyncio.create_task(self._run_sequence(new, resume))
+        self.lead.enrollment = RunningEnrollment(
+            enrollment=new, visits=visits, pause=pause.model_copy(update={"step_id": to_step})
+        )
+        self._sequence_task = asyncio.create_task(self._sequence(self.lead.enrollment))
         return MigrateResult(enrollment_id=old.enrollment_id, from_version=old.sequence.version,
                              to_version=request.sequence.version, from_step=pause.step_id,
                              to_step=to_step)  # fmt: skip
 
     @migrate.validator
     def _check_migrate(self, request: MigrateRequest) -> None:
-        enrollment = self._enrollment
-        if enrollment is None or self._idle():
+        running = self.lead.enrollment
+        if running is None or self._idle():
             raise ValueError("no running enrollment to migrate")
-        current = enrollment.sequence
+        current = running.enrollment.sequence
         if request.sequence.id != current.id:
             raise ValueError(f"the lead is in {current.id!r}, not {request.sequence.id!r}")
         if request.sequence.version <= current.version:
             raise ValueError(f"the lead is already on {current.id} v{current.version}")
         if not self._long_life:
             raise ValueError("started before migrations were possible: let it finish")
-        step_id = self._pause.step_id if self._pause else self._state.step_id
+        step_id = running.pause.step_id if running.pause else self.lead.state.step_id
         if step_id is None:
             raise ValueError("the sequence has not reached its first step yet: try again")
         self._migration_target(request, step_id)
 
     def _migration_target(self, request: MigrateRequest, step_id: str) -> str:
         """The step of the new version the lead goes on from; ValueError if there is none."""
-        current = self._enrollment.sequence
+        current = self.lead.enrollment.enrollment.sequence
         to_step = request.step_map.get(step_id, step_id)
         try:
             new_step = request.sequence.step(to_step)
@@ -275,15 +254,7 @@ class LeadWorkflow:
 
     @workflow.query
     def state(self) -> LeadState:
-        return self._state.model_copy(
-            update={
-                "stage": self._stage,
-                "score": self._score,
-                "next_rescore_at": self._next_rescore_at,
-                "handoff": self._handoff.model_copy() if self._handoff else None,
-                "cool_down_until": self._cool_down_until,
-            }  # fmt: skip
-        )
+        return self.lead.state.model_copy(deep=True)
 
     # --- main loop ------------------------------------------------------------------------
 
@@ -291,19 +262,19 @@ class LeadWorkflow:
     async def run(self, input: LeadInput) -> None:
         self._score_card = workflow.patched(SCORE_CARD_PATCH)
         self._long_life = input.carried is not None or workflow.patched(LONG_LIFE_PATCH)
-        if input.carried is not None:
-            self._resume_tasks(input.carried)
+        self._resume_tasks()
+        lead = self.lead
         while True:
             timeout = None
-            if self._next_rescore_at is not None:
-                seconds = (self._next_rescore_at - workflow.now()).total_seconds()
+            if lead.state.next_rescore_at is not None:
+                seconds = (lead.state.next_rescore_at - workflow.now()).total_seconds()
                 timeout = timedelta(seconds=max(seconds, 1.0))
             try:
                 await workflow.wait_condition(
                     lambda: (
-                        bool(self._inbox)
-                        or bool(self._rescore_requests)
-                        or (bool(self._enroll_requests) and self._idle())
+                        bool(lead.inbox)
+                        or bool(lead.rescore_requests)
+                        or (bool(lead.enroll_requests) and self._idle())
                         or self._time_to_continue()
                     ),
                     timeout=timeout,
@@ -313,19 +284,23 @@ class LeadWorkflow:
                 continue
             if self._time_to_continue():
                 workflow.continue_as_new(self._input_for_next_run(input))
-            if self._inbox and self._long_life:
-                events, self._inbox = self._inbox, []
+            if lead.inbox and self._long_life:
+                events, lead.inbox = lead.inbox, []
                 await self._handle_responses(events)
-            elif self._inbox:
-                await self._handle_response(self._inbox.pop(0))
-            elif self._rescore_requests:
-                request = self._rescore_requests.pop(0)
+            elif lead.inbox:
+                await self._handle_response(lead.inbox.pop(0))
+            elif lead.rescore_requests:
+                request = lead.rescore_requests.pop(0)
                 await self._rescore(request.event_id, "rescore", request.model_fingerprint)
-            elif self._enroll_requests and self._idle():
-                self._start_enrollment(self._enroll_requests.pop(0))
+            elif lead.enroll_requests and self._idle():
+                self._start_enrollment(lead.enroll_requests.pop(0))
 
     def _idle(self) -> bool:
         return self._sequence_task is None or self._sequence_task.done()
+
+    def _paused(self) -> bool:
+        """The running sequence waits on a timer (a next run can pick it up from there)."""
+        return self.lead.enrollment is not None and self.lead.enrollment.pause is not None
 
     async def _activity(self, method, argument, options: dict):
         """An activity, counted while in flight: a run only continues as new when none is."""
@@ -351,87 +326,27 @@ class LeadWorkflow:
             self._busy == 0
             and not self._answering
             and workflow.all_handlers_finished()
-            and (self._idle() or self._pause is not None)
+            and (self._idle() or self._paused())
         )
 
     def _input_for_next_run(self, input: LeadInput) -> LeadInput:
-        counts: dict[str, int] = {}
-        for kind in self._response_types:
-            counts[kind] = counts.get(kind, 0) + 1
-        enrollment = None
-        if not self._idle():  # paused on a timer (checked by _time_to_continue)
-            enrollment = CarriedEnrollment(
-                enrollment=self._enrollment, visits=self._visits, pause=self._pause
-            )
-        state = self._state.model_copy(
-            update={
-                "stage": self._stage,
-                "score": self._score,
-                "handoff": self._handoff,
-                "cool_down_until": self._cool_down_until,
-                "next_rescore_at": self._next_rescore_at,
-            }
-        )
-        carried = LeadCarryOver(
-            runs=self._runs + 1,
-            cycle=self._cycle,
-            seen_event_ids=list(self._seen_event_ids)[
-                -SEEN_RUNS_CARRIED * self._responses_per_run :
-            ],
-            response_counts=counts,
-            events_since_send=sorted(self._events_since_send),
-            reasons=self._reasons,
-            next_rescore_at=self._next_rescore_at,
-            enroll_requests=self._enroll_requests,
-            inbox=self._inbox,
-            rescore_requests=self._rescore_requests,
-            finished_enrollments=sorted(self._finished_enrollments),
-            enrollment=enrollment,
-            nurture_stopped=self._nurture_stopped,
-            handoff=self._handoff,
-            sla_reminders=self._sla_reminders,
-            sla_lapses=self._sla_lapses,
-            cool_down_until=self._cool_down_until,
-            recycle_cycle=self._recycle_cycle,
-            state=state,
-        )
-        return LeadInput(lead_id=self._lead_id, profile=self._profile, score=self._score,
-                         stage=self._stage, carried=carried,
-                         responses_per_run=input.responses_per_run)  # fmt: skip
+        """The state as it is, for the next run: one more run behind it, and only the
+        latest event IDs (older ones are recognised by the scoring record)."""
+        self.lead.runs += 1
+        keep = SEEN_RUNS_CARRIED * self._responses_per_run
+        self.lead.seen_event_ids = dict.fromkeys(list(self.lead.seen_event_ids)[-keep:])
+        return LeadInput.continuing(self.lead, input.responses_per_run)
 
-    def _restore(self, carried: LeadCarryOver) -> None:
-        """The previous run's state (in __init__, before any handler runs)."""
-        self._runs = carried.runs
-        self._cycle = carried.cycle
-        self._seen_event_ids = dict.fromkeys(carried.seen_event_ids)
-        # Branch conditions see what the lead did, grouped by type from here on.
-        self._response_types = [kind for kind, n in carried.response_counts.items()
-                                for _ in range(n)]  # fmt: skip
-        self._events_since_send = set(carried.events_since_send)
-        self._reasons = list(carried.reasons)
-        self._next_rescore_at = carried.next_rescore_at
-        self._enroll_requests = list(carried.enroll_requests)
-        self._inbox = [event.slim() for event in carried.inbox]
-        self._rescore_requests = list(carried.rescore_requests)
-        self._finished_enrollments = set(carried.finished_enrollments)
-        self._nurture_stopped = carried.nurture_stopped
-        self._handoff = carried.handoff
-        self._sla_lapses = carried.sla_lapses
-        self._cool_down_until = carried.cool_down_until
-        self._state = carried.state.model_copy()
-        if carried.enrollment is not None:
-            self._enrollment = carried.enrollment.enrollment
-
-    def _resume_tasks(self, carried: LeadCarryOver) -> None:
-        """Start again what the previous run was waiting on: the sequence, the SLA, a recycle."""
-        if carried.enrollment is not None:
-            self._sequence_task = asyncio.create_task(
-                self._run_sequence(carried.enrollment.enrollment, carried.enrollment)
-            )
-        if carried.sla_reminders is not None and self._handoff is not None:
-            asyncio.create_task(self._follow_sla(carried.sla_reminders))
-        if carried.recycle_cycle is not None:
-            asyncio.create_task(self._recycle(carried.recycle_cycle))
+    def _resume_tasks(self) -> None:
+        """Start again what the previous run was waiting on (nothing, in a first run): the
+        sequence, the SLA, a recycle."""
+        lead = self.lead
+        if lead.enrollment is not None:
+            self._sequence_task = asyncio.create_task(self._sequence(lead.enrollment))
+        if lead.sla_reminders is not None and lead.state.handoff is not None:
+            asyncio.create_task(self._follow_sla(lead.sla_reminders))
+        if lead.recycle_cycle is not None:
+            asyncio.create_task(self._recycle(lead.recycle_cycle))
 
     # --- responses --------------------------------------------------------------------------
 
@@ -440,25 +355,27 @@ class LeadWorkflow:
         a burst costs one scoring, and the card counts each response."""
         new = []
         for event in events:
-            if event.event_id in self._seen_event_ids:
+            if event.event_id in self.lead.seen_event_ids:
                 continue  # redelivered: already scored
-            self._seen_event_ids[event.event_id] = None
-            self._response_types.append(event.type)
-            self._events_since_send.add(event.type)
-            self._state.responses_handled += 1
+            self._take(event)
             self._handled_this_run += 1
             new.append(event)
         if new:
             batch = [event.event_id for event in new[:-1]]
             await self._rescore(new[-1].event_id, new[-1].type, batch=batch)
 
+    def _take(self, event: ResponseEvent) -> None:
+        """A response not seen before: what the lead did, for de-duplication, `wait_for`
+        steps and branch conditions."""
+        self.lead.seen_event_ids[event.event_id] = None
+        self.lead.response_types.append(event.type)
+        self.lead.events_since_send.add(event.type)
+        self.lead.state.responses_handled += 1
+
     async def _handle_response(self, event: ResponseEvent) -> None:
-        if event.event_id in self._seen_event_ids:
+        if event.event_id in self.lead.seen_event_ids:
             return  # redelivered: already scored
-        self._seen_event_ids[event.event_id] = None
-        self._response_types.append(event.type)
-        self._events_since_send.add(event.type)
-        self._state.responses_handled += 1
+        self._take(event)
         if self._score_card:
             await self._rescore(event.event_id, event.type)
             return
@@ -467,7 +384,8 @@ class LeadWorkflow:
             f"{k}={v}" for k, v in sorted(event.data.items()) if k in ("step", "url")
         )
         scoring = LegacyScoringModel.model_validate(self._legacy_scoring)
-        change = legacy_apply_response(scoring, int(self._score), self._stage, event.type, detail)
+        state = self.lead.state
+        change = legacy_apply_response(scoring, int(state.score), state.stage, event.type, detail)
         await workflow.execute_activity_method(
             LeadActivities.record_score,
             ScoreUpdate(
@@ -480,13 +398,13 @@ class LeadWorkflow:
                 old_stage=change.old_stage,
                 new_stage=change.new_stage,
                 stages_entered=change.stages_crossed,
-                cycle=self._cycle,
+                cycle=self.lead.cycle,
             ),
             **QUICK,
         )
         # Responses are handled one at a time, so the state moves only once it is stored.
-        self._score, self._stage = change.new_score, change.new_stage
-        self._reasons.append(change.reason)
+        state.score, state.stage = change.new_score, change.new_stage
+        self.lead.reasons.append(change.reason)
         if "sql" in change.stages_crossed:
             await self._hand_off()
 
@@ -494,22 +412,23 @@ class LeadWorkflow:
                        batch: list[str] | None = None) -> None:  # fmt: skip
         """Score the lead now (the activity stores the card), then act on its stage."""
         if cause == "rescore":  # responses were checked in _handle_response
-            if event_id in self._seen_event_ids:
+            if event_id in self.lead.seen_event_ids:
                 return
-            self._seen_event_ids[event_id] = None
+            self.lead.seen_event_ids[event_id] = None
         request = ScoreRequest(lead_id=self._lead_id, event_id=event_id, cause=cause,
                                at=workflow.now(), model_fingerprint=fingerprint,
                                batch_event_ids=batch or [])  # fmt: skip
         result: ScoreResult = await self._activity(LeadActivities.score_lead, request, QUICK)
         if self._long_life and result.requested_at not in (None, request.at):
             return  # scored by an earlier run (an event redelivered after it was forgotten)
-        self._score, self._stage = result.total, result.stage
-        self._state.fit, self._state.engagement = result.fit, result.engagement
-        self._state.grade = result.grade
-        self._next_rescore_at = (
+        state = self.lead.state
+        state.score, state.stage = result.total, result.stage
+        state.fit, state.engagement = result.fit, result.engagement
+        state.grade = result.grade
+        state.next_rescore_at = (
             workflow.now() + timedelta(seconds=result.rescore_in) if result.rescore_in else None
         )
-        self._reasons = result.reasons
+        self.lead.reasons = result.reasons
         if "sql" in result.entered:
             await self._hand_off()
 
@@ -517,17 +436,17 @@ class LeadWorkflow:
         """Stop nurturing and give the lead to sales: once per qualification cycle. The rep
         is told on each of their channels at once; then the SLA is followed on durable
         timers (remind, then reassign) until sales answers (the `answer` update)."""
-        self._nurture_stopped = True
+        self.lead.nurture_stopped = True
         if not workflow.patched(SALES_HANDOFF_PATCH):
             await self._legacy_hand_off()
             return
         assignment: Assignment = await self._activity(
             SalesActivities.assign_handoff,
-            AssignRequest(lead_id=self._lead_id, cycle=self._cycle, at=workflow.now()),
+            AssignRequest(lead_id=self._lead_id, cycle=self.lead.cycle, at=workflow.now()),
             QUICK,
         )
-        self._state.handoff_rep_id = assignment.rep_id
-        self._handoff = HandoffState(
+        self.lead.state.handoff_rep_id = assignment.rep_id
+        self.lead.state.handoff = HandoffState(
             handoff_id=assignment.handoff_id,
             rep_id=assignment.rep_id,
             status=assignment.status,
@@ -540,7 +459,7 @@ class LeadWorkflow:
     def _notify(self, rep_id: str, channels: list[str], key: str, kind: str,
                 other_rep_id: str | None = None) -> None:  # fmt: skip
         """Start one notification per channel; each retries on its own."""
-        handoff_id = self._handoff.handoff_id
+        handoff_id = self.lead.state.handoff.handoff_id
         for channel in channels:
             request = NotifyRequest(handoff_id=handoff_id, rep_id=rep_id, channel=channel,
                                     kind=kind, key=f"{key}:{rep_id}:{channel}",
@@ -561,14 +480,14 @@ class LeadWorkflow:
     async def _follow_sla(self, reminders: int) -> None:
         """Until sales answers: when the SLA lapses, remind the rep (`reminders` times),
         then reassign to the next rep and tell the first; then the same for the next."""
-        self._sla_reminders = reminders
+        self.lead.sla_reminders = reminders
         try:
             await self._follow_sla_lapses(reminders)
         finally:
-            self._sla_reminders = None
+            self.lead.sla_reminders = None
 
     async def _follow_sla_lapses(self, reminders: int) -> None:
-        handoff = self._handoff
+        handoff = self.lead.state.handoff
         while handoff.status == "pending" and handoff.due_at is not None:
             wait = max((handoff.due_at - workflow.now()).total_seconds(), 1.0)
             try:
@@ -582,8 +501,8 @@ class LeadWorkflow:
                 return
             except TimeoutError:
                 pass
-            self._sla_lapses += 1
-            lapses = self._sla_lapses  # numbers the notifications' keys, across runs
+            self.lead.sla_lapses += 1
+            lapses = self.lead.sla_lapses  # numbers the notifications' keys, across runs
             outcome: SlaOutcome = await self._activity(
                 SalesActivities.handle_sla_lapse,
                 SlaLapse(
@@ -601,7 +520,7 @@ class LeadWorkflow:
             if outcome.previous_rep_id:
                 handoff.rep_id, handoff.reminders_sent = outcome.rep_id, 0
                 handoff.reassignments += 1
-                self._state.handoff_rep_id = outcome.rep_id
+                self.lead.state.handoff_rep_id = outcome.rep_id
                 self._notify(outcome.previous_rep_id, outcome.previous_channels,
                              f"lapse{lapses}", "reassigned_away", outcome.rep_id)  # fmt: skip
                 self._notify(outcome.rep_id, outcome.channels, f"lapse{lapses}",
@@ -612,61 +531,74 @@ class LeadWorkflow:
 
     async def _recycle(self, cycle: int) -> None:
         """After a rejection's cool-down: nurture again, with the recycle sequence."""
-        self._recycle_cycle = cycle
+        self.lead.recycle_cycle = cycle
         try:
             await self._recycle_after_cool_down(cycle)
         finally:
-            self._recycle_cycle = None
+            self.lead.recycle_cycle = None
 
     async def _recycle_after_cool_down(self, cycle: int) -> None:
-        if self._cool_down_until is not None:
-            wait = (self._cool_down_until - workflow.now()).total_seconds()
+        lead = self.lead
+        if lead.state.cool_down_until is not None:
+            wait = (lead.state.cool_down_until - workflow.now()).total_seconds()
             if wait > 0:
                 await workflow.sleep(timedelta(seconds=wait))
-        if self._cycle != cycle:
+        if lead.cycle != cycle:
             return
         request = await self._activity(
             SalesActivities.recycle_lead, RecycleRequest(lead_id=self._lead_id, cycle=cycle), QUICK
         )
-        self._cool_down_until = None
-        self._nurture_stopped = False
+        lead.state.cool_down_until = None
+        lead.nurture_stopped = False
         if request is not None:
-            self._enroll_requests.append(request)
+            lead.enroll_requests.append(request)
 
     async def _legacy_hand_off(self) -> None:
         result = await workflow.execute_activity_method(
             LeadActivities.hand_off,
             HandoffRequest(
                 lead_id=self._lead_id,
-                cycle=self._cycle,
-                score=self._score,
-                reasons=self._reasons[-10:],
+                cycle=self.lead.cycle,
+                score=self.lead.state.score,
+                reasons=self.lead.reasons[-10:],
             ),
             **QUICK,
         )
-        self._state.handoff_rep_id = result.rep_id
+        self.lead.state.handoff_rep_id = result.rep_id
 
     # --- the sequence -------------------------------------------------------------------------
 
     def _start_enrollment(self, request: EnrollRequest) -> None:
-        self._profile.update(request.profile)
-        if request.enrollment_id in self._finished_enrollments or self._nurture_stopped:
+        lead = self.lead
+        lead.profile.update(request.profile)
+        if request.enrollment_id in lead.finished_enrollments or lead.nurture_stopped:
             return  # enrolling twice, or a lead already with sales: nothing to do
-        self._enrollment = request
-        self._events_since_send.clear()
-        self._state.sequence_id = request.sequence.id
-        self._state.sequence_version = request.sequence.version
-        self._state.enrollment_id = request.enrollment_id
-        self._state.enrollment_status = "active"
-        self._state.sent_steps = []
-        self._sequence_task = asyncio.create_task(self._run_sequence(request))
+        lead.events_since_send.clear()
+        state = lead.state
+        state.sequence_id = request.sequence.id
+        state.sequence_version = request.sequence.version
+        state.enrollment_id = request.enrollment_id
+        state.enrollment_status = "active"
+        state.sent_steps = []
+        lead.enrollment = RunningEnrollment(enrollment=request)
+        self._sequence_task = asyncio.create_task(self._sequence(lead.enrollment))
 
-    async def _run_sequence(
-        self, enrollment: EnrollRequest, resume: CarriedEnrollment | None = None
-    ) -> None:
-        """Walk the sequence; `resume` picks it up where a previous run paused it."""
+    async def _sequence(self, running: RunningEnrollment) -> None:
+        """Run the enrollment's sequence: the state holds the enrollment until it ends (or
+        stops: a migration, an error), so a run that continues as new hands it on."""
+        try:
+            await self._run_sequence(running)
+        finally:
+            if self.lead.enrollment is running:
+                self.lead.enrollment = None
+
+    async def _run_sequence(self, running: RunningEnrollment) -> None:
+        """Walk the sequence; a `pause` picks it up where a previous run (or a migration)
+        left it waiting."""
+        enrollment = running.enrollment
         sequence = enrollment.sequence
-        if resume is None:
+        pause = running.pause  # the first step resumes from it
+        if pause is None:
             await self._activity(
                 LeadActivities.start_enrollment,
                 StartEnrollment(
@@ -679,17 +611,15 @@ class LeadWorkflow:
                 ),
                 QUICK,
             )
-        visits: dict[str, int] = dict(resume.visits) if resume else {}
-        self._visits = visits  # carried if the run continues as new mid-sequence
-        pause = resume.pause if resume else None  # the first step resumes from it
+        visits = running.visits  # carried if the run continues as new mid-sequence
         status, reason = "completed", "reached the end of the sequence"
         step_id: str | None = pause.step_id if pause else sequence.steps[0].id
         while step_id is not None:
-            if self._nurture_stopped:
+            if self.lead.nurture_stopped:
                 status, reason = "handed_off", "lead became sales-qualified"
                 break
             step = sequence.step(step_id)
-            self._state.step_id = step_id
+            self.lead.state.step_id = step_id
             if pause is None:
                 visits[step_id] = visits.get(step_id, 0) + 1
             left = max((pause.until - workflow.now()).total_seconds(), 1.0) if pause else None
@@ -702,13 +632,13 @@ class LeadWorkflow:
             elif isinstance(step, WaitStep):
                 await self._sleep(left or step.duration, pause=here)
             elif isinstance(step, WaitForStep):
-                self._state.waiting_for = step.event
+                self.lead.state.waiting_for = step.event
                 happened = await self._sleep(
                     left or step.timeout,
-                    until=lambda e=step.event: e in self._events_since_send,
+                    until=lambda e=step.event: e in self.lead.events_since_send,
                     pause=here.model_copy(update={"kind": "wait_for"}),
                 )
-                self._state.waiting_for = None
+                self.lead.state.waiting_for = None
                 outcome = "event" if happened else "timeout"
             elif isinstance(step, BranchStep):
                 outcome = "then" if self._condition(step.condition) else "else"
@@ -718,13 +648,14 @@ class LeadWorkflow:
             pause = None
             step_id = sequence.after(step_id, outcome)
         else:
-            if self._nurture_stopped:
+            if self.lead.nurture_stopped:
                 status, reason = "handed_off", "lead became sales-qualified"
 
-        self._state.enrollment_status = status
-        self._state.step_id = None
-        self._state.next_action_at = None
-        self._finished_enrollments.add(enrollment.enrollment_id)
+        state = self.lead.state
+        state.enrollment_status = status
+        state.step_id = None
+        state.next_action_at = None
+        self.lead.finished_enrollments.add(enrollment.enrollment_id)
         await self._activity(
             LeadActivities.finish_enrollment,
             FinishEnrollment(enrollment_id=enrollment.enrollment_id, status=status, reason=reason),
@@ -750,63 +681,65 @@ class LeadWorkflow:
             ignore_frequency_caps=sequence.ignore_frequency_caps,
             templates=enrollment.templates,
         )
+        state = self.lead.state
         held = SequencePause(kind="deferred", step_id=step.id, until=workflow.now(), visit=visit)
         window_at_dispatch = workflow.patched(WAIT_WINDOW_PATCH)
         if resume_at is not None:  # a previous run was holding this send back: go on doing so
             await self._sleep(max((resume_at - workflow.now()).total_seconds(), 1.0), pause=held)
-            self._state.deferred = None
-            if self._nurture_stopped:
+            state.deferred = None
+            if self.lead.nurture_stopped:
                 return
             request = request.model_copy(update={"due_at": workflow.now()})
         while True:
             if window_at_dispatch:  # what arrives from here on answers this message
-                self._events_since_send.clear()
+                self.lead.events_since_send.clear()
             outcome = await self._activity(LeadActivities.send_message, request, SEND)
             if outcome.status != "deferred" or outcome.retry_at is None:
                 break
-            self._state.deferred = DeferredSend(
+            state.deferred = DeferredSend(
                 step_id=step.id, channel=step.type, until=outcome.retry_at,
                 reason=outcome.reason or "deferred",
             )  # fmt: skip
             await self._sleep(max((outcome.retry_at - workflow.now()).total_seconds(), 1.0),
                               pause=held)  # fmt: skip
-            self._state.deferred = None
-            if self._nurture_stopped:
+            state.deferred = None
+            if self.lead.nurture_stopped:
                 return
             request = request.model_copy(update={"due_at": workflow.now()})
         if outcome.status in ("failed", "unknown"):
-            self._state.send_problems.append(f"{step.id}: {outcome.status}: {outcome.reason}")
-        self._state.sent_steps.append(step.id)
+            state.send_problems.append(f"{step.id}: {outcome.status}: {outcome.reason}")
+        state.sent_steps.append(step.id)
         if not window_at_dispatch:
-            self._events_since_send.clear()
+            self.lead.events_since_send.clear()
 
-    async def _sleep(self, seconds: float, until=None, pause: SequencePause | None = None) -> bool:
+    async def _sleep(self, seconds: float, pause: SequencePause, until=None) -> bool:
         """A durable timer that ends early on a handoff (or when `until` holds). While it
         runs, `pause` says where the sequence is, so a next run can resume it.
 
         Returns True if `until` became true before the time was up.
         """
         deadline = workflow.now() + timedelta(seconds=seconds)
-        self._state.next_action_at = deadline
-        if pause is not None:
-            self._pause = pause.model_copy(update={"until": deadline})
+        self.lead.state.next_action_at = deadline
+        running = self.lead.enrollment
+        running.pause = pause.model_copy(update={"until": deadline})
 
         def woken() -> bool:
-            return self._nurture_stopped or (until is not None and until())
+            return self.lead.nurture_stopped or (until is not None and until())
 
         try:
             await workflow.wait_condition(woken, timeout=timedelta(seconds=seconds))
         except TimeoutError:
             pass
         finally:
-            self._state.next_action_at = None
-            self._pause = None
+            self.lead.state.next_action_at = None
+            running.pause = None
         return until is not None and until()
 
     def _condition(self, expression: str) -> bool:
+        state = self.lead.state
         context = {
-            "lead": {**self._profile, "score": self._score, "stage": self._stage},
-            "responses": list(self._response_types),
+            "lead": {**self.lead.profile, "score": state.score, "stage": state.stage},
+            "responses": list(self.lead.response_types),
         }
         try:
             return evaluate_condition(expression, context)
