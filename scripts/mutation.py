@@ -58,9 +58,9 @@ EQUIVALENT: dict[str, str] = {
     "scoring.engine.x__lead_view__mutmut_17": "'XXXX' for no email: no @ either",
     "scoring.engine.x_decide_stage__mutmut_19": "ranks from 2: only their order matters",
     "scoring.engine.x_decide_stage__mutmut_70": "break for continue: SQL is the last stage",
-    "scoring.engine.x_score__mutmut_13": "matched = None: falsy like False",
-    "scoring.engine.x_score__mutmut_109": "ties in a once rule are equal values",
-    "scoring.engine.x_score__mutmut_135": "points >= 0: a capped sum is never 0",
+    "scoring.engine.x__fit__mutmut_7": "matched = None: falsy like False",
+    "scoring.engine.x__tally__mutmut_53": "ties in a once rule are equal values",
+    "scoring.engine.x__engagement__mutmut_25": "points >= 0: a capped sum is never 0",
     # channels/policy.py
     "channels.policy.x_earliest_send_time__mutmut_5": "range(101): a few rounds always do",
     "channels.policy.x_earliest_send_time__mutmut_40": "message of an unreachable raise",
@@ -78,13 +78,13 @@ EQUIVALENT: dict[str, str] = {
     "sales.routing.x__fairness__mutmut_11": "assigned as 2: only the order against 0 counts",
     "sales.routing.x_route__mutmut_4": "naive now: sales.hours reads naive times as UTC",
     "sales.routing.x_route__mutmut_6": "now in local time: sales.hours converts to UTC",
-    "sales.routing.x_route__mutmut_38": "Routing.skipped defaults to {}",
-    "sales.routing.x_route__mutmut_60": "hit = None: falsy like False",
+    "sales.routing.x__owner__mutmut_28": "Routing.skipped defaults to {}",
+    "sales.routing.x__matched_rule__mutmut_21": "hit = None: falsy like False",
     **dict.fromkeys(
-        [f"sales.routing.x_route__mutmut_{n}" for n in (105, 106, 126, 127, 146, 147)],
+        [f"sales.routing.x__passes__mutmut_{n}" for n in (3, 4, 24, 25, 44, 45)],
         "the passes' names are never read",
     ),
-    "sales.routing.x_route__mutmut_148": "lambda rep: 0: falsy like None",
+    "sales.routing.x__passes__mutmut_46": "lambda rep: 0: falsy like None",
     # models/consent.py
     **dict.fromkeys(
         [f"models.consent.x_classify_response__mutmut_{n}" for n in (99, 101, 104, 105)],
