@@ -251,6 +251,8 @@ class LeadActivities:
         except ProviderUnavailable as exc:  # nothing sent: release the claim, retry later
             self._set_status(message_id, "retrying", str(exc))
             _count_send(request, "retrying")
+            if exc.status == 429:
+                metrics.record(metrics.PROVIDER_THROTTLED, channel=request.channel)
             raise ApplicationError(f"provider unavailable: {exc}") from None
         _keep_provider_answer(message_id, result, started)
         return self._record_sent(message_id, request, result, started)

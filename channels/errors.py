@@ -6,6 +6,10 @@ from __future__ import annotations
 class ProviderUnavailable(Exception):
     """429 or 5xx: nothing was sent; the activity retries with back-off."""
 
+    def __init__(self, status: int, reason: str):
+        self.status, self.reason = status, reason
+        super().__init__(f"{status}: {reason}")
+
 
 class ProviderRejected(Exception):
     """4xx: the provider refused this message for good.
@@ -22,5 +26,5 @@ class ProviderRejected(Exception):
 
 def classify(status: int, reason: str, consent_reason: str | None = None) -> Exception:
     if status == 429 or status >= 500:
-        return ProviderUnavailable(f"{status}: {reason}")
+        return ProviderUnavailable(status, reason)
     return ProviderRejected(status, reason, consent_reason)

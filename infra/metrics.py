@@ -99,8 +99,17 @@ HANDOFF_LATENCY = Metric(
 )  # fmt: skip
 HANDOFF_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
+# A provider's 429 (too many requests) to a marketing send, by channel. Each is retried
+# with back-off; at the configured sends per second (NURTURE_EMAIL_SENDS_PER_SECOND,
+# NURTURE_SMS_SENDS_PER_SECOND) there should be none: a steady count means the setting
+# is above the account's limit.
+PROVIDER_THROTTLED = Metric(
+    "nurture_provider_throttled_total", "counter", "answers", ("channel",),
+    "429 answers from the email and SMS providers to sends, retried with back-off",
+)  # fmt: skip
+
 ALL = (MESSAGES, RESPONSES, SCORE_CHANGES, STAGE_CHANGES, HANDOFFS, REP_NOTIFICATIONS,
-       HANDOFF_LATENCY)  # fmt: skip
+       HANDOFF_LATENCY, PROVIDER_THROTTLED)  # fmt: skip
 BUCKETS = {HANDOFF_LATENCY.name: HANDOFF_LATENCY_BUCKETS}  # for PrometheusConfig
 
 

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     )
     max_cached_workflows: int = Field(default=1000, alias="NURTURE_MAX_CACHED_WORKFLOWS", ge=0)
     shutdown_timeout: float = Field(default=30.0, alias="NURTURE_SHUTDOWN_TIMEOUT", ge=0)
+    # Sends per second to each provider, held across every worker by Temporal (each
+    # channel's sends have a task queue of their own): a burst is spread, never refused.
+    # Set them to your account's limits (docs/operations.md, "Provider rate limits").
+    email_sends_per_second: float = Field(
+        default=100.0, alias="NURTURE_EMAIL_SENDS_PER_SECOND", gt=0
+    )
+    sms_sends_per_second: float = Field(default=10.0, alias="NURTURE_SMS_SENDS_PER_SECOND", gt=0)
 
     # Observability: Prometheus metrics and a health endpoint per worker (0: off), logs.
     metrics_port: int = Field(default=9464, alias="NURTURE_METRICS_PORT", ge=0, le=65535)

@@ -26,6 +26,12 @@ def lead_workflow_id(lead_id: str) -> str:
     return f"lead-{lead_id}"
 
 
+def send_queue(task_queue: str, channel: str) -> str:
+    """The task queue of a channel's sends: a queue of its own, so Temporal can hold them
+    to the provider's rate across every worker (`max_task_queue_activities_per_second`)."""
+    return f"{task_queue}-send-{channel}"
+
+
 class LeadInput(BaseModel):
     lead_id: str
     profile: dict[str, Any] = Field(default_factory=dict)

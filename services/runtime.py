@@ -6,6 +6,7 @@ together the same way.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import math
@@ -35,6 +36,7 @@ from infra.settings import Settings, SettingsError, get_settings
 from models.db import SalesRepRow, make_engine, session_factory
 from models.definition_set import Definitions
 from models.schema import ensure_schema
+from models.workflow_io import send_queue
 from services.definitions import load_definitions
 from workflows import sandbox_runner
 from workflows.lead import LeadWorkflow
@@ -209,24 +211,73 @@ def build_activities(
     return Activities(lead=lead, sales=sales)
 
 
-def build_worker(client: Client, settings: Settings, activities: Activities, **options) -> Worker:
-    return Worker(
+def build_worker(client: Client, settings: Settings, activities: Activities, **options) -> Workers:
+    """The lead workflow and every activity on the task queue, and each channel's sends on
+    a queue of its own that Temporal holds to the provider's rate across every worker."""
+    main = Worker(
         client,
         task_queue=settings.task_queue,
         workflows=[LeadWorkflow],
         workflow_runner=sandbox_runner(),
+        # All of them, sends too: workflows started before the send queues send from here.
         activities=activities.all(),
-        # One thread per activity slot: activities are synchronous (database, providers).
-        activity_executor=concurrent.futures.ThreadPoolExecutor(
-            max_workers=settings.max_concurrent_activities
-        ),
-        max_concurrent_activities=settings.max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
         max_cached_workflows=settings.max_cached_workflows,
-        # On SIGTERM: no new tasks; running activities get this long to finish.
-        graceful_shutdown_timeout=timedelta(seconds=settings.shutdown_timeout),
+        **_activity_options(settings),
         **options,
     )
+    return Workers([main, *send_workers(client, settings, activities, **options)])
+
+
+def send_workers(client: Client, settings: Settings, activities: Activities, **options):
+    """A worker per channel polling that channel's send queue, at most the provider's
+    sends per second across all workers (a task-queue rate limit, kept by Temporal)."""
+    rates = {"email": settings.email_sends_per_second, "sms": settings.sms_sends_per_second}
+    return [
+        Worker(
+            client,
+            task_queue=send_queue(settings.task_queue, channel),
+            activities=[activities.lead.send_message],
+            max_task_queue_activities_per_second=rate,
+            **_activity_options(settings),
+            **options,
+        )
+        for channel, rate in rates.items()
+    ]
+
+
+def _activity_options(settings: Settings) -> dict:
+    return {
+        # One thread per activity slot: activities are synchronous (database, providers).
+        "activity_executor": concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.max_concurrent_activities
+        ),
+        "max_concurrent_activities": settings.max_concurrent_activities,
+        # On SIGTERM: no new tasks; running activities get this long to finish.
+        "graceful_shutdown_timeout": timedelta(seconds=settings.shutdown_timeout),
+    }
+
+
+class Workers:
+    """Several workers run and stopped as one: `async with` starts them all and, leaving
+    the block, shuts them down together (each lets its running activities finish)."""
+
+    def __init__(self, workers: list[Worker]) -> None:
+        self.workers = workers
+
+    async def __aenter__(self) -> Workers:
+        started: list[Worker] = []
+        try:
+            for worker in self.workers:
+                await worker.__aenter__()
+                started.append(worker)
+        except BaseException:
+            await asyncio.gather(*(w.__aexit__(None, None, None) for w in started))
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await asyncio.gather(*(worker.__aexit__(*exc_info) for worker in self.workers))
 
 
 def load_and_prepare(settings: Settings) -> tuple[Definitions, Database]:

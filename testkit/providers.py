@@ -5,6 +5,8 @@ The official SDKs are pointed at it, so tests check the exact calls they make.
 every answer slow (the request is recorded at once, as the provider has it); `hold()`
 keeps answers back after their message ID is issued (the provider has sent the message,
 its callbacks may come, the caller has no answer yet) until `release()`.
+`rate_limit` answers 429 (as both providers do) to a send beyond that many per second
+per API, over any one-second window; `throttled` counts them.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class ProviderServer:
     delay: float = 0.0  # seconds before each answer
     issued: list[str] = field(default_factory=list)  # the message IDs it answered with
     answering: threading.Event = field(default_factory=threading.Event)  # clear: held back
+    rate_limit: float | None = None  # sends per second per API, then 429
+    throttled: int = 0  # 429s answered for the rate limit
+    _accepted: dict[str, list[float]] = field(default_factory=dict)  # per API: send times
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self):
         server = self
@@ -63,7 +69,10 @@ class ProviderServer:
                 recorded = Recorded("POST", self.path, dict(self.headers.items()), body)
                 server.requests.append(recorded)
                 time.sleep(server.delay)
-                if self.path == "/v3/mail/send":
+                if server._over_the_rate(self.path):
+                    self._answer(429, {"errors": [{"message": "too many requests"}]},
+                                 {"Retry-After": "1"})  # fmt: skip
+                elif self.path == "/v3/mail/send":
                     server._sendgrid(self, recorded)
                 elif self.path == f"/2010-04-01/Accounts/{server.twilio_sid}/Messages.json":
                     server._twilio(self, recorded)
@@ -93,6 +102,19 @@ class ProviderServer:
 
     def release(self) -> None:
         self.answering.set()
+
+    def _over_the_rate(self, path: str) -> bool:
+        """Whether a send to `path` now goes over `rate_limit` in the last second."""
+        if self.rate_limit is None:
+            return False
+        with self._lock:
+            now = time.monotonic()
+            recent = [t for t in self._accepted.get(path, []) if now - t < 1.0]
+            if len(recent) >= self.rate_limit:
+                self.throttled += 1
+                return True
+            self._accepted[path] = [*recent, now]
+            return False
 
     def fail_next(self, status: int, message: str = "scripted failure", **extra) -> None:
         """Answer the next request with `status`. `extra`: Twilio's `code` (default 21211),

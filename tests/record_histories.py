@@ -197,6 +197,11 @@ async def record() -> None:
             # `nurture migrate-leads`: moved to v2 during the first wait, then v2's steps.
             moving = LeadIn(email="i@example.com", phone="+14155550102")
             await scenario("migrated_to_v2", moving, [(1, "migrate"), (10, None)], "month")
+            # Sends on their channel's own task queues (the send-queues patch): the month's
+            # emails and its SMS, a click between them.
+            queued = LeadIn(email="j@example.com", phone="+14155550103")
+            plan = [(1, "email.click"), (3, None), (30, None)]
+            await scenario("sends_on_channel_queues", queued, plan, "month")
     await env.shutdown()
 
 

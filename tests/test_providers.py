@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 from temporalio.exceptions import ApplicationError
+from temporalio.runtime import MetricBuffer, Runtime, TelemetryConfig
 from temporalio.testing import ActivityEnvironment
 
 import activities.lead as activities_module
@@ -91,6 +92,27 @@ def test_provider_5xx_is_retried_without_a_second_send(provider_settings, databa
     assert outcome.status == "sent"
     assert activities.send_message(request) == outcome  # and a late duplicate retry
     assert len(providers.requests) == 2  # the refused one and the one that went out
+
+
+@pytest.mark.parametrize("channel, template", [("email", "hello"), ("sms", "ping")])
+def test_a_429_is_counted_by_channel_and_retried(provider_settings, database, providers,
+                                                 channel, template):  # fmt: skip
+    """nurture_provider_throttled_total counts the providers' 429s (and only those): a
+    steady count says the configured sends per second are above the account's limit."""
+    buffer = MetricBuffer(1000)
+    env = ActivityEnvironment()
+    env.metric_meter = Runtime(telemetry=TelemetryConfig(metrics=buffer)).metric_meter
+    activities = build_activities(provider_settings, database).lead
+    request = lead_and_request(database, channel, template, "nudge")
+    providers.fail_next(429, "too many requests")
+    providers.fail_next(503, "try later")
+    for _refused in range(2):
+        with pytest.raises(ApplicationError, match="provider unavailable"):
+            env.run(activities.send_message, request)
+    assert env.run(activities.send_message, request).status == "sent"
+    throttled = [(u.value, dict(u.attributes)) for u in buffer.retrieve_updates()
+                 if u.metric.name == "nurture_provider_throttled_total"]  # fmt: skip
+    assert [(value, labels["channel"]) for value, labels in throttled] == [(1, channel)]
 
 
 def test_provider_4xx_is_final_with_the_reason(provider_settings, database, providers):

@@ -21,7 +21,13 @@ from temporalio.worker import Worker
 
 from models.db import Message, ScoreChange
 from services.definitions import load_definitions
-from services.runtime import build_activities, open_database, sync_sales_reps
+from services.runtime import (
+    Workers,
+    build_activities,
+    open_database,
+    send_workers,
+    sync_sales_reps,
+)
 from tests.conftest import FIXTURE_DEFINITIONS
 from tests.harness import Harness, eventually
 from workflows import sandbox_runner
@@ -55,11 +61,14 @@ async def split_workers(env, settings):
     database = open_database(settings)
     sync_sales_reps(database, definitions)
     activities = build_activities(settings, database, definitions)
-    activity_worker = Worker(
-        env.client, task_queue=settings.task_queue, activities=activities.all(),
-        activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=8),
-        max_concurrent_activities=8,
-    )  # fmt: skip
+    activity_worker = Workers([
+        Worker(
+            env.client, task_queue=settings.task_queue, activities=activities.all(),
+            activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=8),
+            max_concurrent_activities=8,
+        ),
+        *send_workers(env.client, settings, activities),  # the sends' own queues
+    ])  # fmt: skip
 
     def workflow_worker() -> Worker:
         # No cache, so no sticky queue: a stopped worker's tasks go to the next at once.

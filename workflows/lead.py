@@ -61,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
         SlaLapse,
         SlaOutcome,
         StartEnrollment,
+        send_queue,
     )
     from scoring.legacy import LegacyScoringModel, legacy_apply_response
 
@@ -81,6 +82,9 @@ WAIT_WINDOW_PATCH = "wait-window-at-dispatch"
 # Before this patch every enroll signal waited in the state until the running sequence
 # ended; after it a repeat of a waiting enrollment replaces it.
 ENROLL_ONCE_PATCH = "enroll-once"
+# Sends go to their channel's own task queue, rate-limited to the provider's rate across
+# every worker; before, they shared the workflow's queue.
+SEND_QUEUES_PATCH = "send-queues"
 RESPONSES_PER_RUN = 2_000  # then continue as new, so the history stays small
 # Event IDs handed to the next run for exact de-duplication: this run's and the one's
 # before (a relay re-signals within seconds, not thousands of responses later).
@@ -684,6 +688,10 @@ class LeadWorkflow:
         state = self.lead.state
         held = SequencePause(kind="deferred", step_id=step.id, until=workflow.now(), visit=visit)
         window_at_dispatch = workflow.patched(WAIT_WINDOW_PATCH)
+        send_options = SEND
+        if workflow.patched(SEND_QUEUES_PATCH):
+            queue = send_queue(workflow.info().task_queue, step.type)
+            send_options = {**SEND, "task_queue": queue}
         if resume_at is not None:  # a previous run was holding this send back: go on doing so
             await self._sleep(max((resume_at - workflow.now()).total_seconds(), 1.0), pause=held)
             state.deferred = None
@@ -693,7 +701,7 @@ class LeadWorkflow:
         while True:
             if window_at_dispatch:  # what arrives from here on answers this message
                 self.lead.events_since_send.clear()
-            outcome = await self._activity(LeadActivities.send_message, request, SEND)
+            outcome = await self._activity(LeadActivities.send_message, request, send_options)
             if outcome.status != "deferred" or outcome.retry_at is None:
                 break
             state.deferred = DeferredSend(
