@@ -24,7 +24,7 @@ from infra.health import HealthServer
 from infra.logs import setup as setup_logging
 from infra.metrics import address, worker_runtime
 from infra.settings import Settings, SettingsError, get_settings
-from services import stuck
+from services import backlog, stuck
 from services.runtime import build_activities, build_worker, connect_temporal, load_and_prepare
 
 log = logging.getLogger("nurture.worker")
@@ -107,9 +107,12 @@ async def _run(settings: Settings, health: HealthServer | None) -> None:
         if health is not None:
             health.running(client)
         meter = runtime.metric_meter if settings.metrics_port else None
-        watching = asyncio.create_task(stuck.watch(database.sessions, client, meter))
+        watching = [asyncio.create_task(stuck.watch(database.sessions, client, meter))]
+        if meter is not None:
+            watching.append(asyncio.create_task(backlog.watch(database.sessions, meter)))
         await stop.wait()
-        watching.cancel()
+        for task in watching:
+            task.cancel()
         log.info(
             "polling stops; running activities (%d now) get up to %gs to finish",
             running.count, settings.shutdown_timeout,

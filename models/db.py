@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     false,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -231,6 +233,12 @@ class Response(Base):
     vouch for) is kept with no lead, so it is never delivered, scored or matched."""
 
     __tablename__ = "responses"
+    # The responses a workflow has and has not scored yet: the inbox backlog's second half
+    # (services/backlog.py) and stuck leads, found without reading the scored ones.
+    __table_args__ = (
+        Index("ix_responses_unscored", "delivered_at", sqlite_where=text("scored_in IS NULL"),
+              postgresql_where=text("scored_in IS NULL")),
+    )  # fmt: skip
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     # sg_event_id, Twilio MessageSid (+ status), or the caller's idempotency key.

@@ -33,6 +33,7 @@ HISTORY = [
     "0002  responses.scored_in: the score change that counted each response",
     "0003  template_sets: the message templates each enrollment was made with",
     "0004  early_statuses: provider status callbacks that arrived before their message's ID",
+    "0005  unscored responses: a partial index on the responses not scored yet",
 ]
 ALL_APPLIED = "".join(f"applied {line}\n" for line in HISTORY)
 
