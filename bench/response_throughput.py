@@ -248,12 +248,13 @@ async def welcomed_leads(
 
 
 def event_times(database: Database, event_ids: str) -> list[tuple]:
-    """(event id, inbox row received, delivered, score row created) of each response."""
+    """(event id, inbox row received, delivered, score change that counted it created):
+    a burst scored at once is counted by one change, found through `scored_in`."""
     with database.sessions() as session:
         return session.execute(
             select(Response.event_id, Response.received_at, Response.delivered_at,
                    ScoreChange.created_at)
-            .outerjoin(ScoreChange, ScoreChange.event_id == Response.event_id)
+            .outerjoin(ScoreChange, ScoreChange.id == Response.scored_in)
             .where(Response.event_id.like(event_ids))
         ).all()  # fmt: skip
 

@@ -71,7 +71,7 @@ from pathlib import Path
 import anyio.to_thread
 import httpx
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import create_engine, event, select, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
@@ -87,6 +87,7 @@ from bench.response_throughput import (
     Baseline,
     Run,
     WebhookLoad,
+    event_times,
     full_path_figures,
     noop,
     offer_load,
@@ -94,7 +95,7 @@ from bench.response_throughput import (
 from devstack.stack import RunningStack, api_server, running_stack
 from devstack.temporal_server import free_port
 from infra.settings import Settings
-from models.db import Message, Response, ScoreChange, as_utc
+from models.db import Message, Response, as_utc
 from models.workflow_io import lead_workflow_id
 from services.intake import Intake
 from services.runtime import Database, connect_temporal, load_and_prepare
@@ -567,17 +568,6 @@ async def fresh_leads(http: httpx.AsyncClient, database: Database, leads: int, t
     await wait_until(lambda: count_rows(database, Message, *welcomed) >= leads, 60, every=0.2)
     await asyncio.sleep(1)  # let the sequences reach their 7-day wait
     return emails, lead_ids
-
-
-def event_times(database: Database, event_ids: str) -> list[tuple]:
-    """(event id, inbox row received, delivered, score change that counted it created)."""
-    with database.sessions() as session:
-        return session.execute(
-            select(Response.event_id, Response.received_at, Response.delivered_at,
-                   ScoreChange.created_at)
-            .outerjoin(ScoreChange, ScoreChange.id == Response.scored_in)
-            .where(Response.event_id.like(event_ids))
-        ).all()  # fmt: skip
 
 
 class RawHttp:
