@@ -13,7 +13,7 @@ import asyncio
 from html import escape
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -76,13 +76,20 @@ ANSWER_RESPONSES = {
 }  # fmt: skip
 
 
+# Checked before any lookup: PostgreSQL refuses a NUL in text outright (a 500, not a 404).
+HandoffId = Annotated[str, Path(max_length=64, pattern=r"^[^\x00]+$",
+                                description="The handoff's id, from its answer link.")]
+
+
 def handoff_router(intake: Intake, links: Links, api_token: str, db: HandlerDatabase) -> APIRouter:
     router = APIRouter(tags=["handoffs"])
     bearer = HTTPBearer(auto_error=False)
 
     @router.get("/handoffs/{handoff_id}", response_class=HTMLResponse,
                 responses=error_responses(413, 422, 429, 503, html=(403, 404)))  # fmt: skip
-    async def answer_page(handoff_id: str, token: str, answer: str | None = None) -> HTMLResponse:
+    async def answer_page(
+        handoff_id: HandoffId, token: str, answer: str | None = None
+    ) -> HTMLResponse:
         """The rep's answer page: the lead, and a form (a GET never answers)."""
         try:
             rep_id = _rep_of(links, handoff_id, token)
@@ -99,7 +106,7 @@ def handoff_router(intake: Intake, links: Links, api_token: str, db: HandlerData
     @router.post("/handoffs/{handoff_id}/answer", response_model=None,
                  responses=ANSWER_RESPONSES, openapi_extra=ANSWER_DOC)  # fmt: skip
     async def answer_handoff(
-        handoff_id: str,
+        handoff_id: HandoffId,
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> dict | HTMLResponse:
