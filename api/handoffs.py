@@ -77,8 +77,12 @@ ANSWER_RESPONSES = {
 
 
 # Checked before any lookup: PostgreSQL refuses a NUL in text outright (a 500, not a 404).
-HandoffId = Annotated[str, Path(max_length=64, pattern=r"^[^\x00]+$",
-                                description="The handoff's id, from its answer link.")]
+HandoffId = Annotated[
+    str,
+    Path(
+        max_length=64, pattern=r"^[^\x00]+$", description="The handoff's id, from its answer link."
+    ),
+]
 
 
 def handoff_router(intake: Intake, links: Links, api_token: str, db: HandlerDatabase) -> APIRouter:

@@ -426,8 +426,15 @@ async def test_worker_exports_metrics_and_health_then_stops_on_sigterm(tmp_path,
         assert value(samples, "nurture_handoff_latency_seconds_bucket", le="60") == 1
         # The SDK's own metrics, on the same page.
         for channel in ("email", "sms"):
-            assert value(samples, "temporal_activity_execution_latency_count",
-                         activity_type="send_message", task_queue=send_queue(queue, channel)) == 1
+            assert (
+                value(
+                    samples,
+                    "temporal_activity_execution_latency_count",
+                    activity_type="send_message",
+                    task_queue=send_queue(queue, channel),
+                )
+                == 1
+            )
         assert value(samples, "temporal_num_pollers", task_queue=send_queue(queue, "sms")) > 0
         assert value(samples, "temporal_num_pollers", task_queue=queue) > 0
 

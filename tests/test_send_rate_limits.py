@@ -43,8 +43,9 @@ async def send_a_burst(tmp_path, env, sqlite_settings, providers, channel, per_s
     })  # fmt: skip
     async with running_harness(env, settings, load_definitions(root)) as harness:
         leads = [
-            await harness.enroll("burst", email=f"burst{n}@example.com",
-                                 phone=f"+1415555{n:04d}")  # fmt: skip
+            await harness.enroll(
+                "burst", email=f"burst{n}@example.com", phone=f"+1415555{n:04d}"
+            )  # fmt: skip
             for n in range(BURST)
         ]
 

@@ -65,8 +65,12 @@ async def test_two_responses_crossing_sql_hand_off_once(harness):
     # total or stage never comes, and `until` gives up with the last state it saw).
     state = await harness.until(
         lead_id,
-        lambda s: s.responses_handled == 2 and s.enrollment_status == "handed_off"
-        and s.score == 100 and s.stage == "sql",
+        lambda s: (
+            s.responses_handled == 2
+            and s.enrollment_status == "handed_off"
+            and s.score == 100
+            and s.stage == "sql"
+        ),
     )
     assert state.stage == "sql" and state.score == 100
     (handoff,) = harness.rows(Handoff, lead_id)
