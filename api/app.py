@@ -129,8 +129,13 @@ def create_app(
     return app
 
 
+# What a stopping API waits for deliveries in flight (the relay signals whatever is left).
+SHUTDOWN_DELIVERY_SECONDS = 2.0
+
+
 def _lifespan(intake: Intake, relay: bool) -> Callable[[FastAPI], AbstractAsyncContextManager]:
-    """The app's lifespan: the relay runs while the app does (unless `relay` is False)."""
+    """The app's lifespan: the relay runs while the app does (unless `relay` is False);
+    deliveries still in flight get a moment to finish when it stops."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -138,6 +143,7 @@ def _lifespan(intake: Intake, relay: bool) -> Callable[[FastAPI], AbstractAsyncC
         yield
         if task:
             task.cancel()
+        await intake.finish_deliveries(timeout=SHUTDOWN_DELIVERY_SECONDS)
 
     return lifespan
 

@@ -29,6 +29,7 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from channels.template_sets import TemplateVersions
 from infra.settings import Settings
@@ -215,6 +216,8 @@ class EventIn(_Incoming):
 
 # Seconds a request may spend signalling workflows after its events are committed.
 INLINE_BUDGET = 1.0
+# Leads signalled at once by one delivery (a batch of many leads' events).
+SIGNALS_AT_ONCE = 32
 # Days events wait for their lead by default (NURTURE_PENDING_EVENT_RETENTION_DAYS), and
 # seconds between the relay's expiries of those that waited longer.
 RETENTION_DAYS = Settings.model_fields["pending_event_retention_days"].default
@@ -253,6 +256,7 @@ class Intake:
         self.task_queue = task_queue
         self.responses_per_run = responses_per_run
         self.template_versions = TemplateVersions(definitions.templates_dir, sessions)
+        self._deliveries: set[asyncio.Task] = set()  # deliver_now's, still in flight
 
     # --- leads ----------------------------------------------------------------------------
 
@@ -426,22 +430,48 @@ class Intake:
 
     async def deliver(self, rows: list[Response]) -> int:
         """Signal stored responses to their workflows; mark the ones Temporal accepted.
-        The database work runs in a thread (callers are request handlers on the loop),
-        once before and once after the batch, so its signals go out back to back."""
-        leads = await asyncio.to_thread(self._leads_of, {row.lead_id for row in rows})
-        delivered: list[str] = []
+        Raises the first signal's error, once every lead's signals have been tried."""
+        return await self._deliver(rows, [])
+
+    async def _deliver(self, rows: list[Response], accepted: list[str]) -> int:
+        """A lead's responses in their order, up to SIGNALS_AT_ONCE leads at once; then one
+        write marks all that Temporal accepted, even if some signal failed."""
+        by_lead: dict[str, list[Response]] = {}
+        for row in rows:
+            by_lead.setdefault(row.lead_id, []).append(row)
+        gate = asyncio.Semaphore(SIGNALS_AT_ONCE)
+
+        async def signal_lead(lead_rows: list[Response]) -> None:
+            async with gate:
+                for row in lead_rows:
+                    await self._signal(row)
+                    accepted.append(row.id)
+
         try:
-            for row in rows:
-                event = ResponseEvent(event_id=row.event_id, type=row.type, data=row.data,
-                                      occurred_at=as_utc(row.occurred_at)).slim()  # fmt: skip
-                await lead_client.respond(
-                    self.client, self.task_queue, self._lead_input(leads[row.lead_id]), event
-                )
-                delivered.append(row.id)
-        finally:  # what Temporal accepted is marked even if a later signal failed
-            if delivered:
-                await asyncio.to_thread(self._mark_delivered, delivered)
-        return len(delivered)
+            outcomes = await asyncio.gather(
+                *(signal_lead(lead_rows) for lead_rows in by_lead.values()),
+                return_exceptions=True,
+            )
+        finally:
+            if accepted:
+                await asyncio.to_thread(self._mark_delivered, list(accepted))
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if failures:
+            raise failures[0]
+        return len(accepted)
+
+    async def _signal(self, row: Response) -> None:
+        """A plain signal (the workflow runs: the common case, and the cheapest call), and
+        signal-with-start only when there is no running workflow to take it."""
+        event = ResponseEvent(event_id=row.event_id, type=row.type, data=row.data,
+                              occurred_at=as_utc(row.occurred_at)).slim()  # fmt: skip
+        try:
+            await lead_client.signal_response(self.client, row.lead_id, event)
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            lead = (await asyncio.to_thread(self._leads_of, {row.lead_id}))[row.lead_id]
+            await lead_client.respond(self.client, self.task_queue, self._lead_input(lead), event)
 
     def _leads_of(self, lead_ids: set[str]) -> dict[str, Lead]:
         with self.sessions() as session:
@@ -457,24 +487,39 @@ class Intake:
             )
 
     async def deliver_now(self, rows: list[Response], budget: float = INLINE_BUDGET) -> int:
-        """Try to deliver at once, for at most `budget` seconds; never raises.
+        """Deliver at once, waiting at most `budget` seconds; never raises. Returns how
+        many Temporal accepted by then.
 
         What a request handler calls after committing: its answer must not wait on a
-        Temporal outage (the SDK retries a failed call for ~10 s). Whatever is not
-        delivered in time is left to the relay. Returns how many were delivered."""
-        delivered = 0
+        Temporal outage (the SDK retries a failed call for ~10 s). The delivery is not
+        cut off at the budget, which would leave signals Temporal took unmarked (and sent
+        again by the relay): it goes on in the background, and what it cannot deliver is
+        left to the relay."""
+        if not rows:
+            return 0
+        accepted: list[str] = []
+        delivery = asyncio.create_task(self._deliver(rows, accepted))
+        self._deliveries.add(delivery)
+        delivery.add_done_callback(self._delivery_done)
+        await asyncio.wait({delivery}, timeout=budget)
+        if not delivery.done() or delivery.exception() is not None:
+            log.warning("%d of %d event(s) delivered now; the rest follow or the relay has "
+                        "them", len(accepted), len(rows))  # fmt: skip
+        return len(accepted)
 
-        async def each() -> None:
-            nonlocal delivered
-            for row in rows:
-                delivered += await self.deliver([row])
+    def _delivery_done(self, delivery: asyncio.Task) -> None:
+        self._deliveries.discard(delivery)
+        if not delivery.cancelled() and delivery.exception() is not None:
+            log.warning("a delivery stopped, the relay has the rest (%s)",
+                        type(delivery.exception()).__name__)  # fmt: skip
 
-        try:
-            await asyncio.wait_for(each(), timeout=budget)
-        except Exception as exc:  # a timeout, or Temporal unreachable: the relay goes on
-            log.warning("%d of %d event(s) delivered now; the relay has the rest (%s)",
-                        delivered, len(rows), type(exc).__name__)  # fmt: skip
-        return delivered
+    async def finish_deliveries(self, timeout: float) -> None:
+        """On shutdown: let deliveries in flight finish for up to `timeout` seconds, then
+        cancel them (what they had not signalled, the relay signals)."""
+        if self._deliveries:
+            await asyncio.wait(set(self._deliveries), timeout=timeout)
+        for delivery in list(self._deliveries):
+            delivery.cancel()
 
     async def redeliver(self, limit: int = 500) -> int:
         """The relay: apply status callbacks whose message has its SID by now, expire what

@@ -55,6 +55,12 @@ async def respond(client: Client, task_queue: str, lead: LeadInput, event: Respo
     await _signal_with_start(client, task_queue, lead, "respond", event)
 
 
+async def signal_response(client: Client, lead_id: str, event: ResponseEvent) -> None:
+    """Give the lead's running workflow a stored response (RPCError NOT_FOUND if none
+    runs: then `respond` starts one)."""
+    await handle(client, lead_id).signal(LeadWorkflow.respond, event)
+
+
 async def _signal_with_start(
     client: Client, task_queue: str, lead: LeadInput, signal: str, argument: object
 ) -> None:

@@ -1,0 +1,65 @@
+"""Stored responses reach their workflows once: a lead's in order, many leads at once,
+and a delivery that outlasts the request's budget is finished, not cut off (a signal
+Temporal took but that was never marked would be sent again by the relay)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from temporalio.api.enums.v1 import EventType
+
+from models.db import Response
+from models.workflow_io import lead_workflow_id
+from services.intake import EventIn, LeadIn
+from tests.harness import running_harness
+
+
+async def signalled(client, lead_id: str) -> list[str]:
+    """The event IDs the lead's workflow was given, in the order Temporal took them."""
+    history = await client.get_workflow_handle(lead_workflow_id(lead_id)).fetch_history()
+    converter = client.data_converter
+    taken = []
+    for event in history.events:
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            attributes = event.workflow_execution_signaled_event_attributes
+            if attributes.signal_name == "respond":
+                (payload,) = attributes.input.payloads
+                taken.append((await converter.decode([payload]))[0]["event_id"])
+    return taken
+
+
+def undelivered(database) -> list[str]:
+    with database.sessions() as session:
+        return list(session.scalars(select(Response.event_id).where(
+            Response.delivered_at.is_(None))))  # fmt: skip
+
+
+async def test_a_delivery_past_its_budget_finishes_and_is_marked_once(
+    dev_server_env, sqlite_settings, fixture_definitions
+):
+    async with running_harness(dev_server_env, sqlite_settings, fixture_definitions) as h:
+        leads = [await h.enroll(email=f"lead{n}@example.com", sequence="month")
+                 for n in range(3)]  # fmt: skip
+        events = [EventIn(lead_id=lead_id, type="page.view", event_id=f"{lead_id}-{n}")
+                  for n in range(4) for lead_id in leads]  # fmt: skip
+        rows = h.intake.store_events(events).stored
+
+        # No time at all: the request goes on at once; its delivery does not stop there.
+        assert await h.intake.deliver_now(rows, budget=0) == 0
+        await h.intake.finish_deliveries(timeout=30)
+
+        assert undelivered(h.database) == []
+        for lead_id in leads:  # each event once, in the lead's own order
+            assert await signalled(h.env.client, lead_id) == [f"{lead_id}-{n}" for n in range(4)]
+
+
+async def test_a_response_for_a_lead_with_no_running_workflow_starts_one(
+    dev_server_env, sqlite_settings, fixture_definitions
+):
+    async with running_harness(dev_server_env, sqlite_settings, fixture_definitions) as h:
+        lead, _ = h.intake.upsert_lead(LeadIn(email="late@example.com"))  # never enrolled
+        rows = h.intake.store_events([EventIn(lead_id=lead.id, type="page.view",
+                                              event_id="first")]).stored  # fmt: skip
+        assert await h.intake.deliver(rows) == 1
+        h.started.append(lead_workflow_id(lead.id))
+        assert await signalled(h.env.client, lead.id) == ["first"]
+        assert undelivered(h.database) == []
