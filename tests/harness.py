@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from sqlalchemy import select
 from temporalio.service import RPCError
@@ -14,6 +15,8 @@ from models.workflow_io import lead_workflow_id
 from services.intake import EventIn, Intake, LeadIn
 from services.runtime import build_activities, build_worker, open_database, sync_sales_reps
 from workflows.lead import LeadWorkflow
+
+QUERY_TIMEOUT = timedelta(seconds=3)
 
 
 async def eventually(check, timeout: float = 30, what: str = "condition"):
@@ -84,7 +87,9 @@ class Harness:
         return self.env.client.get_workflow_handle_for(LeadWorkflow.run, lead_workflow_id(lead_id))
 
     async def state(self, lead_id: str):
-        return await self.handle(lead_id).query(LeadWorkflow.state)
+        # A query the time-skipping server loses (one sent as a run continues as new while
+        # a local activity runs) is asked again after 3 s, not after the default 30 s.
+        return await self.handle(lead_id).query(LeadWorkflow.state, rpc_timeout=QUERY_TIMEOUT)
 
     async def until(self, lead_id: str, predicate, timeout: float = 15):
         """Poll the workflow's state (in real time, without skipping time) until predicate holds."""

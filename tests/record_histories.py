@@ -202,6 +202,11 @@ async def record() -> None:
             queued = LeadIn(email="j@example.com", phone="+14155550103")
             plan = [(1, "email.click"), (3, None), (30, None)]
             await scenario("sends_on_channel_queues", queued, plan, "month")
+            # Scoring as a local activity (the score-locally patch): an open, then a click
+            # and a reply together, then the sequence goes on.
+            scored = LeadIn(email="k@example.com")
+            plan = [(1, "email.open"), (0, "email.click"), (0, "email.reply"), (3, None)]
+            await scenario("scored_by_local_activity", scored, plan, "month")
     await env.shutdown()
 
 

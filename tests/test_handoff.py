@@ -70,6 +70,9 @@ async def harness(time_skipping_env, sqlite_settings, definitions):
 async def qualify(harness, email: str) -> tuple[str, Handoff]:
     """Enroll a lead and make it sales-qualified (webinar.attended alone crosses SQL)."""
     lead_id = await harness.enroll(email=email, first_name="Ada", company="Acme")
+    # The welcome goes out first: a response scored in the workflow task that starts the
+    # sequence would stop the nurture before its first send is dispatched.
+    await eventually(lambda: harness.sent_steps(lead_id), what="the welcome sent")
     await harness.respond(lead_id, "webinar.attended")
     await harness.until(lead_id, lambda s: s.handoff is not None)
     (handoff,) = harness.rows(Handoff, lead_id)
