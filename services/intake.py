@@ -218,6 +218,10 @@ class EventIn(_Incoming):
 INLINE_BUDGET = 1.0
 # Leads signalled at once by one delivery (a batch of many leads' events).
 SIGNALS_AT_ONCE = 32
+# Responses a process delivers in the background at most. Past it, a request's responses
+# are left to the relay, which drains them in order at the pace Temporal takes them: a
+# burst waits in the inbox instead of piling up signals that slow every one of them.
+MAX_IN_FLIGHT = 256
 # Days events wait for their lead by default (NURTURE_PENDING_EVENT_RETENTION_DAYS), and
 # seconds between the relay's expiries of those that waited longer.
 RETENTION_DAYS = Settings.model_fields["pending_event_retention_days"].default
@@ -257,6 +261,7 @@ class Intake:
         self.responses_per_run = responses_per_run
         self.template_versions = TemplateVersions(definitions.templates_dir, sessions)
         self._deliveries: set[asyncio.Task] = set()  # deliver_now's, still in flight
+        self._in_flight: set[str] = set()  # their responses' IDs: not the relay's yet
 
     # --- leads ----------------------------------------------------------------------------
 
@@ -497,8 +502,15 @@ class Intake:
         left to the relay."""
         if not rows:
             return 0
+        if len(self._in_flight) + len(rows) > MAX_IN_FLIGHT:
+            log.info("%d event(s) left to the relay: %d already on their way",
+                     len(rows), len(self._in_flight))  # fmt: skip
+            return 0
         accepted: list[str] = []
+        ids = {row.id for row in rows}
+        self._in_flight |= ids
         delivery = asyncio.create_task(self._deliver(rows, accepted))
+        delivery.add_done_callback(lambda _: self._in_flight.difference_update(ids))
         self._deliveries.add(delivery)
         delivery.add_done_callback(self._delivery_done)
         await asyncio.wait({delivery}, timeout=budget)
@@ -531,15 +543,17 @@ class Intake:
             self._expired_at = time.monotonic()
         settled = await asyncio.to_thread(self.settle_statuses, None, limit)
         delivered = await self.deliver(settled.stored)
-        return delivered + await self.deliver(await asyncio.to_thread(self._undelivered, limit))
+        rows = await asyncio.to_thread(self._undelivered, limit, set(self._in_flight))
+        return delivered + await self.deliver(rows)
 
-    def _undelivered(self, limit: int) -> list[Response]:
-        # Rows younger than the inline budget may be on their way already: leave them.
+    def _undelivered(self, limit: int, in_flight: set[str]) -> list[Response]:
+        # Rows younger than the inline budget may be on their way already, and this
+        # process's own background deliveries are: leave them.
         settled = utcnow() - timedelta(seconds=INLINE_BUDGET + 1)
         query = (
             select(Response)
             .where(Response.delivered_at.is_(None), Response.lead_id.is_not(None))
-            .where(Response.received_at < settled)
+            .where(Response.received_at < settled, Response.id.not_in(in_flight))
             .order_by(Response.received_at)
             .limit(limit)
         )

@@ -4,6 +4,7 @@ Temporal took but that was never marked would be sent again by the relay)."""
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 
 from sqlalchemy import select
@@ -11,7 +12,7 @@ from temporalio.api.enums.v1 import EventType
 
 from models.db import Response
 from models.workflow_io import lead_workflow_id
-from services.intake import EventIn, LeadIn
+from services.intake import INLINE_BUDGET, MAX_IN_FLIGHT, EventIn, LeadIn
 from tests.harness import eventually, running_harness
 
 
@@ -74,3 +75,27 @@ async def test_a_response_for_a_lead_with_no_running_workflow_starts_one(
         h.started.append(lead_workflow_id(lead.id))
         assert await signalled(h.env.client, lead.id) == ["first"]
         assert undelivered(h.database) == []
+
+
+async def test_a_burst_past_the_in_flight_cap_waits_in_the_inbox_for_the_relay(
+    dev_server_env, sqlite_settings, fixture_definitions
+):
+    async with running_harness(dev_server_env, sqlite_settings, fixture_definitions) as h:
+        leads = [await h.enroll(email=f"busy{n}@example.com", sequence="month")
+                 for n in range(4)]  # fmt: skip
+        count = MAX_IN_FLIGHT // len(leads) + 1  # one request's worth, over the cap
+        events = [EventIn(lead_id=lead_id, type="email.open", event_id=f"{lead_id}-{n}")
+                  for n in range(count) for lead_id in leads]  # fmt: skip
+        rows = h.intake.store_events(events).stored
+
+        assert await h.intake.deliver_now(rows) == 0  # not one signal: all left waiting
+        assert len(undelivered(h.database)) == len(rows)
+
+        await asyncio.sleep(INLINE_BUDGET + 1.5)  # the relay takes what has settled
+        while await h.intake.redeliver():
+            pass
+        assert undelivered(h.database) == []
+        for lead_id in leads:  # every one once, in order
+            expected = [f"{lead_id}-{n}" for n in range(count)]
+            got = await eventually(partial(in_history, h.env.client, lead_id, expected))
+            assert got == expected
