@@ -267,6 +267,14 @@ class Intake:
 
     def upsert_lead(self, lead_in: LeadIn) -> tuple[Lead, bool]:
         """Create or update the lead by email; returns (lead, created)."""
+        try:
+            return self._upsert_lead(lead_in)
+        except IntegrityError:
+            # Two requests created the same new lead at once (two APIs, or two requests
+            # of one): the other's insert won, so this one is an update of it.
+            return self._upsert_lead(lead_in)
+
+    def _upsert_lead(self, lead_in: LeadIn) -> tuple[Lead, bool]:
         fields = lead_in.model_dump(exclude={"sequence"}, exclude_unset=True)
         fields["email"] = str(lead_in.email).lower()
         with self.sessions.begin() as session:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
+from sqlalchemy import func, select
 
 from api.app import create_app
 from models.db import Lead
@@ -55,3 +59,21 @@ def test_api_refuses_a_bad_phone_and_stores_nothing(settings, database, fixture_
     ]
     with database.sessions() as session:
         assert Lead.find(session, "bad@example.com") is None
+
+
+def test_the_same_new_lead_created_at_once_is_one_lead(database, fixture_definitions):
+    """Two APIs (or two requests of one) creating the same new email together: one
+    creates it, the other updates it; neither fails on the unique email."""
+    intake = Intake(fixture_definitions, database.sessions, client=None, task_queue="unused")
+    emails = [f"twice{n}@example.com" for n in range(20)]
+    start = threading.Barrier(8)
+
+    def create_all(company: str) -> list[bool]:
+        start.wait()
+        return [intake.upsert_lead(LeadIn(email=email, company=company))[1] for email in emails]
+
+    with ThreadPoolExecutor(8) as pool:
+        created = list(pool.map(create_all, [f"Acme {n}" for n in range(8)]))
+    assert [sum(column) for column in zip(*created, strict=True)] == [1] * len(emails)
+    with database.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Lead)) == len(emails)
