@@ -304,7 +304,7 @@ def full_path_figures(run: Run, rows: list[tuple], load: WebhookLoad, counter: L
     }
     relayed = sum(1 for e in signalled if signalled[e] > answered.get(e, float("inf")))
     run.notes.append(f"HTTP answers (and errors, retried): {dict(load.statuses)}")
-    run.notes.append(f"delivered_at set after the HTTP answer (relay signalled again): {relayed}")
+    run.notes.append(f"delivered after the HTTP answer (background or relay): {relayed}")
     run.notes += [f"{what}: {n}" for what, n in counter.counts.items()]
 
 

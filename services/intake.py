@@ -522,7 +522,7 @@ class Intake:
         self._deliveries.add(delivery)
         delivery.add_done_callback(self._delivery_done)
         await asyncio.wait({delivery}, timeout=budget)
-        if not delivery.done() or delivery.exception() is not None:
+        if len(accepted) < len(rows):
             log.warning("%d of %d event(s) delivered now; the rest follow or the relay has "
                         "them", len(accepted), len(rows))  # fmt: skip
         return len(accepted)
