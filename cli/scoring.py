@@ -169,6 +169,9 @@ def rescore(
         False, "--dry-run", help="score and report only: write nothing, signal no workflow"
     ),
     batch_size: int = typer.Option(2000, min=1, help="leads per batch (one transaction each)"),
+    workers: int = typer.Option(
+        1, min=1, help="processes scoring disjoint ranges of leads (PostgreSQL only)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="the report as JSON"),
 ) -> None:
     """Score every lead again with the models now in scoring.yaml (after a model change).
@@ -186,6 +189,7 @@ def rescore(
     Examples:
       nurture rescore --dry-run
       nurture rescore --batch-size 5000 --json
+      nurture rescore --workers 2      # PostgreSQL: two processes, a core each
     """
     import json
     import time
@@ -217,7 +221,7 @@ def rescore(
         with bar:
             return rescore_all(
                 database.sessions, definitions, utcnow(), batch_size=batch_size,
-                dry_run=dry_run, on_sql=on_sql,
+                dry_run=dry_run, on_sql=on_sql, workers=workers,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )  # fmt: skip
 

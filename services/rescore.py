@@ -15,15 +15,25 @@ Two kinds of lead are not written here:
   it to sales (stop nurturing, pick a rep), which a bulk UPDATE cannot do;
 - a lead past SQL (accepted, won...) belongs to sales and is left as it is.
 
-The workflows keep running while this runs. A lead's row is re-read under a write lock
-just before it is written and left alone if its workflow scored it in the meantime.
+The workflows keep running while this runs. A lead's row is written only if it is still
+as it was read (stage, score, scored_at), checked under the row's write lock: if its
+workflow scored it in the meantime, its workflow's card is the newer one and stays.
+
+On PostgreSQL the leads are written with one UPDATE ... FROM unnest(arrays) per batch and
+the score and stage changes with COPY; `workers` > 1 splits the leads into as many
+disjoint id ranges, each walked by its own process (its own connection, a transaction
+per batch), while this process calls `progress` and `on_sql` as their batches commit.
+Memory is bounded by the batch: nothing is kept across batches but the report's counts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
+import queue
 import time
+import traceback
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -31,12 +41,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, bindparam, cast, func, insert, select, update
+from sqlalchemy import Connection, Text, bindparam, cast, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from models.db import Lead, Response, ScoreChange, StageChange, as_utc
+from models import db
+from models.db import Lead, Response, ScoreChange, StageChange, as_utc, utcnow
 from models.definition_set import Definitions
 from models.scoring_model import STAGE_LADDER, ScoringModel
 from models.workflow_io import RescoreRequest
@@ -53,6 +64,7 @@ _LEAD_COLUMNS = [
     *_PROFILE_COLUMNS, Lead.id, Lead.segment, Lead.stage, Lead.score, Lead.scored_at,
     Lead.sql_hold_until,
 ]  # fmt: skip
+_PROFILE_KEYS = [column.key for column in _LEAD_COLUMNS[:-2]]  # all but scored_at, hold
 _MAX_PROBLEMS = 20  # distinct rule problems kept in the report
 _FIGURES = (
     "score", "fit_score", "engagement_score", "grade", "scoring_model", "scored_at", "stage",
@@ -125,48 +137,172 @@ def rescore_all(
     dry_run: bool = False,
     progress: Progress | None = None,
     on_sql: OnSql | None = None,
+    workers: int = 1,
 ) -> RescoreReport:
     """Score every lead at `now` and store what moved; see the module's docstring.
 
     `progress(done, total)` is called after each batch; `on_sql(lead_ids, event_id,
     model_fingerprint)` once per batch and model, after the batch is committed, with the
     leads that newly qualify as SQL. A dry run writes nothing and calls no `on_sql`.
+    `workers` > 1 scores in that many processes (PostgreSQL only; SQLite has one writer).
     """
     started = time.perf_counter()
     report = RescoreReport(run_id=uuid.uuid4().hex[:12], at=now, dry_run=dry_run)
-    model_of: dict[str | None, tuple[ScoringModel, str]] = {}  # segment -> model, fingerprint
     with sessions() as session:
         report.total = session.scalar(select(func.count()).select_from(Lead)) or 0
-    done, last_id = 0, None
-    while True:
-        with sessions() as session:
-            leads = session.connection().execute(_lead_query(last_id, batch_size)).all()
-            if not leads:
-                break
-            responses = _responses(session, last_id, leads[-1].id)
-        batch = _score_batch(leads, responses, definitions, model_of, now, report)
-        if batch.leads and not dry_run:
-            with sessions.begin() as session:
-                _write(session, batch, report)
-        report.transitions.update(batch.transitions.values())
+        ranges = _key_ranges(session, report.total, workers, batch_size)
+    done = 0
+
+    def finished(leads: int, sql: dict[str, list[str]]) -> None:
+        nonlocal done
         if on_sql is not None and not dry_run:
-            for fingerprint, lead_ids in batch.sql.items():
+            for fingerprint, lead_ids in sql.items():
                 on_sql(lead_ids, report.event_id, fingerprint)
-        last_id = leads[-1].id
-        done += len(leads)
+        done += leads
         if progress is not None:
             progress(done, max(report.total, done))
-    report.models = {model.name: fingerprint for model, fingerprint in model_of.values()}
+
+    job = _Job(definitions, now, batch_size, dry_run)
+    if len(ranges) == 1:
+        _rescore_range(sessions, job, None, None, report, finished)
+    else:
+        url = sessions.kw["bind"].url.render_as_string(hide_password=False)
+        _in_processes(url, job, ranges, report, finished)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _lead_query(after: str | None, limit: int):
+@dataclass(frozen=True)
+class _Job:
+    definitions: Definitions
+    now: datetime
+    batch_size: int
+    dry_run: bool
+
+
+Finished = Callable[[int, dict[str, list[str]]], None]  # (leads done, SQL-crossers by model)
+
+
+def _rescore_range(
+    sessions: sessionmaker,
+    job: _Job,
+    after: str | None,
+    upto: str | None,
+    report: RescoreReport,
+    finished: Finished,
+) -> None:
+    """Walk the leads with an id in (after, upto] (None: no bound) batch by batch."""
+    model_of: dict[str | None, tuple[ScoringModel, str]] = {}  # segment -> model, fingerprint
+    last_id = after
+    while True:
+        with sessions() as session:
+            connection = session.connection()
+            if connection.dialect.name == "postgresql":  # psycopg reads 'UTC' times faster
+                connection.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
+            leads = connection.execute(_lead_query(last_id, upto, job.batch_size)).all()
+            if not leads:
+                break
+            responses = _responses(connection, last_id, leads[-1].id)
+        batch = _score_batch(leads, responses, job.definitions, model_of, job.now, report)
+        del responses
+        if batch.leads and not job.dry_run:
+            with sessions.begin() as session:
+                _write(session, batch, report)
+        report.transitions.update(batch.transitions.values())
+        finished(len(leads), dict(batch.sql))
+        last_id = leads[-1].id
+    report.models |= {model.name: fingerprint for model, fingerprint in model_of.values()}
+
+
+def _key_ranges(
+    session: Session, total: int, workers: int, batch_size: int
+) -> list[tuple[str | None, str | None]]:
+    """`workers` id ranges (after, upto] of about as many leads each; one range on SQLite,
+    for a single worker, or when there is less than a batch per worker."""
+    workers = min(workers, total // batch_size)
+    if workers <= 1 or session.connection().dialect.name != "postgresql":
+        return [(None, None)]
+    ids = select(Lead.id).order_by(Lead.id).limit(1)
+    cuts = [session.scalar(ids.offset(total * n // workers - 1)) for n in range(1, workers)]
+    bounds = [None, *cuts, None]
+    return list(zip(bounds, bounds[1:], strict=False))
+
+
+def _in_processes(
+    url: str,
+    job: _Job,
+    ranges: list[tuple[str | None, str | None]],
+    report: RescoreReport,
+    finished: Finished,
+) -> None:
+    """Score each range in a process of its own (spawned: nothing of this process's
+    threads or connections is inherited) and pass on their batches as they commit."""
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue()
+    processes = [
+        context.Process(target=_worker, args=(messages, url, job, report.run_id, after, upto),
+                        name=f"rescore-{n}", daemon=True)
+        for n, (after, upto) in enumerate(ranges)
+    ]  # fmt: skip
+    running = len(processes)
+    try:
+        for process in processes:
+            process.start()
+        while running:
+            try:
+                kind, payload = messages.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"a rescore worker died (exit code {dead[0]})") from None
+                continue
+            if kind == "batch":
+                finished(*payload)
+            elif kind == "done":
+                _merge(report, payload)
+                running -= 1
+            else:
+                raise RuntimeError(f"a rescore worker failed:\n{payload}")
+    finally:  # on an error the others stop too; their committed batches stay
+        for process in processes:
+            if process.is_alive() and running:
+                process.terminate()
+            if process.pid is not None:
+                process.join()
+
+
+def _worker(messages, url: str, job: _Job, run_id: str, after, upto) -> None:
+    try:
+        engine = db.make_engine(url, pool_size=1)
+        report = RescoreReport(run_id=run_id, at=job.now, dry_run=job.dry_run)
+        _rescore_range(db.session_factory(engine), job, after, upto, report,
+                       lambda leads, sql: messages.put(("batch", (leads, sql))))  # fmt: skip
+        engine.dispose()
+        messages.put(("done", report))
+    except BaseException:
+        messages.put(("error", traceback.format_exc()))
+
+
+def _merge(report: RescoreReport, part: RescoreReport) -> None:
+    for name in ("scored", "sales_owned", "changed", "unchanged", "to_sql", "concurrent"):
+        setattr(report, name, getattr(report, name) + getattr(part, name))
+    report.transitions.update(part.transitions)
+    for problem, count in part.problems.items():
+        if problem in report.problems or len(report.problems) < _MAX_PROBLEMS:
+            report.problems[problem] += count
+    report.models |= part.models
+
+
+def _lead_query(after: str | None, upto: str | None, limit: int):
     query = select(*_LEAD_COLUMNS).order_by(Lead.id).limit(limit)
-    return query if after is None else query.where(Lead.id > after)
+    if after is not None:
+        query = query.where(Lead.id > after)
+    return query if upto is None else query.where(Lead.id <= upto)
 
 
-def _responses(session: Session, after: str | None, upto: str) -> dict[str, list[ResponseFact]]:
+def _responses(
+    connection: Connection, after: str | None, upto: str
+) -> dict[str, list[ResponseFact]]:
     """The delivered responses of every lead with an id in (after, upto]: exactly the
     batch's leads, found by a range on the `lead_id` index rather than a long IN list.
 
@@ -179,11 +315,11 @@ def _responses(session: Session, after: str | None, upto: str) -> dict[str, list
         query = query.where(Response.lead_id > after)
     facts: dict[str, list[ResponseFact]] = defaultdict(list)
     parsed: dict[str | None, dict[str, Any]] = {None: {}, "null": {}, "{}": {}}
-    for lead_id, kind, at, text in session.connection().execute(query).all():
+    for lead_id, kind, at, text in connection.execute(query).all():
         data = parsed.get(text)
         if data is None:
             data = parsed[text] = json.loads(text) or {}
-        facts[lead_id].append(ResponseFact(kind, as_utc(at), data))
+        facts[lead_id].append(ResponseFact(kind, at if at.tzinfo else as_utc(at), data))
     return facts
 
 
@@ -198,12 +334,11 @@ def _score_batch(
     batch = _Batch()
     event_id = report.event_id
     for row in leads:
-        profile = row._asdict()
-        del profile["scored_at"], profile["sql_hold_until"]  # as Lead.profile(), no more
         lead_id, stage, old_score = row.id, row.stage, row.score or 0.0
         if stage not in STAGE_LADDER:
             report.sales_owned += 1
             continue
+        profile = dict(zip(_PROFILE_KEYS, row, strict=False))  # as Lead.profile(), no more
         known = model_of.get(row.segment)
         if known is None:
             model = definitions.scoring_model(row.segment)
@@ -254,41 +389,86 @@ def _score_batch(
 def _write(session: Session, batch: _Batch, report: RescoreReport) -> None:
     """Store the batch; a lead whose row moved since it was read (its workflow scored
     it meanwhile) is dropped from the batch: its workflow's card is the newer one."""
-    _lock_for_writing(session)
-    ids = [row["b_id"] for row in batch.leads]
-    now_stored = {
-        lead_id: (stage, score_, scored_at)
-        for lead_id, stage, score_, scored_at in session.connection().execute(
-            select(Lead.id, Lead.stage, Lead.score, Lead.scored_at)
-            .where(Lead.id.in_(ids))
-            .with_for_update()
-        )
-    }
-    moved = {lead_id for lead_id in ids if now_stored.get(lead_id) != batch.read[lead_id]}
+    connection = session.connection()
+    postgres = connection.dialect.name == "postgresql"
+    written = (_update_leads_postgres if postgres else _update_leads)(connection, batch)
+    moved = {row["b_id"] for row in batch.leads} - written
     if moved:
         report.concurrent += len(moved)
         report.changed -= len(moved)
         for lead_id in moved:
             batch.transitions.pop(lead_id, None)
-        batch.leads = [row for row in batch.leads if row["b_id"] not in moved]
         batch.score_changes = [row for row in batch.score_changes if row["lead_id"] not in moved]
     stage_changes = [
         row for lead_id, rows in batch.stage_changes.items() if lead_id not in moved for row in rows
     ]
-    connection = session.connection()
-    if batch.leads:
-        connection.execute(_UPDATE_LEAD, batch.leads)
+    if postgres:
+        created = {"created_at": utcnow()}  # as the models' default, once a batch
+        _copy(connection, ScoreChange, [
+            row | created | {"breakdown": json.dumps(row["breakdown"])}
+            for row in batch.score_changes
+        ])  # fmt: skip
+        _copy(connection, StageChange, [row | created for row in stage_changes])
+        return
+    if batch.score_changes:
         connection.execute(insert(ScoreChange), batch.score_changes)
     if stage_changes:
         connection.execute(insert(StageChange), stage_changes)
 
 
-def _lock_for_writing(session: Session) -> None:
-    """SQLite: take the write lock now, so the re-read and the writes see the same rows
-    (PostgreSQL locks the rows themselves, with FOR UPDATE)."""
-    connection = session.connection()
-    if connection.dialect.name == "sqlite":
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+def _update_leads(connection: Connection, batch: _Batch) -> set[str]:
+    """SQLite: take the write lock, re-read the leads and update those still as they
+    were read; returns their ids."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    ids = [row["b_id"] for row in batch.leads]
+    stored = select(Lead.id, Lead.stage, Lead.score, Lead.scored_at).where(Lead.id.in_(ids))
+    now_stored = {lead_id: tuple(rest) for lead_id, *rest in connection.execute(stored)}
+    rows = [row for row in batch.leads if now_stored.get(row["b_id"]) == batch.read[row["b_id"]]]
+    if rows:
+        connection.execute(_UPDATE_LEAD, rows)
+    return {row["b_id"] for row in rows}
+
+
+# The leads still as they were read (under the row lock the UPDATE takes: a workflow's
+# write in between makes the row fail the test), all in one statement.
+_UPDATE_LEADS_POSTGRES = f"""
+UPDATE {Lead.__tablename__} AS lead SET score = v.score, fit_score = v.fit_score,
+    engagement_score = v.engagement_score, grade = v.grade, scoring_model = v.scoring_model,
+    scored_at = v.scored_at, stage = v.stage, updated_at = %(updated_at)s
+FROM unnest(%(id)s::text[], %(old_stage)s::text[], %(old_score)s::float8[],
+    %(old_scored_at)s::timestamptz[], %(score)s::float8[], %(fit_score)s::float8[],
+    %(engagement_score)s::float8[], %(grade)s::text[], %(scoring_model)s::text[],
+    %(scored_at)s::timestamptz[], %(stage)s::text[])
+    AS v(id, old_stage, old_score, old_scored_at, score, fit_score, engagement_score, grade,
+         scoring_model, scored_at, stage)
+WHERE lead.id = v.id AND lead.stage = v.old_stage AND lead.score IS NOT DISTINCT FROM
+    v.old_score AND lead.scored_at IS NOT DISTINCT FROM v.old_scored_at
+RETURNING lead.id
+"""
+
+
+def _update_leads_postgres(connection: Connection, batch: _Batch) -> set[str]:
+    """PostgreSQL: one UPDATE ... FROM unnest(arrays) for the batch; returns the ids
+    written."""
+    read = [batch.read[row["b_id"]] for row in batch.leads]
+    params: dict[str, Any] = {
+        name: [row[f"b_{name}"] for row in batch.leads] for name in ("id", *_FIGURES)
+    }
+    params |= {"old_stage": [r[0] for r in read], "old_score": [r[1] for r in read],
+               "old_scored_at": [r[2] for r in read], "updated_at": utcnow()}  # fmt: skip
+    return {lead_id for (lead_id,) in connection.exec_driver_sql(_UPDATE_LEADS_POSTGRES, params)}
+
+
+def _copy(connection: Connection, model: type, rows: list[dict[str, Any]]) -> None:
+    """COPY `rows` (dicts with the same keys) into the model's table."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    cursor = connection.connection.driver_connection.cursor()
+    statement = f"COPY {model.__tablename__} ({', '.join(columns)}) FROM STDIN"
+    with cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row([row[column] for column in columns])
 
 
 SIGNALS_IN_FLIGHT = 50  # `rescore` signals sent at once
