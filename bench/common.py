@@ -5,15 +5,12 @@ waiting and counting rows, and the figures' format. The stack they run is testki
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select
 
 from services.runtime import Database
@@ -44,26 +41,6 @@ class LogCounter(logging.Handler):
             yield self
         finally:
             nurture_log.removeHandler(self)
-
-
-class Signer:
-    """Plays SendGrid: an ECDSA P-256 key pair; signs timestamp + body."""
-
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        der = self.key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        self.public_key = base64.b64encode(der).decode()
-
-    def headers(self, body: bytes) -> dict[str, str]:
-        timestamp = str(int(time.time()))
-        signature = self.key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-        return {
-            "Content-Type": "application/json",
-            "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
-            "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
-        }
 
 
 def count_rows(database: Database, model, *where) -> int:

@@ -51,7 +51,7 @@ import httpx
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from bench.common import Signer, ms, pct, wait_until
+from bench.common import ms, pct, wait_until
 from bench.response_throughput import Run, event_times
 from bench.saturation import (
     CHILD_LABELS,
@@ -67,6 +67,7 @@ from models.db import Response, as_utc
 from services.runtime import Database
 from testkit import FIXTURE_DEFINITIONS
 from testkit.processes import Fleet, prepare, running_processes
+from testkit.sendgrid_signer import Signer
 from testkit.stack import temporal_dev_server
 
 SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

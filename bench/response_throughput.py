@@ -43,9 +43,10 @@ with workflow.unsafe.imports_passed_through():  # the sandbox need not re-import
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.worker import Worker
 
-    from bench.common import LogCounter, Signer, count_rows, ms, pct, wait_until
+    from bench.common import LogCounter, count_rows, ms, pct, wait_until
     from models.db import Message, Response, ScoreChange, as_utc
     from services.runtime import Database
+    from testkit.sendgrid_signer import Signer
     from testkit.stack import api_client, local_stack, temporal_dev_server
     from workflows import sandbox_runner
 

@@ -79,7 +79,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from api.app import create_app
-from bench.common import LogCounter, Signer, count_rows, ms, pct, wait_until
+from bench.common import LogCounter, count_rows, ms, pct, wait_until
 from bench.response_throughput import (
     EVENT,
     FINISHED,
@@ -100,6 +100,7 @@ from models.workflow_io import lead_workflow_id
 from services.intake import Intake
 from services.runtime import Database, connect_temporal, load_and_prepare
 from testkit import FIXTURE_DEFINITIONS
+from testkit.sendgrid_signer import Signer
 from testkit.stack import api_client, temporal_dev_server
 from workflows import sandbox_runner
 

@@ -50,11 +50,12 @@ import httpx
 import yaml
 from sqlalchemy import select
 
-from bench.common import LogCounter, Signer, count_rows, ms, pct, wait_until
+from bench.common import LogCounter, count_rows, ms, pct, wait_until
 from devstack.stack import RunningStack
 from models.db import Handoff, HandoffEvent, Lead, Message, Response, ScoreChange, as_utc
 from services.runtime import Database
 from testkit import FIXTURE_DEFINITIONS
+from testkit.sendgrid_signer import Signer
 from testkit.stack import api_client, local_stack, temporal_dev_server
 from testkit.webhook_sink import Received, WebhookSink
 

@@ -17,7 +17,6 @@ its events' points, once each); every SQL lead has one handoff and one notificat
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import random
 import shutil
@@ -29,8 +28,6 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import func, select
 
 from models.db import Handoff, HandoffEvent, Lead, Message, Response, ScoreChange
@@ -38,6 +35,7 @@ from services.runtime import Database
 from testkit import FIXTURE_DEFINITIONS
 from testkit.processes import Fleet, prepare, running_processes
 from testkit.providers import ProviderServer, worker_process_env
+from testkit.sendgrid_signer import Signer
 from testkit.webhook_sink import WebhookSink
 from tests.conftest import fresh_postgres_database
 
@@ -62,23 +60,15 @@ def definitions_with_reps(root: Path, sink: WebhookSink) -> Path:
     return root
 
 
-class SendGrid:
-    """Plays SendGrid's Event Webhook: signs each batch (ECDSA P-256) and posts it."""
+class SendGrid(Signer):
+    """Plays SendGrid's Event Webhook: signs each batch and posts it."""
 
     def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        der = self.key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        self.public_key = base64.b64encode(der).decode()
+        super().__init__()
         self.answers: list[dict] = []
 
     async def post(self, http: httpx.AsyncClient, url: str, body: bytes) -> None:
-        timestamp = str(int(time.time()))
-        signature = self.key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-        headers = {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
-                   "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
-                   "Content-Type": "application/json"}  # fmt: skip
+        headers = self.headers(body)
         answer = await http.post(f"{url}/webhooks/sendgrid/events", content=body, headers=headers)
         assert answer.status_code == 200, answer.text
         self.answers.append(answer.json())
