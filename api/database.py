@@ -24,6 +24,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
+from models.sqlite_writers import set_busy_timeout
+
 DATABASE_WAIT = 5.0  # seconds an API call waits for a SQLite lock
 T = TypeVar("T")
 
@@ -62,13 +64,11 @@ def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     wait = _API_WAIT_MS.get()
     if wait is None:
         return  # not an API call: the engine's own timeout
-    saved = dbapi_connection.execute("PRAGMA busy_timeout").fetchone()[0]
-    dbapi_connection.execute(f"PRAGMA busy_timeout = {int(wait)}")
-    record.info[_SAVED] = saved
+    record.info[_SAVED] = set_busy_timeout(dbapi_connection, wait)
 
 
 def _on_checkin(dbapi_connection: Any, record: Any) -> None:
     saved = record.info.pop(_SAVED, None)
     if saved is not None and dbapi_connection is not None:
         with contextlib.suppress(sqlite3.Error):  # a closed connection is dropped anyway
-            dbapi_connection.execute(f"PRAGMA busy_timeout = {int(saved)}")
+            set_busy_timeout(dbapi_connection, saved)

@@ -30,8 +30,10 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from models.sqlite_writers import gated_connection
 
 
 def utcnow() -> datetime:
@@ -372,7 +374,9 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
     Elsewhere `pool_size` connections are kept (plus 10 more at peaks): a worker passes
     its activity slots, so no activity thread waits for a connection."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        factory = gated_connection(make_url(url).database)
+        connect_args = {"timeout": 30, "check_same_thread": False, "factory": factory}
+        engine = create_engine(url, connect_args=connect_args)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):
@@ -381,6 +385,16 @@ def make_engine(url: str, pool_size: int = 5) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=10)
+
+
+def begin_writing(session: Session) -> None:
+    """Start the session's transaction as a writer. On SQLite, BEGIN IMMEDIATE: the write
+    lock first (a transaction that read before writing could not take it once another
+    writer had committed), and savepoints then nest inside it (pysqlite would otherwise
+    let the first SAVEPOINT open, and its RELEASE commit, the transaction)."""
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _use_wal(dbapi_connection, wait: float = 30.0) -> None:

@@ -100,11 +100,11 @@ def record_card(
         scored_at=card.at,
     )
     session.add(change)
-    if responses:
-        mark_scored(session, lead.id, change, responses)
     for row in stage_change_rows(lead.id, decision, event_id, card.total):
         session.add(StageChange(**row))
     apply_to_lead(lead, model, card, decision.new)
+    if responses:  # last: its flush writes everything above at once (SQLite's lock held briefly)
+        mark_scored(session, lead.id, change, responses)
     return True
 
 

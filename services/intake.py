@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,6 +42,7 @@ from models.db import (
     Message,
     Response,
     as_utc,
+    begin_writing,
     new_id,
     report_delivery,
     utcnow,
@@ -245,6 +247,56 @@ class UnknownSequence(LookupError):
     pass
 
 
+class DeliveryMarks:
+    """Marks delivered responses, many deliveries' in one write: what deliveries accepted
+    while a write ran goes in the next (one commit, and one turn of SQLite's write lock,
+    for many; none waits when the writes keep up). A mark that is never written leaves
+    its response to the relay, and the workflow drops what it has had already."""
+
+    def __init__(self, write: Callable[[list[str]], None]):
+        self._write = write
+        self._pending: list[str] = []
+        self._waiting: list[asyncio.Future] = []
+        self._writer: asyncio.Task | None = None
+
+    async def mark(self, response_ids: list[str]) -> None:
+        """Returns once the IDs are marked (raises if their write failed)."""
+        done = asyncio.get_running_loop().create_future()
+        self._pending.extend(response_ids)
+        self._waiting.append(done)
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_all())
+        await done
+
+    async def _write_all(self) -> None:
+        waiting: list[asyncio.Future] = []
+        try:
+            while self._pending:
+                ids, waiting = self._pending, self._waiting
+                self._pending, self._waiting = [], []
+                try:
+                    await asyncio.to_thread(self._write, ids)
+                except Exception as exc:
+                    _settle(waiting, exc)
+                else:
+                    _settle(waiting, None)
+        finally:  # cancelled (the loop is closing): nobody waits for ever
+            self._writer = None
+            _settle([*waiting, *self._waiting], asyncio.CancelledError())
+
+
+def _settle(futures: list[asyncio.Future], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():  # its delivery was cancelled (the write went on), or settled
+            continue
+        if isinstance(error, asyncio.CancelledError):
+            future.cancel()
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(None)
+
+
 class Intake:
     def __init__(
         self,
@@ -262,6 +314,7 @@ class Intake:
         self.template_versions = TemplateVersions(definitions.templates_dir, sessions)
         self._deliveries: set[asyncio.Task] = set()  # deliver_now's, still in flight
         self._in_flight: set[str] = set()  # their responses' IDs: not the relay's yet
+        self._marks = DeliveryMarks(self._mark_delivered)
 
     # --- leads ----------------------------------------------------------------------------
 
@@ -335,7 +388,8 @@ class Intake:
     def store_events(
         self, events: list[EventIn], source: str = "api", unknown_ids_pending: bool = False
     ) -> StoreResult:
-        """Commit events to the inbox; each a transaction of its own with its consent change.
+        """Commit events to the inbox: all of a request in one transaction (one commit, one
+        turn of SQLite's write lock, not one per event), each with its consent change.
 
         Raises UnknownLead (and stores nothing) if an event names a lead ID we do not have.
         An event whose email or phone belongs to no lead yet is stored as pending.
@@ -349,49 +403,88 @@ class Intake:
                     continue  # providers echo IDs back: match those by address instead
                 if session.get(Lead, event.lead_id) is None:
                     raise UnknownLead(f"event {index}: no lead {event.lead_id!r}")
+        try:
+            return self._store_events(events, source, one_by_one=False)
+        except IntegrityError:  # another request stored one of these event IDs meanwhile
+            return self._store_events(events, source, one_by_one=True)
+
+    def _store_events(self, events: list[EventIn], source: str, one_by_one: bool) -> StoreResult:
+        """Reads first, then the writes (SQLite's write lock is held only for those).
+        Repeats are found by the reads; `one_by_one` puts each event under a savepoint
+        instead, for a repeat that a concurrent request committed after them."""
         result = StoreResult()
-        for event in events:
-            event_id = event.event_id or f"{source}-{new_id()}"
-            try:
-                with self.sessions.begin() as session:
-                    if _about_another_recipient(session, event):
-                        log.warning("event %s names message %s but not its recipient: ignored",
-                                    event_id, event.message_id)  # fmt: skip
-                        result.ignored += 1
-                        continue
-                    lead = self._find_lead(session, event)
-                    row = Response(
-                        event_id=event_id,
-                        lead_id=lead.id if lead else None,
-                        lead_email=str(event.email).lower() if event.email else None,
-                        lead_phone=event.phone,
-                        type=event.type,
-                        source=source,
-                        message_id=event.message_id,
-                        data=event.data,
-                        occurred_at=event.occurred_at or utcnow(),
-                    )
-                    session.add(row)
-                    session.flush()  # a duplicate event ID fails here, before any change
-                    if lead is not None:
-                        _apply_consent(session, lead, row)
-                    _note_delivery(session, row)
+        with self.sessions.begin() as session:
+            found = [item for event in events
+                     if (item := self._lead_of_event(session, event, source, result))]  # fmt: skip
+            if one_by_one:
+                begin_writing(session)  # so that the savepoints nest in it (SQLite)
+                rows = [self._store_event(session, *item, source, result) for item in found]
+            else:
+                found, repeats = _first_of_each_id(session, found)
+                rows = [self._add_event(session, *item, source) for item in found]
+                for event_id in repeats:
+                    _count_duplicate(session, event_id)
+                    result.duplicates += 1
+        for row in rows:
+            if row is not None:
                 (result.stored if row.lead_id else result.pending).append(row)
-            except IntegrityError:
-                if not self._count_duplicate(event_id):
-                    raise  # not a duplicate: a real integrity problem
-                result.duplicates += 1
         return result
 
+    def _lead_of_event(
+        self, session, event: EventIn, source: str, result: StoreResult
+    ) -> tuple[EventIn, str, Lead | None] | None:
+        """The event with its ID and lead; None (counted) if it is about another recipient."""
+        event_id = event.event_id or f"{source}-{new_id()}"
+        if _about_another_recipient(session, event):
+            log.warning("event %s names message %s but not its recipient: ignored",
+                        event_id, event.message_id)  # fmt: skip
+            result.ignored += 1
+            return None
+        return event, event_id, self._find_lead(session, event)
+
+    def _store_event(
+        self,
+        session,
+        event: EventIn,
+        event_id: str,
+        lead: Lead | None,
+        source: str,
+        result: StoreResult,
+    ) -> Response | None:
+        """One event under a savepoint: a repeated event ID undoes it alone."""
+        try:
+            with session.begin_nested():
+                row = self._add_event(session, event, event_id, lead, source)
+            return row
+        except IntegrityError:
+            if not _count_duplicate(session, event_id):
+                raise  # not a duplicate: a real integrity problem
+            result.duplicates += 1
+            return None
+
+    @staticmethod
+    def _add_event(session, event: EventIn, event_id: str, lead: Lead | None, source: str):
+        row = Response(
+            event_id=event_id,
+            lead_id=lead.id if lead else None,
+            lead_email=str(event.email).lower() if event.email else None,
+            lead_phone=event.phone,
+            type=event.type,
+            source=source,
+            message_id=event.message_id,
+            data=event.data,
+            occurred_at=event.occurred_at or utcnow(),
+        )
+        session.add(row)
+        session.flush()  # a repeated event ID fails here, before any change
+        if lead is not None:
+            _apply_consent(session, lead, row)
+        _note_delivery(session, row)
+        return row
+
     def _count_duplicate(self, event_id: str) -> bool:
-        """Count a repeat on the first row of its event ID; False if there is none."""
         with self.sessions.begin() as session:
-            return bool(
-                session.execute(
-                    update(Response).where(Response.event_id == event_id)
-                    .values(duplicates=Response.duplicates + 1)
-                ).rowcount
-            )  # fmt: skip
+            return _count_duplicate(session, event_id)
 
     def keep_unverified(self, event: EventIn, source: str) -> StoreResult:
         """A reply that only its From header names, and that SPF and DKIM do not vouch for:
@@ -467,7 +560,7 @@ class Intake:
             )
         finally:
             if accepted:
-                await asyncio.to_thread(self._mark_delivered, list(accepted))
+                await self._marks.mark(list(accepted))
         failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         if failures:
             raise failures[0]
@@ -666,6 +759,28 @@ RECIPIENT_EVENTS = DELIVERY_EVENTS | {"email.open", "email.click", "email.unsubs
 TWILIO_RESPONSES = {"delivered": "sms.delivered", "undelivered": "sms.undelivered",
                     "failed": "sms.undelivered"}  # fmt: skip
 UNVERIFIED_REPLY = "email.reply_unverified"
+
+
+def _first_of_each_id(session, found: list[tuple]) -> tuple[list[tuple], list[str]]:
+    """The events (event, event ID, lead) whose ID is new, and the IDs of the repeats
+    (stored before, or earlier in the same request)."""
+    ids = [event_id for _, event_id, _ in found]
+    seen = set(session.scalars(select(Response.event_id).where(Response.event_id.in_(ids))))
+    first, repeats = [], []
+    for item in found:
+        (repeats if item[1] in seen else first).append(item)
+        seen.add(item[1])
+    return first, [event_id for _, event_id, _ in repeats]
+
+
+def _count_duplicate(session, event_id: str) -> bool:
+    """Count a repeat on the first row of its event ID; False if there is none."""
+    return bool(
+        session.execute(
+            update(Response).where(Response.event_id == event_id)
+            .values(duplicates=Response.duplicates + 1)
+        ).rowcount
+    )  # fmt: skip
 
 
 def _note_delivery(session, row: Response) -> None:

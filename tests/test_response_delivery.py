@@ -5,6 +5,7 @@ Temporal took but that was never marked would be sent again by the relay)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from functools import partial
 
 from sqlalchemy import select
@@ -12,7 +13,7 @@ from temporalio.api.enums.v1 import EventType
 
 from models.db import Response
 from models.workflow_io import lead_workflow_id
-from services.intake import INLINE_BUDGET, MAX_IN_FLIGHT, EventIn, LeadIn
+from services.intake import INLINE_BUDGET, MAX_IN_FLIGHT, DeliveryMarks, EventIn, LeadIn
 from tests.harness import eventually, running_harness
 
 
@@ -99,3 +100,31 @@ async def test_a_burst_past_the_in_flight_cap_waits_in_the_inbox_for_the_relay(
             expected = [f"{lead_id}-{n}" for n in range(count)]
             got = await eventually(partial(in_history, h.env.client, lead_id, expected))
             assert got == expected
+
+
+async def test_marks_that_arrive_while_one_is_written_share_the_next_write():
+    """Each delivery's accepted responses are marked, many deliveries' in one write."""
+    writes: list[list[str]] = []
+    first_written = threading.Event()
+
+    def write(ids: list[str]) -> None:
+        writes.append(ids)
+        if len(writes) == 1:
+            first_written.wait(5)  # the first write is slow: the others queue meanwhile
+        if "bad" in ids:
+            raise RuntimeError("the database went away")
+
+    marks = DeliveryMarks(write)
+    first = asyncio.create_task(marks.mark(["a"]))
+    await asyncio.sleep(0.05)
+    later = [asyncio.create_task(marks.mark([name])) for name in ("b", "c", "d")]
+    await asyncio.sleep(0.05)
+    first_written.set()
+    await asyncio.wait_for(asyncio.gather(first, *later), 5)
+    assert writes == [["a"], ["b", "c", "d"]]
+
+    failing = [asyncio.create_task(marks.mark([name])) for name in ("bad", "e")]
+    outcomes = await asyncio.gather(*failing, return_exceptions=True)
+    assert [type(outcome) for outcome in outcomes] == [RuntimeError, RuntimeError]
+    await marks.mark(["f"])  # the next write is not held up by the failed one
+    assert writes[-1] == ["f"]
