@@ -405,13 +405,14 @@ class Intake:
                     raise UnknownLead(f"event {index}: no lead {event.lead_id!r}")
         try:
             return self._store_events(events, source, one_by_one=False)
-        except IntegrityError:  # another request stored one of these event IDs meanwhile
+        except IntegrityError:  # an event ID stored before: nothing of this try was kept
             return self._store_events(events, source, one_by_one=True)
 
     def _store_events(self, events: list[EventIn], source: str, one_by_one: bool) -> StoreResult:
         """Reads first, then the writes (SQLite's write lock is held only for those).
-        Repeats are found by the reads; `one_by_one` puts each event under a savepoint
-        instead, for a repeat that a concurrent request committed after them."""
+        Repeats are rare (a provider's redelivery): the inserts expect none but repeats
+        within the request, and `one_by_one` (each event under a savepoint) is the way
+        for a request with an event ID stored before."""
         result = StoreResult()
         with self.sessions.begin() as session:
             found = [item for event in events
@@ -420,7 +421,7 @@ class Intake:
                 begin_writing(session)  # so that the savepoints nest in it (SQLite)
                 rows = [self._store_event(session, *item, source, result) for item in found]
             else:
-                found, repeats = _first_of_each_id(session, found)
+                found, repeats = _first_of_each_id(found)
                 rows = [self._add_event(session, *item, source) for item in found]
                 for event_id in repeats:
                     _count_duplicate(session, event_id)
@@ -761,11 +762,10 @@ TWILIO_RESPONSES = {"delivered": "sms.delivered", "undelivered": "sms.undelivere
 UNVERIFIED_REPLY = "email.reply_unverified"
 
 
-def _first_of_each_id(session, found: list[tuple]) -> tuple[list[tuple], list[str]]:
-    """The events (event, event ID, lead) whose ID is new, and the IDs of the repeats
-    (stored before, or earlier in the same request)."""
-    ids = [event_id for _, event_id, _ in found]
-    seen = set(session.scalars(select(Response.event_id).where(Response.event_id.in_(ids))))
+def _first_of_each_id(found: list[tuple]) -> tuple[list[tuple], list[str]]:
+    """The events (event, event ID, lead) whose ID comes first in the request, and the
+    IDs of the repeats. (One stored before fails its insert: see `store_events`.)"""
+    seen: set[str] = set()
     first, repeats = [], []
     for item in found:
         (repeats if item[1] in seen else first).append(item)
