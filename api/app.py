@@ -32,6 +32,7 @@ from api.errors import error_responses
 from api.handoffs import handoff_router
 from api.limits import BodySizeLimit
 from api.openapi import finished
+from api.outcomes import outcome_router
 from api.provider_webhooks import webhook_router
 from api.security import AUTH_FAILURE_LIMIT, AuthFailureLimit, SecurityHeaders, bearer_matches
 from api.unsubscribe import unsubscribe_router
@@ -126,6 +127,7 @@ def create_app(
     authenticated = _bearer_authentication(api_token)
     _add_lead_route(app, intake, db, authenticated)
     _add_events_route(app, intake, db, authenticated)
+    app.include_router(outcome_router(settings, db, intake.sessions, authenticated))
     return app
 
 

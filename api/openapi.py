@@ -2,12 +2,13 @@
 
 FastAPI writes the document from the models, but some rules live in validators: an
 event's type is one of the known ones, a lead names a sequence of these definitions and
-an IANA time zone, an event names its lead somehow, a phone number is one libphonenumber
-takes. Written into the document here, a client generated from it (and schemathesis,
-tests/test_api_contract.py) sends what the validators accept. Two rules no JSON Schema
-keyword states are given as formats, described: `phone` (a valid number: E.164, or
-national in the lead's `country`) and an event's `occurred_at` between 2000 and 2200.
-The error answers' schema is added too (api/errors.py).
+an IANA time zone, an event (and an outcome) names its lead somehow, a phone number is
+one libphonenumber takes, an outcome's amount has a currency. Written into the document
+here, a client generated from it (and schemathesis, tests/test_api_contract.py) sends
+what the validators accept. Two rules no JSON Schema keyword states are given as
+formats, described: `phone` (a valid number: E.164, or national in the lead's
+`country`) and an event's `occurred_at` between 2000 and 2200. The error answers'
+schema is added too (api/errors.py).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from zoneinfo import available_timezones
 from api.errors import with_error_schemas
 from models.definition_set import Definitions
 from models.definitions import RESPONSE_TYPES
+from sales.outcomes import AMOUNT_TEXT
 from services.intake import EARLIEST, LATEST
 
 PHONE = "a number libphonenumber takes as valid: E.164 (+14155550123), or national in `country`"
 LEAD_NAMES = ("lead_id", "email", "phone", "message_id")  # EventIn: one of them, not blank
+OUTCOME_LEAD_NAMES = ("lead_id", "handoff_id", "email")  # OutcomeEventIn: one of them
 
 
 def finished(document: dict[str, Any], definitions: Definitions) -> dict[str, Any]:
@@ -40,7 +43,24 @@ def finished(document: dict[str, Any], definitions: Definitions) -> dict[str, An
         {"required": [name], "properties": {name: {"type": "string", "minLength": 1}}}
         for name in LEAD_NAMES
     ]
+    outcome = schemas["OutcomeEventIn"]
+    outcome["allOf"] = OUTCOME_RULES
+    _text(outcome["properties"]["amount"])["pattern"] = AMOUNT_TEXT.pattern
     return document
+
+
+def _given(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": [name], "properties": {name: schema}}
+
+
+_ABSENT = {"type": "null"}  # or left out: `properties` holds only for those present
+# sales/outcomes.py `OutcomeEventIn._consistent`: a lead named somehow, a currency with an
+# amount, a reason for a loss only.
+OUTCOME_RULES = [
+    {"anyOf": [_given(name, {"type": "string"}) for name in OUTCOME_LEAD_NAMES]},
+    {"anyOf": [{"properties": {"amount": _ABSENT}}, _given("currency", {"type": "string"})]},
+    {"anyOf": [{"properties": {"lost_reason": _ABSENT}}, _given("kind", {"const": "lost"})]},
+]
 
 
 def _text(field: dict[str, Any]) -> dict[str, Any]:

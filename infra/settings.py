@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     webhook_tolerance_seconds: int = Field(
         default=300, alias="NURTURE_WEBHOOK_TOLERANCE_SECONDS", gt=0
     )
+    # The CRM's opportunity events (POST /webhooks/crm): comma-separated, several while
+    # one is rotated; refused (403) until set.
+    crm_webhook_secrets: SecretStr | None = Field(default=None, alias="NURTURE_CRM_WEBHOOK_SECRETS")
     # Inbound Parse has no signature: SendGrid is given https://sendgrid:<this>@host/...
     inbound_parse_secret: SecretStr | None = Field(default=None, alias="SENDGRID_INBOUND_SECRET")
     # Replies go to reply+<signed message id>@<this domain> (an Inbound Parse domain).
@@ -185,6 +188,10 @@ class Settings(BaseSettings):
         secret in the repository; production sets NURTURE_API_TOKEN.
         """
         return self._secret(self.api_token, "api-token", "NURTURE_API_TOKEN")
+
+    def crm_webhook_secret_list(self) -> list[str]:
+        value = self.crm_webhook_secrets.get_secret_value() if self.crm_webhook_secrets else ""
+        return [secret.strip() for secret in value.split(",") if secret.strip()]
 
     def resolved_secret_key(self) -> str:
         """NURTURE_SECRET_KEY, or one generated once into the state directory."""

@@ -9,11 +9,14 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -367,6 +370,58 @@ class HandoffEvent(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OutcomeEvent(Base):
+    """An opportunity event from the CRM, kept as it came (`payload`): the opportunity's
+    state is folded from all of them. `key` stores each one once."""
+
+    __tablename__ = "outcome_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    opportunity_crm_id: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # created stage_changed reopened won lost
+    source: Mapped[str] = mapped_column(String(20))  # crm-webhook api import
+    occurred_at: Mapped[datetime] = mapped_column()
+    lead_id: Mapped[str | None] = mapped_column(ForeignKey("leads.id"), index=True)
+    lead_email: Mapped[str | None] = mapped_column(String(320), index=True)  # to match later
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+AMOUNT_SCALE = 10_000  # amounts are kept in ten-thousandths: exact, and summed in SQL
+
+
+class Opportunity(Base):
+    """A CRM opportunity as its events leave it (services/outcomes.py `refold`)."""
+
+    __tablename__ = "opportunities"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    crm_id: Mapped[str] = mapped_column(String(200), unique=True)
+    lead_id: Mapped[str | None] = mapped_column(ForeignKey("leads.id"), index=True)
+    status: Mapped[str] = mapped_column(String(10), index=True)  # open won lost
+    crm_stage: Mapped[str | None] = mapped_column(String(100))
+    amount_units: Mapped[int | None] = mapped_column(BigInteger)  # amount × AMOUNT_SCALE
+    currency: Mapped[str | None] = mapped_column(String(3))
+    expected_close_date: Mapped[date | None] = mapped_column(Date)
+    close_date: Mapped[date | None] = mapped_column(Date)
+    lost_reason: Mapped[str | None] = mapped_column(String(500))
+    opened_at: Mapped[datetime | None] = mapped_column()
+    closed_at: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime | None] = mapped_column()  # the last event's time in the CRM
+    reopened: Mapped[int] = mapped_column(Integer, default=0)
+    events: Mapped[int] = mapped_column(Integer, default=0)
+    refolded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    @property
+    def amount(self) -> Decimal | None:
+        return None if self.amount_units is None else Decimal(self.amount_units) / AMOUNT_SCALE
+
+    @amount.setter
+    def amount(self, value: Decimal | None) -> None:
+        self.amount_units = None if value is None else int(value * AMOUNT_SCALE)
 
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:

@@ -37,8 +37,9 @@ from pydantic import ValidationError
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
-from models.db import Lead, Response, new_id
+from models.db import Lead, OutcomeEvent, Response, new_id
 from services.intake import Intake, LeadIn, _new_number_clears_bad_address
+from services.outcomes import match_waiting_outcomes
 
 # The lead fields a column can fill (LeadIn's, but `attributes`: see attribute columns).
 FIELDS = ("email", "first_name", "last_name", "phone", "title", "company", "company_size",
@@ -645,6 +646,7 @@ class LeadImporter:
         """Responses that arrived before their lead (one query for the batch): the
         Intake gives them to the leads that have some, in this transaction."""
         emails = {lead.email for lead in leads}
+        _match_waiting_outcomes(session, leads, emails)
         phones = {lead.phone for lead in leads if lead.phone}
         keys = [Response.lead_email.in_(emails)]
         if phones:
@@ -681,6 +683,15 @@ class LeadImporter:
                 self.report.enrolled += 1
                 self.report.sequences[request.sequence.id] += 1
                 self.progress("enrolled", 1)
+
+
+def _match_waiting_outcomes(session, leads: list[Lead], emails: set[str]) -> None:
+    """CRM outcomes that arrived before their lead (one query for the batch)."""
+    waiting = set(session.scalars(select(OutcomeEvent.lead_email).where(
+        OutcomeEvent.lead_id.is_(None), OutcomeEvent.lead_email.in_(emails))))  # fmt: skip
+    for lead in leads:
+        if lead.email in waiting:
+            match_waiting_outcomes(session, lead)
 
 
 def _merge(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:

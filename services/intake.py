@@ -55,6 +55,7 @@ from models.workflow_io import (
     ResponseEvent,
 )
 from services import lead_client
+from services.outcomes import match_waiting_outcomes
 
 log = logging.getLogger("services.intake")
 
@@ -517,6 +518,7 @@ class Intake:
         for row in waiting:
             row.lead_id = lead.id
             _apply_consent(session, lead, row)
+        match_waiting_outcomes(session, lead)
 
     @staticmethod
     def _find_lead(session, event: EventIn) -> Lead | None:

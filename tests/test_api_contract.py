@@ -45,6 +45,9 @@ from api.app import create_app
 from api.provider_webhook_docs import SENDGRID_SIGNATURE, SENDGRID_TIMESTAMP, TWILIO_SIGNATURE
 from infra.settings import Settings
 from models.db import Handoff
+from sales.outbound_webhooks import SIGNATURE_HEADER as CRM_SIGNATURE
+from sales.outbound_webhooks import TIMESTAMP_HEADER as CRM_TIMESTAMP
+from sales.outbound_webhooks import sign as sign_crm
 from services.definitions import load_definitions
 from services.intake import Intake, LeadIn
 from services.runtime import build_links, open_database, sync_sales_reps
@@ -53,6 +56,7 @@ from tests.conftest import FIXTURE_DEFINITIONS
 API_TOKEN = "contract-api-token"
 INBOUND_SECRET = "contract-inbound-secret"
 TWILIO_TOKEN = "contract-twilio-token"
+CRM_SECRET = "contract-crm-secret"
 PUBLIC_URL = "https://nurture.example.com"
 SENDGRID_KEY = ec.generate_private_key(ec.SECP256R1())
 MAX_EXAMPLES = 25  # per operation and phase: ~1 minute for all of them
@@ -73,6 +77,7 @@ def contract_settings(**values: Any) -> Settings:
         SENDGRID_WEBHOOK_PUBLIC_KEY=base64.b64encode(public).decode(),
         SENDGRID_INBOUND_SECRET=SecretStr(INBOUND_SECRET),
         TWILIO_AUTH_TOKEN=SecretStr(TWILIO_TOKEN),
+        NURTURE_CRM_WEBHOOK_SECRETS=SecretStr(CRM_SECRET),
         **values,
     )
 
@@ -199,6 +204,12 @@ def signed(case: schemathesis.Case, path: str) -> dict[str, Any]:
         signature = SENDGRID_KEY.sign(timestamp.encode() + raw, ec.ECDSA(hashes.SHA256()))
         headers[SENDGRID_SIGNATURE] = base64.b64encode(signature).decode()
         headers[SENDGRID_TIMESTAMP] = timestamp
+        return {"data": raw}
+    if CRM_SIGNATURE in headers and CRM_TIMESTAMP in headers:
+        raw = json.dumps(case.body).encode()
+        timestamp = int(time.time())
+        headers[CRM_SIGNATURE] = sign_crm(CRM_SECRET, timestamp, raw)
+        headers[CRM_TIMESTAMP] = str(timestamp)
         return {"data": raw}
     if TWILIO_SIGNATURE in headers and isinstance(case.body, dict):
         form = {name: str(value) for name, value in case.body.items()}

@@ -34,6 +34,7 @@ HISTORY = [
     "0003  template_sets: the message templates each enrollment was made with",
     "0004  early_statuses: provider status callbacks that arrived before their message's ID",
     "0005  unscored responses: a partial index on the responses not scored yet",
+    "0006  outcomes: opportunity events from the CRM, and the opportunities they fold into",
 ]
 ALL_APPLIED = "".join(f"applied {line}\n" for line in HISTORY)
 
