@@ -17,6 +17,7 @@ from cli.handoff import handoff_app
 from cli.import_leads import import_leads
 from cli.messages import messages
 from cli.migrate_leads import migrate_leads
+from cli.outcomes import outcomes_app
 from cli.reports import leads, report, status
 from cli.run import api, demo, dev, worker
 from cli.scoring import backtest, rescore, score
@@ -38,6 +39,7 @@ app.command("import")(import_leads)
 app.command("migrate-leads")(migrate_leads)
 app.add_typer(handoff_app, name="handoff")
 app.add_typer(db_app, name="db")
+app.add_typer(outcomes_app, name="outcomes")
 
 
 def main() -> None:

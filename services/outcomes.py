@@ -28,7 +28,7 @@ class UnknownReference(LookupError):
 
     def __init__(self, index: int, name: str, value: str):
         super().__init__(f"events.{index}.{name}: no {name.removesuffix('_id')} {value!r}")
-        self.field = f"events.{index}.{name}"
+        self.index, self.name = index, name
 
 
 @dataclass
