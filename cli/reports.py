@@ -243,6 +243,19 @@ def report(
     ),
     as_csv: bool = typer.Option(False, "--csv", help="one CSV on stdout, with a `section` column"),
     as_json: bool = typer.Option(False, "--json", help="the report as JSON"),
+    attribution: str = typer.Option(
+        None,
+        "--attribution",
+        metavar="MODEL",
+        help="instead: SQLs, pipeline and revenue "
+        "credited by MODEL (first_touch, last_touch, linear, position_based)",
+    ),  # fmt: skip
+    by: str = typer.Option(
+        "sequence", "--by", help="with --attribution: sequence, step, segment or source"
+    ),
+    explain_key: str = typer.Option(
+        None, "--explain", metavar="KEY", help="with --attribution: the leads behind KEY"
+    ),
 ) -> None:
     """Report the funnel, each sequence and step, and each segment, over a date range.
 
@@ -259,10 +272,16 @@ def report(
       nurture report --since 2024-05-01 --until 2024-05-31 --segment enterprise
       nurture report --since 30d --section steps --csv > steps.csv
       nurture report --json | jq .funnel
+      nurture report --attribution position_based --by step
+      nurture report --attribution linear --explain welcome
 
     Exit codes: 0 reported; 2 bad usage (a date that is not one, an unknown section).
     """
     flt, sections = _report_options(since, until, segment, section, as_csv, as_json)
+    if attribution or explain_key:
+        from cli.attribution import attribution_report
+
+        return attribution_report(flt, attribution, by, explain_key, as_json, as_csv)
     data = _build_report(flt, sections)
     if as_json:
         print(dumps(data))

@@ -125,6 +125,10 @@ class ReportFilter:
             query = query.where(Message.sent_at < _utc(self.until))
         return self._segment(query)
 
+    def in_segments(self, query: Select) -> Select:
+        """`query` (Lead in its FROM) narrowed to the report's segments alone."""
+        return self._segment(query)
+
     def _segment(self, query: Select) -> Select:
         if not self.segments:
             return query

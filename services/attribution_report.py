@@ -1,0 +1,119 @@
+"""`nurture report --attribution MODEL`: SQLs, pipeline and won revenue credited to the
+sequences, steps, segments or sources whose messages came before them (the models:
+sales/attribution.py).
+
+The outcomes: each lead's first SQL (worth 1), each opportunity's amount as pipeline at
+its opening, each won opportunity's amount as revenue at its close, in the report's
+range and segments. Their touches: the messages sent to those leads (so the work grows
+with the outcomes, not with all leads). Amounts are summed per currency, never across.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models.db import Enrollment, Lead, Message, Opportunity, StageChange, as_utc
+from sales.attribution import NONE, Credit, Outcome, Touch, attribute
+from services.reports import REACHED, ReportFilter
+
+DIMENSIONS = ("sequence", "step", "segment", "source")
+SQLS = "sqls"
+
+
+def attribution(session: Session, flt: ReportFilter, model: str, by: str) -> dict[str, Any]:
+    """Per value of `by`: SQLs, and pipeline and revenue per currency, with the leads."""
+    if by not in DIMENSIONS:
+        raise ValueError(f"no dimension {by!r} to attribute by: one of {', '.join(DIMENSIONS)}")
+    outcomes = _outcomes(session, flt)  # measure -> [(lead_id, at, value)]
+    leads = {lead_id for rows in outcomes.values() for lead_id, _, _ in rows}
+    touches = _touches(session, leads)
+    credited: dict[str, dict[str, Credit]] = {
+        measure: attribute(model, (Outcome(lead, at, value, touches.get(lead, ()))
+                                   for lead, at, value in rows), by)
+        for measure, rows in outcomes.items()
+    }  # fmt: skip
+    return {"model": model, "by": by, "rows": _rows(credited)}
+
+
+def _outcomes(session: Session, flt: ReportFilter) -> dict[str, list[tuple[str, datetime, float]]]:
+    first_sql = (
+        select(StageChange.lead_id, func.min(StageChange.created_at))
+        .join(Lead, Lead.id == StageChange.lead_id)
+        .where(StageChange.to_stage.in_(REACHED["sql"]))
+        .group_by(StageChange.lead_id)
+    )
+    found: dict[str, list[tuple[str, datetime, float]]] = defaultdict(list)
+    for lead_id, at in session.execute(flt.in_segments(first_sql)):
+        if _in_range(flt, at):
+            found[SQLS].append((lead_id, as_utc(at), 1.0))
+    opportunities = select(Opportunity).join(Lead, Lead.id == Opportunity.lead_id)
+    for opportunity in session.scalars(flt.in_segments(opportunities)):
+        if opportunity.amount is None:
+            continue
+        amount, currency = float(opportunity.amount), opportunity.currency
+        if opportunity.opened_at and _in_range(flt, opportunity.opened_at):
+            found[f"pipeline {currency}"].append(
+                (opportunity.lead_id, as_utc(opportunity.opened_at), amount)
+            )
+        if opportunity.status == "won" and _in_range(flt, opportunity.closed_at):
+            found[f"revenue {currency}"].append(
+                (opportunity.lead_id, as_utc(opportunity.closed_at), amount))  # fmt: skip
+    return dict(found)
+
+
+def _in_range(flt: ReportFilter, at: datetime | None) -> bool:
+    if at is None:
+        return False
+    at = as_utc(at)
+    return (flt.since is None or at >= as_utc(flt.since)) and (
+        flt.until is None or at < as_utc(flt.until))  # fmt: skip
+
+
+def _touches(session: Session, lead_ids: set[str]) -> dict[str, tuple[Touch, ...]]:
+    """The sends to these leads, with the keys they are credited by."""
+    found: dict[str, list[Touch]] = defaultdict(list)
+    ids = sorted(lead_ids)
+    for start in range(0, len(ids), 1000):  # bounded IN lists
+        query = (
+            select(Message.lead_id, Message.sent_at, Enrollment.sequence_id, Message.step_id,
+                   Lead.segment, Lead.source)
+            .join(Lead, Lead.id == Message.lead_id)
+            .outerjoin(Enrollment, Enrollment.id == Message.enrollment_id)
+            .where(Message.lead_id.in_(ids[start:start + 1000]), Message.sent_at.is_not(None))
+        )  # fmt: skip
+        for lead_id, sent_at, sequence, step, segment, source in session.execute(query):
+            keys = {"sequence": sequence or NONE, "step": f"{sequence or NONE}/{step or ''}",
+                    "segment": segment or NONE, "source": source or NONE}  # fmt: skip
+            found[lead_id].append(Touch(as_utc(sent_at), keys))
+    return {lead_id: tuple(touches) for lead_id, touches in found.items()}
+
+
+def _rows(credited: dict[str, dict[str, Credit]]) -> list[dict[str, Any]]:
+    keys = sorted({key for credits in credited.values() for key in credits})
+    rows = []
+    for key in keys:
+        row: dict[str, Any] = {"key": key}
+        leads: set[str] = set()
+        for measure in sorted(credited):
+            credit = credited[measure].get(key)
+            row[measure] = round(credit.value, 4) if credit else 0.0
+            leads |= credit.leads if credit else set()
+        row[SQLS] = row.get(SQLS, 0.0)
+        row["leads"] = sorted(leads)
+        rows.append(row)
+    return sorted(rows, key=lambda r: (-r[SQLS], r["key"]))
+
+
+def explain(report: dict[str, Any], key: str) -> list[str]:
+    """The leads behind `key`'s credit (raises KeyError naming the keys there are)."""
+    for row in report["rows"]:
+        if row["key"] == key:
+            return row["leads"]
+    known: Iterable[str] = (row["key"] for row in report["rows"])
+    raise KeyError(f"no {report['by']} {key!r} in the report: {', '.join(known) or 'none'}")
