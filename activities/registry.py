@@ -31,4 +31,5 @@ class Activities:
             sales.handle_sla_lapse,
             sales.answer_handoff,
             sales.recycle_lead,
+            sales.apply_outcome,
         ]

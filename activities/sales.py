@@ -33,6 +33,7 @@ from models.db import (
     Handoff,
     HandoffEvent,
     Lead,
+    Opportunity,
     Response,
     SalesRepRow,
     ScoreChange,
@@ -49,6 +50,8 @@ from models.workflow_io import (
     EnrollRequest,
     HandoffAnswer,
     NotifyRequest,
+    OutcomeApplied,
+    OutcomeRequest,
     RecycleRequest,
     SlaLapse,
     SlaOutcome,
@@ -498,8 +501,49 @@ class SalesActivities:
         return result
 
     @activity.defn
+    def apply_outcome(self, request: OutcomeRequest) -> OutcomeApplied:
+        """Move the lead's stage by an opportunity's news, once (a retry finds its stage
+        change): open -> opportunity, won -> customer, lost -> closed_lost with the
+        recycle cool-down. A customer stays one, and a loss while another opportunity of
+        the lead is open moves nothing."""
+        key = f"outcome:{request.event_id}"
+        with self.sessions.begin() as session:
+            lead = session.get(Lead, request.lead_id)
+            if lead is None:
+                raise ApplicationError(f"no lead {request.lead_id}", non_retryable=True)
+            done = session.scalar(select(StageChange).where(
+                StageChange.lead_id == lead.id, StageChange.change_key == key))  # fmt: skip
+            cool_down = as_utc(request.at) + timedelta(seconds=self.team.recycle.cool_down)
+            cool_down_until = cool_down if request.status == "lost" else None
+            if done is not None:
+                return OutcomeApplied(stage=done.to_stage, moved=True,
+                                      cool_down_until=cool_down_until)  # fmt: skip
+            opportunity_id = _opportunity_of(session, lead.id, request.event_id)
+            new_stage = OUTCOME_STAGE[request.status]
+            if lead.stage == "customer" or (
+                request.status == "lost" and _other_open(session, lead.id, opportunity_id)
+            ):
+                return OutcomeApplied(stage=lead.stage, moved=False)
+            why = f"opportunity {opportunity_id} {request.status} in the CRM"
+            if cool_down_until is not None:
+                why += f" (recycled: back to nurture from {cool_down_until:%Y-%m-%d})"
+            session.add(StageChange(lead_id=lead.id, change_key=key, from_stage=lead.stage,
+                                    to_stage=new_stage, reason=why))  # fmt: skip
+            old_stage, lead.stage = lead.stage, new_stage
+        metrics.record(metrics.STAGE_CHANGES, from_stage=old_stage, to_stage=new_stage)
+        return OutcomeApplied(stage=new_stage, moved=True, cool_down_until=cool_down_until)
+
+    @activity.defn
     def recycle_lead(self, request: RecycleRequest) -> EnrollRequest | None:
-        """After a rejection's cool-down: the recycle sequence to enroll the lead in."""
+        """After a rejection's (or a loss's) cool-down: back to the nurture stages, and
+        the recycle sequence to enroll the lead in."""
+        with self.sessions.begin() as session:
+            lead = session.get(Lead, request.lead_id)
+            if lead.stage == "closed_lost":  # sales-owned until now: scored again from here
+                session.add(StageChange(lead_id=lead.id, change_key=f"recycle:{request.cycle}",
+                                        from_stage=lead.stage, to_stage="lead",
+                                        reason="recycled after a lost opportunity"))  # fmt: skip
+                lead.stage = "lead"
         sequence_id = self.team.recycle.sequence
         if not sequence_id:
             return None
@@ -515,6 +559,21 @@ class SalesActivities:
 
 
 # --- helpers --------------------------------------------------------------------------------
+
+
+OUTCOME_STAGE = {"open": "opportunity", "won": "customer", "lost": "closed_lost"}
+
+
+def _opportunity_of(session: Session, lead_id: str, event_id: str) -> str:
+    data = session.scalar(select(Response.data).where(Response.lead_id == lead_id,
+                                                      Response.event_id == event_id))  # fmt: skip
+    return (data or {}).get("opportunity_id", "?")
+
+
+def _other_open(session: Session, lead_id: str, opportunity_id: str) -> bool:
+    return session.scalar(select(func.count()).select_from(Opportunity).where(
+        Opportunity.lead_id == lead_id, Opportunity.status == "open",
+        Opportunity.crm_id != opportunity_id)) > 0  # fmt: skip
 
 
 def _count_notice(request: NotifyRequest, status: str) -> None:

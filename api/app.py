@@ -127,7 +127,7 @@ def create_app(
     authenticated = _bearer_authentication(api_token)
     _add_lead_route(app, intake, db, authenticated)
     _add_events_route(app, intake, db, authenticated)
-    app.include_router(outcome_router(settings, db, intake.sessions, authenticated))
+    app.include_router(outcome_router(settings, db, intake, authenticated))
     return app
 
 

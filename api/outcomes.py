@@ -20,6 +20,7 @@ from api.errors import error_responses
 from infra.settings import Settings
 from sales.outbound_webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from sales.outcomes import OutcomeEventIn
+from services.intake import Intake
 from services.outcomes import OutcomeResult, UnknownReference, store_outcomes
 
 MAX_OUTCOMES = 1000  # events in one request
@@ -61,16 +62,20 @@ CRM_WEBHOOK_DOC = {
 
 
 def outcome_router(
-    settings: Settings, db: HandlerDatabase, sessions, authenticated: Callable[..., None]
+    settings: Settings, db: HandlerDatabase, intake: Intake, authenticated: Callable[..., None]
 ) -> APIRouter:
     router = APIRouter(tags=["outcomes"])
 
     async def store(body: OutcomesIn, source: str) -> OutcomesOut:
         try:
-            result: OutcomeResult = await db.run(store_outcomes, sessions, body.events, source)
+            result: OutcomeResult = await db.run(
+                store_outcomes, intake.sessions, body.events, source
+            )
         except UnknownReference as exc:  # as POST /events: a lead ID we do not have
             raise HTTPException(404, str(exc)) from None
-        return OutcomesOut(**result.__dict__)
+        await intake.deliver_now(result.news)  # never raises: the relay has what is left
+        return OutcomesOut(accepted=result.accepted, duplicates=result.duplicates,
+                           waiting=result.waiting, opportunities=result.opportunities)  # fmt: skip
 
     @router.post("/webhooks/crm", response_model=OutcomesOut, openapi_extra=CRM_WEBHOOK_DOC,
                  responses=error_responses(400, 403, 404, 413, 422, 429, 503))  # fmt: skip

@@ -39,6 +39,10 @@ def import_outcomes(
     lost when its stage says it closed, at its last-modified time. Importing the same
     file again stores nothing new.
 
+    Examples:
+      nurture outcomes import opportunities.csv
+      nurture outcomes import hubspot-deals.csv --currency EUR --json > report.json
+
     Exit codes: 0 imported (rejected rows are listed); 1 every row rejected, or a
     database error; 2 bad usage (an unreadable file, no opportunity ID, lead or date
     column).

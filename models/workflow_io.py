@@ -315,6 +315,25 @@ class RecycleRequest(BaseModel):
     cycle: int  # the new qualification cycle
 
 
+# An opportunity's news from the CRM reaches the lead's workflow as a response of one of
+# these types (services/outcomes.py); the workflow moves the lead's stage by it.
+OUTCOME_TYPES = {"crm.opportunity_open": "open", "crm.opportunity_won": "won",
+                 "crm.opportunity_lost": "lost"}  # fmt: skip
+
+
+class OutcomeRequest(BaseModel):
+    lead_id: str
+    event_id: str  # the news's response: its row names the opportunity
+    status: Literal["open", "won", "lost"]
+    at: datetime  # the workflow's time: a loss's cool-down counts from it
+
+
+class OutcomeApplied(BaseModel):
+    stage: str  # the lead's stage now
+    moved: bool  # False: another opportunity keeps the lead where it is (a customer)
+    cool_down_until: datetime | None = None  # a loss: nurtured again from then
+
+
 class HandoffState(BaseModel):
     handoff_id: str
     rep_id: str

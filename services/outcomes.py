@@ -17,10 +17,19 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.db import Handoff, Lead, Opportunity, OutcomeEvent, begin_writing, utcnow
+from models.db import (
+    Handoff,
+    Lead,
+    Opportunity,
+    OutcomeEvent,
+    Response,
+    begin_writing,
+    utcnow,
+)
 from sales.outcomes import OpportunityState, OutcomeEventIn, converge
 
 log = logging.getLogger("nurture.outcomes")
+NEWS = "nurture_outcome_news"  # session.info: the responses refolds added
 
 
 class UnknownReference(LookupError):
@@ -37,6 +46,7 @@ class OutcomeResult:
     duplicates: int = 0  # stored before (or twice in one request): counted, not stored
     waiting: int = 0  # of the accepted, for an email no lead has yet
     opportunities: list[str] = field(default_factory=list)  # the CRM IDs they touched
+    news: list[Response] = field(default_factory=list)  # for the leads' workflows
 
 
 def store_outcomes(
@@ -71,6 +81,7 @@ def _store(sessions: sessionmaker, events: list[OutcomeEventIn], source: str) ->
         session.flush()
         for crm_id in touched:
             refold(session, crm_id)
+        result.news = news_of(session)
     result.opportunities = list(touched)
     return result
 
@@ -113,7 +124,31 @@ def refold(session: Session, crm_id: str) -> Opportunity:
     opportunity.lead_id = _earliest_lead(rows)
     opportunity.events = len(rows)
     opportunity.refolded_at = utcnow()
+    _tell_the_lead(session, opportunity)
     return opportunity
+
+
+def _tell_the_lead(session: Session, opportunity: Opportunity) -> Response | None:
+    """A state the lead's workflow has not heard of becomes a response in the inbox
+    (delivered like any other: at once by the API, else by its relay), once per state:
+    a repeated or older event that leaves the state as it was tells nothing new."""
+    if opportunity.lead_id is None:
+        return None
+    event_id = f"crm:{opportunity.crm_id}:{opportunity.status}:{opportunity.reopened}"
+    if session.scalar(select(Response.id).where(Response.event_id == event_id)) is not None:
+        return None
+    row = Response(event_id=event_id, lead_id=opportunity.lead_id, source="crm",
+                   type=f"crm.opportunity_{opportunity.status}",
+                   data={"opportunity_id": opportunity.crm_id, "status": opportunity.status},
+                   occurred_at=opportunity.updated_at or utcnow())  # fmt: skip
+    session.add(row)
+    session.info.setdefault(NEWS, []).append(row)
+    return row
+
+
+def news_of(session: Session) -> list[Response]:
+    """The responses this session's refolds added (for the caller to deliver)."""
+    return session.info.pop(NEWS, [])
 
 
 def _set_state(opportunity: Opportunity, state: OpportunityState) -> None:

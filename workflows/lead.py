@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from models.definitions import BranchStep, EmailStep, SmsStep, WaitForStep, WaitStep
     from models.jinja import ConditionError, evaluate_condition
     from models.workflow_io import (
+        OUTCOME_TYPES,
         REJECT_REASONS,
         AnswerResult,
         Assignment,
@@ -49,6 +50,8 @@ with workflow.unsafe.imports_passed_through():
         MigrateRequest,
         MigrateResult,
         NotifyRequest,
+        OutcomeApplied,
+        OutcomeRequest,
         RecycleRequest,
         RescoreRequest,
         ResponseEvent,
@@ -379,6 +382,29 @@ class LeadWorkflow:
         if new:
             batch = [event.event_id for event in new[:-1]]
             await self._rescore(new[-1].event_id, new[-1].type, batch=batch)
+        for event in new:  # scored with the others (no points unless a rule gives some)
+            if event.type in OUTCOME_TYPES:
+                await self._apply_outcome(event)
+
+    async def _apply_outcome(self, event: ResponseEvent) -> None:
+        """An opportunity's news from the CRM (a type no history before it has: no patch):
+        the stage it puts the lead at; nurture stops while an opportunity is open or won;
+        a loss is nurtured again after the recycle cool-down, as a rejection is."""
+        lead, state = self.lead, self.lead.state
+        status = OUTCOME_TYPES[event.type]
+        request = OutcomeRequest(lead_id=self._lead_id, event_id=event.event_id,
+                                 status=status, at=workflow.now())  # fmt: skip
+        applied: OutcomeApplied = await self._activity(SalesActivities.apply_outcome, request,
+                                                       QUICK)  # fmt: skip
+        state.stage = applied.stage
+        if not applied.moved:
+            return
+        lead.cycle += 1  # a recycle waiting for an earlier loss is called off
+        if status == "lost":
+            state.cool_down_until = applied.cool_down_until
+            asyncio.create_task(self._recycle(lead.cycle))
+        else:
+            lead.nurture_stopped = True
 
     def _take(self, event: ResponseEvent) -> None:
         """A response not seen before: what the lead did, for de-duplication, `wait_for`
@@ -566,6 +592,8 @@ class LeadWorkflow:
         )
         lead.state.cool_down_until = None
         lead.nurture_stopped = False
+        if lead.state.stage == "closed_lost":  # as recycle_lead left the row: scored again
+            lead.state.stage = "lead"
         if request is not None:
             lead.enroll_requests.append(request)
 
