@@ -21,7 +21,17 @@ from services.json_output import dumps, iso
 
 errors = Console(stderr=True, soft_wrap=True)
 PIPE_WIDTH = 200  # tables written to a pipe or a file: wide enough to stay whole
-STAGES = ("lead", "mql", "pql", "sql", "accepted", "disqualified")
+STAGES = (
+    "lead",
+    "mql",
+    "pql",
+    "sql",
+    "accepted",
+    "disqualified",
+    "opportunity",
+    "customer",
+    "closed_lost",
+)
 
 
 def _console() -> Console:
