@@ -57,6 +57,9 @@ def backtest(
         None, "--synthetic", metavar="N", min=1, help="score N synthetic leads instead of a file"
     ),
     seed: int = typer.Option(1, help="the synthetic leads' seed: same seed, same leads"),
+    stored: bool = typer.Option(
+        False, "--stored", help="the leads in the database, customers by their won opportunities"
+    ),
     objective: str = typer.Option(
         "f1", help="what the best threshold maximises: f1, f2, fbeta, precision or recall"
     ),
@@ -81,6 +84,7 @@ def backtest(
     Examples:
       nurture backtest --synthetic 5000
       nurture backtest --leads history.jsonl --objective f2
+      nurture backtest --stored
       nurture backtest --leads history.jsonl --objective precision --min-recall 0.4 --json
     """
     import json
@@ -88,13 +92,15 @@ def backtest(
     from scoring.backtest import report
     from scoring.backtest_view import print_report
 
-    if (leads is None) == (synthetic is None):
-        errors.print("give --leads FILE (your history) or --synthetic N (made-up leads)")
+    if sum((leads is not None, synthetic is not None, stored)) != 1:
+        errors.print("give one of --leads FILE (your history), --stored (the database's) or "
+                     "--synthetic N (made-up leads)")  # fmt: skip
         raise typer.Exit(2)
     goal = _backtest_objective(objective, beta, min_recall, min_precision)
     settings = get_settings()
     definitions = fail_on_definition_errors(lambda: load(settings))
-    history, source = _backtest_history(leads, synthetic, seed)
+    history, source = (_stored_history(settings) if stored
+                       else _backtest_history(leads, synthetic, seed))  # fmt: skip
     results = _evaluate_history(definitions, history)
     outcome = report(results, definitions.scoring, goal)
     if as_json:
@@ -141,6 +147,21 @@ def _backtest_history(leads: Path | None, synthetic: int | None, seed: int) -> t
         errors.print(f"{source} holds no leads", highlight=False, markup=False)
         raise typer.Exit(2)
     return history, source
+
+
+def _stored_history(settings) -> tuple[list, str]:
+    from services.runtime import open_database
+    from services.stored_history import stored_history
+
+    database = open_database(settings)
+    try:
+        history = stored_history(database.sessions)
+    finally:
+        database.engine.dispose()
+    if not history:
+        errors.print("the database holds no leads", highlight=False, markup=False)
+        raise typer.Exit(2)
+    return history, "the database's leads (customers: won opportunities)"
 
 
 def _evaluate_history(definitions, history: list):
