@@ -14,6 +14,7 @@ import csv
 import random
 import shutil
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -25,6 +26,8 @@ from devstack.stack import RunningStack, running_stack
 from devstack.temporal_server import TemporalDevServer, free_port
 from infra.settings import Settings, get_settings
 from models.db import Handoff, Lead, Message, SalesRepRow, ScoreChange, StageChange
+from services.attribution_report import attribution
+from services.reports import ReportFilter
 
 LEADS_FILE = Path("examples/leads.csv")
 # What a hot lead does, in order: enough to pass MQL and then SQL.
@@ -41,6 +44,13 @@ HOT_JOURNEY = [
     ("email.reply", {"step": "check_in"}),
 ]
 HOT_LEADS = ("priya.natarajan@example.com", "tom.becker@example.org", "raj.patel@example.com")
+# What sales makes of the hot leads, posted as the CRM would (POST /outcomes): a win, a
+# loss (recycled into nurture after the cool-down) and a deal still open.
+OUTCOMES = [
+    ("priya.natarajan@example.com", [("created", "18000"), ("won", "24000")]),
+    ("tom.becker@example.org", [("created", "9000"), ("lost", "9000")]),
+    ("raj.patel@example.com", [("created", "12000")]),
+]
 WARM_JOURNEY = [
     ("email.open", {}),
     ("email.click", {"step": "welcome"}),
@@ -86,6 +96,9 @@ async def _demo(console: Console, settings: Settings, timeout: float) -> bool:
             await _play_responses(console, http, leads, started, timeout)
             remaining = max(5.0, timeout - (time.monotonic() - started))
             handed_off = await _wait_for_handoffs(stack, len(HOT_LEADS), min(30.0, remaining))
+            if handed_off:
+                await _post_outcomes(console, http)
+                await _wait_for_stages(stack, len(OUTCOMES), 15.0)
             watcher.cancel()
         _summary(console, stack, time.monotonic() - started)
     if handed_off:
@@ -160,6 +173,33 @@ async def _play_responses(
         await asyncio.sleep(1.5)
 
 
+async def _post_outcomes(console: Console, http: httpx.AsyncClient) -> None:
+    now = datetime.now(UTC)
+    events = []
+    for number, (email, steps) in enumerate(OUTCOMES, start=1):
+        for second, (kind, amount) in enumerate(steps):
+            event = {"opportunity_id": f"demo-opp-{number}", "kind": kind, "email": email,
+                     "occurred_at": (now + timedelta(seconds=second)).isoformat(),
+                     "amount": amount, "currency": "USD"}  # fmt: skip
+            events.append(event | ({"lost_reason": "budget"} if kind == "lost" else {}))
+            console.print(f"[magenta]CRM[/magenta]      {email:<30} opportunity {kind} "
+                          f"${int(amount):,}  (POST /outcomes)", highlight=False)  # fmt: skip
+    _check(await http.post("/outcomes", json={"events": events}), "demo outcomes")
+
+
+async def _wait_for_stages(stack: RunningStack, expected: int, timeout: float) -> None:
+    """Until the leads' workflows have moved the stages the outcomes call for."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with stack.database.sessions() as session:
+            moved = session.scalar(select(func.count()).select_from(Lead).where(
+                Lead.stage.in_(("opportunity", "customer", "closed_lost"))))  # fmt: skip
+        if moved >= expected:
+            break
+        await asyncio.sleep(0.3)
+    await asyncio.sleep(1)  # let the watcher print the last lines
+
+
 async def _wait_for_handoffs(stack: RunningStack, expected: int, timeout: float) -> int:
     """Wait (at most `timeout` s) until the hot leads are handed off; return how many were."""
     deadline = time.monotonic() + timeout
@@ -212,10 +252,28 @@ def _summary(console: Console, stack: RunningStack, elapsed: float) -> None:
     table = Table(title=f"after {elapsed:.0f} s")
     table.add_column("what")
     table.add_column("count", justify="right")
-    for stage in ("lead", "mql", "pql", "sql"):
+    for stage in ("lead", "mql", "pql", "sql", "opportunity", "customer", "closed_lost"):
         table.add_row(f"leads at {stage.upper()}", str(stages.get(stage, 0)))
     table.add_row("emails sent", str(sent.get("email", 0)))
     table.add_row("SMS sent", str(sent.get("sms", 0)))
     table.add_row("handoffs", str(handoffs))
     console.print(table)
+    _revenue_by_sequence(console, stack)
     console.print(f"messages are in {stack.settings.outbox_dir}/")
+
+
+def _revenue_by_sequence(console: Console, stack: RunningStack) -> None:
+    """What `nurture report --attribution linear` says of the demo's outcomes."""
+    with stack.database.sessions() as session:
+        report = attribution(session, ReportFilter(), "linear", "sequence")
+    if not report["rows"]:
+        return
+    table = Table(title="credited by sequence (linear: nurture report --attribution linear)")
+    for column in ("sequence", "SQLs", "pipeline USD", "revenue USD"):
+        table.add_column(column, justify="left" if column == "sequence" else "right")
+    for row in report["rows"]:
+        pipeline, revenue = row.get("pipeline USD", 0), row.get("revenue USD", 0)
+        table.add_row(
+            row["key"], f"{row.get('sqls', 0):.2f}", f"{pipeline:,.0f}", f"{revenue:,.0f}"
+        )
+    console.print(table)
