@@ -403,8 +403,8 @@ def test_backtest_refuses_a_bad_file(runner, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ([], "give --leads FILE"),
-        (["--synthetic", "10", "--leads", "{file}"], "give --leads FILE"),
+        ([], "give one of --leads FILE"),
+        (["--synthetic", "10", "--leads", "{file}"], "give one of --leads FILE"),
         (["--leads", "{missing}"], "does not exist"),
         (["--leads", "{empty}"], "holds no leads"),
         (["--synthetic", "10", "--objective", "accuracy"], "objective must be one of"),
