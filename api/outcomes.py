@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.database import HandlerDatabase
 from api.errors import error_responses
+from api.provider_webhook_docs import required_header
 from infra.settings import Settings
 from sales.outbound_webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from sales.outcomes import OutcomeEventIn
@@ -39,16 +40,11 @@ class OutcomesOut(BaseModel):
     opportunities: list[str] = Field(description="the CRM opportunity IDs the events touched")
 
 
-def _header(name: str, description: str) -> dict:
-    return {"name": name, "in": "header", "required": True, "description": description,
-            "schema": {"type": "string"}}  # fmt: skip
-
-
 # The webhook reads its raw body (the signature is over it): its shape is stated here.
 CRM_WEBHOOK_DOC = {
     "parameters": [
-        _header(TIMESTAMP_HEADER, "Unix time, within NURTURE_WEBHOOK_TOLERANCE_SECONDS"),
-        _header(
+        required_header(TIMESTAMP_HEADER, "Unix time, within NURTURE_WEBHOOK_TOLERANCE_SECONDS"),
+        required_header(
             SIGNATURE_HEADER,
             'v1=<hex HMAC-SHA256(secret, timestamp + "." + body)>, '
             "comma-separated while a secret is rotated",

@@ -19,7 +19,7 @@ SENDGRID_TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
 TWILIO_SIGNATURE = "X-Twilio-Signature"
 
 
-def _header(name: str, description: str) -> dict[str, Any]:
+def required_header(name: str, description: str) -> dict[str, Any]:
     return {"name": name, "in": "header", "required": True, "description": description,
             "schema": {"type": "string"}}  # fmt: skip
 
@@ -43,8 +43,10 @@ SENDGRID_EVENTS: dict[str, Any] = {
     "responses": error_responses(400, 403, 413, 429, 503),
     "openapi_extra": {
         "parameters": [
-            _header(SENDGRID_SIGNATURE, "ECDSA P-256 over timestamp + body (base64)"),
-            _header(SENDGRID_TIMESTAMP, "Unix time, within NURTURE_WEBHOOK_TOLERANCE_SECONDS"),
+            required_header(SENDGRID_SIGNATURE, "ECDSA P-256 over timestamp + body (base64)"),
+            required_header(
+                SENDGRID_TIMESTAMP, "Unix time, within NURTURE_WEBHOOK_TOLERANCE_SECONDS"
+            ),
         ],
         "requestBody": {
             "required": True,
@@ -74,8 +76,8 @@ INBOUND_PARSE: dict[str, Any] = {
         }
     },
 }
-_TWILIO_HEADERS = [_header(TWILIO_SIGNATURE, "Twilio's signature of NURTURE_PUBLIC_URL + path "
-                           "and the form, with TWILIO_AUTH_TOKEN")]  # fmt: skip
+_TWILIO_HEADERS = [required_header(TWILIO_SIGNATURE, "Twilio's signature of NURTURE_PUBLIC_URL "
+                                   "+ path and the form, with TWILIO_AUTH_TOKEN")]  # fmt: skip
 
 
 def _twilio_form(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:

@@ -13,10 +13,12 @@ busy handler, and the wait is bounded as SQLite's is (`set_busy_timeout`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 
 try:
     import fcntl
@@ -73,18 +75,12 @@ def gated_connection(database: str | None) -> type[sqlite3.Connection]:
 
     class GatedCursor(sqlite3.Cursor):
         def execute(self, sql, parameters=(), /):
-            self.connection.before_statement(sql)
-            try:
+            with self.connection.turn_for(sql):
                 return super().execute(sql, parameters)
-            finally:
-                self.connection.after_statement()
 
         def executemany(self, sql, seq_of_parameters, /):
-            self.connection.before_statement(sql)
-            try:
+            with self.connection.turn_for(sql):
                 return super().executemany(sql, seq_of_parameters)
-            finally:
-                self.connection.after_statement()
 
     class GatedConnection(sqlite3.Connection):
         holding = False
@@ -93,16 +89,19 @@ def gated_connection(database: str | None) -> type[sqlite3.Connection]:
         def cursor(self, factory=GatedCursor):
             return super().cursor(factory)
 
-        def before_statement(self, sql: str) -> None:
-            if self.holding or not sql.lstrip()[:15].upper().startswith(_WRITES):
-                return
-            if not turns.acquire(self.wait):
-                raise sqlite3.OperationalError("database is locked (waiting for another writer)")
-            self.holding = True
-
-        def after_statement(self) -> None:  # autocommit, or a failed BEGIN: nothing held
-            if self.holding and not self.in_transaction:
-                self._give_turn()
+        @contextlib.contextmanager
+        def turn_for(self, sql: str) -> Iterator[None]:
+            """A write statement takes the turn first; it is given back at the end of the
+            transaction, or at once if none is open after it (autocommit, a failed BEGIN)."""
+            if not self.holding and sql.lstrip()[:15].upper().startswith(_WRITES):
+                if not turns.acquire(self.wait):
+                    raise sqlite3.OperationalError("database is locked (waiting for a writer)")
+                self.holding = True
+            try:
+                yield
+            finally:
+                if self.holding and not self.in_transaction:
+                    self._give_turn()
 
         def commit(self):
             try:
