@@ -20,9 +20,9 @@ from api.errors import error_responses
 from api.provider_webhook_docs import required_header
 from infra.settings import Settings
 from sales.outbound_webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from sales.outcome_store import OutcomeResult, UnknownReference, store_outcomes
 from sales.outcomes import OutcomeEventIn
 from services.intake import Intake
-from services.outcomes import OutcomeResult, UnknownReference, store_outcomes
 
 MAX_OUTCOMES = 1000  # events in one request
 

@@ -91,6 +91,12 @@ class Lead(Base):
     sms_opt_out_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # The campaign that brought the lead (its first touch): later ones come on events.
+    utm_source: Mapped[str | None] = mapped_column(String(200))
+    utm_medium: Mapped[str | None] = mapped_column(String(200))
+    utm_campaign: Mapped[str | None] = mapped_column(String(200))
+    utm_term: Mapped[str | None] = mapped_column(String(200))
+    utm_content: Mapped[str | None] = mapped_column(String(200))
 
     PROFILE_FIELDS = (
         "email", "phone", "first_name", "last_name", "title", "company", "company_size",
@@ -261,6 +267,7 @@ class Response(Base):
     duplicates: Mapped[int] = mapped_column(Integer, default=0)  # repeats dropped
     # The score change that counted it (a burst of responses is scored once, by one change).
     scored_in: Mapped[int | None] = mapped_column(ForeignKey("score_changes.id"))
+    utm: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the utm_* fields it carried
 
 
 class ConsentChange(Base):
@@ -394,7 +401,7 @@ AMOUNT_SCALE = 10_000  # amounts are kept in ten-thousandths: exact, and summed 
 
 
 class Opportunity(Base):
-    """A CRM opportunity as its events leave it (services/outcomes.py `refold`)."""
+    """A CRM opportunity as its events leave it (sales/outcome_store.py `refold`)."""
 
     __tablename__ = "opportunities"
 
@@ -422,6 +429,20 @@ class Opportunity(Base):
     @amount.setter
     def amount(self, value: Decimal | None) -> None:
         self.amount_units = None if value is None else int(value * AMOUNT_SCALE)
+
+
+class CrmSyncState(Base):
+    """Where a CRM connector's incremental pull stands: `cursor` moves only in the
+    transaction that stores what was pulled up to it (activities/crm.py)."""
+
+    __tablename__ = "crm_sync_state"
+
+    connector: Mapped[str] = mapped_column(String(40), primary_key=True)  # "hubspot"
+    cursor: Mapped[str | None] = mapped_column(String(200))
+    pulled: Mapped[int] = mapped_column(Integer, default=0)  # records read, all runs
+    last_run_at: Mapped[datetime | None] = mapped_column()
+    last_ok_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 def make_engine(url: str, pool_size: int = 5) -> Engine:

@@ -316,7 +316,7 @@ class RecycleRequest(BaseModel):
 
 
 # An opportunity's news from the CRM reaches the lead's workflow as a response of one of
-# these types (services/outcomes.py); the workflow moves the lead's stage by it.
+# these types (sales/outcome_store.py); the workflow moves the lead's stage by it.
 OUTCOME_TYPES = {"crm.opportunity_open": "open", "crm.opportunity_won": "won",
                  "crm.opportunity_lost": "lost"}  # fmt: skip
 

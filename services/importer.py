@@ -38,8 +38,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
 from models.db import Lead, OutcomeEvent, Response, new_id
+from sales.outcome_store import match_waiting_outcomes
 from services.intake import Intake, LeadIn, _new_number_clears_bad_address
-from services.outcomes import match_waiting_outcomes
 
 # The lead fields a column can fill (LeadIn's, but `attributes`: see attribute columns).
 FIELDS = ("email", "first_name", "last_name", "phone", "title", "company", "company_size",

@@ -54,8 +54,8 @@ from models.workflow_io import (
     LeadInput,
     ResponseEvent,
 )
+from sales.outcome_store import match_waiting_outcomes
 from services import lead_client
-from services.outcomes import match_waiting_outcomes
 
 log = logging.getLogger("services.intake")
 

@@ -22,9 +22,9 @@ from datetime import UTC, date, datetime, time
 from pydantic import ValidationError
 from sqlalchemy.orm import sessionmaker
 
+from sales.outcome_store import OutcomeResult, UnknownReference, store_outcomes
 from sales.outcomes import OutcomeEventIn
 from services.importer import CsvSource, UsageError, normalise_header
-from services.outcomes import OutcomeResult, UnknownReference, store_outcomes
 
 BATCH = 500  # rows per transaction
 # Field -> header names (normalised) that mean it.

@@ -35,6 +35,7 @@ HISTORY = [
     "0004  early_statuses: provider status callbacks that arrived before their message's ID",
     "0005  unscored responses: a partial index on the responses not scored yet",
     "0006  outcomes: opportunity events from the CRM, and the opportunities they fold into",
+    "0007  utm and crm sync: campaign fields on leads and responses; each CRM connector's cursor",
 ]
 ALL_APPLIED = "".join(f"applied {line}\n" for line in HISTORY)
 

@@ -13,9 +13,9 @@ import pytest
 
 from models.db import StageChange
 from models.workflow_io import HandoffAnswer
+from sales.outcome_store import store_outcomes
 from sales.outcomes import OutcomeEventIn
 from services.answering import submit_answer
-from services.outcomes import store_outcomes
 from testkit.webhook_sink import WebhookSink
 from tests.harness import running_harness
 from tests.test_handoff import qualify, team
