@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from activities.crm import CrmActivities
 from activities.lead import LeadActivities
 from activities.sales import SalesActivities
 
 
 @dataclass(frozen=True)
 class Activities:
-    """The lead's activities (enrollments, sends, scoring) and the handoff's (assignment,
-    notices, answers, recycling), built with the same database, channels and links."""
+    """The lead's activities (enrollments, sends, scoring), the handoff's (assignment,
+    notices, answers, recycling) and the CRM sync's, built with the same database,
+    channels and links."""
 
     lead: LeadActivities
     sales: SalesActivities
+    crm: CrmActivities
 
     def all(self) -> list:
         lead, sales = self.lead, self.sales
@@ -32,4 +35,5 @@ class Activities:
             sales.answer_handoff,
             sales.recycle_lead,
             sales.apply_outcome,
+            self.crm.sync_hubspot_deals,
         ]

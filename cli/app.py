@@ -11,6 +11,7 @@ import typer
 from cli.common import errors
 from cli.config import config
 from cli.consent import consent
+from cli.crm import crm_app
 from cli.db import db_app
 from cli.doctor import doctor
 from cli.handoff import handoff_app
@@ -40,6 +41,7 @@ app.command("migrate-leads")(migrate_leads)
 app.add_typer(handoff_app, name="handoff")
 app.add_typer(db_app, name="db")
 app.add_typer(outcomes_app, name="outcomes")
+app.add_typer(crm_app, name="crm")
 
 
 def main() -> None:

@@ -121,6 +121,19 @@ class Settings(BaseSettings):
     )
     twilio_api_base: str | None = Field(default=None, alias="TWILIO_API_BASE")
 
+    # The HubSpot connector: deals pulled every so many minutes once a token is set.
+    hubspot_access_token: SecretStr | None = Field(default=None, alias="HUBSPOT_ACCESS_TOKEN")
+    hubspot_host: str = Field(default="https://api.hubapi.com", alias="HUBSPOT_HOST")
+    crm_sync_minutes: int = Field(default=15, alias="NURTURE_CRM_SYNC_MINUTES", ge=1)
+    # Each pull starts this far before its cursor: HubSpot's search index lags its writes.
+    crm_sync_overlap_seconds: int = Field(
+        default=300, alias="NURTURE_CRM_SYNC_OVERLAP_SECONDS", ge=0
+    )
+    # A deal with no currency of its own: the portal's company currency.
+    hubspot_currency: str = Field(
+        default="USD", alias="NURTURE_HUBSPOT_CURRENCY", pattern=r"^[A-Z]{3}$"
+    )
+
     @field_validator("temporal_address")
     @classmethod
     def _host_and_port(cls, value: str) -> str:

@@ -334,6 +334,32 @@ class OutcomeApplied(BaseModel):
     cool_down_until: datetime | None = None  # a loss: nurtured again from then
 
 
+# --- the CRM sync workflow ---------------------------------------------------------------
+
+
+class CrmSyncRequest(BaseModel):
+    connector: Literal["hubspot"] = "hubspot"
+    max_pages: int = Field(default=20, ge=1)  # per activity call; the workflow calls again
+
+
+class CrmSyncProgress(BaseModel):
+    """What a pull read and stored; the workflow adds up its activity calls' figures."""
+
+    pages: int = 0
+    deals: int = 0  # records read (a deal read twice counts twice)
+    accepted: int = 0  # outcome events stored
+    duplicates: int = 0  # events stored before: a repeat pull, the overlap window
+    waiting: int = 0  # of the accepted, for an email no lead has yet
+    skipped: int = 0  # deals with no contact email: no lead to give them to
+    cursor: str | None = None  # the last modified time stored (ISO 8601)
+    more: bool = False  # the call stopped at max_pages with pages left
+
+    def add(self, other: CrmSyncProgress) -> CrmSyncProgress:
+        counts = ("pages", "deals", "accepted", "duplicates", "waiting", "skipped")
+        summed = {name: getattr(self, name) + getattr(other, name) for name in counts}
+        return CrmSyncProgress(**summed, cursor=other.cursor or self.cursor, more=other.more)
+
+
 class HandoffState(BaseModel):
     handoff_id: str
     rep_id: str

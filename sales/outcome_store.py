@@ -11,6 +11,7 @@ lead will ever arrive with them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -50,18 +51,24 @@ class OutcomeResult:
 
 
 def store_outcomes(
-    sessions: sessionmaker, events: list[OutcomeEventIn], source: str
+    sessions: sessionmaker,
+    events: list[OutcomeEventIn],
+    source: str,
+    also: Callable[[Session], None] | None = None,
 ) -> OutcomeResult:
-    """Store the events and refold their opportunities, all in one transaction: a bad
-    reference stores nothing. Two requests carrying the same new event at once: the
-    second finds the first's row on its retry."""
+    """Store the events and refold their opportunities, all in one transaction (with
+    `also`'s writes, e.g. a connector's cursor): a bad reference stores nothing. Two
+    requests carrying the same new event at once: the second finds the first's row on
+    its retry."""
     try:
-        return _store(sessions, events, source)
+        return _store(sessions, events, source, also)
     except IntegrityError:  # a concurrent request stored one of these keys (or opportunities)
-        return _store(sessions, events, source)
+        return _store(sessions, events, source, also)
 
 
-def _store(sessions: sessionmaker, events: list[OutcomeEventIn], source: str) -> OutcomeResult:
+def _store(
+    sessions: sessionmaker, events: list[OutcomeEventIn], source: str, also
+) -> OutcomeResult:
     result = OutcomeResult()
     with sessions.begin() as session:
         leads = [_lead_of(session, index, event) for index, event in enumerate(events)]
@@ -82,6 +89,8 @@ def _store(sessions: sessionmaker, events: list[OutcomeEventIn], source: str) ->
         for crm_id in touched:
             refold(session, crm_id)
         result.news = news_of(session)
+        if also is not None:
+            also(session)
     result.opportunities = list(touched)
     return result
 
@@ -177,3 +186,9 @@ def match_waiting_outcomes(session: Session, lead: Lead) -> int:
             refold(session, crm_id)
         log.info("lead %s: %d outcome event(s) that waited for it", lead.id, len(waiting))
     return len(waiting)
+
+
+def stored_statuses(session: Session, crm_ids: list[str]) -> dict[str, str]:
+    """The status (open, won, lost) of each of these opportunities we have."""
+    found = select(Opportunity.crm_id, Opportunity.status).where(Opportunity.crm_id.in_(crm_ids))
+    return {crm_id: status for crm_id, status in session.execute(found)}

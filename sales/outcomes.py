@@ -5,7 +5,8 @@ they happened in the CRM (`occurred_at`, then the order of `KINDS`, then the eve
 not the order they arrived in: repeated and out-of-order events give the same state.
 Won and lost are final: a later `stage_changed`, or the other of won and lost, is kept
 but changes nothing, until a `reopened` event (kept like any other) opens it again. A
-second `won` (or `lost`) may correct the amount or the dates.
+second `won` (or `lost`) may correct the amount or the close date; the time it closed
+stays the first's.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def _apply(state: OpportunityState, event: OutcomeEventIn) -> None:
         state.status, state.reopened = "open", state.reopened + 1
         state.closed_at = state.close_date = state.lost_reason = None
     elif event.kind in CLOSED:
-        state.status, state.closed_at = event.kind, event.occurred_at
+        if state.status != event.kind:  # a correction keeps the time it closed
+            state.status, state.closed_at = event.kind, event.occurred_at
         state.close_date = event.close_date or event.occurred_at.date()
         state.lost_reason = event.lost_reason if event.kind == "lost" else None
     for name in ("crm_stage", "amount", "currency", "expected_close_date"):

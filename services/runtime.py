@@ -23,6 +23,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
+from activities.crm import CrmActivities
 from activities.lead import LeadActivities
 from activities.registry import Activities
 from activities.sales import SalesActivities
@@ -39,6 +40,7 @@ from models.schema import ensure_schema
 from models.workflow_io import send_queue
 from services.definitions import load_definitions
 from workflows import sandbox_runner
+from workflows.crm_sync import CrmSyncWorkflow
 from workflows.lead import LeadWorkflow
 
 
@@ -208,7 +210,18 @@ def build_activities(
         delivery=definitions.delivery,
         definitions=definitions,
     )
-    return Activities(lead=lead, sales=sales)
+    return Activities(lead=lead, sales=sales, crm=build_crm_activities(settings, database))
+
+
+def build_crm_activities(settings: Settings, database: Database) -> CrmActivities:
+    token = settings.hubspot_access_token
+    return CrmActivities(
+        database.sessions,
+        hubspot_token=token.get_secret_value() if token else None,
+        hubspot_host=settings.hubspot_host,
+        currency=settings.hubspot_currency,
+        overlap=timedelta(seconds=settings.crm_sync_overlap_seconds),
+    )
 
 
 def build_worker(client: Client, settings: Settings, activities: Activities, **options) -> Workers:
@@ -217,7 +230,7 @@ def build_worker(client: Client, settings: Settings, activities: Activities, **o
     main = Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[LeadWorkflow],
+        workflows=[LeadWorkflow, CrmSyncWorkflow],
         workflow_runner=sandbox_runner(),
         # All of them, sends too: workflows started before the send queues send from here.
         activities=activities.all(),

@@ -43,6 +43,7 @@ def test_a_second_win_corrects_the_amount_and_dates():
                       event("won", 3, amount=Decimal("12"), currency="EUR",
                             close_date=date(2026, 11, 3))])  # fmt: skip
     assert (state.amount, state.close_date, state.ignored) == (Decimal("12"), date(2026, 11, 3), [])
+    assert state.closed_at == START + timedelta(days=2)  # when it closed: the first win
 
 
 def test_events_of_the_same_moment_take_the_order_of_their_kinds():
