@@ -269,10 +269,11 @@ def report(
 ) -> None:
     """Report the funnel, each sequence and step, and each segment, over a date range.
 
-    The funnel lead -> MQL -> SQL -> accepted with conversion rates and median times
-    between stages; per sequence and per step the sends and what came of them
-    (delivered, opened, clicked, replied, unsubscribed, bounced) and the SQLs each was
-    the first or last touch of; the funnel per segment. A table, CSV or JSON.
+    The funnel lead -> MQL -> SQL -> accepted -> opportunity -> won (the last two from
+    the CRM's outcomes) with conversion rates and median times between stages; per
+    sequence and per step the sends and what came of them (delivered, opened, clicked,
+    replied, unsubscribed, bounced) and the SQLs each was the first or last touch of;
+    the funnel per segment, with its won revenue per currency. A table, CSV or JSON.
 
     --since/--until select leads by creation (funnel, segments) and sends by the time
     they went out (sequences, steps). Counts are explained in the README (Reports).
@@ -383,13 +384,22 @@ def _print_report(console: Console, data: dict, sections: list[str]) -> None:
     if "sequences" in sections or "steps" in sections:
         _print_sends(console, data, sections)
     if "segments" in sections:
-        table = Table("segment", "leads", "MQL", "SQL", "accepted", "lead→MQL", "MQL→SQL",
-                      "SQL→accepted", "overall", title="by segment")  # fmt: skip
-        for row in data["segments"]:
-            table.add_row(row["segment"], str(row["leads"]), str(row["mql"]), str(row["sql"]),
-                          str(row["accepted"]), _pct(row["mql_rate"]), _pct(row["sql_rate"]),
-                          _pct(row["accepted_rate"]), _pct(row["overall_rate"]))  # fmt: skip
-        console.print(table)
+        _print_segments(console, data["segments"])
+
+
+def _print_segments(console: Console, segments: list[dict]) -> None:
+    table = Table("segment", "leads", "MQL", "SQL", "accepted", "lead→MQL", "MQL→SQL",
+                  "SQL→accepted", "overall", "opp.", "won", "accepted→opp.", "opp.→won",
+                  "won revenue", title="by segment")  # fmt: skip
+    for row in segments:
+        revenue = "\n".join(f"{currency} {amount:,}"
+                            for currency, amount in row["won_revenue"].items())  # fmt: skip
+        table.add_row(row["segment"], str(row["leads"]), str(row["mql"]), str(row["sql"]),
+                      str(row["accepted"]), _pct(row["mql_rate"]), _pct(row["sql_rate"]),
+                      _pct(row["accepted_rate"]), _pct(row["overall_rate"]),
+                      str(row["opportunity"]), str(row["won"]), _pct(row["opportunity_rate"]),
+                      _pct(row["won_rate"]), revenue or "-")  # fmt: skip
+    console.print(table)
 
 
 def _print_sends(console: Console, data: dict, sections: list[str]) -> None:

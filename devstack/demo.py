@@ -4,7 +4,10 @@ It starts its own Temporal dev server (in memory), worker and API on free ports,
 with a fresh SQLite database, imports the example leads through `POST /leads`
 into the seconds-long `demo` sequence, then plays responses through the real
 events API (`POST /events`) while printing what the engine does, as it does it,
-from the database: messages sent, score changes, stage changes and handoffs.
+from the database: messages sent, score changes, stage changes and handoffs. Sales
+then accepts the hot leads' handoffs and the CRM posts their outcomes (`POST
+/outcomes`: a win, a loss, an open deal), so `nurture report` shows the funnel to won
+and `--attribution` the revenue by sequence.
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ async def _demo(console: Console, settings: Settings, timeout: float) -> bool:
             remaining = max(5.0, timeout - (time.monotonic() - started))
             handed_off = await _wait_for_handoffs(stack, len(HOT_LEADS), min(30.0, remaining))
             if handed_off:
+                await _accept_handoffs(console, http, stack)
                 await _post_outcomes(console, http)
                 await _wait_for_stages(stack, len(OUTCOMES), 15.0)
             watcher.cancel()
@@ -171,6 +175,24 @@ async def _play_responses(
                 f"[magenta]response[/magenta] {lead['email']:<30} {text}", highlight=False
             )
         await asyncio.sleep(1.5)
+
+
+async def _accept_handoffs(console: Console, http: httpx.AsyncClient, stack: RunningStack) -> None:
+    """Sales accepts the hot leads' handoffs before the CRM opens their opportunities, as
+    a rep would: the funnel (`nurture report`) then runs through accepted to won."""
+    with stack.database.sessions() as session:
+        pending = session.execute(
+            select(Handoff.id, Handoff.rep_id, Lead.email).join(Lead, Lead.id == Handoff.lead_id)
+            .where(Handoff.status == "pending", Lead.email.in_(HOT_LEADS))
+        ).all()  # fmt: skip
+    for handoff_id, rep_id, email in pending:
+        answer = {"answer": "accept", "by": rep_id}
+        response = await http.post(f"/handoffs/{handoff_id}/answer", json=answer)
+        if response.status_code == 409:  # answered or reassigned meanwhile: nothing to do
+            continue
+        _check(response, "demo answer")
+        console.print(f"[magenta]sales[/magenta]    {email:<30} accepted the handoff  "
+                      "(POST /handoffs/ID/answer)", highlight=False)  # fmt: skip
 
 
 async def _post_outcomes(console: Console, http: httpx.AsyncClient) -> None:

@@ -1,9 +1,10 @@
 """Attribution: the share of an outcome (an SQL, an opportunity's pipeline, won revenue)
 that each touch before it earns. Pure.
 
-A touch is a message Nurture sent the lead, with the keys a marketer credits by (its
-sequence, its step, the lead's segment and source...). Only touches before the outcome
-count, in time order. The models:
+A touch is a moment the lead was reached, with the keys a marketer credits by: a message
+Nurture sent it (its sequence, its step, the lead's segment and source), or a campaign
+that brought it (its UTM campaign and medium, at its intake or on an event). Only
+touches before the outcome count, in time order. The models:
 
 - `first_touch`: all of it to the first touch;
 - `last_touch`: all of it to the last;

@@ -8,17 +8,22 @@
 
 `outcome.at` is when the outcome became known (closed-won for a customer; it may be
 null for the rest): responses after it are history the model could not have seen.
-Times without a zone are UTC. A bad line stops the load with a `HistoryError` naming
-the file, line and field, so a broken export is never half-scored.
+`opportunities` (optional) are the lead's CRM opportunities, as the synthetic history
+writes them: `{"id", "opened_at", "amount", "currency", "expected_close_date",
+"status": "open"|"won"|"lost", "closed_at", "lost_reason"}`. The backtest scores against
+`outcome` alone; the opportunities are there to be loaded as outcome events (demos,
+tests, benchmarks). Times without a zone are UTC. A bad line stops the load with a
+`HistoryError` naming the file, line and field, so a broken export is never half-scored.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -98,6 +103,34 @@ class Outcome(BaseModel):
         return value
 
 
+class HistoryOpportunity(BaseModel):
+    """One of the lead's CRM opportunities, as its state at the end of the history."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+    opened_at: Instant
+    amount: Decimal | None = Field(default=None, ge=0)
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    expected_close_date: date | None = None
+    status: Literal["open", "won", "lost"] = "open"
+    closed_at: Instant | None = None
+    lost_reason: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HistoryOpportunity:
+        # What the CRM's events could not say: checked here, named by field.
+        if (self.status == "open") != (self.closed_at is None):
+            raise ValueError("closed_at: set exactly when the status is won or lost")
+        if self.closed_at is not None and self.closed_at < self.opened_at:
+            raise ValueError("closed_at: before opened_at")
+        if self.amount is not None and self.currency is None:
+            raise ValueError("currency: required with an amount")
+        if self.lost_reason and self.status != "lost":
+            raise ValueError("lost_reason: only for a lost opportunity")
+        return self
+
+
 class HistoryLead(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -106,6 +139,7 @@ class HistoryLead(BaseModel):
     created_at: Instant
     responses: list[HistoryResponse]
     outcome: Outcome
+    opportunities: list[HistoryOpportunity] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _in_order(self) -> HistoryLead:

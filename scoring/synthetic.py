@@ -10,7 +10,14 @@ sale, and a lost evaluation any time. Students and a competitor engage but never
 Nothing here reads scoring.yaml: the truth is independent of the model, so a backtest
 measures the model instead of echoing it.
 
+The CRM's side, `opportunities`: an evaluation opens an opportunity (its amount by
+company size, in USD); it is won at the sale, or lost some days after an evaluation
+that did not end in one (open still if that is past the DAYS followed). A buyer that
+never evaluated gets a short one too: every sale is a won opportunity.
+
 The same seed gives the same leads, and lead i does not depend on how many are made.
+Each lead's opportunities are drawn after the rest of it, so adding them changed no
+other field.
 
     python -m scoring.synthetic --leads 5000 --seed 1 history.jsonl
 """
@@ -66,6 +73,7 @@ BLOG = ["/blog/lead-scoring-101", "/blog/nurture-playbook", "/blog/b2b-email-ben
 PRODUCT_PAGES = ["/product", "/product/sequences", "/product/scoring", "/integrations"]
 ACTIONS = ["create_project", "import_contacts", "send_test_email", "connect_integration",
            "build_sequence", "view_report"]  # fmt: skip
+LOST_REASONS = ["budget", "timing", "competitor", "no decision", "missing feature"]
 
 
 def generate(n_leads: int, seed: int = 1) -> Iterator[dict[str, Any]]:
@@ -128,8 +136,12 @@ def _lead(rng: random.Random, lead_id: str) -> dict[str, Any]:
     # A buyer's journey ends at the sale; everyone else is followed for DAYS.
     window = rng.uniform(20, DAYS - 10) if buys else DAYS
     responses = _responses(rng, source, intent, student, window)
+    evaluation = None  # (first day, last day)
     if evaluates:
-        responses += _evaluation(rng, window if buys else rng.uniform(10, DAYS), kind)
+        end = window if buys else rng.uniform(10, DAYS)
+        steps, start = _evaluation(rng, end, kind)
+        responses += steps
+        evaluation = (start, end)
     sale = created + timedelta(days=window)
     if buys:  # customers keep using the product: history the backtest must not peek at
         responses += [
@@ -137,7 +149,7 @@ def _lead(rng: random.Random, lead_id: str) -> dict[str, Any]:
             for _ in range(rng.randint(1, 6))
         ]
     responses.sort(key=lambda r: r[1])
-    return {
+    record = {
         "id": lead_id,
         "profile": {
             "email": f"{first}.{last}@{domain}".lower(),
@@ -159,6 +171,10 @@ def _lead(rng: random.Random, lead_id: str) -> dict[str, Any]:
         ],
         "outcome": {"customer": buys, "at": _iso(sale) if buys else None},
     }
+    # Last: the draws above are the same as before opportunities were added.
+    deal = _opportunity(rng, created, size, evaluation, window if buys else None)
+    record["opportunities"] = [{"id": f"006-{lead_id}"} | deal] if deal else []
+    return record
 
 
 def _responses(
@@ -236,8 +252,9 @@ def _responses(
 
 def _evaluation(
     rng: random.Random, end: float, kind: str
-) -> list[tuple[str, float, dict[str, Any]]]:
-    """An evaluation ending on day `end`: pricing, the demo page, a demo request, a reply."""
+) -> tuple[list[tuple[str, float, dict[str, Any]]], float]:
+    """An evaluation ending on day `end`: pricing, the demo page, a demo request, a reply;
+    and the day it started."""
     start = max(end - rng.uniform(5, 25), 0.0)
 
     def during() -> float:
@@ -261,7 +278,40 @@ def _evaluation(
         out.append(("form.submitted", during(), answers))
     if rng.random() < 0.4:
         out.append(("email.reply", during(), {}))
-    return out
+    return out, start
+
+
+def _opportunity(
+    rng: random.Random,
+    created: datetime,
+    size: int | None,
+    evaluation: tuple[float, float] | None,
+    sale: float | None,
+) -> dict[str, Any] | None:
+    """The lead's opportunity in the CRM (its `id` aside), or None: opened during the
+    evaluation (a buyer without one: in the days before the sale), won at the sale, else
+    lost some days after the evaluation ended, if that is within the DAYS followed."""
+    if evaluation is None and sale is None:
+        return None
+    start, end = evaluation or (max(sale - rng.uniform(1, 10), 0.0), sale)
+    opened = rng.uniform(start, end)
+    # Deal size grows with the company, with a spread: ~$3k at 10 people, ~$45k at 5,000.
+    amount = max(round(1000 * (size or 1) ** 0.45 * rng.lognormvariate(0, 0.35), -2), 500)
+    expected = created + timedelta(days=opened + rng.uniform(14, 60))
+    closed, status, reason = sale, "won", None
+    if sale is None:
+        closed, status, reason = end + rng.uniform(1, 20), "lost", rng.choice(LOST_REASONS)
+        if closed > DAYS:  # not decided while the lead was followed
+            closed, status, reason = None, "open", None
+    return {
+        "opened_at": _iso(created + timedelta(days=opened)),
+        "amount": int(amount),
+        "currency": "USD",
+        "expected_close_date": expected.date().isoformat(),
+        "status": status,
+        "closed_at": _iso(created + timedelta(days=closed)) if closed is not None else None,
+        "lost_reason": reason,
+    }
 
 
 def _poisson(rng: random.Random, mean: float) -> int:

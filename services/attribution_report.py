@@ -1,11 +1,14 @@
 """`nurture report --attribution MODEL`: SQLs, pipeline and won revenue credited to the
-sequences, steps, segments or sources whose messages came before them (the models:
-sales/attribution.py).
+sequences, steps, segments or sources whose messages came before them, or to the
+campaigns and mediums (UTM) that brought the leads (the models: sales/attribution.py).
 
 The outcomes: each lead's first SQL (worth 1), each opportunity's amount as pipeline at
 its opening, each won opportunity's amount as revenue at its close, in the report's
-range and segments. Their touches: the messages sent to those leads (so the work grows
-with the outcomes, not with all leads). Amounts are summed per currency, never across.
+range and segments. Their touches, read for those leads only (so the work grows with the
+outcomes, not with all leads): by sequence, step, segment or source, the messages sent
+to them; by campaign or medium, the lead's intake (at its creation, when it came with
+that UTM field) and each of its events that carried the field. Nurture's own sends carry
+no campaign. Amounts are summed per currency, never across.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models.db import Enrollment, Lead, Message, Opportunity, StageChange, as_utc
+from models.db import Enrollment, Lead, Message, Opportunity, Response, StageChange, as_utc
 from sales.attribution import NONE, Credit, Outcome, Touch, attribute
 from services.reports import REACHED, ReportFilter
 
-DIMENSIONS = ("sequence", "step", "segment", "source")
+# The dimensions credited by UTM touches, and the field each is keyed by.
+CAMPAIGN_DIMENSIONS = {"campaign": "utm_campaign", "medium": "utm_medium"}
+DIMENSIONS = ("sequence", "step", "segment", "source", *CAMPAIGN_DIMENSIONS)
 SQLS = "sqls"
+IN_LIST = 1000  # lead IDs per query: bounded IN lists
 
 
 def attribution(session: Session, flt: ReportFilter, model: str, by: str) -> dict[str, Any]:
@@ -32,7 +38,8 @@ def attribution(session: Session, flt: ReportFilter, model: str, by: str) -> dic
         raise ValueError(f"no dimension {by!r} to attribute by: one of {', '.join(DIMENSIONS)}")
     outcomes = _outcomes(session, flt)  # measure -> [(lead_id, at, value)]
     leads = {lead_id for rows in outcomes.values() for lead_id, _, _ in rows}
-    touches = _touches(session, leads)
+    touches = (_campaign_touches(session, leads, by) if by in CAMPAIGN_DIMENSIONS
+               else _touches(session, leads))  # fmt: skip
     credited: dict[str, dict[str, Credit]] = {
         measure: attribute(model, (Outcome(lead, at, value, touches.get(lead, ()))
                                    for lead, at, value in rows), by)
@@ -78,20 +85,43 @@ def _in_range(flt: ReportFilter, at: datetime | None) -> bool:
 def _touches(session: Session, lead_ids: set[str]) -> dict[str, tuple[Touch, ...]]:
     """The sends to these leads, with the keys they are credited by."""
     found: dict[str, list[Touch]] = defaultdict(list)
-    ids = sorted(lead_ids)
-    for start in range(0, len(ids), 1000):  # bounded IN lists
+    for ids in _chunks(lead_ids):
         query = (
             select(Message.lead_id, Message.sent_at, Enrollment.sequence_id, Message.step_id,
                    Lead.segment, Lead.source)
             .join(Lead, Lead.id == Message.lead_id)
             .outerjoin(Enrollment, Enrollment.id == Message.enrollment_id)
-            .where(Message.lead_id.in_(ids[start:start + 1000]), Message.sent_at.is_not(None))
+            .where(Message.lead_id.in_(ids), Message.sent_at.is_not(None))
         )  # fmt: skip
         for lead_id, sent_at, sequence, step, segment, source in session.execute(query):
             keys = {"sequence": sequence or NONE, "step": f"{sequence or NONE}/{step or ''}",
                     "segment": segment or NONE, "source": source or NONE}  # fmt: skip
             found[lead_id].append(Touch(as_utc(sent_at), keys))
     return {lead_id: tuple(touches) for lead_id, touches in found.items()}
+
+
+def _campaign_touches(
+    session: Session, lead_ids: set[str], by: str
+) -> dict[str, tuple[Touch, ...]]:
+    """The touches that carried `by`'s UTM field: the lead's intake (its first touch) and
+    its events. A lead with none before an outcome is credited to (none)."""
+    name = CAMPAIGN_DIMENSIONS[by]
+    column, carried = getattr(Lead, name), Response.utm[name].as_string()
+    found: dict[str, list[Touch]] = defaultdict(list)
+    for ids in _chunks(lead_ids):
+        intakes = select(Lead.id, Lead.created_at, column).where(
+            Lead.id.in_(ids), column.is_not(None))  # fmt: skip
+        events = select(Response.lead_id, Response.occurred_at, carried).where(
+            Response.lead_id.in_(ids), carried.is_not(None))  # fmt: skip
+        for lead_id, at, value in [*session.execute(intakes), *session.execute(events)]:
+            found[lead_id].append(Touch(as_utc(at), {by: value}))
+    return {lead_id: tuple(touches) for lead_id, touches in found.items()}
+
+
+def _chunks(lead_ids: set[str]) -> Iterable[list[str]]:
+    ids = sorted(lead_ids)
+    for start in range(0, len(ids), IN_LIST):
+        yield ids[start : start + IN_LIST]
 
 
 def _rows(credited: dict[str, dict[str, Credit]]) -> list[dict[str, Any]]:

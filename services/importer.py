@@ -10,7 +10,9 @@ Each row is validated as the API validates a lead (`LeadIn`: email-validator, ph
 numbers to E.164 with phonenumbers, IANA time zones); a rejected row is reported
 with its physical line number in the file (the header is line 1), the field and the
 reason. A later row with the same email updates the earlier one. Blank cells leave
-what a lead already has; attributes are merged into the lead's.
+what a lead already has; attributes are merged into the lead's. UTM columns (`utm_source`
+... `utm_content`, or `Campaign`, `Medium`...) are the lead's first touch: kept from the
+first row or lead that has them, never overwritten (see `first_touch_only`).
 
 Valid rows are upserted by email in batches, one transaction per batch, each new
 lead getting its segment (segments.yaml); a later batch is validated and written
@@ -39,11 +41,17 @@ from sqlalchemy.exc import IntegrityError
 
 from models.db import Lead, OutcomeEvent, Response, new_id
 from sales.outcome_store import match_waiting_outcomes
-from services.intake import Intake, LeadIn, _new_number_clears_bad_address
+from services.intake import (
+    UTM_FIELDS,
+    Intake,
+    LeadIn,
+    _new_number_clears_bad_address,
+    first_touch_only,
+)
 
 # The lead fields a column can fill (LeadIn's, but `attributes`: see attribute columns).
 FIELDS = ("email", "first_name", "last_name", "phone", "title", "company", "company_size",
-          "industry", "country", "timezone", "source", "sequence")  # fmt: skip
+          "industry", "country", "timezone", "source", "sequence", *UTM_FIELDS)  # fmt: skip
 
 # Other header names for the fields, normalised (lower case, letters and digits only).
 _ALSO = {
@@ -58,7 +66,12 @@ _ALSO = {
     "industry": "sector vertical",
     "country": "countrycode countryiso iso",
     "timezone": "tz zone tzname",
-    "source": "leadsource origin utmsource",
+    "source": "leadsource origin",  # "UTM Source" is utm_source's: the campaign's
+    "utm_source": "campaignsource",
+    "utm_medium": "medium campaignmedium",
+    "utm_campaign": "campaign campaignname",
+    "utm_term": "campaignterm keyword",
+    "utm_content": "campaigncontent adcontent",
 }
 # Header name (normalised) -> field.
 SYNONYMS: dict[str, str] = {name.replace("_", ""): name for name in FIELDS} | {
@@ -598,6 +611,7 @@ class LeadImporter:
 
     def _segment_of_new(self, fields: dict[str, Any]) -> str:
         profile = dict.fromkeys(Lead.PROFILE_FIELDS) | {"timezone": "UTC", "attributes": {}}
+        fields = _without_utm(fields)  # as Lead.profile(), which has no UTM
         profile |= fields | {"id": None, "segment": None, "stage": "lead", "score": 0.0}
         return self.definitions.choose_segment(profile)[0]
 
@@ -631,7 +645,7 @@ class LeadImporter:
                 else:
                     if "phone" in fields and fields["phone"] != lead.phone:
                         _new_number_clears_bad_address(session, lead)
-                    for name, value in fields.items():
+                    for name, value in first_touch_only(lead, fields).items():
                         if name == "attributes":
                             value = (lead.attributes or {}) | value
                         setattr(lead, name, value)
@@ -694,7 +708,13 @@ def _match_waiting_outcomes(session, leads: list[Lead], emails: set[str]) -> Non
             match_waiting_outcomes(session, lead)
 
 
+def _without_utm(fields: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in fields.items() if name not in UTM_FIELDS}
+
+
 def _merge(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    if any(earlier.get(name) for name in UTM_FIELDS):  # the first row's campaign stays
+        later = _without_utm(later)
     merged = earlier | later
     if "attributes" in earlier and "attributes" in later:
         merged["attributes"] = earlier["attributes"] | later["attributes"]

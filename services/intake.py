@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     EmailStr,
@@ -105,6 +106,37 @@ def _within(value: dict[str, Any], limit: int) -> dict[str, Any]:
     return value
 
 
+# A campaign's fields, as on a landing page's URL (?utm_campaign=spring&utm_medium=cpc).
+UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
+
+
+def _trimmed(value: str | None) -> str | None:
+    """A UTM value trimmed, and blank as none (a form posts its empty hidden fields)."""
+    return (value.strip() or None) if value else None
+
+
+# The length is checked as sent, as the OpenAPI document's maxLength says.
+Utm = Annotated[
+    str | None,
+    Field(max_length=200, description="trimmed; blank is none"),
+    AfterValidator(_trimmed),
+]
+
+
+def given_utm(item: BaseModel) -> dict[str, str]:
+    """The UTM fields a lead or an event carries, only those given."""
+    return {name: value for name in UTM_FIELDS if (value := getattr(item, name)) is not None}
+
+
+def first_touch_only(lead: Lead, fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields an update of `lead` sets. Its UTM is its first touch, the campaign that
+    brought it: a later upsert's fills it only while the lead has none (later campaigns
+    are credited from events), so a returning lead keeps where it came from."""
+    if not any(getattr(lead, name) for name in UTM_FIELDS):
+        return fields
+    return {name: value for name, value in fields.items() if name not in UTM_FIELDS}
+
+
 class _Incoming(BaseModel):
     """What arrives from outside: unknown fields refused, everything storable."""
 
@@ -139,6 +171,12 @@ class LeadIn(_Incoming):
     sequence: str | None = Field(
         default=None, max_length=100, description="enroll in this sequence instead of the segment's"
     )
+    # The campaign that brought the lead: kept from its first upsert that has one.
+    utm_source: Utm = None
+    utm_medium: Utm = None
+    utm_campaign: Utm = None
+    utm_term: Utm = None
+    utm_content: Utm = None
 
     @field_validator("attributes")
     @classmethod
@@ -180,6 +218,12 @@ class EventIn(_Incoming):
     data: dict[str, Any] = Field(
         default_factory=dict, description=f"at most {MAX_EVENT_DATA_BYTES:,} bytes as JSON"
     )
+    # The campaign the event came through (an ad click's landing page, say).
+    utm_source: Utm = None
+    utm_medium: Utm = None
+    utm_campaign: Utm = None
+    utm_term: Utm = None
+    utm_content: Utm = None
 
     @field_validator("data")
     @classmethod
@@ -340,7 +384,7 @@ class Intake:
             else:
                 if "phone" in fields and fields["phone"] != lead.phone:
                     _new_number_clears_bad_address(session, lead)
-                for name, value in fields.items():
+                for name, value in first_touch_only(lead, fields).items():
                     setattr(lead, name, value)
             if lead.segment is None:  # a lead keeps the segment it was first given
                 lead.segment = self.definitions.choose_segment(lead.profile())[0]
@@ -477,6 +521,8 @@ class Intake:
             data=event.data,
             occurred_at=event.occurred_at or utcnow(),
         )
+        if utm := given_utm(event):  # else SQL NULL (an explicit None is JSON null)
+            row.utm = utm
         session.add(row)
         session.flush()  # a repeated event ID fails here, before any change
         if lead is not None:

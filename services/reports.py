@@ -9,9 +9,18 @@ Definitions (also in the README, "Reports"):
 - A lead *reached* a funnel stage if it ever entered it or a later one (stage_changes):
   MQL = mql, pql, sql or accepted; SQL = sql or accepted. A jump from lead to SQL
   records the MQL it passed, and a lead sales turned down keeps the stages it reached.
+- Past accepted, the CRM's outcomes: *opportunity* at the lead's first opportunity
+  opened (its `opened_at`) or first stage change to opportunity, customer or
+  closed_lost; *won* at its first won opportunity's close or first stage change to
+  customer. A lead the CRM opened an opportunity for counts whether or not sales
+  accepted it in Nurture first, so opportunity's rate from accepted may pass 100%.
 - Median times: lead -> MQL from the lead's creation to its first MQL; MQL -> SQL from
   the first MQL to the first SQL; SQL -> accepted from the last SQL entry at or before
-  the first acceptance (the cycle sales accepted) to that acceptance.
+  the first acceptance (the cycle sales accepted) to that acceptance; accepted ->
+  opportunity from the first acceptance to the first opportunity; opportunity -> won
+  from the first won opportunity's opening to its close (its own sales cycle).
+- Won revenue (per segment): the amounts of the won opportunities of the report's
+  leads, summed per currency, never across.
 - A send is a message with status `sent` (it has `sent_at`), in the date range by its
   `sent_at`; skipped, deferred, failed and unknown messages are not sends.
 - A response counts for the message it answers: the one named by its `message_id`
@@ -36,25 +45,40 @@ from __future__ import annotations
 import csv
 import io
 import statistics
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Select, String, case, func, literal, or_, select, text, union_all
 from sqlalchemy.orm import Session, aliased
 
-from models.db import Enrollment, Lead, Message, Response, StageChange, as_utc
+from models.db import (
+    AMOUNT_SCALE,
+    Enrollment,
+    Lead,
+    Message,
+    Opportunity,
+    Response,
+    StageChange,
+    as_utc,
+)
 from models.definitions import parse_duration
 from services.json_output import iso
 
-FUNNEL = ("lead", "mql", "sql", "accepted")
-# The stage_changes.to_stage values that mean a lead reached each funnel stage.
+FUNNEL = ("lead", "mql", "sql", "accepted", "opportunity", "won")
+# The stage_changes.to_stage values that mean a lead reached each funnel stage. An
+# opportunity's opening counts as "opportunity" and its win as "customer" too.
 REACHED = {
     "mql": ("mql", "pql", "sql", "accepted"),
     "sql": ("sql", "accepted"),
     "accepted": ("accepted",),
+    "opportunity": ("opportunity", "customer", "closed_lost"),
+    "won": ("customer",),
 }
+MILESTONES = FUNNEL[1:]  # the stages past `lead`, each timed by its first `<stage>_at`
 # Response types about a message, and what each step column counts.
 EVENT_COLUMNS: dict[str, tuple[str, ...]] = {
     "delivered": ("email.delivered", "sms.delivered"),
@@ -81,8 +105,10 @@ SEND_COLUMNS = ("sent", "recipients", "delivered", "opened", "clicked", "replied
                 "sql_first_touch", "sql_last_touch")  # fmt: skip
 SEQUENCE_COLUMNS = ("sequence", *SEND_COLUMNS)
 STEP_COLUMNS = ("sequence", "step", "channel", *SEND_COLUMNS)
+# overall_rate stays lead -> accepted; the stages past it were added after it.
 SEGMENT_COLUMNS = ("segment", "leads", "mql", "sql", "accepted", "mql_rate", "sql_rate",
-                   "accepted_rate", "overall_rate")  # fmt: skip
+                   "accepted_rate", "overall_rate", "opportunity", "won", "opportunity_rate",
+                   "won_rate", "won_revenue")  # fmt: skip
 KEY_COLUMNS = ("stage", "segment", "sequence", "step", "channel")  # first in a CSV
 SECTIONS = {
     "funnel": FUNNEL_COLUMNS,
@@ -159,41 +185,85 @@ def _rate(part: int, whole: int) -> float | None:
 # --- the funnel and the segments -----------------------------------------------------------------
 
 
-def _milestones(flt: ReportFilter):
-    """Per lead of the report: when it first reached MQL, SQL and accepted."""
-    sc = StageChange
+def _reached_events():
+    """(lead_id, stage, at) for each time a lead entered a stage the funnel counts: its
+    stage changes, and its opportunities' openings and wins as the stages they move it
+    to, at the CRM's times (the stage change comes when the news is delivered)."""
+    sc, o = StageChange, Opportunity
+    counted = sorted({stage for stages in REACHED.values() for stage in stages})
+    changes = select(sc.lead_id.label("lead_id"), sc.to_stage.label("stage"),
+                     sc.created_at.label("at")).where(sc.to_stage.in_(counted))  # fmt: skip
+    known = o.lead_id.is_not(None)
+    opened = select(o.lead_id, literal("opportunity", String), o.opened_at).where(
+        known, o.opened_at.is_not(None)
+    )
+    won = select(o.lead_id, literal("customer", String), o.closed_at).where(
+        known, o.status == "won", o.closed_at.is_not(None)
+    )
+    return union_all(changes, opened, won).subquery("reached")
 
-    def first(stages: tuple[str, ...]):
-        return func.min(case((sc.to_stage.in_(stages), sc.created_at)))
+
+def _milestones(flt: ReportFilter):
+    """Per lead of the report: when it first reached each stage of MILESTONES (`mql_at`...)."""
+    events = _reached_events()
+
+    def first(stage: str):
+        return func.min(case((events.c.stage.in_(REACHED[stage]), events.c.at))).label(
+            f"{stage}_at"
+        )
 
     query = (
-        select(sc.lead_id.label("lead_id"), first(REACHED["mql"]).label("mql_at"),
-               first(REACHED["sql"]).label("sql_at"),
-               first(REACHED["accepted"]).label("accepted_at"))
-        .join(Lead, Lead.id == sc.lead_id)
-        .where(sc.to_stage.in_(REACHED["mql"]))
-        .group_by(sc.lead_id)
-    )  # fmt: skip
+        select(events.c.lead_id.label("lead_id"), *(first(stage) for stage in MILESTONES))
+        .join(Lead, Lead.id == events.c.lead_id)
+        .group_by(events.c.lead_id)
+    )
     return flt.leads(query).subquery("milestones")
 
 
+def won_revenue(session: Session, flt: ReportFilter) -> dict[str | None, dict[str, Decimal]]:
+    """Per segment (None: none), the amounts of the report's leads' won opportunities,
+    summed per currency in SQL (exact: amount_units are integers)."""
+    o = Opportunity
+    query = (
+        select(Lead.segment, o.currency, func.sum(o.amount_units))
+        .join(Lead, Lead.id == o.lead_id)
+        .where(o.status == "won", o.amount_units.is_not(None))
+        .group_by(Lead.segment, o.currency)
+        .order_by(o.currency)
+    )
+    found: dict[str | None, dict[str, Decimal]] = defaultdict(dict)
+    for segment, currency, units in session.execute(flt.leads(query)):
+        found[segment][currency] = Decimal(int(units)) / AMOUNT_SCALE
+    return found
+
+
 def segment_counts(session: Session, flt: ReportFilter) -> list[dict[str, Any]]:
-    """Leads created in the range per segment, and how many reached MQL, SQL, accepted."""
+    """Leads created in the range per segment, how many reached each stage, and their won
+    revenue per currency."""
     m = _milestones(flt)
     query = (
-        select(Lead.segment, func.count(Lead.id), func.count(m.c.mql_at),
-               func.count(m.c.sql_at), func.count(m.c.accepted_at))
+        select(Lead.segment, func.count(Lead.id),
+               *(func.count(m.c[f"{stage}_at"]) for stage in MILESTONES))
         .outerjoin(m, m.c.lead_id == Lead.id)
         .group_by(Lead.segment)
     )  # fmt: skip
+    revenue = won_revenue(session, flt)
     rows = []
-    for segment, leads, mql, sql, accepted in session.execute(flt.leads(query)):
-        rows.append({
-            "segment": segment or NO_SEGMENT, "leads": leads, "mql": mql, "sql": sql,
-            "accepted": accepted, "mql_rate": _rate(mql, leads), "sql_rate": _rate(sql, mql),
-            "accepted_rate": _rate(accepted, sql), "overall_rate": _rate(accepted, leads),
-        })  # fmt: skip
+    for segment, leads, *counts in session.execute(flt.leads(query)):
+        row = _segment_row(segment or NO_SEGMENT, leads, dict(zip(MILESTONES, counts, strict=True)))
+        rows.append(row | {"won_revenue": revenue.get(segment, {})})
     return sorted(rows, key=lambda row: (-row["leads"], row["segment"]))
+
+
+def _segment_row(segment: str, leads: int, n: dict[str, int]) -> dict[str, Any]:
+    return {
+        "segment": segment, "leads": leads, "mql": n["mql"], "sql": n["sql"],
+        "accepted": n["accepted"], "mql_rate": _rate(n["mql"], leads),
+        "sql_rate": _rate(n["sql"], n["mql"]), "accepted_rate": _rate(n["accepted"], n["sql"]),
+        "overall_rate": _rate(n["accepted"], leads), "opportunity": n["opportunity"],
+        "won": n["won"], "opportunity_rate": _rate(n["opportunity"], n["accepted"]),
+        "won_rate": _rate(n["won"], n["opportunity"]),
+    }  # fmt: skip
 
 
 def _seconds(pairs: Iterable[tuple[datetime | None, datetime | None]]) -> list[float]:
@@ -204,16 +274,23 @@ def _seconds(pairs: Iterable[tuple[datetime | None, datetime | None]]) -> list[f
     return out
 
 
+# Each funnel step timed between two of a lead's milestones (`created_at` for the lead).
+TIMED_BETWEEN = {"mql": ("created_at", "mql_at"), "sql": ("mql_at", "sql_at"),
+                 "opportunity": ("accepted_at", "opportunity_at")}  # fmt: skip
+
+
 def stage_durations(session: Session, flt: ReportFilter) -> dict[str, list[float]]:
     """Seconds each lead of the report took between consecutive funnel stages."""
     m = _milestones(flt)
-    to_mql = session.execute(
-        select(Lead.created_at, m.c.mql_at).join(m, m.c.lead_id == Lead.id)
-        .where(m.c.mql_at.is_not(None))
-    )  # fmt: skip
-    to_sql = session.execute(
-        select(m.c.mql_at, m.c.sql_at).where(m.c.mql_at.is_not(None), m.c.sql_at.is_not(None))
-    )
+    # One query for the steps timed between milestones: each use of `m` computes it anew.
+    reached = session.execute(
+        select(Lead.created_at, *(m.c[f"{stage}_at"] for stage in MILESTONES))
+        .join(m, m.c.lead_id == Lead.id)
+    ).all()  # fmt: skip
+    durations = {
+        stage: _seconds((getattr(row, start), getattr(row, end)) for row in reached)
+        for stage, (start, end) in TIMED_BETWEEN.items()
+    }
     # The SQL entry sales accepted: the last one at or before the first acceptance.
     sc = StageChange
     accepted_sql = (
@@ -229,14 +306,32 @@ def stage_durations(session: Session, flt: ReportFilter) -> dict[str, list[float
             accepted_sql, accepted_sql.c.lead_id == m.c.lead_id
         )
     )
-    return {"mql": _seconds(to_mql), "sql": _seconds(to_sql), "accepted": _seconds(to_accepted)}
+    return durations | {"accepted": _seconds(to_accepted),
+                        "won": _seconds(_won_cycles(session, flt))}  # fmt: skip
+
+
+def _won_cycles(session: Session, flt: ReportFilter) -> list[tuple[datetime, datetime]]:
+    """(opened_at, closed_at) of each report lead's first won opportunity: the sales
+    cycle that won it, not the time since an earlier lost one opened."""
+    o = Opportunity
+    query = (
+        select(o.lead_id, o.opened_at, o.closed_at)
+        .join(Lead, Lead.id == o.lead_id)
+        .where(o.status == "won", o.closed_at.is_not(None))
+        .order_by(o.lead_id, o.closed_at)
+    )
+    first: dict[str, tuple[datetime, datetime]] = {}
+    for lead_id, opened, closed in session.execute(flt.leads(query)):
+        first.setdefault(lead_id, (opened, closed))
+    return list(first.values())
 
 
 def funnel(session: Session, flt: ReportFilter, by_segment: list[dict[str, Any]] | None = None):
-    """lead -> MQL -> SQL -> accepted: how many reached each stage, the conversion from the
-    stage before and from all leads, and the median time from the stage before."""
+    """lead -> MQL -> SQL -> accepted -> opportunity -> won: how many reached each stage,
+    the conversion from the stage before and from all leads, and the median time from
+    the stage before. `overall_rate` is lead -> accepted (as before the CRM's stages)."""
     by_segment = segment_counts(session, flt) if by_segment is None else by_segment
-    columns = dict(zip(FUNNEL, ("leads", "mql", "sql", "accepted"), strict=True))
+    columns = {"lead": "leads"} | {stage: stage for stage in MILESTONES}
     reached = {stage: sum(row[name] for row in by_segment) for stage, name in columns.items()}
     durations = stage_durations(session, flt)
     stages, previous = [], None
@@ -480,8 +575,16 @@ def to_csv(report: dict[str, Any], sections: Iterable[str] = tuple(SECTIONS)) ->
     writer.writeheader()
     for name in sections:
         for row in section_rows(report, name):
-            writer.writerow({"section": name} | {k: "" if v is None else v for k, v in row.items()})
+            writer.writerow({"section": name} | {k: _cell(v) for k, v in row.items()})
     return out.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell: amounts per currency as `USD 24000.5; EUR 900` (one column, whatever
+    the currencies), nothing as empty."""
+    if isinstance(value, dict):
+        return "; ".join(f"{currency} {amount}" for currency, amount in value.items())
+    return "" if value is None else value
 
 
 def parse_moment(text: str, now: datetime, end: bool = False) -> datetime:

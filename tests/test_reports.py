@@ -17,12 +17,15 @@ import io
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 from typer.testing import CliRunner
 
 from models.db import Enrollment, Handoff, Lead, Message, Response, StageChange, utcnow
 from models.workflow_io import HandoffAnswer
+from sales.outcome_store import store_outcomes
+from sales.outcomes import OutcomeEventIn
 from services.answering import submit_answer
 from services.intake import EventIn
 from services.reports import ReportFilter, build_report, parse_moment, to_csv
@@ -171,11 +174,11 @@ def test_funnel_counts_rates_and_median_times(database, funnel_data):
     assert stages["accepted"]["median_seconds_from_previous"] == 1.5 * HOUR
 
     segments = rows_of(data, "segments", "segment")
-    assert segments["alpha"] == {
+    assert segments["alpha"] == NO_OUTCOMES | {
         "segment": "alpha", "leads": 2, "mql": 2, "sql": 2, "accepted": 2, "mql_rate": 1.0,
-        "sql_rate": 1.0, "accepted_rate": 1.0, "overall_rate": 1.0,
+        "sql_rate": 1.0, "accepted_rate": 1.0, "overall_rate": 1.0, "opportunity_rate": 0.0,
     }  # fmt: skip
-    assert segments["beta"] == {
+    assert segments["beta"] == NO_OUTCOMES | {
         "segment": "beta", "leads": 3, "mql": 2, "sql": 0, "accepted": 0, "mql_rate": 0.6667,
         "sql_rate": 0.0, "accepted_rate": None, "overall_rate": 0.0,
     }  # fmt: skip
@@ -185,19 +188,157 @@ def test_funnel_counts_rates_and_median_times(database, funnel_data):
 
 def test_the_date_range_and_segments_select_the_leads(database, funnel_data):
     everything = {r["stage"]: r["reached"] for r in report(database)["funnel"]["stages"]}
-    assert everything == {"lead": 7, "mql": 5, "sql": 3, "accepted": 2}
+    assert everything == {"lead": 7, "mql": 5, "sql": 3, "accepted": 2, "opportunity": 0, "won": 0}
     before = report(database, until=T0)["funnel"]["stages"]
-    assert [r["reached"] for r in before] == [1, 1, 1, 0]
+    assert [r["reached"] for r in before] == [1, 1, 1, 0, 0, 0]
     assert before[1]["median_seconds_from_previous"] == 1 * HOUR
     assert before[2]["median_seconds_from_previous"] == 0
     alpha = report(database, segments=("alpha",), since=T0)
-    assert [r["reached"] for r in alpha["funnel"]["stages"]] == [2, 2, 2, 2]
+    assert [r["reached"] for r in alpha["funnel"]["stages"]] == [2, 2, 2, 2, 0, 0]
     assert [row["segment"] for row in alpha["segments"]] == ["alpha"]
     unsegmented = report(database, segments=("(none)", "beta"), since=T0)
     assert unsegmented["funnel"]["stages"][0]["reached"] == 4
     empty = report(database, since=at(1))
-    assert [r["reached"] for r in empty["funnel"]["stages"]] == [0, 0, 0, 0]
+    assert [r["reached"] for r in empty["funnel"]["stages"]] == [0, 0, 0, 0, 0, 0]
     assert empty["funnel"]["overall_rate"] is None and empty["segments"] == []
+
+
+# --- past accepted: the CRM's opportunities and wins -------------------------------------------
+
+NO_OUTCOMES = {"opportunity": 0, "won": 0, "opportunity_rate": None, "won_rate": None,
+               "won_revenue": {}}  # fmt: skip
+
+
+def crm(lead_id: str | None, opportunity: str, *events: tuple, email: str | None = None):
+    """The CRM's events of one opportunity: (kind, hour, amount, currency[, lost reason])."""
+    out = []
+    for kind, hours, amount, currency, *reason in events:
+        out.append(OutcomeEventIn(
+            opportunity_id=opportunity, kind=kind, occurred_at=at(hours), lead_id=lead_id,
+            email=email, amount=amount, currency=currency,
+            lost_reason=reason[0] if reason else None,
+        ))  # fmt: skip
+    return out
+
+
+def walk(rows: Rows, lead_id: str, *steps: tuple[str, float]) -> None:
+    """The lead's stage changes from `lead`, each (stage, hour)."""
+    before = ["lead", *(stage for stage, _ in steps[:-1])]
+    rows.stages(lead_id, *((old, new, at(h)) for old, (new, h) in zip(before, steps, strict=True)))
+
+
+@pytest.fixture
+def outcome_data(database):
+    """Opportunities stored as the CRM's events are (sales/outcome_store.py), and the
+    stage changes the lead workflow makes of their news a little later (+0.1h)."""
+    rows = Rows(database)
+    # a1: accepted at 3h; an opportunity at 5h, won at 29h for $12,000.50.
+    rows.lead("a1", "alpha", at(0))
+    walk(rows, "a1", ("mql", 1), ("sql", 2), ("accepted", 3), ("opportunity", 5.1),
+         ("customer", 29.1))  # fmt: skip
+    # a2: accepted at 4h; lost its first opportunity (8h-20h), recycled, won a second
+    # in euros (50h-60h): its sales cycle is the second's 10h, not 52h from the first.
+    rows.lead("a2", "alpha", at(0))
+    walk(rows, "a2", ("mql", 1), ("sql", 2), ("accepted", 4), ("opportunity", 8.1),
+         ("closed_lost", 20.1), ("lead", 40), ("opportunity", 50.1),
+         ("customer", 60.1))  # fmt: skip
+    # b1: an SQL sales never accepted in Nurture; the CRM opened an opportunity anyway at
+    # 6h, whose news is not delivered yet (no stage change).
+    rows.lead("b1", "beta", at(0))
+    walk(rows, "b1", ("mql", 1), ("sql", 3))
+    # b2: accepted at 5h, opportunity at 9h, lost at 12h.
+    rows.lead("b2", "beta", at(0))
+    walk(rows, "b2", ("mql", 2), ("sql", 2), ("accepted", 5), ("opportunity", 9.1),
+         ("closed_lost", 12.1))  # fmt: skip
+    # b3: accepted at 6h; opportunity (7h) and customer (13h) by its stage changes alone.
+    rows.lead("b3", "beta", at(0))
+    walk(rows, "b3", ("mql", 2), ("sql", 4), ("accepted", 6), ("opportunity", 7),
+         ("customer", 13))  # fmt: skip
+    rows.lead("c1", None, at(0))
+    # Created before the range: a $1,000 win.
+    rows.lead("old", "alpha", at(-48))
+    walk(rows, "old", ("opportunity", -40), ("customer", -30))
+    events = [
+        *crm("a1", "opp-a1", ("created", 5, 10000, "USD"), ("won", 29, "12000.50", "USD")),
+        *crm("a2", "opp-a2", ("created", 8, 5000, "USD"), ("lost", 20, 5000, "USD", "budget")),
+        *crm("a2", "opp-a2b", ("created", 50, 3000, "EUR"), ("won", 60, 3000, "EUR")),
+        *crm("b1", "opp-b1", ("created", 6, 7000, "USD")),
+        *crm("b2", "opp-b2", ("created", 9, 4000, "USD"), ("lost", 12, 4000, "USD", "timing")),
+        *crm("old", "opp-old", ("created", -40, 1000, "USD"), ("won", -30, 1000, "USD")),
+        # Won, for an email no lead has yet: no lead's figure.
+        *crm(None, "opp-x", ("won", 7, 50000, "USD"), email="nobody@example.com"),
+    ]
+    assert store_outcomes(database.sessions, events, "test").waiting == 1
+    return rows
+
+
+def test_the_funnel_goes_on_to_opportunity_and_won(database, outcome_data):
+    data = report(database, since=T0)
+    stages = {row["stage"]: row for row in data["funnel"]["stages"]}
+    assert list(stages) == ["lead", "mql", "sql", "accepted", "opportunity", "won"]
+    assert [stages[s]["reached"] for s in stages] == [6, 5, 5, 4, 5, 3]
+    # b1's opportunity came without an acceptance: more opportunities than acceptances.
+    assert stages["opportunity"]["rate_from_previous"] == 1.25
+    assert stages["opportunity"]["rate_from_leads"] == 0.8333
+    assert stages["won"]["rate_from_previous"] == 0.6 and stages["won"]["rate_from_leads"] == 0.5
+    assert data["funnel"]["overall_rate"] == 0.6667  # lead -> accepted, as it was
+    # accepted -> opportunity, to the CRM's opening (not the stage change 0.1h later):
+    # a1 2h, a2 4h, b2 4h, b3 1h (b1 was never accepted).
+    assert stages["opportunity"]["median_seconds_from_previous"] == 3 * HOUR
+    assert stages["opportunity"]["timed_leads"] == 4
+    # The won opportunity's own cycle: a1 24h, a2 10h (b3 has no opportunity to time).
+    assert stages["won"]["median_seconds_from_previous"] == 17 * HOUR
+    assert stages["won"]["timed_leads"] == 2
+
+    segments = rows_of(data, "segments", "segment")
+    assert {k: v for k, v in segments["alpha"].items() if k in NO_OUTCOMES} == {
+        "opportunity": 2, "won": 2, "opportunity_rate": 1.0, "won_rate": 1.0,
+        "won_revenue": {"EUR": Decimal("3000"), "USD": Decimal("12000.5")},
+    }  # fmt: skip
+    assert {k: v for k, v in segments["beta"].items() if k in NO_OUTCOMES} == {
+        "opportunity": 3, "won": 1, "opportunity_rate": 1.5, "won_rate": 0.3333,
+        "won_revenue": {},
+    }  # fmt: skip
+    assert {k: v for k, v in segments["(none)"].items() if k in NO_OUTCOMES} == NO_OUTCOMES
+
+    # All time: the old lead's win too, never added across currencies.
+    everything = report(database)
+    assert [r["reached"] for r in everything["funnel"]["stages"]][4:] == [6, 4]
+    alpha = rows_of(everything, "segments", "segment")["alpha"]
+    assert alpha["won_revenue"] == {"EUR": Decimal("3000"), "USD": Decimal("13000.5")}
+    assert [r["reached"] for r in report(database, segments=("beta",))["funnel"]["stages"]] == [
+        3, 3, 3, 2, 3, 1
+    ]  # fmt: skip
+
+
+def test_the_report_command_shows_opportunities_and_won_revenue(
+    database, outcome_data, settings, monkeypatch
+):
+    cli_env(monkeypatch, settings)
+    since = ("--since", "2024-05-01T09:00")
+    text = invoke("report", "--section", "funnel", "--section", "segments", *since).stdout
+    assert re.search(r"│ opportunity +│ 5 +│ 125\.0% +│ 83\.3% +│ 3h.* \(4 leads\) +│", text), text
+    assert re.search(r"│ won +│ 3 +│ 60\.0% +│ 50\.0% +│ 17h.* \(2 leads\) +│", text), text
+    alpha = text[text.index("│ alpha") :]
+    assert re.search(r"│ 2 +│ 2 +│ 100\.0% +│ 100\.0% +│ EUR 3,000 +│", alpha), text
+    assert re.search(r"^│ +(│ +){13}USD 12,000\.5 +│", alpha, re.MULTILINE), text
+
+    as_json = json.loads(invoke("report", "--json", *since).stdout)
+    assert [r["reached"] for r in as_json["funnel"]["stages"]] == [6, 5, 5, 4, 5, 3]
+    alpha_json = rows_of(as_json, "segments", "segment")["alpha"]
+    assert alpha_json["won_revenue"] == {"EUR": 3000.0, "USD": 12000.5}
+
+    as_csv = invoke("report", "--csv", *since).stdout
+    rows = list(csv.DictReader(io.StringIO(as_csv)))
+    won = next(r for r in rows if r["section"] == "funnel" and r["stage"] == "won")
+    assert (won["reached"], won["rate_from_previous"], won["timed_leads"]) == ("3", "0.6", "2")
+    alpha_csv = next(r for r in rows if r["section"] == "segments" and r["segment"] == "alpha")
+    assert alpha_csv["won_revenue"] == "EUR 3000; USD 12000.5"
+    assert (alpha_csv["opportunity"], alpha_csv["won_rate"]) == ("2", "1.0")
+    # The columns there were keep their places; the new ones come after them.
+    header = as_csv.splitlines()[0].split(",")
+    assert header[-6:] == ["overall_rate", "opportunity", "won", "opportunity_rate", "won_rate",
+                           "won_revenue"]  # fmt: skip
 
 
 def test_leads_by_segment_including_none(database, funnel_data, settings, monkeypatch):
@@ -358,7 +499,7 @@ def test_report_command_table_csv_and_json(database, send_data, settings, monkey
     as_csv = invoke("report", "--csv", "--since", "2024-05-01T09:00")
     assert as_csv.exit_code == 0
     rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
-    assert [r["section"] for r in rows].count("funnel") == 4
+    assert [r["section"] for r in rows].count("funnel") == 6
     assert {r["section"] for r in rows} == {"funnel", "sequences", "steps", "segments"}
     intro = next(r for r in rows if r["section"] == "steps" and r["step"] == "intro")
     assert (intro["sequence"], intro["sent"], intro["opened"], intro["stage"]) == (
@@ -567,7 +708,7 @@ async def test_commands_on_leads_nurtured_by_the_workflow(
         result = await run("report", "--json", "--segment", "europe")
         assert result.exit_code == 0, result.output
         europe = json.loads(result.stdout)
-        assert [r["reached"] for r in europe["funnel"]["stages"]] == [1, 0, 0, 0]
+        assert [r["reached"] for r in europe["funnel"]["stages"]] == [1, 0, 0, 0, 0, 0]
         assert [(r["step"], r["bounced"]) for r in europe["steps"]] == [("first", 1)]
 
         # leads: filters, table, CSV, JSON.
