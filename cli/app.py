@@ -14,6 +14,7 @@ from cli.consent import consent
 from cli.crm import crm_app
 from cli.db import db_app
 from cli.doctor import doctor
+from cli.financial import financial
 from cli.handoff import handoff_app
 from cli.import_leads import import_leads
 from cli.messages import messages
@@ -38,6 +39,7 @@ for command in (validate, worker, api, dev, demo, consent, score, backtest, resc
     app.command()(command)
 app.command("import")(import_leads)
 app.command("migrate-leads")(migrate_leads)
+app.command()(financial)
 app.add_typer(handoff_app, name="handoff")
 app.add_typer(db_app, name="db")
 app.add_typer(outcomes_app, name="outcomes")

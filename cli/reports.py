@@ -261,7 +261,9 @@ def report(
         "credited by MODEL (first_touch, last_touch, linear, position_based)",
     ),  # fmt: skip
     by: str = typer.Option(
-        "sequence", "--by", help="with --attribution: sequence, step, segment or source"
+        "sequence",
+        "--by",
+        help="with --attribution: sequence, step, segment, source, campaign or medium",
     ),
     explain_key: str = typer.Option(
         None, "--explain", metavar="KEY", help="with --attribution: the leads behind KEY"

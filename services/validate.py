@@ -20,6 +20,7 @@ from pathlib import Path
 from jinja2 import Environment, TemplateError, nodes
 
 from channels.render import RenderedEmail, compliance_problems, message_context
+from models.costs import costs_problems
 from models.jinja import SAMPLE_LEAD, template_environment
 from models.yaml_source import DefinitionProblem
 from services.definitions import EMAIL_PARTS, inspect_definitions
@@ -49,7 +50,8 @@ def validate(root: Path) -> list[DefinitionProblem]:
     users: dict[tuple[str, str], list[str]] = defaultdict(list)  # (channel, template) -> users
     for send in inspection.sends:
         users[send.channel, send.template].append(f"{send.sequence}.{send.step}")
-    return inspection.problems + _check_templates(inspection.templates_dir, users)
+    problems = inspection.problems + _check_templates(inspection.templates_dir, users)
+    return problems + costs_problems(root)  # costs.yaml: optional, read by `nurture financial`
 
 
 @dataclass
