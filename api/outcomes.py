@@ -69,7 +69,9 @@ def outcome_router(
             )
         except UnknownReference as exc:  # as POST /events: a lead ID we do not have
             raise HTTPException(404, str(exc)) from None
-        await intake.deliver_now(result.news)  # never raises: the relay has what is left
+        # The CRM waits for storage only: its news goes on to the workflows in the
+        # background (the relay has what does not get there).
+        await intake.deliver_now(result.news, budget=0)
         return OutcomesOut(accepted=result.accepted, duplicates=result.duplicates,
                            waiting=result.waiting, opportunities=result.opportunities)  # fmt: skip
 

@@ -592,10 +592,12 @@ class RawHttp:
             writer.close()
         return await asyncio.open_connection(self.host, self.port)
 
-    async def post(self, path: str, body: bytes, headers: dict[str, str], fresh=False) -> int:
-        """The status of a POST; a free connection the server closed is replaced once."""
+    async def post(self, path: str, body: bytes, headers: dict[str, str], fresh=False,
+                   method: str = "POST") -> int:  # fmt: skip
+        """The status of a POST (or `method`); a free connection the server closed is
+        replaced once."""
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        request = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: "
+        request = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Length: "
                    f"{len(body)}\r\n{head}\r\n").encode() + body  # fmt: skip
         reader, writer = await self._connection(fresh)
         try:
@@ -609,7 +611,7 @@ class RawHttp:
         except (OSError, IndexError, asyncio.IncompleteReadError):
             writer.close()
             if not fresh:
-                return await self.post(path, body, headers, fresh=True)
+                return await self.post(path, body, headers, fresh=True, method=method)
             raise
         self.idle.append((reader, writer, time.monotonic()))
         return int(status)

@@ -23,6 +23,8 @@ from infra.settings import Settings
 from models.definitions import DeliveryPolicy, EmailStep, FrequencyCap, SalesTeam, SendWindow
 from models.scoring_model import ScoringBook
 from models.workflow_io import HandoffAnswer, MigrateRequest, RescoreRequest, lead_workflow_id
+from sales.outcome_store import store_outcomes
+from sales.outcomes import OutcomeEventIn
 from services.definitions import load_definitions
 from services.intake import EventIn, Intake, LeadIn
 from services.runtime import build_activities, build_worker, open_database, sync_sales_reps
@@ -138,6 +140,13 @@ async def record() -> None:
                 elif event_type == "rescore":
                     handle = env.client.get_workflow_handle(lead_workflow_id(row.id))
                     await handle.signal("rescore", RescoreRequest(event_id=f"rescore:{days}"))
+                elif event_type and event_type.startswith("outcome:"):  # the CRM's news
+                    at = await env.get_current_time()
+                    kind = event_type.removeprefix("outcome:")
+                    opportunity = OutcomeEventIn(opportunity_id=f"opp-{row.id}", kind=kind,
+                                                 lead_id=row.id, occurred_at=at)  # fmt: skip
+                    stored = store_outcomes(database.sessions, [opportunity], "api")
+                    await intake.deliver(stored.news)
                 elif event_type:
                     # Stamped with the server's (skipped) time, as a live event would be.
                     at = await env.get_current_time()
@@ -207,6 +216,16 @@ async def record() -> None:
             scored = LeadIn(email="k@example.com")
             plan = [(1, "email.open"), (0, "email.click"), (0, "email.reply"), (3, None)]
             await scenario("scored_by_local_activity", scored, plan, "month")
+            # The CRM's news (an opportunity opens, is lost, reopens and is won) moving the
+            # lead's stage by the apply_outcome activity (as before the apply-outcome-locally
+            # patch); the loss's recycle is called off.
+            buying = LeadIn(email="l@example.com")
+            plan = [(1, "outcome:created"), (1, "outcome:lost"), (1, "outcome:reopened"),
+                    (1, "outcome:won"), (5, None)]  # fmt: skip
+            await scenario("outcomes_by_activity", buying, plan, "month", sales_intake)
+            # The same by a local activity (the apply-outcome-locally patch).
+            buying = LeadIn(email="m@example.com")
+            await scenario("outcomes_by_local_activity", buying, plan, "month", sales_intake)
     await env.shutdown()
 
 

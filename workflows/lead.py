@@ -92,6 +92,9 @@ SEND_QUEUES_PATCH = "send-queues"
 # the history events and one workflow task per response instead of two, and no trip
 # through the task queue. Before this patch it was a regular activity.
 SCORE_LOCALLY_PATCH = "score-locally"
+# The CRM's news moves the stage in a local activity, beside the scoring of the same task:
+# one workflow task a news, not a second one after an activity task (half Temporal's work).
+OUTCOME_LOCALLY_PATCH = "apply-outcome-locally"
 RESPONSES_PER_RUN = 2_000  # then continue as new, so the history stays small
 # Event IDs handed to the next run for exact de-duplication: this run's and the one's
 # before (a relay re-signals within seconds, not thousands of responses later).
@@ -387,15 +390,16 @@ class LeadWorkflow:
                 await self._apply_outcome(event)
 
     async def _apply_outcome(self, event: ResponseEvent) -> None:
-        """An opportunity's news from the CRM (a type no history before it has: no patch):
-        the stage it puts the lead at; nurture stops while an opportunity is open or won;
-        a loss is nurtured again after the recycle cool-down, as a rejection is."""
+        """An opportunity's news from the CRM: the stage it puts the lead at (a local
+        activity since OUTCOME_LOCALLY_PATCH); nurture stops while an opportunity is open
+        or won; a loss is nurtured again after the recycle cool-down, as a rejection is."""
         lead, state = self.lead, self.lead.state
         status = OUTCOME_TYPES[event.type]
         request = OutcomeRequest(lead_id=self._lead_id, event_id=event.event_id,
                                  status=status, at=workflow.now())  # fmt: skip
+        local = workflow.patched(OUTCOME_LOCALLY_PATCH)
         applied: OutcomeApplied = await self._activity(SalesActivities.apply_outcome, request,
-                                                       QUICK)  # fmt: skip
+                                                       QUICK, local=local)  # fmt: skip
         state.stage = applied.stage
         if not applied.moved:
             return
