@@ -30,10 +30,11 @@ import math
 import random
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, make_url, select, text
 
 from bench.generate_leads import NOW, REPO, _store, generate
 from bench.saturation import fresh_postgres
@@ -170,22 +171,48 @@ def measure(url: str) -> dict[str, float]:
     return figures
 
 
+def _fresh(stack: contextlib.ExitStack, args: argparse.Namespace) -> str:
+    """A new database: on the PostgreSQL server given, else a SQLite file (both dropped
+    afterwards unless --keep)."""
+    if args.keep:
+        scratch = tempfile.mkdtemp(prefix="bench-attribution-")
+    else:
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-attribution-"))
+    if not args.database_url:
+        return f"sqlite:///{scratch}/nurture.db"
+    if args.keep:
+        name = f"bench_attribution_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(args.database_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        return make_url(args.database_url).set(database=name).render_as_string(False)
+    return stack.enter_context(fresh_postgres(args.database_url))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--leads", type=int, default=100_000)
     parser.add_argument("--touches", type=int, default=1_000_000)
     parser.add_argument("--outcomes", type=int, default=5_000)
     parser.add_argument("--database-url", help="a PostgreSQL server (a fresh database)")
+    parser.add_argument(
+        "--measure", metavar="URL", help="only measure, on a database generated before (see --keep)"
+    )
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the generated database and print its URL")  # fmt: skip
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-attribution-"))
-        url = (stack.enter_context(fresh_postgres(args.database_url)) if args.database_url
-               else f"sqlite:///{tmp}/nurture.db")  # fmt: skip
-        seconds = history(url, load_definitions(REPO), args.leads, args.touches, args.outcomes)
-        print(f"generated {args.leads:,} leads, {args.touches:,} touches, {args.outcomes:,} "
-              f"opportunities in {seconds:.0f} s", flush=True)  # fmt: skip
+        url = args.measure or _fresh(stack, args)
+        if not args.measure:
+            seconds = history(url, load_definitions(REPO), args.leads, args.touches,
+                              args.outcomes)  # fmt: skip
+            print(f"generated {args.leads:,} leads, {args.touches:,} touches, "
+                  f"{args.outcomes:,} opportunities in {seconds:.0f} s", flush=True)  # fmt: skip
+            if args.keep:
+                print(f"kept: --measure {url}")
         figures = measure(url)
-    kind = "postgresql" if args.database_url else "sqlite"
+    kind = "postgresql" if url.startswith("postgresql") else "sqlite"
     worst = max(figures[f"{by} warm"] for by in ("sequence", "step"))
     print(f"attribution (warm, slower of the two): {worst:.2f} s; target on {kind} "
           f"{TARGETS[kind]:g} s: {'met' if worst < TARGETS[kind] else 'MISSED'}")  # fmt: skip

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ARRAY, ColumnElement, String, any_, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from models.db import Enrollment, Lead, Message, Opportunity, Response, StageChange, as_utc
@@ -85,17 +85,17 @@ def _in_range(flt: ReportFilter, at: datetime | None) -> bool:
 def _touches(session: Session, lead_ids: set[str]) -> dict[str, tuple[Touch, ...]]:
     """The sends to these leads, with the keys they are credited by."""
     found: dict[str, list[Touch]] = defaultdict(list)
-    for ids in _chunks(lead_ids):
+    shared: dict[tuple, dict[str, str]] = {}  # one dict per distinct set of keys
+    for among in _among(session, Message.lead_id, lead_ids):
         query = (
             select(Message.lead_id, Message.sent_at, Enrollment.sequence_id, Message.step_id,
                    Lead.segment, Lead.source)
             .join(Lead, Lead.id == Message.lead_id)
             .outerjoin(Enrollment, Enrollment.id == Message.enrollment_id)
-            .where(Message.lead_id.in_(ids), Message.sent_at.is_not(None))
+            .where(among, Message.sent_at.is_not(None))
         )  # fmt: skip
-        for lead_id, sent_at, sequence, step, segment, source in session.execute(query):
-            keys = {"sequence": sequence or NONE, "step": f"{sequence or NONE}/{step or ''}",
-                    "segment": segment or NONE, "source": source or NONE}  # fmt: skip
+        for lead_id, sent_at, *values in session.execute(query):
+            keys = shared.get(tuple(values)) or shared.setdefault(tuple(values), _keys(*values))
             found[lead_id].append(Touch(as_utc(sent_at), keys))
     return {lead_id: tuple(touches) for lead_id, touches in found.items()}
 
@@ -108,20 +108,33 @@ def _campaign_touches(
     name = CAMPAIGN_DIMENSIONS[by]
     column, carried = getattr(Lead, name), Response.utm[name].as_string()
     found: dict[str, list[Touch]] = defaultdict(list)
-    for ids in _chunks(lead_ids):
+    leads_in = _among(session, Lead.id, lead_ids)
+    events_in = _among(session, Response.lead_id, lead_ids)
+    for among_leads, among_events in zip(leads_in, events_in, strict=True):
         intakes = select(Lead.id, Lead.created_at, column).where(
-            Lead.id.in_(ids), column.is_not(None))  # fmt: skip
+            among_leads, column.is_not(None))  # fmt: skip
         events = select(Response.lead_id, Response.occurred_at, carried).where(
-            Response.lead_id.in_(ids), carried.is_not(None))  # fmt: skip
+            among_events, carried.is_not(None))  # fmt: skip
         for lead_id, at, value in [*session.execute(intakes), *session.execute(events)]:
             found[lead_id].append(Touch(as_utc(at), {by: value}))
     return {lead_id: tuple(touches) for lead_id, touches in found.items()}
 
 
-def _chunks(lead_ids: set[str]) -> Iterable[list[str]]:
+def _keys(sequence: str | None, step: str | None, segment: str | None, source: str | None):
+    return {"sequence": sequence or NONE, "step": f"{sequence or NONE}/{step or ''}",
+            "segment": segment or NONE, "source": source or NONE}  # fmt: skip
+
+
+def _among(session: Session, column, lead_ids: set[str]) -> Iterable[ColumnElement[bool]]:
+    """`column` among these leads, as conditions to query with in turn: on PostgreSQL one
+    array parameter (one join over the table: lists of 1,000 IDs had it scanned once a
+    list, 75 scans of 10,000,000 sends); elsewhere bounded IN lists."""
     ids = sorted(lead_ids)
+    if session.get_bind().dialect.name == "postgresql":
+        yield column == any_(bindparam("lead_ids", ids, type_=ARRAY(String)))
+        return
     for start in range(0, len(ids), IN_LIST):
-        yield ids[start : start + IN_LIST]
+        yield column.in_(ids[start : start + IN_LIST])
 
 
 def _rows(credited: dict[str, dict[str, Credit]]) -> list[dict[str, Any]]:
