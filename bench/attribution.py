@@ -85,6 +85,9 @@ def history(url: str, definitions: Definitions, leads: int, touches: int, outcom
     _store(engine, StageChange.__table__, STAGE_COLUMNS, _stage_changes(sqls))
     _store(engine, Opportunity.__table__, OPPORTUNITY_COLUMNS,
            _opportunities(rng, sqls[:outcomes]))  # fmt: skip
+    if engine.dialect.name == "postgresql":  # as autovacuum would: index-only scans need it
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.exec_driver_sql("VACUUM ANALYZE messages")
     engine.dispose()
     return time.perf_counter() - started
 
@@ -213,8 +216,8 @@ def main() -> None:
                 print(f"kept: --measure {url}")
         figures = measure(url)
     kind = "postgresql" if url.startswith("postgresql") else "sqlite"
-    worst = max(figures[f"{by} warm"] for by in ("sequence", "step"))
-    print(f"attribution (warm, slower of the two): {worst:.2f} s; target on {kind} "
+    worst = max(figures[f"{by} {run}"] for by in ("sequence", "step") for run in ("cold", "warm"))
+    print(f"attribution (the slowest run): {worst:.2f} s; target on {kind} "
           f"{TARGETS[kind]:g} s: {'met' if worst < TARGETS[kind] else 'MISSED'}")  # fmt: skip
 
 

@@ -157,11 +157,17 @@ class TemplateSet(Base):
 
 class Message(Base):
     __tablename__ = "messages"
+    # A lead's sends; on PostgreSQL the index carries what attribution reads of them, so
+    # the touches of 75,000 leads among 10,000,000 sends are an index-only scan.
+    __table_args__ = (
+        Index("ix_messages_lead_id", "lead_id",
+              postgresql_include=["sent_at", "enrollment_id", "step_id"]),
+    )  # fmt: skip
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     # (lead, enrollment, step, visit): claimed before the provider is called.
     send_key: Mapped[str] = mapped_column(String(300), unique=True)
-    lead_id: Mapped[str] = mapped_column(ForeignKey("leads.id"), index=True)
+    lead_id: Mapped[str] = mapped_column(ForeignKey("leads.id"))
     enrollment_id: Mapped[str | None] = mapped_column(ForeignKey("enrollments.id"))
     step_id: Mapped[str | None] = mapped_column(String(100))
     channel: Mapped[str] = mapped_column(String(10))

@@ -21,7 +21,16 @@ from typing import Any
 from sqlalchemy import ARRAY, ColumnElement, String, any_, bindparam, func, select
 from sqlalchemy.orm import Session
 
-from models.db import Enrollment, Lead, Message, Opportunity, Response, StageChange, as_utc
+from models.db import (
+    AMOUNT_SCALE,
+    Enrollment,
+    Lead,
+    Message,
+    Opportunity,
+    Response,
+    StageChange,
+    as_utc,
+)
 from sales.attribution import NONE, Credit, Outcome, Touch, attribute
 from services.reports import REACHED, ReportFilter
 
@@ -37,9 +46,12 @@ def attribution(session: Session, flt: ReportFilter, model: str, by: str) -> dic
     if by not in DIMENSIONS:
         raise ValueError(f"no dimension {by!r} to attribute by: one of {', '.join(DIMENSIONS)}")
     outcomes = _outcomes(session, flt)  # measure -> [(lead_id, at, value)]
-    leads = {lead_id for rows in outcomes.values() for lead_id, _, _ in rows}
-    touches = (_campaign_touches(session, leads, by) if by in CAMPAIGN_DIMENSIONS
-               else _touches(session, leads))  # fmt: skip
+    last: dict[str, datetime] = {}  # each lead's latest outcome: later touches earn nothing
+    for rows in outcomes.values():
+        for lead_id, at, _ in rows:
+            last[lead_id] = max(at, last.get(lead_id, at))
+    touches = (_campaign_touches(session, set(last), by) if by in CAMPAIGN_DIMENSIONS
+               else _touches(session, last))  # fmt: skip
     credited: dict[str, dict[str, Credit]] = {
         measure: attribute(model, (Outcome(lead, at, value, touches.get(lead, ()))
                                    for lead, at, value in rows), by)
@@ -59,18 +71,20 @@ def _outcomes(session: Session, flt: ReportFilter) -> dict[str, list[tuple[str, 
     for lead_id, at in session.execute(flt.in_segments(first_sql)):
         if _in_range(flt, at):
             found[SQLS].append((lead_id, as_utc(at), 1.0))
-    opportunities = select(Opportunity).join(Lead, Lead.id == Opportunity.lead_id)
-    for opportunity in session.scalars(flt.in_segments(opportunities)):
-        if opportunity.amount is None:
-            continue
-        amount, currency = float(opportunity.amount), opportunity.currency
-        if opportunity.opened_at and _in_range(flt, opportunity.opened_at):
-            found[f"pipeline {currency}"].append(
-                (opportunity.lead_id, as_utc(opportunity.opened_at), amount)
-            )
-        if opportunity.status == "won" and _in_range(flt, opportunity.closed_at):
-            found[f"revenue {currency}"].append(
-                (opportunity.lead_id, as_utc(opportunity.closed_at), amount))  # fmt: skip
+    opportunities = (
+        select(Opportunity.lead_id, Opportunity.amount_units, Opportunity.currency,
+               Opportunity.opened_at, Opportunity.status, Opportunity.closed_at)
+        .join(Lead, Lead.id == Opportunity.lead_id)
+        .where(Opportunity.amount_units.is_not(None))
+    )  # fmt: skip
+    for lead_id, units, currency, opened, status, closed in session.execute(
+        flt.in_segments(opportunities)
+    ):
+        amount = units / AMOUNT_SCALE
+        if opened and _in_range(flt, opened):
+            found[f"pipeline {currency}"].append((lead_id, as_utc(opened), amount))
+        if status == "won" and _in_range(flt, closed):
+            found[f"revenue {currency}"].append((lead_id, as_utc(closed), amount))
     return dict(found)
 
 
@@ -82,22 +96,35 @@ def _in_range(flt: ReportFilter, at: datetime | None) -> bool:
         flt.until is None or at < as_utc(flt.until))  # fmt: skip
 
 
-def _touches(session: Session, lead_ids: set[str]) -> dict[str, tuple[Touch, ...]]:
-    """The sends to these leads, with the keys they are credited by."""
+def _touches(session: Session, last: dict[str, datetime]) -> dict[str, tuple[Touch, ...]]:
+    """The sends to these leads up to their `last` outcome, with the keys they are
+    credited by. The leads' and enrollments' fields are read once each, not joined onto
+    every send."""
+    lead_ids = set(last)
+    profiles = _by_id(session, select(Lead.id, Lead.segment, Lead.source), Lead.id, lead_ids)
+    sequences = _by_id(session, select(Enrollment.id, Enrollment.sequence_id),
+                       Enrollment.lead_id, lead_ids)  # fmt: skip
     found: dict[str, list[Touch]] = defaultdict(list)
     shared: dict[tuple, dict[str, str]] = {}  # one dict per distinct set of keys
     for among in _among(session, Message.lead_id, lead_ids):
-        query = (
-            select(Message.lead_id, Message.sent_at, Enrollment.sequence_id, Message.step_id,
-                   Lead.segment, Lead.source)
-            .join(Lead, Lead.id == Message.lead_id)
-            .outerjoin(Enrollment, Enrollment.id == Message.enrollment_id)
-            .where(among, Message.sent_at.is_not(None))
-        )  # fmt: skip
-        for lead_id, sent_at, *values in session.execute(query):
-            keys = shared.get(tuple(values)) or shared.setdefault(tuple(values), _keys(*values))
-            found[lead_id].append(Touch(as_utc(sent_at), keys))
+        sends = select(Message.lead_id, Message.sent_at, Message.enrollment_id,
+                       Message.step_id).where(among, Message.sent_at.is_not(None))  # fmt: skip
+        for lead_id, sent_at, enrollment_id, step in session.execute(sends):
+            if (at := as_utc(sent_at)) > last[lead_id]:
+                continue
+            segment, source = profiles[lead_id]
+            values = (sequences.get(enrollment_id, (None,))[0], step, segment, source)
+            keys = shared.get(values) or shared.setdefault(values, _keys(*values))
+            found[lead_id].append(Touch(at, keys))
     return {lead_id: tuple(touches) for lead_id, touches in found.items()}
+
+
+def _by_id(session: Session, query, column, lead_ids: set[str]) -> dict[str, tuple]:
+    """The rows of `query` for these leads, by their first column."""
+    found = {}
+    for among in _among(session, column, lead_ids):
+        found.update((row[0], tuple(row[1:])) for row in session.execute(query.where(among)))
+    return found
 
 
 def _campaign_touches(

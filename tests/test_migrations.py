@@ -36,6 +36,7 @@ HISTORY = [
     "0005  unscored responses: a partial index on the responses not scored yet",
     "0006  outcomes: opportunity events from the CRM, and the opportunities they fold into",
     "0007  utm and crm sync: campaign fields on leads and responses; each CRM connector's cursor",
+    "0008  messages by lead: on PostgreSQL the index carries sent_at, enrollment_id and step_id",
 ]
 ALL_APPLIED = "".join(f"applied {line}\n" for line in HISTORY)
 
@@ -116,7 +117,12 @@ def schema(url: str) -> dict:
                 ],
                 "primary key": inspector.get_pk_constraint(table)["constrained_columns"],
                 "indexes": sorted(
-                    (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                    (
+                        i["name"],
+                        tuple(i["column_names"]),
+                        bool(i["unique"]),
+                        tuple(i.get("dialect_options", {}).get("postgresql_include", ())),
+                    )
                     for i in inspector.get_indexes(table)
                 ),
                 "unique constraints": sorted(
