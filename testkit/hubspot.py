@@ -18,22 +18,13 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from testkit.providers import Recorded
+
 SEARCH = "/crm/v3/objects/deals/search"
 ASSOCIATIONS = "/crm/v4/associations/deals/contacts/batch/read"
 CONTACTS = "/crm/v3/objects/contacts/batch/read"
 WON, LOST = "closedwon", "closedlost"
 START = datetime(2026, 11, 1, tzinfo=UTC)
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 @dataclass
