@@ -23,6 +23,9 @@ crm_app = typer.Typer(
 def sync(
     now: bool = typer.Option(False, "--now", help="pull at once, not at the next scheduled run"),
     as_json: bool = typer.Option(False, "--json", help="the figures as JSON on stdout"),
+    timeout: float = typer.Option(
+        300, min=1, help="seconds to wait for the pull to end (it goes on after that)"
+    ),
 ) -> None:
     """Pull the deals changed since the last pull, at once, and wait for it (a worker
     runs it). The worker schedules a pull every NURTURE_CRM_SYNC_MINUTES by itself;
@@ -33,7 +36,8 @@ def sync(
       nurture crm sync --now --json > pull.json
 
     Exit codes: 0 pulled; 1 the pull failed (HubSpot refused the token, Temporal
-    unreachable); 2 bad usage (no --now, no HUBSPOT_ACCESS_TOKEN).
+    unreachable) or did not end within --timeout (no worker running?); 2 bad usage (no
+    --now, no HUBSPOT_ACCESS_TOKEN).
     """
     from temporalio.client import WorkflowFailureError
 
@@ -50,10 +54,15 @@ def sync(
         raise typer.Exit(2)
 
     async def run():
-        return await sync_now(await connect_temporal(settings), settings)
+        return await sync_now(await connect_temporal(settings), settings, timeout)
 
     try:
         progress = asyncio.run(run())
+    except TimeoutError:
+        errors.print(f"[red]error[/red] the pull did not end within {timeout:g} s: it goes on "
+                     "if a worker runs it (is one running on this task queue?); `nurture crm "
+                     "status` shows where it stands")  # fmt: skip
+        raise typer.Exit(1) from None
     except WorkflowFailureError as exc:
         errors.print(f"[red]error[/red] the pull failed: {escape(str(exc.cause or exc))}")
         raise typer.Exit(1) from None

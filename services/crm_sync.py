@@ -9,6 +9,7 @@ policy), and `--now` joins a `--now` already running instead of starting a secon
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 from typing import Any
@@ -61,13 +62,16 @@ async def ensure_schedule(client: Client, settings: Settings) -> bool:
     return True
 
 
-async def sync_now(client: Client, settings: Settings) -> CrmSyncProgress:
-    """One run at once (a worker runs it), its figures when it ends."""
+async def sync_now(
+    client: Client, settings: Settings, timeout: float | None = None
+) -> CrmSyncProgress:
+    """One run at once (a worker runs it), its figures when it ends; TimeoutError after
+    `timeout` seconds (the run goes on)."""
     handle = await client.start_workflow(
         WORKFLOW, CrmSyncRequest(), id=f"{RUN_ID}-now", task_queue=settings.task_queue,
         result_type=CrmSyncProgress, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )  # fmt: skip
-    return await handle.result()
+    return await asyncio.wait_for(handle.result(), timeout)
 
 
 def sync_status(sessions: sessionmaker, connector: str = "hubspot") -> dict[str, Any]:

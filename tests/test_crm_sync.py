@@ -6,6 +6,7 @@ workflow and its Schedule on a real Temporal server; SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import timedelta
@@ -317,3 +318,30 @@ def test_a_deal_s_fields_become_the_event_s():
         "created",
         "2025-11-01T10:00:00+00:00",
     )
+
+
+def test_sync_now_with_no_worker_gives_up_waiting_and_says_so(
+    crm_settings, dev_server_env, monkeypatch, tmp_path
+):
+    from temporalio.client import Client
+
+    from cli.app import app
+
+    address = dev_server_env.client.service_client.config.target_host
+    queue = f"no-worker-{uuid.uuid4().hex[:8]}"
+    for name, value in {"DATABASE_URL": crm_settings.effective_database_url,
+                        "NURTURE_STATE_DIR": str(tmp_path / "state"),
+                        "TEMPORAL_ADDRESS": address, "NURTURE_TASK_QUEUE": queue,
+                        "HUBSPOT_ACCESS_TOKEN": "pat-test-token"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    try:
+        result = CliRunner().invoke(app, ["crm", "sync", "--now", "--timeout", "1"])
+        assert result.exit_code == 1, result.output
+        assert "did not end within 1 s" in result.stderr and "nurture crm status" in result.stderr
+    finally:  # the run waits for a worker that never comes: end it for the next tests
+
+        async def end() -> None:
+            client = await Client.connect(address)
+            await client.get_workflow_handle("crm-sync-hubspot-now").terminate("test over")
+
+        asyncio.run(end())
