@@ -15,11 +15,10 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -27,6 +26,8 @@ from sqlalchemy.orm import sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.service import RPCError
 
+from api.console.app import add_console, invalid_page
+from api.console.web import Console
 from api.database import DATABASE_WAIT, HandlerDatabase
 from api.errors import error_responses
 from api.handoffs import handoff_router
@@ -34,7 +35,8 @@ from api.limits import BodySizeLimit
 from api.openapi import finished
 from api.outcomes import outcome_router
 from api.provider_webhooks import webhook_router
-from api.security import AUTH_FAILURE_LIMIT, AuthFailureLimit, SecurityHeaders, bearer_matches
+from api.security import AUTH_FAILURE_LIMIT, AuthFailureLimit, SecurityHeaders
+from api.tokens import BearerTokens
 from api.unsubscribe import unsubscribe_router
 from infra.settings import Settings
 from models.db import Response
@@ -114,8 +116,10 @@ def create_app(
     app.add_middleware(SecurityHeaders, skip=DOC_PAGES)
     app.include_router(webhook_router(intake, settings, links))
     app.include_router(unsubscribe_router(intake, links, settings.sender_company, db))
-    app.include_router(handoff_router(intake, links, api_token, db))
-    _add_error_handlers(app)
+    tokens = BearerTokens(api_token, db, intake.sessions)
+    app.include_router(handoff_router(intake, links, tokens, db))
+    console = add_console(app, intake, settings, db)
+    _add_error_handlers(app, console)
     _document(app, intake.definitions)
 
     # 413: the body limit holds for any request, even one that sends /health a body.
@@ -124,10 +128,9 @@ def create_app(
         return {"status": "ok"}
 
     # Registered in this order: the OpenAPI document lists the paths in it.
-    authenticated = _bearer_authentication(api_token)
-    _add_lead_route(app, intake, db, authenticated)
-    _add_events_route(app, intake, db, authenticated)
-    app.include_router(outcome_router(settings, db, intake, authenticated))
+    _add_lead_route(app, intake, db, tokens.requiring("leads:write"))
+    _add_events_route(app, intake, db, tokens.requiring("events:write"))
+    app.include_router(outcome_router(settings, db, intake, tokens.requiring("outcomes:write")))
     return app
 
 
@@ -150,25 +153,11 @@ def _lifespan(intake: Intake, relay: bool) -> Callable[[FastAPI], AbstractAsyncC
     return lifespan
 
 
-def _bearer_authentication(api_token: str) -> Callable[..., None]:
-    """The dependency of the routes that need the API's bearer token (401 without it)."""
-    bearer = HTTPBearer(auto_error=False)
-
-    def authenticated(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
-        if not bearer_matches(credentials, api_token):
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
-                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-
-    return authenticated
-
-
 def _add_lead_route(
-    app: FastAPI, intake: Intake, db: HandlerDatabase, authenticated: Callable[..., None]
+    app: FastAPI, intake: Intake, db: HandlerDatabase, authenticated: Callable[..., Any]
 ) -> None:
     @app.post("/leads", dependencies=[Depends(authenticated)], status_code=201,
-              responses=error_responses(400, 401, 413, 422, 429, 503))  # fmt: skip
+              responses=error_responses(400, 401, 403, 413, 422, 429, 503))  # fmt: skip
     async def create_lead(lead_in: LeadIn) -> LeadOut:
         """Create or update a lead (by email) and enroll it. 503: the lead may be stored but
         not enrolled: send it again (enrolling twice is harmless)."""
@@ -200,10 +189,10 @@ def _add_lead_route(
 
 
 def _add_events_route(
-    app: FastAPI, intake: Intake, db: HandlerDatabase, authenticated: Callable[..., None]
+    app: FastAPI, intake: Intake, db: HandlerDatabase, authenticated: Callable[..., Any]
 ) -> None:
     @app.post("/events", dependencies=[Depends(authenticated)], status_code=202,
-              responses=error_responses(400, 401, 404, 413, 422, 429, 503))  # fmt: skip
+              responses=error_responses(400, 401, 403, 404, 413, 422, 429, 503))  # fmt: skip
     async def post_events(body: EventIn | EventBatch) -> EventsOut:
         """Our own events (page views, downloads, webinars, trial and product actions),
         one or a batch of up to 1,000. Each may carry an idempotency key (`event_id`).
@@ -236,9 +225,11 @@ def _invalid(field: str, message: str) -> RequestValidationError:
     return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _add_error_handlers(app: FastAPI, console: Console) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> Any:
+        if request.url.path.startswith("/console/"):
+            return invalid_page(console, request, exc)
         return JSONResponse(
             {"detail": "invalid request", "problems": _problems(exc)}, status_code=422
         )

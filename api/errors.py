@@ -35,9 +35,10 @@ class ErrorOut(BaseModel):
 DESCRIPTIONS = {
     400: "the body could not be read (not JSON, not UTF-8, nested too deep, not the "
     "shape the endpoint reads); nothing was stored",
-    401: "missing or wrong API token: send `Authorization: Bearer <NURTURE_API_TOKEN>`",
-    403: "the request's signature, secret or signed link is missing or not valid; "
-    "nothing was stored",
+    401: "missing or wrong API token: send `Authorization: Bearer <token>` (NURTURE_API_TOKEN "
+    "or a user's API token)",
+    403: "the request's signature, secret or signed link is missing or not valid, or its "
+    "API token does not have the route's scope; nothing was stored",
     404: "not found",
     405: "the path does not take this method; `Allow` lists the ones it takes",
     409: "refused in the state things are in (the detail says why)",

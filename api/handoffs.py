@@ -22,7 +22,7 @@ from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 
 from api.database import HandlerDatabase
 from api.errors import HTML, error_responses
-from api.security import bearer_matches
+from api.tokens import BearerTokens
 from channels.links import BadToken, Links
 from models.workflow_io import REJECT_REASONS, AnswerResult, HandoffAnswer
 from services.answering import AnswerRefused, HandoffView, find_handoff, submit_answer
@@ -68,11 +68,11 @@ ANSWER_DOC: dict[str, Any] = {
 ANSWER_RESPONSES = {
     200: {"model": AnswerResult, "content": HTML,
           "description": "the result (JSON), or a page saying it (a form)"},
-    **error_responses(401, 413, 422, 429, 503, html=(403,)),
+    **error_responses(401, 413, 422, 429, 503),
     # JSON for the API, a page for the form:
     **{status: {**error_responses(status)[status],
                 "content": {**error_responses(status)[status]["content"], **HTML}}
-       for status in (404, 409)},
+       for status in (403, 404, 409)},
 }  # fmt: skip
 
 
@@ -85,7 +85,9 @@ HandoffId = Annotated[
 ]
 
 
-def handoff_router(intake: Intake, links: Links, api_token: str, db: HandlerDatabase) -> APIRouter:
+def handoff_router(
+    intake: Intake, links: Links, tokens: BearerTokens, db: HandlerDatabase
+) -> APIRouter:
     router = APIRouter(tags=["handoffs"])
     bearer = HTTPBearer(auto_error=False)
 
@@ -118,12 +120,10 @@ def handoff_router(intake: Intake, links: Links, api_token: str, db: HandlerData
         signed token), or JSON with the API bearer token."""
         if "application/x-www-form-urlencoded" in request.headers.get("content-type", ""):
             return await _answer_form(intake, links, handoff_id, request)
-        if not bearer_matches(credentials, api_token):
-            raise HTTPException(401, "missing or wrong bearer token",
-                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        holder = await tokens.check(credentials, "handoffs:answer")
         body = _answer_in(await request.body())
         answer = HandoffAnswer(handoff_id=handoff_id, answer=body.answer, reason=body.reason,
-                               note=body.note, by=body.by or "api")  # fmt: skip
+                               note=body.note, by=body.by or holder.email)  # fmt: skip
         try:
             result = await _answered(intake, answer)
         except AnswerRefused as exc:

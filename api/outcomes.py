@@ -9,7 +9,7 @@ all of it or, on a bad event, nothing. docs/outcomes.md.
 
 import json
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -58,7 +58,7 @@ CRM_WEBHOOK_DOC = {
 
 
 def outcome_router(
-    settings: Settings, db: HandlerDatabase, intake: Intake, authenticated: Callable[..., None]
+    settings: Settings, db: HandlerDatabase, intake: Intake, authenticated: Callable[..., Any]
 ) -> APIRouter:
     router = APIRouter(tags=["outcomes"])
 
@@ -93,7 +93,7 @@ def outcome_router(
         return await store(_parse(raw), "crm-webhook")
 
     @router.post("/outcomes", response_model=OutcomesOut, dependencies=[Depends(authenticated)],
-                 responses=error_responses(400, 401, 404, 413, 422, 429, 503))  # fmt: skip
+                 responses=error_responses(400, 401, 403, 404, 413, 422, 429, 503))  # fmt: skip
     async def post_outcomes(body: Annotated[OutcomesIn, ...]) -> OutcomesOut:
         """Opportunity events from anywhere else (a script, an integration platform)."""
         return await store(body, "api")

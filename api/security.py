@@ -1,11 +1,12 @@
 """What protects the API beyond its credentials: security headers on every answer, a
-limit on failed authentications per client, and the bearer-token comparison.
+limit on failed authentications per client.
 
 - Headers: the HTML pages (unsubscribe, handoff answers) carry signed tokens and act on
   a click, so they may not be framed (clickjacking: `frame-ancestors 'none'`), run no
   script, post forms only to us, and send no Referer (the handoff page's URL holds its
   token). JSON answers get the same: harmless there, and a browser then never sniffs one
   into something else. /docs and /redoc (FastAPI's pages, scripts from a CDN) are left out.
+  The console's pages (/console) may run the console's own scripts, and are never cached.
 - Failed authentications: a client whose requests were refused 401 or 403 `limit` times
   (`limits` notation, e.g. "10/minute", a moving window) gets 429 with Retry-After on
   every request until its oldest failure leaves the window, so a token or a secret
@@ -16,12 +17,10 @@ limit on failed authentications per client, and the bearer-token comparison.
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
 import time
 
-from fastapi.security import HTTPAuthorizationCredentials
 from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
@@ -34,6 +33,13 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
+# The console's pages run our own scripts and styles (api/console/static), never another
+# site's; a message preview's sandboxed frame (srcdoc) gets the same policy.
+CONSOLE_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 SECURITY_HEADERS = [
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"x-frame-options", b"DENY"),  # frame-ancestors, for browsers without CSP level 2
@@ -42,13 +48,17 @@ SECURITY_HEADERS = [
 ]
 
 
-def bearer_matches(credentials: HTTPAuthorizationCredentials | None, token: str) -> bool:
-    """Whether `Authorization: Bearer <token>` was sent. FastAPI's HTTPBearer reads the
-    scheme case-insensitively (RFC 9110: `bearer`, `BEARER` alike); compared in
-    constant time."""
-    return credentials is not None and hmac.compare_digest(
-        credentials.credentials.encode(), token.encode()
-    )
+CONSOLE_HEADERS = [
+    (b"content-security-policy", CONSOLE_SECURITY_POLICY.encode()),
+    *SECURITY_HEADERS[1:],
+    # A page of the console holds leads' personal data: never kept by a shared cache.
+    (b"cache-control", b"no-store"),
+]
+
+
+def _headers_for(path: str) -> list[tuple[bytes, bytes]]:
+    console_page = path.startswith("/console") and not path.startswith("/console/static/")
+    return CONSOLE_HEADERS if console_page else SECURITY_HEADERS
 
 
 class SecurityHeaders:
@@ -64,7 +74,8 @@ class SecurityHeaders:
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _value in message.get("headers", [])}
-                added = [(n, v) for n, v in SECURITY_HEADERS if n not in present]
+                headers = _headers_for(scope["path"])
+                added = [(n, v) for n, v in headers if n not in present]
                 message = {**message, "headers": [*message.get("headers", []), *added]}
             await send(message)
 

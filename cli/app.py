@@ -24,6 +24,7 @@ from cli.reports import leads, report, status
 from cli.run import api, demo, dev, worker
 from cli.scoring import backtest, rescore, score
 from cli.simulate import preview, simulate
+from cli.users import users_app
 from cli.validate import validate
 
 app = typer.Typer(
@@ -44,6 +45,7 @@ app.add_typer(handoff_app, name="handoff")
 app.add_typer(db_app, name="db")
 app.add_typer(outcomes_app, name="outcomes")
 app.add_typer(crm_app, name="crm")
+app.add_typer(users_app, name="users")
 
 
 def main() -> None:

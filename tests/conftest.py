@@ -143,3 +143,7 @@ def provider_settings(settings, providers) -> Settings:
             "twilio_api_base": providers.url,
         }
     )
+
+
+# The console's browser fixtures (console_site, browser, signed_in): tests/console_browser.py.
+from tests.console_browser import browser, console_site, signed_in  # noqa: E402, F401

@@ -42,12 +42,15 @@ from sqlalchemy.orm import sessionmaker
 from twilio.request_validator import RequestValidator
 
 from api.app import create_app
+from api.console.app import LOGIN_CSRF
+from api.console.web import COOKIE, session_signer
 from api.provider_webhook_docs import SENDGRID_SIGNATURE, SENDGRID_TIMESTAMP, TWILIO_SIGNATURE
 from infra.settings import Settings
 from models.db import Handoff
 from sales.outbound_webhooks import SIGNATURE_HEADER as CRM_SIGNATURE
 from sales.outbound_webhooks import TIMESTAMP_HEADER as CRM_TIMESTAMP
 from sales.outbound_webhooks import sign as sign_crm
+from services import accounts
 from services.definitions import load_definitions
 from services.intake import Intake, LeadIn
 from services.runtime import build_links, open_database, sync_sales_reps
@@ -131,7 +134,9 @@ schemathesis.openapi.format(
 # checked when the run ends, so a document kept only by refusing everything cannot pass.
 ACCEPTED: dict[str, set[int]] = defaultdict(set)
 # Its handoff's lead has no workflow: a valid answer is refused, with the reason.
-REFUSED_WHEN_VALID = {"POST /handoffs/{handoff_id}/answer": 409}
+REFUSED_WHEN_VALID = {"POST /handoffs/{handoff_id}/answer": 409,
+                      # Made-up credentials: refused, saying so (401), never a 422.
+                      "POST /console/login": 401}  # fmt: skip
 
 
 @dataclass
@@ -140,6 +145,8 @@ class Contract:
     unsubscribe_token: str  # of a lead we have
     handoff_id: str  # a pending handoff (its lead has no workflow: answers are refused 409)
     handoff_token: str
+    sessions: sessionmaker  # of the database, to give each console request a session
+    admin_id: str
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +168,8 @@ def contract(tmp_path_factory, dev_server_env) -> Contract:
     with database.sessions.begin() as session:
         handoff = Handoff(lead_id=handed_off.id, cycle=1, rep_id="alice", score=80, reason="hot")
         session.add(handoff)
+    admin = accounts.add_user(database.sessions, "tests", "admin@example.com", "Admin", "admin",
+                              "a long enough password", None, set())  # fmt: skip
     links = build_links(settings)
     app = build_app(intake, settings)
     with TestClient(app) as client:
@@ -170,10 +179,13 @@ def contract(tmp_path_factory, dev_server_env) -> Contract:
         unsubscribe_token=links.unsubscribe_url(lead.id).rsplit("/", 1)[1],
         handoff_id=handoff.id,
         handoff_token=links.handoff_url(handoff.id, "alice").split("token=")[1],
+        sessions=database.sessions,
+        admin_id=admin.id,
     )
     database.engine.dispose()
     for label, statuses in ACCEPTED.items():
-        valid = {s for s in statuses if 200 <= s < 300 or s == REFUSED_WHEN_VALID.get(label)}
+        done = range(200, 400) if " /console/" in label else range(200, 300)  # a form redirects
+        valid = {s for s in statuses if s in done or s == REFUSED_WHEN_VALID.get(label)}
         assert valid, f"{label}: no valid request got through ({sorted(statuses)})"
 
 
@@ -182,9 +194,11 @@ def made_valid(case: schemathesis.Case, contract: Contract) -> dict[str, Any]:
     means to be valid: webhook signatures, and signed tokens (of a lead and a handoff we
     have). A negative case keeps what it generated: it must be refused. Returns extra
     arguments of the call (SendGrid signs the raw body: it is sent as signed)."""
+    path = case.operation.path
+    if path.startswith("/console/"):
+        signed_in(case, contract)  # valid or not, a console request comes from a session
     if case.meta is None or not case.meta.generation.mode.is_positive:
         return {}
-    path = case.operation.path
     if path.startswith("/unsubscribe/"):
         case.path_parameters["token"] = contract.unsubscribe_token
     elif path.startswith("/handoffs/"):
@@ -194,6 +208,19 @@ def made_valid(case: schemathesis.Case, contract: Contract) -> dict[str, Any]:
         elif isinstance(case.body, dict) and "token" in case.body:
             case.body["token"] = contract.handoff_token
     return signed(case, path)
+
+
+def signed_in(case: schemathesis.Case, contract: Contract) -> None:
+    """A new admin session for the console request (its cookie and CSRF header); the
+    sign-in form gets its own CSRF cookie, and the field to match when meant valid."""
+    with contract.sessions.begin() as session:
+        secret, csrf = accounts.open_session(session, contract.admin_id)
+    cookie = session_signer("contract-secret-key").sign(secret).decode()
+    case.cookies = {**(case.cookies or {}), COOKIE: cookie, LOGIN_CSRF: "login-csrf"}
+    case.headers = {**(case.headers or {}), "X-CSRF-Token": csrf}
+    positive = case.meta is not None and case.meta.generation.mode.is_positive
+    if case.operation.path == "/console/login" and positive and isinstance(case.body, dict):
+        case.body["csrf"] = "login-csrf"
 
 
 def signed(case: schemathesis.Case, path: str) -> dict[str, Any]:
