@@ -35,7 +35,7 @@ from api.limits import BodySizeLimit
 from api.openapi import finished
 from api.outcomes import outcome_router
 from api.provider_webhooks import webhook_router
-from api.security import AUTH_FAILURE_LIMIT, AuthFailureLimit, SecurityHeaders
+from api.security import AuthFailureLimit, SecurityHeaders
 from api.tokens import BearerTokens
 from api.unsubscribe import unsubscribe_router
 from infra.settings import Settings
@@ -95,11 +95,12 @@ def create_app(
     settings: Settings,
     relay: bool = True,
     *,
-    auth_failure_limit: str = AUTH_FAILURE_LIMIT,
+    auth_failure_limit: str | None = None,
     database_wait: float = DATABASE_WAIT,
 ) -> FastAPI:
     """The API. `auth_failure_limit`: failed authentications a client may have (e.g.
-    "10/minute") before it is answered 429; `database_wait`: seconds a request waits for a
+    "10/minute") before it is answered 429 (default: NURTURE_AUTH_FAILURE_LIMIT);
+    `database_wait`: seconds a request waits for a
     SQLite lock before its 503."""
     api_token = settings.resolved_api_token()
     links = build_links(settings)
@@ -112,7 +113,7 @@ def create_app(
         limit=settings.max_body_bytes,
         overrides={"/webhooks/sendgrid/inbound": max(INBOUND_BODY_LIMIT, settings.max_body_bytes)},
     )
-    app.add_middleware(AuthFailureLimit, limit=auth_failure_limit)
+    app.add_middleware(AuthFailureLimit, limit=auth_failure_limit or settings.auth_failure_limit)
     app.add_middleware(SecurityHeaders, skip=DOC_PAGES)
     app.include_router(webhook_router(intake, settings, links))
     app.include_router(unsubscribe_router(intake, links, settings.sender_company, db))

@@ -24,6 +24,7 @@ def consent(
 
     from models.consent import ConsentEffect, set_consent
     from models.db import ConsentChange, Lead
+    from services.audit import cli_actor, record
     from services.runtime import open_database
 
     if (channel is None) != (opt_out is None):
@@ -41,6 +42,9 @@ def consent(
         if channel is not None:
             effect = ConsentEffect(channel, not opt_out, "manual", reason)
             changed = set_consent(session, row, effect)
+            if changed:
+                record(session, cli_actor(), "consent.change", row.email,
+                       {"channel": channel, "opted_in": not opt_out, "reason": reason})  # fmt: skip
             verb = "opted out of" if opt_out else "opted in to"
             console.print(f"{row.email} {verb} {channel}" + ("" if changed else " (no change)"))
         for name in ("email", "sms"):

@@ -73,12 +73,29 @@ def migrate_leads(
             lambda done, total: bar.update(task, completed=done, total=total),
         )
         outcomes = asyncio.run(moved)
+    if not dry_run:
+        _audit(settings, target, outcomes)
     if as_json:
         print(json.dumps([asdict(o) for o in outcomes], indent=2))
     else:
         _print(outcomes, target, dry_run)
     if any(o.status in ("refused", "failed") for o in outcomes):
         raise typer.Exit(1)
+
+
+def _audit(settings, target, outcomes: list) -> None:
+    from services.audit import cli_actor, record_now
+    from services.runtime import open_database
+
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    database = open_database(settings)
+    try:
+        moved = f"{target.id} v{target.version}"
+        record_now(database.sessions, cli_actor(), "migrate-leads", moved, {"outcomes": counts})
+    finally:
+        database.engine.dispose()
 
 
 def _print(outcomes: list, target, dry_run: bool) -> None:

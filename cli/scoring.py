@@ -225,6 +225,7 @@ def rescore(
     )
 
     from models.db import utcnow
+    from services.audit import cli_actor, record_now
     from services.rescore import rescore_all
     from services.runtime import open_database
 
@@ -252,6 +253,8 @@ def rescore(
             report, handed = run(), None
         else:
             report, handed = asyncio.run(_rescore_with_handoffs(settings, run))
+            done = {"report": report.to_dict(), "handed": handed.to_dict() if handed else None}
+            record_now(database.sessions, cli_actor(), "rescore", None, done)
     finally:
         database.engine.dispose()
     seconds = time.perf_counter() - started

@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     # Signs unsubscribe links and reply-to addresses; generated into the state dir if unset.
     secret_key: SecretStr | None = Field(default=None, alias="NURTURE_SECRET_KEY")
     max_body_bytes: int = Field(default=1_000_000, alias="NURTURE_MAX_BODY_BYTES", gt=0)
+    # Refused (401/403) requests a client address may make before it is answered 429.
+    auth_failure_limit: str = Field(default="10/minute", alias="NURTURE_AUTH_FAILURE_LIMIT")
 
     # Webhooks. Each is refused (403) until its verification secret is set.
     sendgrid_webhook_public_key: str | None = Field(
@@ -142,6 +144,17 @@ class Settings(BaseSettings):
                 "not host:port, such as localhost:7233 or my-ns.a1b2c.tmprl.cloud:7233"
             )
         return value.strip()
+
+    @field_validator("auth_failure_limit")
+    @classmethod
+    def _a_rate(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate: write it as e.g. 10/minute") from None
+        return value
 
     @field_validator("metrics_host")
     @classmethod

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models.db import AuditEntry
+from services.json_output import jsonable
 
 PAGE = 50
 
@@ -25,7 +26,15 @@ def record(session: Session, actor: str, action: str, target: str | None = None,
     """Adds an entry to `session`; it lands with the caller's commit."""
     session.add(AuditEntry(actor=actor[:320], action=action,
                            target=None if target is None else str(target)[:320],
-                           detail=detail))  # fmt: skip
+                           detail=None if detail is None else jsonable(detail)))  # fmt: skip
+
+
+def record_now(sessions, actor: str, action: str, target: str | None = None,
+               detail: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """An entry on its own, for work done in many transactions (a rescore of every lead,
+    migrating leads in flight): written when the work is over, with what it did."""
+    with sessions.begin() as session:
+        record(session, actor, action, target, detail)
 
 
 def cli_actor() -> str:
