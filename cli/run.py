@@ -107,7 +107,7 @@ def dev() -> None:
 
     Example: nurture dev
     """
-    from devstack.stack import running_stack
+    from devstack.stack import console_sign_in, running_stack
     from devstack.temporal_server import TemporalDevServer
 
     setup_logging(True)
@@ -129,6 +129,7 @@ def dev() -> None:
             console.print(f"Temporal:  {settings.temporal_address}  (web UI {server.ui_url})")
             console.print(f"API:       {stack.api_url}  (docs {stack.api_url}/docs)")
             console.print(f"API token: in {settings.state_dir / 'api-token'} or NURTURE_API_TOKEN")
+            console.print(f"Console:   {console_sign_in(stack)}")
             console.print(f"Outbox:    {settings.outbox_dir}/")
             console.print("Press Ctrl-C to stop.")
             await stop.wait()

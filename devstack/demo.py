@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
-from devstack.stack import RunningStack, running_stack
+from devstack.stack import RunningStack, console_sign_in, running_stack
 from devstack.temporal_server import TemporalDevServer, free_port
 from infra.settings import Settings, get_settings
 from models.db import Handoff, Lead, Message, SalesRepRow, ScoreChange, StageChange
@@ -92,6 +92,7 @@ def run_demo(console: Console, timeout: float) -> bool:
 async def _demo(console: Console, settings: Settings, timeout: float) -> bool:
     started = time.monotonic()
     async with running_stack(settings) as stack:
+        console.print(f"console: {console_sign_in(stack)}", highlight=False)
         headers = {"Authorization": f"Bearer {settings.resolved_api_token()}"}
         async with httpx.AsyncClient(base_url=stack.api_url, headers=headers, timeout=30) as http:
             watcher = asyncio.create_task(_watch(console, stack))

@@ -88,3 +88,18 @@ async def running_stack(settings: Settings) -> AsyncIterator[RunningStack]:
         if not api_task.done():
             await asyncio.wait_for(api_task, 10)
         database.engine.dispose()
+
+
+def console_sign_in(stack: RunningStack) -> str:
+    """Where the console is and who to sign in as: on a database with no users, an admin
+    is made, its password generated into the state directory (0600, like the API token)."""
+    from infra.settings import generated_secret
+    from services.accounts import first_admin
+
+    url = f"{stack.api_url}/console/"
+    password_file = stack.settings.state_dir / "console-admin-password"
+    made = first_admin(stack.database.sessions,
+                       generated_secret(password_file, "console-admin-password"))  # fmt: skip
+    if made:
+        return f"{url}  (sign in as {made}, password in {password_file})"
+    return f"{url}  (`nurture users add EMAIL --role admin` makes an account)"

@@ -109,6 +109,19 @@ def add_user(sessions: sessionmaker, actor: str, email: str, name: str, role: st
         return _account(user)
 
 
+FIRST_ADMIN = "admin@nurture.local"
+
+
+def first_admin(sessions: sessionmaker, password: str) -> str | None:
+    """On a database with no users (`nurture dev`, the demo), an admin to sign in with:
+    its email; None when there are users already (nothing is changed then)."""
+    with sessions() as session:
+        if session.scalar(select(User.id).limit(1)):
+            return None
+    return add_user(sessions, "nurture dev", FIRST_ADMIN, "Admin", "admin", password, None,
+                    set()).email  # fmt: skip
+
+
 def list_users(sessions: sessionmaker) -> list[Account]:
     with sessions() as session:
         return [_account(u) for u in session.scalars(select(User).order_by(User.email))]
