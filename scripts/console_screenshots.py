@@ -49,7 +49,8 @@ async def seed(stack, http: httpx.AsyncClient) -> str:
         session.add(CompanyOwner(domain="bob-co.example", rep_id="bob"))
     reps = {rep.id for rep in stack.definitions.sales.reps}
     for email, role, rep in USERS.values():
-        accounts.add_user(stack.database.sessions, "screenshots", email, email.split("@")[0].title(),
+        name = email.split("@")[0].title()
+        accounts.add_user(stack.database.sessions, "screenshots", email, name,
                           role, PASSWORD, rep, reps)  # fmt: skip
     names = ["grace", "linus", "barbara", "edsger", "frances", "ken", "margaret", "dennis"]
     ids = {}
@@ -78,7 +79,7 @@ async def shoot(out: Path) -> None:
     async with temporal_dev_server() as env:
         target = env.client.service_client.config.target_host
         async with (
-            local_stack(target, task_queue="screenshots", token="shots", NURTURE_API_PORT=free_port())
+            local_stack(target, task_queue="shots", token="shots", NURTURE_API_PORT=free_port())
             as stack,
             httpx.AsyncClient(base_url=stack.api_url, timeout=30,
                               headers={"Authorization": "Bearer shots"}) as http,

@@ -38,7 +38,8 @@ async def test_pages_load_only_our_own_scripts(signed_in, console_site):
     answer = await page.goto("/console/users")
     assert answer.headers["cache-control"] == "no-store"
     assert "script-src 'self'" in answer.headers["content-security-policy"]
-    await page.wait_for_function("() => Boolean(window.htmx && window.Chart)")  # both ran under the CSP
+    # Both ran under the CSP:
+    await page.wait_for_function("() => Boolean(window.htmx && window.Chart)")
     assert requested and all(url.startswith(console_site.url) for url in requested)
     assert not errors
     static = await page.request.get("/console/static/vendor/htmx-2.0.11.min.js")
