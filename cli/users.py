@@ -61,7 +61,10 @@ def add(
 
 @users_app.command("list")
 def list_users() -> None:
-    """Every user, its role and whether it is disabled."""
+    """Every user, its role and whether it is disabled.
+
+    Example: nurture users list
+    """
     from services.accounts import list_users as read
 
     for account in read(_sessions()):
@@ -73,7 +76,10 @@ def list_users() -> None:
 
 @users_app.command("disable")
 def disable(email: str = typer.Argument(..., help="the user's email")) -> None:
-    """Disable a user: signed out everywhere, its API tokens refused."""
+    """Disable a user: signed out everywhere, its API tokens refused.
+
+    Example: nurture users disable ada@example.com
+    """
     from services.accounts import disable_user
     from services.audit import cli_actor
 
@@ -82,7 +88,10 @@ def disable(email: str = typer.Argument(..., help="the user's email")) -> None:
 
 @users_app.command("enable")
 def enable(email: str = typer.Argument(..., help="the user's email")) -> None:
-    """Enable a disabled user again."""
+    """Enable a disabled user again.
+
+    Example: nurture users enable ada@example.com
+    """
     from services.accounts import enable_user
     from services.audit import cli_actor
 
@@ -92,7 +101,10 @@ def enable(email: str = typer.Argument(..., help="the user's email")) -> None:
 @users_app.command("reset-password")
 def reset_password(email: str = typer.Argument(..., help="the user's email")) -> None:
     """Give a user a new password (asked for, or from standard input); it is signed out
-    everywhere."""
+    everywhere.
+
+    Example: nurture users reset-password ada@example.com
+    """
     from services.accounts import reset_password as reset
     from services.audit import cli_actor
 
@@ -106,7 +118,10 @@ def token(
     scope: list[str] = typer.Option(None, help="leads:write, events:write, outcomes:write, "
                                     "handoffs:answer (repeat; none: all the role may have)"),
 ) -> None:  # fmt: skip
-    """Make an API token; it is printed once, on standard output."""
+    """Make an API token; it is printed once, on standard output.
+
+    Example: nurture users token forms@example.com --name "website form" --scope events:write
+    """
     from services.accounts import create_token
     from services.audit import cli_actor
 
@@ -117,7 +132,10 @@ def token(
 
 @users_app.command("tokens")
 def tokens() -> None:
-    """Every API token: whose, what for, its scopes, when last used."""
+    """Every API token: whose, what for, its scopes, when last used.
+
+    Example: nurture users tokens
+    """
     from services.accounts import list_tokens
 
     for row in list_tokens(_sessions()):
@@ -129,7 +147,10 @@ def tokens() -> None:
 
 @users_app.command("revoke")
 def revoke(token_id: str = typer.Argument(..., help="the token's ID (`nurture users tokens`)")):
-    """Revoke an API token (refused within 30 s by every API process)."""
+    """Revoke an API token (refused within 30 s by every API process).
+
+    Example: nurture users revoke 3f2a9c...
+    """
     from services.accounts import revoke_token
     from services.audit import cli_actor
 
@@ -143,7 +164,10 @@ def audit_log(
     action: str = typer.Option(None, help="only actions starting with this, e.g. handoff."),
     limit: int = typer.Option(50, min=1, max=1000, help="how many, newest first"),
 ) -> None:
-    """The audit log: who did what, newest first."""
+    """The audit log: who did what, newest first.
+
+    Example: nurture users audit --action handoff.
+    """
     from services.audit import entries
 
     with _sessions()() as session:
