@@ -220,6 +220,12 @@ def _milestones(flt: ReportFilter):
     return flt.leads(query).subquery("milestones")
 
 
+def lead_milestones(flt: ReportFilter) -> Select:
+    """Per lead of the report: when it first reached each stage past `lead` (`lead_id`,
+    `mql_at` ... `won_at`), for callers that aggregate over it in SQL."""
+    return _milestones(flt).element
+
+
 def won_revenue(session: Session, flt: ReportFilter) -> dict[str | None, dict[str, Decimal]]:
     """Per segment (None: none), the amounts of the report's leads' won opportunities,
     summed per currency in SQL (exact: amount_units are integers)."""
@@ -400,6 +406,13 @@ def response_links(lead_id: str | None = None, with_statuses: bool = False):
             )
         )
     return union_all(*parts).subquery("links")
+
+
+def sql_touches():
+    """Each SQL lead's sends up to its first SQL entry (`message_id`, `first_rank`,
+    `last_rank`), as a subquery for callers that aggregate in SQL (the console's step
+    figures)."""
+    return _touches()
 
 
 def _touches():

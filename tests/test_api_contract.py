@@ -201,6 +201,8 @@ def made_valid(case: schemathesis.Case, contract: Contract) -> dict[str, Any]:
         return {}
     if path.startswith("/unsubscribe/"):
         case.path_parameters["token"] = contract.unsubscribe_token
+    elif path.startswith("/console/sequences/"):
+        case.path_parameters["sequence_id"] = "quick"
     elif path.startswith("/handoffs/"):
         case.path_parameters["handoff_id"] = contract.handoff_id
         if "token" in (case.query or {}):
