@@ -372,9 +372,11 @@ class SalesActivities:
     @activity.defn
     def handle_sla_lapse(self, request: SlaLapse) -> SlaOutcome:
         """The rep did not answer in time: remind them (a new SLA window), or reassign the
-        lead to the next rep the routing gives (never one who already had it)."""
+        lead to the next rep the routing gives (never one who already had it). Or a
+        manager reassigns it (`to_rep_id`): to that rep, with a new SLA window."""
         at = as_utc(request.at)
-        key = f"lapse:{at.isoformat()}"
+        key = (f"lapse:{at.isoformat()}" if request.to_rep_id is None
+               else f"reassign:{request.reassignment}")  # fmt: skip
         for _attempt in range(20):
             try:
                 with self.sessions.begin() as session:
@@ -387,6 +389,8 @@ class SalesActivities:
                         return SlaOutcome.model_validate_json(done)
                     if handoff.status != "pending":
                         return SlaOutcome(status=handoff.status, rep_id=handoff.rep_id)
+                    if request.to_rep_id is not None:
+                        return self._reassign_by_hand(session, handoff, at, request, key)
                     outcome = (self._remind(handoff, at, "") if request.remind
                                else self._reassign(session, handoff, at))  # fmt: skip
                     if outcome is None:
@@ -412,7 +416,7 @@ class SalesActivities:
         had = set(session.scalars(
             select(HandoffEvent.rep_id).where(
                 HandoffEvent.handoff_id == handoff.id,
-                HandoffEvent.kind.in_(("assigned", "reassigned")))
+                HandoffEvent.kind.in_(("assigned", "reassigned", "reassigned_to")))
         ))  # fmt: skip
         had.add(handoff.rep_id)
         loads = _loads(session)
@@ -430,11 +434,18 @@ class SalesActivities:
             )
         if not _take_turn(session, routing.rep_id, loads.get(routing.rep_id)):
             return None
+        why = f"reassigned from {handoff.rep_id} (no answer in time): {routing.reason}"
+        return self._move(session, handoff, self.team.rep(routing.rep_id), at, why,
+                          routing.reason)  # fmt: skip
+
+    def _move(self, session: Session, handoff: Handoff, rep: SalesRep, at: datetime,
+              why: str, note: str) -> SlaOutcome:  # fmt: skip
+        """The handoff (and the lead, and its company) to `rep`, whose SLA starts now."""
+        lead = session.get(Lead, handoff.lead_id)
         previous = handoff.rep_id
-        rep = self.team.rep(routing.rep_id)
         handoff.rep_id, handoff.reminders = rep.id, 0
         handoff.reassignments += 1
-        handoff.routing = f"reassigned from {previous} (no answer in time): {routing.reason}"
+        handoff.routing = why
         handoff.due_at = self._due(rep, at)
         lead.owner_rep_id = rep.id
         domain = company_domain(lead.email)
@@ -445,8 +456,29 @@ class SalesActivities:
         return SlaOutcome(
             status="pending", rep_id=rep.id, previous_rep_id=previous,
             channels=self._channels(rep.id), previous_channels=self._channels(previous),
-            due_at=handoff.due_at, note=routing.reason,
+            due_at=handoff.due_at, note=note,
         )  # fmt: skip
+
+    def _reassign_by_hand(self, session: Session, handoff: Handoff, at: datetime,
+                          request: SlaLapse, key: str) -> SlaOutcome:  # fmt: skip
+        """A manager's choice of rep: no routing and no turn taken; refused (for good)
+        for a rep who is not an active one of sales.yaml, or who has it already."""
+        rep = next((r for r in self.team.reps if r.id == request.to_rep_id), None)
+        if rep is None or not rep.active:
+            raise ApplicationError(f"{request.to_rep_id} is not an active rep of sales.yaml",
+                                   non_retryable=True)  # fmt: skip
+        if rep.id == handoff.rep_id:
+            raise ApplicationError(f"handoff {handoff.id} is already with {rep.id}",
+                                   non_retryable=True)  # fmt: skip
+        previous = handoff.rep_id
+        why = f"reassigned from {previous} by {request.by or 'a manager'}"
+        outcome = self._move(session, handoff, rep, at, why, why)
+        outcome.reminders = self.team.sla.reminders
+        _event(session, handoff.id, f"{key}:away", "reassigned_away", previous, detail=why)
+        _event(session, handoff.id, key, "reassigned_to", rep.id,
+               detail=outcome.model_dump_json())  # fmt: skip
+        log.info("handoff %s %s to %s", handoff.id, why, rep.id)
+        return outcome
 
     # --- answers ----------------------------------------------------------------------------
 

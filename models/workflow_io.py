@@ -281,6 +281,11 @@ class SlaLapse(BaseModel):
     handoff_id: str
     at: datetime
     remind: bool  # True: remind the rep; False: reassign to the next rep
+    # A manager's reassignment (the `reassign` update) rather than a lapse: to this rep,
+    # not the routing's next; numbered in the lead's life, which keys its events.
+    to_rep_id: str | None = None
+    by: str | None = None
+    reassignment: int | None = None
 
 
 class SlaOutcome(BaseModel):
@@ -291,6 +296,25 @@ class SlaOutcome(BaseModel):
     previous_channels: list[str] = Field(default_factory=list)
     due_at: datetime | None = None
     note: str = ""
+    # A manager's reassignment: the reminders per rep, to follow the SLA again if the
+    # chase had stopped.
+    reminders: int | None = None
+
+
+class ReassignRequest(BaseModel):
+    """A manager moves the open handoff to another rep (the console's reassign)."""
+
+    handoff_id: str
+    rep_id: str  # the rep it goes to: an active one of sales.yaml
+    by: str | None = Field(default=None, max_length=200)  # who moved it
+
+
+class ReassignResult(BaseModel):
+    handoff_id: str
+    rep_id: str
+    previous_rep_id: str
+    due_at: datetime | None  # the new rep's SLA; None: no deadline
+    message: str
 
 
 class HandoffAnswer(BaseModel):
@@ -455,6 +479,7 @@ class LeadWorkflowState(BaseModel):
     nurture_stopped: bool = False  # handed to sales: no sends until recycled
     sla_reminders: int | None = None  # the SLA is being followed: reminders per rep
     sla_lapses: int = 0  # numbers the lapse notifications' keys
+    reassigned_by_hand: int = 0  # numbers a manager's reassignments' keys
     recycle_cycle: int | None = None  # a recycle waits for the end of the cool-down
     # What the `state` query answers, kept up to date: the score, stage, handoff, ...
     state: LeadState

@@ -1,22 +1,31 @@
 """Sales' answer to a handoff, from wherever it comes (the signed links' page, `POST
-/handoffs/{id}/answer`, `nurture handoff answer`): checked against the database for a
-clear message, then given to the lead's workflow as a validated update, which is
-what decides (a second answer is refused there too, even if two race).
+/handoffs/{id}/answer`, `nurture handoff answer`, the console's inbox): checked against the
+database for a clear message, then given to the lead's workflow as a validated update,
+which is what decides (a second answer is refused there too, even if two race).
+
+A manager's reassignment of a handoff to another rep takes the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import sessionmaker
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from models.db import Handoff, Lead, as_utc
-from models.workflow_io import AnswerResult, HandoffAnswer
+from models.definitions import SalesTeam
+from models.workflow_io import AnswerResult, HandoffAnswer, ReassignRequest, ReassignResult
 from services import lead_client
+
+T = TypeVar("T")
+# How the handoff is looked up: in a thread (an API handler passes its own `db.run`).
+Run = Callable[..., Awaitable[Any]]
 
 
 class AnswerRefused(Exception):
@@ -78,15 +87,51 @@ def check_answerable(view: HandoffView, rep_id: str | None = None) -> None:
 
 
 async def submit_answer(
-    client: Client, sessions: sessionmaker, answer: HandoffAnswer, rep_id: str | None = None
+    client: Client,
+    sessions: sessionmaker,
+    answer: HandoffAnswer,
+    rep_id: str | None = None,
+    *,
+    run: Run = asyncio.to_thread,
 ) -> AnswerResult:
     """Answer a handoff through its lead's workflow. `rep_id`: the rep a signed link
     was made for (the answer must come from the handoff's current rep)."""
     # In a thread: an API request handler calls this, and must not hold the event loop.
-    view = await asyncio.to_thread(find_handoff, sessions, answer.handoff_id)
+    view = await run(find_handoff, sessions, answer.handoff_id)
     check_answerable(view, rep_id)
+    return await _through_workflow(lead_client.answer(client, view.lead_id, answer), view)
+
+
+def check_reassignable(view: HandoffView, team: SalesTeam, rep_id: str) -> None:
+    """Refuse early: answered already, with that rep already, or not a rep who takes leads."""
+    check_answerable(view)
+    rep = next((member for member in team.reps if member.id == rep_id), None)
+    if rep is None or not rep.active:
+        raise AnswerRefused(f"{rep_id} is not an active rep of sales.yaml", 409)
+    if rep_id == view.rep_id:
+        raise AnswerRefused(f"handoff {view.id} is already with {rep_id}", 409)
+
+
+async def submit_reassign(
+    client: Client,
+    sessions: sessionmaker,
+    team: SalesTeam,
+    request: ReassignRequest,
+    *,
+    run: Run = asyncio.to_thread,
+) -> ReassignResult:
+    """Move a pending handoff to another rep through its lead's workflow, which restarts
+    the SLA for them and tells both reps."""
+    view = await run(find_handoff, sessions, request.handoff_id)
+    check_reassignable(view, team, request.rep_id)
+    return await _through_workflow(lead_client.reassign(client, view.lead_id, request), view)
+
+
+async def _through_workflow(update: Awaitable[T], view: HandoffView) -> T:
+    """The update's result, or AnswerRefused saying why not (409), or that Temporal could
+    not be asked (503: nothing was changed)."""
     try:
-        return await lead_client.answer(client, view.lead_id, answer)
+        return await update
     except WorkflowUpdateFailedError as exc:  # the validator or the activity said no
         cause = exc.cause
         message = getattr(cause, "message", None) or str(cause or exc)

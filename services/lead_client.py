@@ -21,6 +21,8 @@ from models.workflow_io import (
     LeadState,
     MigrateRequest,
     MigrateResult,
+    ReassignRequest,
+    ReassignResult,
     RescoreRequest,
     ResponseEvent,
     lead_workflow_id,
@@ -85,6 +87,11 @@ async def rescore(client: Client, lead_id: str, request: RescoreRequest) -> None
 async def answer(client: Client, lead_id: str, answer: HandoffAnswer) -> AnswerResult:
     """Sales' answer to the lead's open handoff, as a validated update."""
     return await handle(client, lead_id).execute_update(LeadWorkflow.answer, answer)
+
+
+async def reassign(client: Client, lead_id: str, request: ReassignRequest) -> ReassignResult:
+    """A manager moves the lead's open handoff to another rep, as a validated update."""
+    return await handle(client, lead_id).execute_update(LeadWorkflow.reassign, request)
 
 
 async def migrate(client: Client, lead_id: str, request: MigrateRequest) -> MigrateResult:

@@ -22,7 +22,13 @@ from infra.binaries import find_binary
 from infra.settings import Settings
 from models.definitions import DeliveryPolicy, EmailStep, FrequencyCap, SalesTeam, SendWindow
 from models.scoring_model import ScoringBook
-from models.workflow_io import HandoffAnswer, MigrateRequest, RescoreRequest, lead_workflow_id
+from models.workflow_io import (
+    HandoffAnswer,
+    MigrateRequest,
+    ReassignRequest,
+    RescoreRequest,
+    lead_workflow_id,
+)
 from sales.outcome_store import store_outcomes
 from sales.outcomes import OutcomeEventIn
 from services.definitions import load_definitions
@@ -137,6 +143,15 @@ async def record() -> None:
                     newer = month.model_copy(update={"version": 2, "steps": steps})
                     await handle.execute_update(LeadWorkflow.migrate,
                                                 MigrateRequest(sequence=newer))  # fmt: skip
+                elif event_type == "reassign":  # a manager: to the rep who has it not
+                    handle = env.client.get_workflow_handle_for(
+                        LeadWorkflow.run, lead_workflow_id(row.id)
+                    )
+                    handoff = (await handle.query(LeadWorkflow.state)).handoff
+                    to = "bob" if handoff.rep_id == "alice" else "alice"
+                    request = ReassignRequest(handoff_id=handoff.handoff_id, rep_id=to,
+                                              by="admin@example.com")  # fmt: skip
+                    await handle.execute_update(LeadWorkflow.reassign, request)
                 elif event_type == "rescore":
                     handle = env.client.get_workflow_handle(lead_workflow_id(row.id))
                     await handle.signal("rescore", RescoreRequest(event_id=f"rescore:{days}"))
@@ -226,6 +241,13 @@ async def record() -> None:
             # The same by a local activity (the apply-outcome-locally patch).
             buying = LeadIn(email="m@example.com")
             await scenario("outcomes_by_local_activity", buying, plan, "month", sales_intake)
+            # A manager reassigns the handoff while its SLA runs (the manual-reassign patch):
+            # the new rep is reminded, then the chase stops (both reps had it); reassigned
+            # again, the SLA is followed again until the answer.
+            moved = LeadIn(email="n@acme.example")
+            plan = [(0, "webinar.attended"), (0, "reassign"), (1, None), (0, "reassign"),
+                    (0, "answer:accept"), (1, None)]  # fmt: skip
+            await scenario("manual_reassign", moved, plan, "month", sales_intake)
     await env.shutdown()
 
 

@@ -135,6 +135,9 @@ schemathesis.openapi.format(
 ACCEPTED: dict[str, set[int]] = defaultdict(set)
 # Its handoff's lead has no workflow: a valid answer is refused, with the reason.
 REFUSED_WHEN_VALID = {"POST /handoffs/{handoff_id}/answer": 409,
+                      "POST /console/handoffs/{handoff_id}/answer": 409,
+                      # A made-up rep, or alice's own handoff to alice: refused, saying so.
+                      "POST /console/handoffs/{handoff_id}/reassign": 409,
                       # Made-up credentials: refused, saying so (401), never a 422.
                       "POST /console/login": 401}  # fmt: skip
 
@@ -203,7 +206,7 @@ def made_valid(case: schemathesis.Case, contract: Contract) -> dict[str, Any]:
         case.path_parameters["token"] = contract.unsubscribe_token
     elif path.startswith("/console/sequences/"):
         case.path_parameters["sequence_id"] = "quick"
-    elif path.startswith("/handoffs/"):
+    elif path.startswith(("/handoffs/", "/console/handoffs/")):
         case.path_parameters["handoff_id"] = contract.handoff_id
         if "token" in (case.query or {}):
             case.query["token"] = contract.handoff_token

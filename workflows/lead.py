@@ -52,6 +52,8 @@ with workflow.unsafe.imports_passed_through():
         NotifyRequest,
         OutcomeApplied,
         OutcomeRequest,
+        ReassignRequest,
+        ReassignResult,
         RecycleRequest,
         RescoreRequest,
         ResponseEvent,
@@ -95,6 +97,11 @@ SCORE_LOCALLY_PATCH = "score-locally"
 # The CRM's news moves the stage in a local activity, beside the scoring of the same task:
 # one workflow task a news, not a second one after an activity task (half Temporal's work).
 OUTCOME_LOCALLY_PATCH = "apply-outcome-locally"
+# A manager moves a pending handoff to another rep (the `reassign` update). No history
+# before it has one, and the SLA loop's wake-up on it is idle without one, so old
+# histories replay as they were; the marker tells the histories that took one, for a
+# later change of this path to branch on.
+MANUAL_REASSIGN_PATCH = "manual-reassign"
 RESPONSES_PER_RUN = 2_000  # then continue as new, so the history stays small
 # Event IDs handed to the next run for exact de-duplication: this run's and the one's
 # before (a relay re-signals within seconds, not thousands of responses later).
@@ -131,6 +138,8 @@ class LeadWorkflow:
         # A run only continues as new when no answer is being stored and nothing is in
         # flight: these are always back at rest when the state is handed on.
         self._answering = False  # an answer is being stored: a second one is refused
+        self._reassigning = False  # a manager's reassignment is being stored
+        self._lapsing = False  # the SLA's lapse is being handled (it may move the rep)
         self._busy = 0  # activities in flight outside the main loop
         self._handled_this_run = 0  # responses, counted towards `_responses_per_run`
 
@@ -188,11 +197,62 @@ class LeadWorkflow:
         if handoff.status != "pending" or self._answering:
             status = handoff.status if handoff.status != "pending" else "being answered"
             raise ValueError(f"handoff {answer.handoff_id} was already answered ({status})")
+        if self._reassigning:
+            raise ValueError(f"handoff {answer.handoff_id} is being reassigned: try again")
         reasons = ", ".join(REJECT_REASONS)
         if answer.answer == "reject" and answer.reason is None:
             raise ValueError(f"a rejection needs a reason, one of: {reasons}")
         if answer.reason is not None and answer.reason not in REJECT_REASONS:
             raise ValueError(f"unknown reason {answer.reason!r}; one of: {reasons}")
+
+    @workflow.update
+    async def reassign(self, request: ReassignRequest) -> ReassignResult:
+        """A manager moves the open handoff to another rep: the SLA starts again for them,
+        and they are told on each of their channels, as is the rep who had it. Validated
+        first; an answer is refused until it is stored."""
+        workflow.patched(MANUAL_REASSIGN_PATCH)  # the marker: see MANUAL_REASSIGN_PATCH
+        self._reassigning = True  # the SLA waits, an answer is refused, until it is stored
+        try:
+            await workflow.wait_condition(lambda: not self._lapsing)  # a lapse decides first
+            self.lead.reassigned_by_hand += 1
+            key = f"reassign{self.lead.reassigned_by_hand}"
+            outcome = await self._reassign_to(request, self.lead.reassigned_by_hand)
+            self._moved(outcome, key)
+        finally:
+            self._reassigning = False
+        if self.lead.sla_reminders is None and outcome.due_at is not None:
+            asyncio.create_task(self._follow_sla(outcome.reminders or 0))  # the chase had stopped
+        return ReassignResult(handoff_id=request.handoff_id, rep_id=outcome.rep_id,
+                              previous_rep_id=outcome.previous_rep_id, due_at=outcome.due_at,
+                              message=outcome.note)  # fmt: skip
+
+    async def _reassign_to(self, request: ReassignRequest, number: int) -> SlaOutcome:
+        """Store the move (the SLA lapse's activity, with the rep named); refused with the
+        activity's reason, or if the handoff was answered meanwhile."""
+        lapse = SlaLapse(handoff_id=request.handoff_id, at=workflow.now(), remind=False,
+                         to_rep_id=request.rep_id, by=request.by, reassignment=number)  # fmt: skip
+        try:
+            outcome: SlaOutcome = await self._activity(
+                SalesActivities.handle_sla_lapse, lapse, QUICK
+            )
+        except ActivityError as exc:  # not a rep who can take it (non-retryable)
+            raise ApplicationError(getattr(exc.cause, "message", None) or str(exc)) from None
+        if outcome.previous_rep_id is None:
+            raise ApplicationError(f"handoff {request.handoff_id} was already {outcome.status}")
+        return outcome
+
+    @reassign.validator
+    def _check_reassign(self, request: ReassignRequest) -> None:
+        handoff = self.lead.state.handoff
+        if handoff is None or handoff.handoff_id != request.handoff_id:
+            raise ValueError(f"handoff {request.handoff_id} is not this lead's open handoff")
+        if handoff.status != "pending" or self._answering:
+            status = handoff.status if handoff.status != "pending" else "being answered"
+            raise ValueError(f"handoff {request.handoff_id} was already answered ({status})")
+        if self._reassigning:
+            raise ValueError(f"handoff {request.handoff_id} is being reassigned already")
+        if handoff.rep_id == request.rep_id:
+            raise ValueError(f"handoff {request.handoff_id} is already with {request.rep_id}")
 
     @workflow.update
     async def migrate(self, request: MigrateRequest) -> MigrateResult:
@@ -538,42 +598,57 @@ class LeadWorkflow:
             wait = max((handoff.due_at - workflow.now()).total_seconds(), 1.0)
             try:
                 await workflow.wait_condition(
-                    lambda: handoff.status != "pending" or self._answering,
+                    lambda: handoff.status != "pending" or self._answering or self._reassigning,
                     timeout=timedelta(seconds=wait),
                 )
-                if self._answering:  # the answer is being stored: its result decides
-                    await workflow.wait_condition(lambda: not self._answering)
+                # An answer or a reassignment is being stored: its result decides (a
+                # reassignment restarts the clock from the new rep's due time).
+                if self._answering or self._reassigning:
+                    await workflow.wait_condition(
+                        lambda: not (self._answering or self._reassigning)
+                    )
                     continue
                 return
             except TimeoutError:
                 pass
             self.lead.sla_lapses += 1
             lapses = self.lead.sla_lapses  # numbers the notifications' keys, across runs
-            outcome: SlaOutcome = await self._activity(
-                SalesActivities.handle_sla_lapse,
-                SlaLapse(
-                    handoff_id=handoff.handoff_id,
-                    at=workflow.now(),
-                    remind=handoff.reminders_sent < reminders,
-                ),  # fmt: skip
-                QUICK,
-            )
+            self._lapsing = True
+            try:
+                outcome: SlaOutcome = await self._activity(
+                    SalesActivities.handle_sla_lapse,
+                    SlaLapse(
+                        handoff_id=handoff.handoff_id,
+                        at=workflow.now(),
+                        remind=handoff.reminders_sent < reminders,
+                    ),  # fmt: skip
+                    QUICK,
+                )
+            finally:
+                self._lapsing = False
             if outcome.status != "pending":
                 return
             handoff.due_at = outcome.due_at
             if outcome.due_at is None:  # every rep who could take it has had it
                 return
             if outcome.previous_rep_id:
-                handoff.rep_id, handoff.reminders_sent = outcome.rep_id, 0
-                handoff.reassignments += 1
-                self.lead.state.handoff_rep_id = outcome.rep_id
-                self._notify(outcome.previous_rep_id, outcome.previous_channels,
-                             f"lapse{lapses}", "reassigned_away", outcome.rep_id)  # fmt: skip
-                self._notify(outcome.rep_id, outcome.channels, f"lapse{lapses}",
-                             "reassigned_to", outcome.previous_rep_id)  # fmt: skip
+                self._moved(outcome, f"lapse{lapses}")
             else:
                 handoff.reminders_sent += 1
                 self._notify(outcome.rep_id, outcome.channels, f"lapse{lapses}", "reminder")
+
+    def _moved(self, outcome: SlaOutcome, key: str) -> None:
+        """The handoff went to another rep (a lapse, or a manager): they are told on each
+        channel, and so is the rep who had it; the new rep's SLA starts."""
+        handoff = self.lead.state.handoff
+        handoff.rep_id, handoff.reminders_sent = outcome.rep_id, 0
+        handoff.due_at = outcome.due_at
+        handoff.reassignments += 1
+        self.lead.state.handoff_rep_id = outcome.rep_id
+        self._notify(outcome.previous_rep_id, outcome.previous_channels, key, "reassigned_away",
+                     outcome.rep_id)  # fmt: skip
+        self._notify(outcome.rep_id, outcome.channels, key, "reassigned_to",
+                     outcome.previous_rep_id)  # fmt: skip
 
     async def _recycle(self, cycle: int) -> None:
         """After a rejection's cool-down: nurture again, with the recycle sequence."""
