@@ -26,6 +26,7 @@ from api.tokens import BearerTokens
 from channels.links import BadToken, Links
 from models.workflow_io import REJECT_REASONS, AnswerResult, HandoffAnswer
 from services.answering import AnswerRefused, HandoffView, find_handoff, submit_answer
+from services.audit import record_now
 from services.intake import Intake
 
 PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -125,7 +126,7 @@ def handoff_router(
         answer = HandoffAnswer(handoff_id=handoff_id, answer=body.answer, reason=body.reason,
                                note=body.note, by=body.by or holder.email)  # fmt: skip
         try:
-            result = await _answered(intake, answer)
+            result = await _answered(intake, answer, actor=holder.email)
         except AnswerRefused as exc:
             headers = RETRY_AFTER if exc.status == 503 else None
             raise HTTPException(exc.status, str(exc), headers=headers) from None
@@ -146,13 +147,18 @@ def _rep_of(links: Links, handoff_id: str, token: str) -> str:
 
 
 async def _answered(
-    intake: Intake, answer: HandoffAnswer, rep_id: str | None = None
+    intake: Intake, answer: HandoffAnswer, rep_id: str | None = None, *, actor: str
 ) -> AnswerResult:
-    """The answer, taken by the lead's workflow within ANSWER_TIMEOUT (else a 503)."""
+    """The answer, taken by the lead's workflow within ANSWER_TIMEOUT (else a 503), and
+    `actor`'s entry in the audit log."""
     try:
-        return await asyncio.wait_for(
+        result = await asyncio.wait_for(
             submit_answer(intake.client, intake.sessions, answer, rep_id), ANSWER_TIMEOUT
         )
+        detail = {"answer": answer.answer, "reason": answer.reason, "by": answer.by}
+        await asyncio.to_thread(record_now, intake.sessions, actor, "handoff.answer",
+                                answer.handoff_id, detail)  # fmt: skip
+        return result
     # The SDK answers the cancelling of its update call with its own error. Temporal
     # took the update, or not: a repeat says which.
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
@@ -174,7 +180,7 @@ async def _answer_form(
                         note=fields.get("note") or None, by=rep_id)  # fmt: skip
         answer = HandoffAnswer(handoff_id=handoff_id, answer=body.answer, reason=body.reason,
                                note=body.note, by=rep_id)  # fmt: skip
-        result = await _answered(intake, answer, rep_id)
+        result = await _answered(intake, answer, rep_id, actor=f"rep:{rep_id} (signed link)")
     except AnswerRefused as exc:
         headers = RETRY_AFTER if exc.status == 503 else None
         return page("Your answer was not taken", f"<p>{escape(str(exc))}</p>", exc.status,

@@ -129,6 +129,7 @@ def answer(
     """
     from models.workflow_io import HandoffAnswer
     from services.answering import AnswerRefused, submit_answer
+    from services.audit import cli_actor, record_now
     from services.runtime import connect_temporal
 
     if decision not in ("accept", "reject", "disqualify"):
@@ -158,4 +159,6 @@ def answer(
     except AnswerRefused as exc:
         errors.print(f"not answered: {exc}")
         raise typer.Exit(1) from None
+    detail = {"answer": decision, "reason": reason, "by": by}
+    record_now(sessions, cli_actor(), "handoff.answer", handoff_id, detail)
     console.print(f"{result.message}; the lead is now {result.stage}")

@@ -13,10 +13,11 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from sqlalchemy import select
 from temporalio.client import WorkflowUpdateFailedError
 
 from api.app import create_app
-from models.db import Handoff, HandoffEvent, Lead, StageChange
+from models.db import AuditEntry, Handoff, HandoffEvent, Lead, StageChange
 from models.definitions import SalesTeam
 from models.workflow_io import HandoffAnswer
 from sales.outbound_webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
@@ -273,6 +274,13 @@ async def test_a_failing_rep_webhook_is_retried_without_holding_up_the_others(ha
     assert email[0].status == "sent" and email[0].attempts == 1
 
 
+def answers_audited(harness, handoff_id: str) -> list[tuple[str, str]]:
+    with harness.database.sessions() as session:
+        rows = session.scalars(select(AuditEntry).where(AuditEntry.target == handoff_id,
+                                                        AuditEntry.action == "handoff.answer"))
+        return [(row.actor, row.detail["answer"]) for row in rows]
+
+
 async def test_answers_through_the_api_and_the_signed_link(harness):
     lead_id, handoff = await qualify(harness, "api@acme.example")
     app = create_app(harness.intake, harness.settings, relay=False)
@@ -301,6 +309,9 @@ async def test_answers_through_the_api_and_the_signed_link(harness):
         assert again.status_code == 409 and "already accepted" in again.json()["detail"]
     state = await harness.state(lead_id)
     assert state.stage == "accepted"
+    # Who answered is audited; a refused answer is not.
+    assert answers_audited(harness, handoff.id) == [(f"rep:{handoff.rep_id} (signed link)",
+                                                     "accept")]  # fmt: skip
 
 
 async def test_a_companys_next_lead_goes_to_its_owner(harness):
@@ -348,3 +359,5 @@ async def test_handoff_commands_list_show_and_answer(harness, time_skipping_env,
     assert again.exit_code == 1 and "already rejected by alice" in again.stderr
     state = await harness.until(lead_id, lambda s: s.handoff.status == "rejected")
     assert state.cool_down_until is not None
+    ((actor, answer),) = answers_audited(harness, handoff.id)
+    assert actor.startswith("cli:") and answer == "reject"

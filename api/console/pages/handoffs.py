@@ -20,7 +20,6 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from markupsafe import Markup, escape
-from sqlalchemy.orm import sessionmaker
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 
 from api.console.web import Console, Forbidden, Viewer, page_responses
@@ -79,7 +78,7 @@ def routes(console: Console) -> APIRouter:
         except AnswerRefused as refused:
             return await _refused(console, request, viewer, back, refused)
         detail = {"answer": answer, "reason": decision.reason, "stage": result.stage}
-        await console.db.run(_audit, console.sessions, viewer.email, "handoff.answer",
+        await console.db.run(audit.record_now, console.sessions, viewer.email, "handoff.answer",
                              handoff_id, detail)  # fmt: skip
         return await _done(console, request, viewer, handoff_id, back, result.message)
 
@@ -103,7 +102,7 @@ def routes(console: Console) -> APIRouter:
         except AnswerRefused as refused:
             return await _refused(console, request, viewer, back, refused)
         detail = {"from": result.previous_rep_id, "to": result.rep_id}
-        await console.db.run(_audit, console.sessions, viewer.email, "handoff.reassign",
+        await console.db.run(audit.record_now, console.sessions, viewer.email, "handoff.reassign",
                              handoff_id, detail)  # fmt: skip
         message = f"Reassigned from {result.previous_rep_id} to {result.rep_id}."
         return await _done(console, request, viewer, handoff_id, back, message)
@@ -147,12 +146,6 @@ async def _in_time(call: Awaitable[T]) -> T:
             "running?). Reload the handoffs to see whether it was taken before trying again.",
             503,
         ) from None
-
-
-def _audit(sessions: sessionmaker, actor: str, action: str, target: str,
-           detail: dict[str, Any]) -> None:  # fmt: skip
-    with sessions.begin() as session:
-        audit.record(session, actor, action, target, detail)
 
 
 def _context(viewer: Viewer, team: SalesTeam, rep: str) -> dict[str, Any]:
