@@ -58,6 +58,12 @@ class Base(DeclarativeBase):
 
 class Lead(Base):
     __tablename__ = "leads"
+    # The console's lead search: a page in order of last activity or score is read off an
+    # index (the ID breaks ties, so pages never overlap), not sorted from every lead.
+    __table_args__ = (
+        Index("ix_leads_updated_at", "updated_at", "id"),
+        Index("ix_leads_score", "score", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     email: Mapped[str] = mapped_column(String(320), unique=True)
@@ -559,3 +565,4 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(60))
     target: Mapped[str | None] = mapped_column(String(320))
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+

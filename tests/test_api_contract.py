@@ -150,6 +150,7 @@ class Contract:
     handoff_token: str
     sessions: sessionmaker  # of the database, to give each console request a session
     admin_id: str
+    lead_id: str  # a lead with no workflow: its console page answers at once
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +185,7 @@ def contract(tmp_path_factory, dev_server_env) -> Contract:
         handoff_token=links.handoff_url(handoff.id, "alice").split("token=")[1],
         sessions=database.sessions,
         admin_id=admin.id,
+        lead_id=handed_off.id,
     )
     database.engine.dispose()
     for label, statuses in ACCEPTED.items():
@@ -204,6 +206,8 @@ def made_valid(case: schemathesis.Case, contract: Contract) -> dict[str, Any]:
         return {}
     if path.startswith("/unsubscribe/"):
         case.path_parameters["token"] = contract.unsubscribe_token
+    elif path == "/console/leads/{lead_id}":
+        case.path_parameters["lead_id"] = contract.lead_id
     elif path.startswith("/console/sequences/"):
         case.path_parameters["sequence_id"] = "quick"
     elif path.startswith(("/handoffs/", "/console/handoffs/")):

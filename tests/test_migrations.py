@@ -38,6 +38,7 @@ HISTORY = [
     "0007  utm and crm sync: campaign fields on leads and responses; each CRM connector's cursor",
     "0008  messages by lead: on PostgreSQL the index carries sent_at, enrollment_id and step_id",
     "0009  console accounts: users, their sessions and API tokens, and the audit log",
+    "0010  lead search: leads by last activity and by score, for the console",
 ]
 ALL_APPLIED = "".join(f"applied {line}\n" for line in HISTORY)
 
