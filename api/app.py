@@ -119,7 +119,7 @@ def create_app(
     app.include_router(unsubscribe_router(intake, links, settings.sender_company, db))
     tokens = BearerTokens(api_token, db, intake.sessions)
     app.include_router(handoff_router(intake, links, tokens, db))
-    console = add_console(app, intake, settings, db)
+    console = app.state.console = add_console(app, intake, settings, db)
     _add_error_handlers(app, console)
     _document(app, intake.definitions)
 

@@ -45,7 +45,9 @@ def finished(document: dict[str, Any], definitions: Definitions) -> dict[str, An
     ]
     outcome = schemas["OutcomeEventIn"]
     outcome["allOf"] = OUTCOME_RULES
-    _text(outcome["properties"]["amount"])["pattern"] = AMOUNT_TEXT.pattern
+    amount = outcome["properties"]["amount"]
+    _text(amount)["pattern"] = AMOUNT_TEXT.pattern
+    next(s for s in amount["anyOf"] if s.get("type") == "number")["multipleOf"] = 0.0001
     return document
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from api.database import HandlerDatabase
 from api.errors import error_responses
 from api.provider_webhook_docs import required_header
+from api.provider_webhooks import refusals_counted
 from infra.settings import Settings
 from sales.outbound_webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from sales.outcome_store import OutcomeResult, UnknownReference, store_outcomes
@@ -60,7 +61,7 @@ CRM_WEBHOOK_DOC = {
 def outcome_router(
     settings: Settings, db: HandlerDatabase, intake: Intake, authenticated: Callable[..., Any]
 ) -> APIRouter:
-    router = APIRouter(tags=["outcomes"])
+    router = APIRouter(tags=["outcomes"], route_class=refusals_counted(intake.sessions))
 
     async def store(body: OutcomesIn, source: str) -> OutcomesOut:
         try:

@@ -27,6 +27,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ValidationError
 from sendgrid.helpers.eventwebhook import EventWebhook
@@ -36,6 +37,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 from api import provider_webhook_docs as docs
 from channels.links import Links
 from infra.settings import Settings
+from services import operations
 from services.intake import EventIn, Intake
 
 log = logging.getLogger("nurture.webhooks")
@@ -70,8 +72,12 @@ class WebhookOut(BaseModel):
     unverified: int = 0  # replies kept but not given to a lead: SPF and DKIM did not pass
 
 
+REFUSAL_REASON = 120  # characters of a refusal's reason kept in its count
+
+
 def webhook_router(intake: Intake, settings: Settings, links: Links) -> APIRouter:
-    router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+    router = APIRouter(prefix="/webhooks", tags=["webhooks"],
+                       route_class=refusals_counted(intake.sessions))  # fmt: skip
     basic = HTTPBasic(auto_error=False)
     # The API's relay expires what waits for a lead; this is where its settings reach it.
     intake.pending_retention = timedelta(days=settings.pending_event_retention_days)
@@ -365,3 +371,31 @@ def _aligned(checked: str, domain: str) -> bool:
     if "." not in checked:  # not a top-level domain's word for everything under it
         return False
     return domain == checked or domain.endswith(f".{checked}")
+
+
+def refusals_counted(sessions) -> type[APIRoute]:
+    """A route class for webhooks: each request one refuses (4xx: nothing was stored) is
+    counted by webhook and reason (services/operations.py, the console's Operations page),
+    then answered as before. Numbers in a reason are written N, so a reason names a kind
+    of refusal, not each request's."""
+
+    class RefusalsCounted(APIRoute):
+        def get_route_handler(self):
+            handle = super().get_route_handler()
+            if not self.path.startswith("/webhooks/"):
+                return handle
+            source = self.path.removeprefix("/webhooks/")  # sendgrid/events, crm...
+
+            async def counted(request: Request) -> Response:
+                try:
+                    return await handle(request)
+                except HTTPException as exc:
+                    if 400 <= exc.status_code < 500:
+                        reason = re.sub(r"\d+", "N", str(exc.detail))[:REFUSAL_REASON]
+                        await run_in_threadpool(operations.count_refusal, sessions, source,
+                                                exc.status_code, reason)  # fmt: skip
+                    raise
+
+            return counted
+
+    return RefusalsCounted

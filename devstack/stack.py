@@ -38,6 +38,14 @@ class _EmbeddedServer(uvicorn.Server):
     def install_signal_handlers(self) -> None:  # older uvicorn versions
         pass
 
+    async def shutdown(self, sockets=None) -> None:
+        # Long-lived answers (the console's live feed) end first: uvicorn would otherwise
+        # wait NURTURE_SHUTDOWN_TIMEOUT for them.
+        console = getattr(getattr(self.config.app, "state", None), "console", None)
+        if console is not None:
+            console.closing.set()
+        await super().shutdown(sockets)
+
 
 def api_server(app, settings: Settings, **options) -> uvicorn.Server:
     """uvicorn serving `app` on NURTURE_API_HOST:NURTURE_API_PORT, with no signal handling

@@ -566,3 +566,36 @@ class AuditEntry(Base):
     target: Mapped[str | None] = mapped_column(String(320))
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
+
+class WebhookRefusal(Base):
+    """Provider and CRM webhook requests refused (a bad signature, a secret not set, a body
+    that cannot be used), counted per UTC day, source and reason: nothing of a refused
+    request is stored, so this is what says one came (the console's Operations page)."""
+
+    __tablename__ = "webhook_refusals"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    source: Mapped[str] = mapped_column(String(20), primary_key=True)  # sendgrid twilio crm ...
+    reason: Mapped[str] = mapped_column(String(200), primary_key=True)
+    status: Mapped[int] = mapped_column(Integer)  # the answer: 400, 403...
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    last_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# The console's reads (migration 0011): the live feed's newest sends, SQL entries over a
+# range (the overview's charts), and leads by creation (the funnel of a range).
+Index("ix_messages_sent_at", Message.sent_at)
+Index("ix_stage_changes_to_stage_created_at", StageChange.to_stage, StageChange.created_at)
+Index("ix_leads_created_at", Lead.created_at)
+
+# The console's queues and filters (migration 0012): a rep's open handoffs soonest due
+# first and the recently answered ones; a lead's latest enrollment, and a sequence's leads;
+# emails by prefix (PostgreSQL's default collation cannot serve LIKE 'ab%' from a plain
+# index).
+Index("ix_handoffs_status_rep_id_due_at", Handoff.status, Handoff.rep_id, Handoff.due_at)
+Index("ix_handoffs_rep_id_answered_at", Handoff.rep_id, Handoff.answered_at)
+Index("ix_handoffs_answered_at", Handoff.answered_at)
+Index("ix_enrollments_lead_id_started_at", Enrollment.lead_id, Enrollment.started_at)
+Index("ix_enrollments_sequence_id_lead_id_started_at", Enrollment.sequence_id,
+      Enrollment.lead_id, Enrollment.started_at)  # fmt: skip
+Index("ix_leads_email_prefix", Lead.email, postgresql_ops={"email": "text_pattern_ops"})

@@ -12,6 +12,7 @@ stays the first's.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -67,6 +68,12 @@ class OutcomeEventIn(BaseModel):
         """A JSON number, or text of digits with up to 4 decimals ("12000.50"): exact."""
         if isinstance(value, bool) or (isinstance(value, str) and not AMOUNT_TEXT.fullmatch(value)):
             raise ValueError('should be a number, or text such as "12000.50"')
+        if isinstance(value, float) and math.isfinite(value):
+            # A JSON number arrives as a float: 0.1234 is 0.12340000000000001 to it. Read
+            # as the 4-decimal amount it stands for (more decimals are still refused).
+            rounded = round(value, 4)
+            if math.isclose(value, rounded, rel_tol=1e-15, abs_tol=1e-12):
+                return Decimal(repr(rounded))
         return value
 
     @field_validator("occurred_at")

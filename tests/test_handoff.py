@@ -276,8 +276,11 @@ async def test_a_failing_rep_webhook_is_retried_without_holding_up_the_others(ha
 
 def answers_audited(harness, handoff_id: str) -> list[tuple[str, str]]:
     with harness.database.sessions() as session:
-        rows = session.scalars(select(AuditEntry).where(AuditEntry.target == handoff_id,
-                                                        AuditEntry.action == "handoff.answer"))
+        rows = session.scalars(
+            select(AuditEntry).where(
+                AuditEntry.target == handoff_id, AuditEntry.action == "handoff.answer"
+            )
+        )
         return [(row.actor, row.detail["answer"]) for row in rows]
 
 

@@ -39,6 +39,8 @@ HISTORY = [
     "0008  messages by lead: on PostgreSQL the index carries sent_at, enrollment_id and step_id",
     "0009  console accounts: users, their sessions and API tokens, and the audit log",
     "0010  lead search: leads by last activity and by score, for the console",
+    "0011  console overview and operations: live feed and funnel indexes; webhook refusals",
+    "0012  console queues: indexes for the reps' inbox, leads' enrollments and email prefixes",
 ]
 ALL_APPLIED = "".join(f"applied {line}\n" for line in HISTORY)
 

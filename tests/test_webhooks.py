@@ -42,6 +42,7 @@ from models.db import (
     Lead,
     Message,
     Response,
+    WebhookRefusal,
     new_id,
     utcnow,
 )
@@ -159,6 +160,16 @@ def test_unsigned_webhooks_are_refused_until_a_key_is_set(settings, database, fi
     answer = client.post("/webhooks/sendgrid/events", content=b"[]")
     assert answer.status_code == 403 and "SENDGRID_WEBHOOK_PUBLIC_KEY" in answer.json()["detail"]
     assert client.post("/webhooks/twilio/sms", data={"Body": "hi"}).status_code == 403
+    assert client.post("/webhooks/twilio/sms", data={"Body": "hi"}).status_code == 403
+    # Nothing of a refused request is stored, but that it came is counted, by kind, for
+    # the console's Operations page (services/operations.py).
+    with database.sessions() as session:
+        counted = {(r.source, r.reason, r.status): r.count
+                   for r in session.scalars(select(WebhookRefusal))}  # fmt: skip
+    assert counted == {
+        ("sendgrid/events", "SENDGRID_WEBHOOK_PUBLIC_KEY is not set: events refused", 403): 1,
+        ("twilio/sms", "TWILIO_AUTH_TOKEN is not set: Twilio webhooks refused", 403): 2,
+    }
 
 
 def test_bounce_and_unknown_address_events(api, database, sendgrid_key):

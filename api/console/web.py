@@ -12,6 +12,7 @@ check, and rendering a page with the layout.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections.abc import Callable, Coroutine
@@ -103,6 +104,8 @@ class Console:
         self.signer = session_signer(settings.resolved_secret_key())
         self.secure_cookie = str(settings.public_url).startswith("https")
         self.templates = _environment()
+        # Set when the server stops: streams (the live feed) end at once (devstack/stack.py).
+        self.closing = asyncio.Event()
 
     # --- sessions -------------------------------------------------------------------
 

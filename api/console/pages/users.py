@@ -8,12 +8,14 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import EmailStr
 
 from api.console.web import Console, Viewer, page_responses
 from services import accounts
 from services.accounts import AccountError
 
 Email = Annotated[str, Form(min_length=1, max_length=320)]
+NewEmail = Annotated[EmailStr, Form(max_length=320)]
 Password = Annotated[str, Form(min_length=accounts.MIN_PASSWORD, max_length=1000)]
 
 
@@ -34,7 +36,7 @@ def routes(console: Console) -> APIRouter:
             roles=accounts.ROLES,
             reps=sorted(reps),
             scopes=accounts.SCOPES,
-            flash=request.query_params.get("flash"),
+            flash=context.pop("flash", request.query_params.get("flash")),
             **context,
         )
 
@@ -61,7 +63,7 @@ def routes(console: Console) -> APIRouter:
     )
     async def add(
         request: Request,
-        email: Email,
+        email: NewEmail,
         password: Password,
         role: Annotated[Literal["admin", "marketer", "rep", "viewer"], Form()],
         name: Annotated[str, Form(max_length=200)] = "",
@@ -88,7 +90,10 @@ def routes(console: Console) -> APIRouter:
         responses=page_responses(404, 409, redirect="done: back to the list"),
     )
     async def enable_or_disable(
-        request: Request, user_id: str, action: str, viewer: Viewer = Depends(checked)
+        request: Request,
+        user_id: str,
+        action: Literal["disable", "enable"],
+        viewer: Viewer = Depends(checked),
     ):
         """`disable` (signed out everywhere, tokens stop working) or `enable` a user."""
         fns = {"disable": accounts.disable_user, "enable": accounts.enable_user}
