@@ -18,7 +18,6 @@ import httpx
 from playwright.async_api import async_playwright
 from sqlalchemy import select
 
-from devstack.temporal_server import free_port
 from models.db import CompanyOwner, Handoff
 from services import accounts
 from testkit.stack import local_stack, temporal_dev_server
@@ -79,7 +78,7 @@ async def shoot(out: Path) -> None:
     async with temporal_dev_server() as env:
         target = env.client.service_client.config.target_host
         async with (
-            local_stack(target, task_queue="shots", token="shots", NURTURE_API_PORT=free_port())
+            local_stack(target, task_queue="shots", token="shots")
             as stack,
             httpx.AsyncClient(base_url=stack.api_url, timeout=30,
                               headers={"Authorization": "Bearer shots"}) as http,
@@ -101,7 +100,9 @@ async def shoot(out: Path) -> None:
                         await page.get_by_role("button", name="Sign in").click()
                         await page.wait_for_url(lambda url: "/login" not in url)
                     await page.goto(path.format(lead=lead))
-                    await page.wait_for_timeout(600)  # charts drawn
+                    for frame in await page.locator("iframe").all():
+                        await frame.scroll_into_view_if_needed()  # frames draw once seen
+                    await page.wait_for_timeout(600)  # charts and frames drawn
                     file = out / f"{name}{'-phone' if phone else ''}.png"
                     await page.screenshot(path=str(file), full_page=True)
                     print(file.relative_to(REPO))
