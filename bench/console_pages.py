@@ -268,7 +268,9 @@ async def measure(url: str, requests: int) -> list[tuple[str, str, list[float], 
         intake = Intake(definitions, database.sessions, env.client, "bench")
         app = create_app(intake, settings, relay=False)
         sequence = next(iter(sorted(definitions.sequences)))
-        pages = [("page", path, path) for path in page_urls(app)]
+        # The baseline, in the same run: the app's floor (an answer that reads nothing).
+        pages = [("floor", "GET /health (baseline: reads nothing)", "/health")]
+        pages += [("page", path, path) for path in page_urls(app)]
         pages += [("page", label, path) for label, path in lead_pages(url)]
         pages.append(("page", "a sequence", f"/console/sequences/{sequence}"))
         pages += [("search", label, f"/console/leads?{query}") for label, query in SEARCHES]
@@ -340,8 +342,8 @@ def main() -> None:
                 print(f"kept: --measure {url}")
         print(f"  {'':7}{'page or search':45}{'HTTP':>5}{'p50':>7}{'p95':>7}{'target':>8}  (ms)")
         found = asyncio.run(measure(url, args.requests))
-    missed = [label for _kind, label, times, status, target in found
-              if status != 200 or pct(times, 0.95) >= target]  # fmt: skip
+    missed = [label for kind, label, times, status, target in found
+              if kind != "floor" and (status != 200 or pct(times, 0.95) >= target)]  # fmt: skip
     print("every target met" if not missed else f"MISSED: {', '.join(missed)}")
 
 
