@@ -30,11 +30,20 @@
     });
   }
 
+  // The same words as the server's (services/handoff_inbox.py countdown): the two
+  // largest of days, hours and minutes.
+  function duration(ms) {
+    var minutes = Math.floor(ms / 60000);
+    var parts = [[Math.floor(minutes / 1440), "d"], [Math.floor(minutes / 60) % 24, "h"],
+                 [minutes % 60, "min"]];
+    while (parts.length && parts[0][0] === 0) parts.shift();
+    var shown = parts.slice(0, 2).filter(function (p) { return p[0]; });
+    return shown.map(function (p) { return p[0] + " " + p[1]; }).join(" ") || "0 min";
+  }
+
   function left(ms) {
-    var minutes = Math.round(Math.abs(ms) / 60000);
-    var text = minutes >= 60 ? Math.floor(minutes / 60) + " h " + (minutes % 60) + " min"
-                             : minutes + " min";
-    return ms >= 0 ? "due in " + text : "overdue by " + text;
+    if (Math.abs(ms) < 60000) return "due now";
+    return ms > 0 ? "due in " + duration(ms) : "overdue by " + duration(-ms);
   }
 
   function countdowns() {
