@@ -217,3 +217,28 @@ def test_users_commands(console_site, monkeypatch):
         e for e in audited(console_site, "user.disable") if e.target == "cli-rep@example.com"
     ]
     assert entry.actor.startswith("cli:")  # the machine's user who ran the command
+
+
+async def test_keyboard_only_and_a_phone_screen(browser, console_site):
+    """Signing in with the keyboard alone, the skip link first in the tab order, and no
+    page wider than a phone's screen."""
+    context = await browser.new_context(base_url=console_site.url,
+                                        viewport={"width": 390, "height": 844})  # fmt: skip
+    page = await context.new_page()
+    await page.goto("/console/login")
+    await page.keyboard.type("admin@example.com")  # the email field has the focus
+    await page.keyboard.press("Tab")
+    await page.keyboard.type(PASSWORD)
+    await page.keyboard.press("Enter")
+    await page.wait_for_url("**/console/")
+    await page.keyboard.press("Tab")
+    focused = await page.evaluate("document.activeElement.textContent")
+    assert focused == "Skip to content"
+    await page.keyboard.press("Enter")
+    assert page.url.endswith("#content")
+    for path in ("/console/", "/console/leads", "/console/sequences", "/console/handoffs",
+                 "/console/operations", "/console/users"):  # fmt: skip
+        await page.goto(path)
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{path} is {width} px wide on a 390 px screen"
+    await context.close()
