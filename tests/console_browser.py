@@ -17,7 +17,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -146,6 +148,23 @@ async def signed_in(browser, console_site) -> AsyncIterator[Callable[[str], Awai
     yield open_as
     for page in pages:
         await page.context.close()
+
+
+CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+@contextlib.asynccontextmanager
+async def signed_in_http(app, email: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of `app` in-process (no browser), signed in as `email` through the
+    sign-in form."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://nurture.test") as http:
+        login = await http.get("/console/login")
+        csrf = CSRF_FIELD.search(login.text)[1]
+        form = {"email": email, "password": PASSWORD, "csrf": csrf}
+        signed = await http.post("/console/login", data=form)
+        assert signed.status_code == 303, signed.text
+        yield http
 
 
 async def assert_accessible(page) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 
-import httpx
 import pytest
 from sqlalchemy import select
 from temporalio.client import Client
@@ -30,10 +29,15 @@ from models.db import AuditEntry, CompanyOwner, Handoff, HandoffEvent
 from services import accounts, lead_client
 from services.intake import Intake
 from services.runtime import open_database, sync_sales_reps
-from tests.console_browser import PASSWORD, REP_DOMAINS, USERS, assert_accessible
+from tests.console_browser import (
+    CSRF_FIELD,
+    PASSWORD,
+    REP_DOMAINS,
+    USERS,
+    assert_accessible,
+    signed_in_http,
+)
 from tests.harness import lead_with_handoff
-
-CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
 def handoff_row(site, handoff_id: str) -> Handoff:
@@ -221,12 +225,7 @@ async def offline_console(sqlite_settings, fixture_definitions):
     accounts.add_user(database.sessions, "tests", email, "Admin", "admin", PASSWORD, None, set())
     _, handoff = lead_with_handoff(intake, database)
     app = create_app(intake, sqlite_settings, relay=False)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://nurture.test") as http:
-        login = await http.get("/console/login")
-        signed = await http.post("/console/login", data={
-            "email": email, "password": PASSWORD, "csrf": CSRF.search(login.text)[1]})  # fmt: skip
-        assert signed.status_code == 303, signed.text
+    async with signed_in_http(app, email) as http:
         yield http, database, handoff
     database.engine.dispose()
 
@@ -235,7 +234,7 @@ async def test_with_temporal_unreachable_nothing_is_changed(offline_console):
     http, database, handoff = offline_console
     inbox = await http.get("/console/handoffs")
     assert inbox.status_code == 200 and "ada@example.com" in inbox.text
-    csrf = CSRF.search(inbox.text)[1]
+    csrf = CSRF_FIELD.search(inbox.text)[1]
     answered = await http.post(f"/console/handoffs/{handoff.id}/answer",
                                data={"answer": "accept", "csrf": csrf})  # fmt: skip
     assert answered.status_code == 503 and answered.headers["retry-after"] == "10"

@@ -25,7 +25,6 @@ import re
 import shutil
 from datetime import UTC, datetime
 
-import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -36,13 +35,12 @@ from services.definitions import load_definitions
 from services.intake import Intake
 from services.runtime import open_database, sync_sales_reps
 from testkit import FIXTURE_DEFINITIONS
-from tests.console_browser import PASSWORD, USERS, assert_accessible
+from tests.console_browser import PASSWORD, USERS, assert_accessible, signed_in_http
 from tests.harness import eventually
 
 MONTH_STEPS = ("welcome", "pause", "clicked", "nudge", "long_pause", "engaged", "last_try",
                "final_wait", "thanks", "done")  # fmt: skip
 SIMULATE = "/console/sequences/month/simulate"
-CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
 def sent_welcomes(site) -> int:
@@ -220,12 +218,7 @@ async def console_on_copy(tmp_path, sqlite_settings, time_skipping_env):
     email = USERS["admin"][0]
     accounts.add_user(database.sessions, "tests", email, "Admin", "admin", PASSWORD, None, set())
     app = create_app(intake, settings, relay=False)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://nurture.test") as http:
-        login = await http.get("/console/login")
-        signed = await http.post("/console/login", data={
-            "email": email, "password": PASSWORD, "csrf": CSRF.search(login.text)[1]})  # fmt: skip
-        assert signed.status_code == 303, signed.text
+    async with signed_in_http(app, email) as http:
         yield http, database, root
     database.engine.dispose()
 
