@@ -189,14 +189,20 @@ class LeadWorkflow:
             asyncio.create_task(self._recycle(self.lead.cycle))
         return result
 
-    @answer.validator
-    def _check_answer(self, answer: HandoffAnswer) -> None:
+    def _open_handoff(self, handoff_id: str):
+        """The lead's handoff `handoff_id`, if it is open and no answer is being stored
+        (what an answer and a reassignment both need)."""
         handoff = self.lead.state.handoff
-        if handoff is None or handoff.handoff_id != answer.handoff_id:
-            raise ValueError(f"handoff {answer.handoff_id} is not this lead's open handoff")
+        if handoff is None or handoff.handoff_id != handoff_id:
+            raise ValueError(f"handoff {handoff_id} is not this lead's open handoff")
         if handoff.status != "pending" or self._answering:
             status = handoff.status if handoff.status != "pending" else "being answered"
-            raise ValueError(f"handoff {answer.handoff_id} was already answered ({status})")
+            raise ValueError(f"handoff {handoff_id} was already answered ({status})")
+        return handoff
+
+    @answer.validator
+    def _check_answer(self, answer: HandoffAnswer) -> None:
+        self._open_handoff(answer.handoff_id)
         if self._reassigning:
             raise ValueError(f"handoff {answer.handoff_id} is being reassigned: try again")
         reasons = ", ".join(REJECT_REASONS)
@@ -243,12 +249,7 @@ class LeadWorkflow:
 
     @reassign.validator
     def _check_reassign(self, request: ReassignRequest) -> None:
-        handoff = self.lead.state.handoff
-        if handoff is None or handoff.handoff_id != request.handoff_id:
-            raise ValueError(f"handoff {request.handoff_id} is not this lead's open handoff")
-        if handoff.status != "pending" or self._answering:
-            status = handoff.status if handoff.status != "pending" else "being answered"
-            raise ValueError(f"handoff {request.handoff_id} was already answered ({status})")
+        handoff = self._open_handoff(request.handoff_id)
         if self._reassigning:
             raise ValueError(f"handoff {request.handoff_id} is being reassigned already")
         if handoff.rep_id == request.rep_id:
