@@ -22,6 +22,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -313,6 +314,8 @@ class ScoreChange(Base):
     new_score: Mapped[float] = mapped_column(Float)
     reason: Mapped[str] = mapped_column(Text)
     model: Mapped[str | None] = mapped_column(String(100))
+    # The fingerprint of the predictive model that gave the card its `predicted`, if any.
+    predictive_model: Mapped[str | None] = mapped_column(String(64))
     # The score card (ScoreCard.to_dict()): fit, engagement, grade and every rule's points.
     breakdown: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # What the workflow was told (ScoreResult), so a retried activity answers the same.
@@ -565,6 +568,31 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(60))
     target: Mapped[str | None] = mapped_column(String(320))
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class PredictiveModelRecord(Base):
+    """A trained predictive model (`nurture train`): the fitted model itself and what says
+    what it is (training window, features, metrics on the test period, library versions,
+    the feature distributions drift is measured against). Every worker loads the one whose
+    status is `active`; at most one is."""
+
+    __tablename__ = "predictive_models"
+
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # logistic | boosted
+    status: Mapped[str] = mapped_column(String(20), index=True)  # candidate active retired refused
+    horizon_days: Mapped[int] = mapped_column(Integer)
+    trained_from: Mapped[datetime] = mapped_column()
+    trained_to: Mapped[datetime] = mapped_column()
+    tested_to: Mapped[datetime] = mapped_column()
+    # What it is and how well it did: features, metrics (model and rules), versions,
+    # refusal reasons and the training reference for drift (PredictiveModel.describe()).
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+    artifact: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(320))
+    activated_at: Mapped[datetime | None] = mapped_column()
+    retired_at: Mapped[datetime | None] = mapped_column()
 
 
 class WebhookRefusal(Base):

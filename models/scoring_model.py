@@ -299,11 +299,37 @@ class ScoringModel(_Definition):
         return [r.id for r in self.fit.rules] + [r.id for r in self.engagement.rules]
 
 
+class PredictiveSettings(_Definition):
+    """`predictive:` in scoring.yaml: what `nurture train` learns and what it accepts
+    (docs/predictive.md)."""
+
+    horizon: int = Field(
+        default=90 * 86400, description="predict a win within this of the moment scored"
+    )
+    min_auc: float = Field(
+        default=0.6, ge=0.5, le=1, description="a model under this ROC AUC is refused"
+    )
+    kind: Literal["logistic", "boosted"] = Field(
+        default="logistic", description="regularised logistic regression, or gradient boosting"
+    )
+    reasons: int = Field(default=3, ge=0, le=10, description="top reasons shown with `predicted`")
+    retrain: Literal["off", "weekly"] = Field(
+        default="off", description="weekly: a Temporal Schedule trains a candidate model"
+    )
+
+    _parse = field_validator("horizon", mode="before")(parse_duration)
+
+    @property
+    def horizon_days(self) -> int:
+        return max(1, round(self.horizon / 86400))
+
+
 class ScoringBook(_Definition):
     """The whole `scoring.yaml`: named models and the one used when a segment names none."""
 
     default_model: str
     models: dict[Annotated[str, Field(pattern=IDENTIFIER)], ScoringModel] = Field(min_length=1)
+    predictive: PredictiveSettings = Field(default_factory=PredictiveSettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -41,6 +41,7 @@ HISTORY = [
     "0010  lead search: leads by last activity and by score, for the console",
     "0011  console overview and operations: live feed and funnel indexes; webhook refusals",
     "0012  console queues: indexes for the reps' inbox, leads' enrollments and email prefixes",
+    "0013  predictive models: trained models and the model each score change used",
 ]
 ALL_APPLIED = "".join(f"applied {line}\n" for line in HISTORY)
 
