@@ -150,8 +150,8 @@ def _backtest_history(leads: Path | None, synthetic: int | None, seed: int) -> t
 
 
 def _stored_history(settings) -> tuple[list, str]:
+    from scoring.stored_history import stored_history
     from services.runtime import open_database
-    from services.stored_history import stored_history
 
     database = open_database(settings)
     try:

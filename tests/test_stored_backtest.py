@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typer.testing import CliRunner
 
 from models.db import Lead, Opportunity, Response
-from services.stored_history import stored_history
+from scoring.stored_history import stored_history
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 
