@@ -314,14 +314,14 @@ class ScoreChange(Base):
     new_score: Mapped[float] = mapped_column(Float)
     reason: Mapped[str] = mapped_column(Text)
     model: Mapped[str | None] = mapped_column(String(100))
-    # The fingerprint of the predictive model that gave the card its `predicted`, if any.
-    predictive_model: Mapped[str | None] = mapped_column(String(64))
     # The score card (ScoreCard.to_dict()): fit, engagement, grade and every rule's points.
     breakdown: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # What the workflow was told (ScoreResult), so a retried activity answers the same.
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     scored_at: Mapped[datetime | None] = mapped_column()  # the moment the card is for
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The fingerprint of the predictive model that gave the card its `predicted`, if any.
+    predictive_model: Mapped[str | None] = mapped_column(String(64))
 
 
 class StageChange(Base):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,9 +36,9 @@ def store(session: Session, training: Training, actor: str | None = None) -> Pre
         kind=model.kind,
         status="refused" if training.refused else "candidate",
         horizon_days=model.horizon_days,
-        trained_from=_naive(summary["trained_from"]),
-        trained_to=_naive(summary["trained_to"]),
-        tested_to=_naive(summary["tested_to"]),
+        trained_from=_utc(summary["trained_from"]),
+        trained_to=_utc(summary["trained_to"]),
+        tested_to=_utc(summary["tested_to"]),
         summary=summary,
         artifact=model.artifact(),
         created_by=actor,
@@ -85,11 +85,7 @@ class ActiveModel:
         self._checked = time.monotonic()
 
 
-def _naive(moment: str) -> datetime:
-    """The summary's ISO time as the naive UTC the database columns hold."""
+def _utc(moment: str) -> datetime:
+    """The summary's ISO time, in UTC."""
     parsed = datetime.fromisoformat(moment)
-    return (
-        parsed.replace(tzinfo=None)
-        if parsed.utcoffset() is None
-        else (parsed - parsed.utcoffset()).replace(tzinfo=None)
-    )
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)

@@ -23,15 +23,15 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(20), nullable=False),
         sa.Column("status", sa.String(20), nullable=False),
         sa.Column("horizon_days", sa.Integer(), nullable=False),
-        sa.Column("trained_from", sa.DateTime(), nullable=False),
-        sa.Column("trained_to", sa.DateTime(), nullable=False),
-        sa.Column("tested_to", sa.DateTime(), nullable=False),
+        sa.Column("trained_from", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("trained_to", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("tested_to", sa.DateTime(timezone=True), nullable=False),
         sa.Column("summary", sa.JSON(), nullable=False),
         sa.Column("artifact", sa.LargeBinary(), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("created_by", sa.String(320), nullable=True),
-        sa.Column("activated_at", sa.DateTime(), nullable=True),
-        sa.Column("retired_at", sa.DateTime(), nullable=True),
+        sa.Column("activated_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True),
     )
     op.create_index("ix_predictive_models_status", "predictive_models", ["status"])
     with op.batch_alter_table("score_changes") as batch:
