@@ -13,7 +13,8 @@ Each feature has a name that says what it is, and a raw value a person can read:
   form submissions by form name;
 - `recent:TYPE`: days since the last response of a type (absent: never);
 - `title:senior|manager|student`, `company_size`, `industry=…`, `country=…`,
-  `source=…`, `segment=…`, `free_mail`: from the profile;
+  `source=…`, `free_mail`: from the profile (not the segment: it follows from these,
+  and a history file does not carry it);
 - `age_days`: days since the lead was created.
 
 `model_inputs` turns raw values into what the model is fitted on (counts and sizes on a
@@ -23,6 +24,7 @@ reasons a marketer reads ("visited /pricing 3 times in 7 days").
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -44,7 +46,7 @@ MANAGER = re.compile(r"\b(manager|lead|principal)\b", re.I)
 STUDENT = re.compile(r"\b(student|intern)\b", re.I)
 FREE_MAIL = frozenset({"gmail.com", "yahoo.com", "hotmail.com", "outlook.com", "icloud.com",
                        "aol.com", "gmx.de", "web.de", "proton.me", "protonmail.com"})  # fmt: skip
-CATEGORIES = ("industry", "country", "source", "segment")
+CATEGORIES = ("industry", "country", "source")
 
 # How a response type reads in a reason: (verb, noun for one, noun for many).
 WORDS = {
@@ -72,22 +74,46 @@ def features(
     responses: Iterable[ResponseFact],
     at: datetime,
     created_at: datetime | None = None,
+    *,
+    of_profile: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
-    """The lead's features at `at`: its profile, and the responses at or before `at`."""
-    found = profile_features(profile)
+    """The lead's features at `at`: its profile (`of_profile`: its profile_features,
+    when already known), and the responses at or before `at`."""
+    found = dict(of_profile) if of_profile is not None else profile_features(profile)
     if created_at is not None:
         found["age_days"] = max(0.0, (at - created_at).total_seconds() / DAY)
     for response in responses:
         if response.occurred_at > at:
             continue  # after the moment: what the model could not have known
         age = (at - response.occurred_at).total_seconds() / DAY
-        for family in _families(response):
-            for window in WINDOWS:
-                if age <= window:
-                    name = f"{family}:{window}d"
-                    found[name] = found.get(name, 0.0) + 1.0
-        recent = f"recent:{response.type}"
+        for names in _counters(response):
+            for window, name in names:  # widest first
+                if age > window:
+                    break
+                found[name] = found.get(name, 0.0) + 1.0
+        recent = _RECENT.get(response.type) or _RECENT.setdefault(
+            response.type, f"recent:{response.type}"
+        )
         found[recent] = min(found.get(recent, math.inf), age)
+    return found
+
+
+_RECENT: dict[str, str] = {}
+_WINDOW_NAMES: dict[str, tuple[tuple[int, str], ...]] = {}
+
+
+def _counters(response: ResponseFact) -> list[tuple[tuple[int, str], ...]]:
+    """The counters' names, widest window first, for each family the response counts in."""
+    found = []
+    for family in _families(response):
+        names = _WINDOW_NAMES.get(family)
+        if names is None:
+            if len(_WINDOW_NAMES) > 50_000:  # a bounded memo of names, not a leak
+                _WINDOW_NAMES.clear()
+            names = _WINDOW_NAMES[family] = tuple(
+                (window, f"{family}:{window}d") for window in sorted(WINDOWS, reverse=True)
+            )
+        found.append(names)
     return found
 
 
@@ -124,6 +150,7 @@ def _families(response: ResponseFact) -> list[str]:
     return families
 
 
+@functools.lru_cache(maxsize=4096)
 def _first_segment(url: str) -> str:
     path = urlsplit(url).path if "//" in url else url.split("?")[0]
     segment = path.strip("/").split("/", 1)[0].lower()
@@ -154,15 +181,31 @@ def _number(value: Any) -> float | None:
 def model_inputs(raw: Mapping[str, float]) -> dict[str, float]:
     """Counts and sizes on a log scale (the tenth page view says less than the first),
     recency as a freshness between 0 (long ago) and 1 (now)."""
-    return {name: _input(name, value) for name, value in raw.items()}
+    inputs = {}
+    for name, value in raw.items():
+        kind = _KINDS.get(name)
+        if kind is None:
+            kind = _KINDS[name] = _kind(name)
+        if kind == "log":
+            inputs[name] = math.log1p(value)
+        elif kind == "fresh":
+            inputs[name] = math.exp(-value / RECENCY_DAYS)
+        else:
+            inputs[name] = value
+    return inputs
 
 
-def _input(name: str, value: float) -> float:
+_KINDS: dict[str, str] = {}
+
+
+def _kind(name: str) -> str:
+    if len(_KINDS) > 50_000:
+        _KINDS.clear()
     if name.startswith("recent:"):
-        return math.exp(-value / RECENCY_DAYS)
+        return "fresh"
     if name in ("company_size", "age_days") or WINDOWED.search(name):
-        return math.log1p(value)
-    return value
+        return "log"
+    return "as is"
 
 
 # --- in words --------------------------------------------------------------------------------

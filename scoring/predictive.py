@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 import scipy
 import sklearn
+from scipy.sparse import csr_matrix
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.feature_extraction import DictVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 from sklearn.pipeline import make_pipeline
@@ -49,14 +49,16 @@ from models.definition_set import Definitions
 from models.jinja import ConditionError
 from models.scoring_model import PredictiveSettings, ScoringModel
 from scoring.engine import ResponseFact, decide_stage, score
-from scoring.features import describe, family_of, features, model_inputs
+from scoring.features import describe, family_of, features, model_inputs, profile_features
 from scoring.history import HistoryLead, profile_dict
 
 FORMAT = 1  # the artifact's layout; a loader refuses one it does not know
 MIN_WINS = 10  # wins needed in each of the training and test periods
 MIN_SUPPORT = 10  # a feature seen in fewer training examples is dropped
 MAX_FEATURES = 400
-RULE_SAMPLE = 20_000  # training examples the rule score is calibrated on (for its Brier)
+RULE_SAMPLE = 3_000  # training moments the rule total is calibrated on (for its Brier)
+TEST_SAMPLE = 10_000  # test moments measured, the same for the model and the rules
+MAX_MOMENTS = 100_000  # moments learned from and tested on: a seeded sample beyond it
 
 
 class TrainingError(ValueError):
@@ -77,15 +79,26 @@ class Example:
 
 
 def examples(
-    history: Sequence[HistoryLead], horizon_days: int, per_lead: int = 3
+    history: Sequence[HistoryLead],
+    horizon_days: int,
+    per_lead: int = 3,
+    max_moments: int | None = None,
+    seed: int = 0,
 ) -> tuple[list[Example], datetime]:
     """Each lead at up to `per_lead` of its response moments (before its win), as of the
-    end of the history less the horizon; and that end."""
+    end of the history less the horizon; and that end. Beyond `max_moments` a seeded
+    sample of the moments is kept (drawn before any feature is computed)."""
     end = max(_last_known(lead) for lead in history) if history else datetime.min
     latest = end - timedelta(days=horizon_days)
+    chosen = [(lead, _moments(lead, per_lead, latest)) for lead in history]
+    total = sum(len(times) for _, times in chosen)
+    if max_moments is not None and total > max_moments:
+        rng, keep = random.Random(seed), max_moments / total
+        chosen = [(lead, [t for t in times if rng.random() < keep]) for lead, times in chosen]
     found: list[Example] = []
-    for lead in history:
-        found.extend(_lead_examples(lead, horizon_days, per_lead, latest))
+    for lead, times in chosen:
+        if times:
+            found.extend(_lead_examples(lead, times, horizon_days))
     return found, end
 
 
@@ -94,26 +107,27 @@ def _last_known(lead: HistoryLead) -> datetime:
     return max([*times, lead.outcome.at] if lead.outcome.at else times)
 
 
-def _lead_examples(
-    lead: HistoryLead, horizon_days: int, per_lead: int, latest: datetime
-) -> list[Example]:
+def _moments(lead: HistoryLead, per_lead: int, latest: datetime) -> list[datetime]:
+    """Up to `per_lead` of the lead's response times, spread over its life, the last
+    one kept: at or before `latest` and before its win."""
+    won_at = lead.outcome.at if lead.outcome.customer else None
+    before = won_at or latest + timedelta(seconds=1)
+    times = sorted({r.at for r in lead.responses if r.at <= latest and r.at < before})
+    if len(times) > per_lead:
+        step = len(times) / per_lead
+        times = sorted({times[int(len(times) - 1 - i * step)] for i in range(per_lead)})
+    return times
+
+
+def _lead_examples(lead: HistoryLead, times: list[datetime], horizon_days: int) -> list[Example]:
     won_at = lead.outcome.at if lead.outcome.customer else None
     facts = [ResponseFact(r.type, r.at, r.data) for r in lead.responses]
-    before = won_at or latest + timedelta(seconds=1)
-    times = sorted(
-        {f.occurred_at for f in facts if f.occurred_at <= latest and f.occurred_at < before}
-    )
-    if len(times) > per_lead:  # spread over the lead's life, the last one kept
-        step = len(times) / per_lead
-        times = [
-            times[min(len(times) - 1, int(len(times) - 1 - i * step))] for i in range(per_lead)
-        ]
-    profile = profile_dict(lead)
+    profile = profile_features(profile_dict(lead))
     horizon = timedelta(days=horizon_days)
     return [
         Example(lead.id, at, lead.created_at, won_at is not None and won_at <= at + horizon,
-                features(profile, facts, at, lead.created_at))
-        for at in sorted(times)
+                features({}, facts, at, lead.created_at, of_profile=profile))
+        for at in times
     ]  # fmt: skip
 
 
@@ -158,19 +172,23 @@ def train(
     say = progress or (lambda _message: None)
     say(f"features as of each moment for {len(history):,} leads")
     by_id = {lead.id: lead for lead in history}
-    found, end = examples(history, settings.horizon_days, per_lead)
+    found, end = examples(history, settings.horizon_days, per_lead, MAX_MOMENTS, seed)
     train_set, test_set = split_by_cohort(found, test_fraction)
     _enough(train_set, "training")
     _enough(test_set, "test")
 
     say(f"fitting a {kind} model on {len(train_set):,} moments")
-    vectorizer = _vocabulary([model_inputs(e.raw) for e in train_set])
-    x_train = vectorizer.transform([model_inputs(e.raw) for e in train_set])
+    inputs = [model_inputs(e.raw) for e in train_set]
+    columns = _vocabulary(inputs)
+    x_train = sparse_matrix(inputs, {name: i for i, name in enumerate(columns)})
+    del inputs
     y_train = np.array([e.won for e in train_set])
     estimator = _fit(kind, x_train, y_train, seed)
-    model = PredictiveModel.build(kind, settings.horizon_days, vectorizer, estimator, x_train,
+    model = PredictiveModel.build(kind, settings.horizon_days, columns, estimator, x_train,
                                   window=(train_set, test_set, end))  # fmt: skip
 
+    if len(test_set) > TEST_SAMPLE:  # the rules' side costs a score card each
+        test_set = sorted(random.Random(seed).sample(test_set, TEST_SAMPLE), key=lambda e: e.at)
     say(f"measuring the model and the rules on {len(test_set):,} recent moments")
     for example in test_set:
         example.lead = by_id[example.lead_id]
@@ -195,7 +213,7 @@ def _enough(part: Sequence[Example], name: str) -> None:
         )
 
 
-def _vocabulary(rows: Sequence[Mapping[str, float]]) -> DictVectorizer:
+def _vocabulary(rows: Sequence[Mapping[str, float]]) -> list[str]:
     """The features seen in at least MIN_SUPPORT examples, the MAX_FEATURES most seen."""
     support: dict[str, int] = {}
     for row in rows:
@@ -204,9 +222,22 @@ def _vocabulary(rows: Sequence[Mapping[str, float]]) -> DictVectorizer:
                 support[name] = support.get(name, 0) + 1
     kept = sorted((n for n, c in support.items() if c >= MIN_SUPPORT),
                   key=lambda n: (-support[n], n))[:MAX_FEATURES]  # fmt: skip
-    vectorizer = DictVectorizer(sparse=True)
-    vectorizer.fit([dict.fromkeys(sorted(kept), 1.0)])
-    return vectorizer
+    return sorted(kept)
+
+
+def sparse_matrix(rows: Sequence[Mapping[str, float]], index: Mapping[str, int]):
+    """Rows of named inputs as a CSR matrix over `index`'s columns (others dropped)."""
+    pointers, columns, values = [0], [], []
+    for row in rows:
+        for name, value in row.items():
+            column = index.get(name)
+            if column is not None and value:
+                columns.append(column)
+                values.append(value)
+        pointers.append(len(columns))
+    arrays = (np.array(values, dtype=np.float64), np.array(columns, dtype=np.int32),
+              np.array(pointers, dtype=np.int64))  # fmt: skip
+    return csr_matrix(arrays, shape=(len(rows), len(index)))
 
 
 def _fit(kind: str, x, y, seed: int):
@@ -257,9 +288,8 @@ class PredictiveModel:
     # Built from a fit -------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, kind, horizon_days, vectorizer, estimator, x_train, window) -> PredictiveModel:
+    def build(cls, kind, horizon_days, columns, estimator, x_train, window) -> PredictiveModel:
         train_set, test_set, end = window
-        columns = list(vectorizer.get_feature_names_out())
         means = np.asarray(x_train.mean(axis=0)).ravel().tolist()
         if kind == "logistic":
             params = _collapsed(estimator)
@@ -334,11 +364,11 @@ class PredictiveModel:
         return self._explain_any(raw, inputs, index)
 
     def predict_many(self, raws: Sequence[Mapping[str, float]]) -> np.ndarray:
-        x = self._matrix([model_inputs(raw) for raw in raws])
+        x = sparse_matrix([model_inputs(raw) for raw in raws], self._index)
         if self.kind == "logistic":
             weights = np.array(self.params["weights"])
             return _calibrated(x @ weights + self.params["intercept"], self.params)
-        return self._estimator.predict_proba(x.astype(np.float32))[:, 1]
+        return self._estimator.predict_proba(x.toarray().astype(np.float32))[:, 1]
 
     @property
     def _index(self) -> dict[str, int]:
@@ -456,23 +486,29 @@ class RuleScore:
 def rule_scores(definitions: Definitions, found: Sequence[Example]) -> list[RuleScore]:
     """The current rule-based score of each example, at its moment, by its segment's model."""
     models: dict[str, ScoringModel] = {}
+    leads: dict[str, tuple[ScoringModel, dict, list[ResponseFact]]] = {}
     scores = []
     for example in found:
-        lead = example.lead
-        profile = profile_dict(lead)
-        try:
-            segment, _ = definitions.choose_segment(profile)
-        except ConditionError as exc:
-            raise ConditionError(f"lead {lead.id}: {exc}") from None
-        profile["segment"] = segment
-        model = models.get(segment) or models.setdefault(
-            segment, definitions.scoring_model(segment)
-        )
-        facts = [ResponseFact(r.type, r.at, r.data) for r in lead.responses if r.at <= example.at]
-        card = score(model, profile, facts, example.at)
+        known = leads.get(example.lead_id)
+        if known is None:
+            known = leads[example.lead_id] = _rules_for(definitions, example.lead, models)
+        model, profile, facts = known
+        seen = [fact for fact in facts if fact.occurred_at <= example.at]
+        card = score(model, profile, seen, example.at)
         stage = decide_stage(model, "lead", card, profile).new
         scores.append(RuleScore(card.total, stage))
     return scores
+
+
+def _rules_for(definitions, lead: HistoryLead, models: dict[str, ScoringModel]):
+    profile = profile_dict(lead)
+    try:
+        segment, _ = definitions.choose_segment(profile)
+    except ConditionError as exc:
+        raise ConditionError(f"lead {lead.id}: {exc}") from None
+    profile["segment"] = segment
+    model = models.get(segment) or models.setdefault(segment, definitions.scoring_model(segment))
+    return model, profile, [ResponseFact(r.type, r.at, r.data) for r in lead.responses]
 
 
 def _rule_calibration(definitions, train_set, by_id, seed) -> Callable[[np.ndarray], np.ndarray]:
