@@ -31,7 +31,7 @@ import platform
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -88,7 +88,9 @@ def examples(
     """Each lead at up to `per_lead` of its response moments (before its win), as of the
     end of the history less the horizon; and that end. Beyond `max_moments` a seeded
     sample of the moments is kept (drawn before any feature is computed)."""
-    end = max(_last_known(lead) for lead in history) if history else datetime.min
+    if not history:
+        return [], datetime.min.replace(tzinfo=UTC)
+    end = max(_last_known(lead) for lead in history)
     latest = end - timedelta(days=horizon_days)
     chosen = [(lead, _moments(lead, per_lead, latest)) for lead in history]
     total = sum(len(times) for _, times in chosen)
