@@ -19,6 +19,7 @@ from cli.handoff import handoff_app
 from cli.import_leads import import_leads
 from cli.messages import messages
 from cli.migrate_leads import migrate_leads
+from cli.models import models_app, train
 from cli.outcomes import outcomes_app
 from cli.reports import leads, report, status
 from cli.run import api, demo, dev, worker
@@ -41,6 +42,8 @@ for command in (validate, worker, api, dev, demo, consent, score, backtest, resc
 app.command("import")(import_leads)
 app.command("migrate-leads")(migrate_leads)
 app.command()(financial)
+app.command()(train)
+app.add_typer(models_app, name="models")
 app.add_typer(handoff_app, name="handoff")
 app.add_typer(db_app, name="db")
 app.add_typer(outcomes_app, name="outcomes")
