@@ -23,7 +23,16 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from api.console import web
-from api.console.pages import audit, handoffs, leads, operations, overview, sequences, users
+from api.console.pages import (
+    audit,
+    handoffs,
+    leads,
+    models,
+    operations,
+    overview,
+    sequences,
+    users,
+)
 from api.console.web import COOKIE, Console, Forbidden, NotSignedIn, page_responses
 from api.database import HandlerDatabase
 from api.errors import HTML
@@ -33,7 +42,7 @@ from services.intake import Intake
 
 LOGIN_LIMIT = "5/15 minutes"  # failed sign-ins per account
 LOGIN_CSRF = "nurture_login_csrf"
-PAGES = (overview, sequences, leads, handoffs, operations, users, audit)
+PAGES = (overview, sequences, leads, handoffs, operations, models, users, audit)
 LOGIN_RESPONSES = page_responses(redirect="signed in: to the page asked for")
 # A 429 is the API's (JSON: too many failures from the address) or the page's (too many
 # for the account).

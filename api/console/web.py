@@ -49,6 +49,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "handoffs.all": frozenset({"admin", "marketer", "viewer"}),
     "reassign": frozenset({"admin"}),
     "operations": frozenset({"admin", "marketer", "viewer"}),
+    "models": frozenset({"admin", "marketer", "viewer"}),
+    "models.change": frozenset({"admin", "marketer"}),
     "users": frozenset({"admin"}),
     "audit": frozenset({"admin"}),
 }
@@ -59,6 +61,7 @@ NAV = [
     ("leads", "/console/leads", "Leads"),
     ("handoffs", "/console/handoffs", "Handoffs"),
     ("operations", "/console/operations", "Operations"),
+    ("models", "/console/models", "Models"),
     ("users", "/console/users", "Users"),
     ("audit", "/console/audit", "Audit log"),
 ]
