@@ -24,7 +24,7 @@ from infra.health import HealthServer
 from infra.logs import setup as setup_logging
 from infra.metrics import address, worker_runtime
 from infra.settings import Settings, SettingsError, get_settings
-from services import backlog, crm_sync, stuck
+from services import backlog, crm_sync, retrain_schedule, stuck
 from services.runtime import build_activities, build_worker, connect_temporal, load_and_prepare
 
 log = logging.getLogger("nurture.worker")
@@ -77,6 +77,7 @@ async def _run(settings: Settings, health: HealthServer | None) -> None:
     definitions, database = load_and_prepare(settings)
     client = await connect_temporal(settings, runtime)
     await crm_sync.ensure_schedule(client, settings)  # with a HubSpot token only
+    await retrain_schedule.ensure_schedule(client, settings, definitions)  # predictive.retrain
     running = RunningActivities()
     worker = build_worker(
         client, settings, build_activities(settings, database, definitions),

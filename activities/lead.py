@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import or_, select, update
@@ -57,8 +57,12 @@ from models.workflow_io import (
     SendRequest,
     StartEnrollment,
 )
-from scoring.engine import decide_stage, score
+from scoring.engine import ResponseFact, ScoreCard, decide_stage, score
 from scoring.records import lead_responses, mark_scored, record_card, stage_change_rows
+
+if TYPE_CHECKING:  # scikit-learn is imported only where scoring runs (not by the API)
+    from scoring.model_store import ActiveModel
+    from scoring.predictive import PredictiveModel
 
 log = logging.getLogger("nurture.activities")
 
@@ -88,10 +92,13 @@ class LeadActivities:
         links: Links,
         delivery: DeliveryPolicy,
         definitions: Definitions | None = None,
+        predictive: ActiveModel | None = None,
     ):
         self.sessions = sessions
         self.delivery = delivery
         self.definitions = definitions  # the scoring models
+        # The active predictive model, checked at most every 30 s (scoring/model_store.py).
+        self.predictive = predictive or _active_model(sessions)
         self.email = email
         self.sms = sms
         self.templates_dir = Path(templates_dir)
@@ -417,6 +424,7 @@ class LeadActivities:
         """
         if self.definitions is None:
             raise ApplicationError("this worker has no scoring models", non_retryable=True)
+        predictive = self._predictive_model()  # before the transaction: its own session
         try:
             with self.sessions.begin() as session:
                 stored = _stored_result(session, request)
@@ -442,15 +450,22 @@ class LeadActivities:
                 at = max([as_utc(request.at), *(r.occurred_at for r in responses)])
                 profile = lead.profile()
                 card = score(model, profile, responses, at)
+                # Before the stage: stage rules and the SQL gate may use `predicted`.
+                self._predict(predictive, card, profile, responses, as_utc(lead.created_at))
                 held = lead.sql_hold_until is not None and as_utc(lead.sql_hold_until) > at
                 decision = decide_stage(model, lead.stage, card, profile, hold_sql=held)
+                predicted_line = card.prediction_line()  # a rep reads it first in a handoff
                 result = ScoreResult(
                     total=card.total, fit=card.fit, engagement=card.engagement,
                     grade=card.grade, old_stage=decision.old, stage=decision.new,
                     entered=decision.entered, recycled=decision.recycled,
-                    decaying=card.decaying, reasons=card.reasons(),
+                    decaying=card.decaying,
+                    reasons=[predicted_line, *card.reasons()] if predicted_line
+                    else card.reasons(),
                     rescore_in=model.rescore_every if card.decaying else None,
-                    requested_at=request.at,
+                    requested_at=request.at, predicted=card.predicted,
+                    predicted_reasons=card.predicted_reasons,
+                    predictive_model=card.predictive_model,
                 )  # fmt: skip
                 for problem in card.problems:
                     log.warning("scoring %s: %s", lead.id, problem)
@@ -473,6 +488,32 @@ class LeadActivities:
             if stored is None:
                 raise
             return stored
+
+    def _predictive_model(self) -> PredictiveModel | None:
+        """The active model; None when none is, or when the active one cannot be loaded
+        (its artifact changed): the rules still score, and the error is logged."""
+        try:
+            return self.predictive.get()
+        except ValueError:
+            log.exception("the active predictive model cannot be loaded: scoring without it")
+            return None
+
+    def _predict(
+        self,
+        model: PredictiveModel | None,
+        card: ScoreCard,
+        profile: dict,
+        responses: list[ResponseFact],
+        created_at: datetime,
+    ) -> None:
+        """Add the model's `predicted` and its top reasons to the card: from the same
+        profile, responses and moment the card has."""
+        if model is None:
+            return
+        prediction = model.predict(profile, responses, card.at, created_at)
+        limit = self.definitions.scoring.predictive.reasons
+        card.add_prediction(prediction.probability, prediction.reason_lines(limit),
+                            prediction.fingerprint, model.horizon_days)  # fmt: skip
 
     def _count_batch(self, request: ScoreRequest) -> None:
         """Responses scored together with `request.event_id`, counted by type."""
@@ -586,6 +627,14 @@ class LeadActivities:
         session.get(Lead, request.lead_id).owner_rep_id = rep_id
         session.flush()
         return handoff
+
+
+def _active_model(sessions: sessionmaker) -> ActiveModel:
+    """Imported here, when a worker builds its activities: the API, which imports this
+    module too, does not pay for scikit-learn; a worker pays at start, not in an activity."""
+    from scoring.model_store import ActiveModel
+
+    return ActiveModel(sessions)
 
 
 def _next_rep(session: Session) -> str:

@@ -7,17 +7,19 @@ from dataclasses import dataclass
 from activities.crm import CrmActivities
 from activities.lead import LeadActivities
 from activities.sales import SalesActivities
+from activities.training import TrainingActivities
 
 
 @dataclass(frozen=True)
 class Activities:
     """The lead's activities (enrollments, sends, scoring), the handoff's (assignment,
-    notices, answers, recycling) and the CRM sync's, built with the same database,
-    channels and links."""
+    notices, answers, recycling), the CRM sync's and weekly retraining's, built with the
+    same database, channels and links."""
 
     lead: LeadActivities
     sales: SalesActivities
     crm: CrmActivities
+    training: TrainingActivities
 
     def all(self) -> list:
         lead, sales = self.lead, self.sales
@@ -36,4 +38,5 @@ class Activities:
             sales.recycle_lead,
             sales.apply_outcome,
             self.crm.sync_hubspot_deals,
+            self.training.train_candidate,
         ]

@@ -67,6 +67,7 @@ from sales.notify import (
 )
 from sales.outbound_webhooks import WebhookFailed, post_json
 from sales.routing import NoRepAvailable, RepLoad, company_domain, route
+from scoring.engine import prediction_line
 
 log = logging.getLogger("nurture.sales")
 
@@ -668,12 +669,16 @@ def _latest_card(session: Session, lead_id: str) -> dict[str, Any] | None:
 
 
 def _top_reasons(card: dict[str, Any] | None, count: int) -> list[str]:
-    """The card's biggest contributions, as a rep reads them."""
+    """The card's biggest contributions, as a rep reads them; first the predictive
+    model's chance of a win and why, when one was active when the card was made."""
     if not card:
         return []
     lines = [line for line in card.get("breakdown", []) if line.get("contribution")]
     lines.sort(key=lambda line: -abs(line["contribution"]))
     reasons = []
+    if card.get("predicted") is not None:
+        reasons.append(prediction_line(card["predicted"], card.get("predicted_horizon_days"),
+                                       card.get("predicted_reasons") or []))  # fmt: skip
     for line in lines[:count]:
         times = f" ({line['count']}×)" if line.get("count", 0) > 1 else ""
         reasons.append(f"{line['rule']}{times} {line['contribution']:+.1f}")

@@ -70,11 +70,34 @@ def backtest(
     min_precision: float = typer.Option(
         None, help="only thresholds with at least this precision, 0-1 (recall: 0.5 unless given)"
     ),
+    predictive: bool = typer.Option(
+        False, "--predictive", help="also compare the rules, the predictive model and both"
+    ),
+    model: str = typer.Option(
+        None,
+        "--model",
+        metavar="FP",
+        help="the stored predictive model to compare "
+        "(implies --predictive; default: the active one, else one trained on the history)",
+    ),  # fmt: skip
+    precision: float = typer.Option(
+        0.5,
+        "--precision",
+        min=0.01,
+        max=1.0,
+        help="--predictive: the precision each must reach; the threshold it needs is shown",
+    ),  # fmt: skip
     as_json: bool = typer.Option(False, "--json", help="the report as JSON"),
 ) -> None:
     """Replay lead history through the scoring models: for MQL and SQL, the precision,
     recall and lift against who became a customer, lift by score decile, and the threshold
     that would have maximised the objective.
+
+    With --predictive (or --model FP), the rules, the predictive model and their
+    combination are also compared on the same moments of the newest leads: ROC AUC, PR
+    AUC, and the threshold each needs for --precision with the recall it gets. The model
+    is the one given, else the active one, else one trained on the history's older leads
+    (docs/predictive.md, Backtest).
 
     Each lead is scored by its segment's model as of each of its responses, never with
     what it did after its outcome. A bad history file stops with exit code 2 and names
@@ -86,11 +109,13 @@ def backtest(
       nurture backtest --leads history.jsonl --objective f2
       nurture backtest --stored
       nurture backtest --leads history.jsonl --objective precision --min-recall 0.4 --json
+      nurture backtest --stored --predictive --precision 0.6
+      nurture backtest --leads history.jsonl --model pm-0d3cb94dd42c7323
     """
     import json
 
     from scoring.backtest import report
-    from scoring.backtest_view import print_report
+    from scoring.backtest_view import print_comparison, print_report
 
     if sum((leads is not None, synthetic is not None, stored)) != 1:
         errors.print("give one of --leads FILE (your history), --stored (the database's) or "
@@ -103,10 +128,95 @@ def backtest(
                        else _backtest_history(leads, synthetic, seed))  # fmt: skip
     results = _evaluate_history(definitions, history)
     outcome = report(results, definitions.scoring, goal)
+    comparison = None
+    if predictive or model is not None:
+        comparison = _compare_predictive(settings, definitions, history, model, precision)
     if as_json:
-        print(json.dumps(outcome.to_dict(), indent=2))
+        data = outcome.to_dict()
+        if comparison is not None:
+            found, source_of_model = comparison
+            data["predictive"] = found.to_dict() | {"model_source": source_of_model}
+        print(json.dumps(data, indent=2))
     else:
         print_report(console, outcome, source)
+        if comparison is not None:
+            print_comparison(console, *comparison)
+
+
+def _compare_predictive(settings, definitions, history: list, fingerprint: str | None,
+                        precision: float):  # fmt: skip
+    """The comparison of `backtest --predictive` and how its model was found; a history
+    too small to compare on exits 2."""
+    from rich.markup import escape
+
+    from models.jinja import ConditionError
+    from scoring.predictive import TrainingError
+    from scoring.predictive_backtest import compare
+
+    model, source = _backtest_model(settings, fingerprint)
+    if model is None:
+        errors.print(f"{source}: training one on the history's older leads", highlight=False)
+
+    def say(message: str) -> None:
+        errors.print(f"  {message}", style="dim", highlight=False)
+
+    try:
+        found = compare(history, definitions, model, precision=precision, progress=say)
+    except TrainingError as exc:
+        errors.print(str(exc), highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    except ConditionError as exc:
+        errors.print(f"[red]error[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if model is None:
+        source = f"{found.fingerprint} ({found.kind}), trained here on the older leads: {source}"
+    return found, source
+
+
+def _backtest_model(settings, fingerprint: str | None):
+    """(the predictive model to compare, where it came from): --model FP from the database
+    (exit 2 if there is none), else the active model, else (None, why there is none).
+    Without --model, a database that does not exist yet is not created for this."""
+    from models.db import PredictiveModelRecord
+    from scoring.model_store import active_fingerprint
+    from services.runtime import open_database
+
+    default_file = settings.state_dir / "nurture.db"
+    if fingerprint is None and settings.database_url is None and not default_file.exists():
+        return None, "no database, so no active predictive model"
+    try:
+        database = open_database(settings)
+    except Exception as exc:  # without --model the comparison can still train its own
+        if fingerprint is not None:
+            errors.print(f"cannot open the database: {exc}", highlight=False, markup=False)
+            raise typer.Exit(1) from None
+        return None, f"the database cannot be read ({type(exc).__name__})"
+    try:
+        with database.sessions() as session:
+            wanted = fingerprint or active_fingerprint(session)
+            record = session.get(PredictiveModelRecord, wanted) if wanted else None
+            if record is None and fingerprint is None:
+                return None, "no predictive model is active"
+            return _loaded(record, fingerprint)
+    finally:
+        database.engine.dispose()
+
+
+def _loaded(record, fingerprint: str | None):
+    """The stored model and how it is named; one missing or tampered with exits."""
+    from scoring.model_store import load
+
+    if record is None:
+        errors.print(f"no predictive model {fingerprint} in the database (`nurture models` "
+                     "lists them)", highlight=False, markup=False)  # fmt: skip
+        raise typer.Exit(2)
+    try:
+        found = load(record)
+    except ValueError as exc:
+        errors.print(str(exc), highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    how = "the stored model" if fingerprint else "the active model"
+    return found, f"{how} {found.fingerprint} ({found.kind}, {record.status})"
 
 
 def _backtest_objective(

@@ -17,8 +17,10 @@ from jinja2 import (
     FileSystemLoader,
     StrictUndefined,
     TemplateSyntaxError,
+    nodes,
     select_autoescape,
 )
+from jinja2.parser import Parser
 from jinja2.sandbox import SandboxedEnvironment
 
 # A lead as templates and conditions see it when none is given (validate, preview).
@@ -68,6 +70,17 @@ def compile_condition(expression: str):
         return _EXPRESSIONS.compile_expression(expression, undefined_to_none=False)
     except TemplateSyntaxError as exc:
         raise ConditionError(f"invalid condition {expression!r}: {exc.message}") from None
+
+
+@lru_cache(maxsize=1024)
+def condition_names(expression: str) -> frozenset[str]:
+    """The top-level names an expression reads (`predicted >= 0.3 and fit >= 40`: predicted,
+    fit), so a caller can tell one that needs a value it lacks; empty if it does not parse."""
+    try:
+        parsed = Parser(_EXPRESSIONS, expression, state="variable").parse_expression()
+    except TemplateSyntaxError:
+        return frozenset()
+    return frozenset(name.name for name in parsed.find_all(nodes.Name) if name.ctx == "load")
 
 
 def evaluate_condition(expression: str, context: dict[str, Any]) -> bool:

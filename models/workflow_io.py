@@ -229,6 +229,11 @@ class ScoreResult(BaseModel):
     # The request's `at` when this result was computed: a stored result answering a later
     # request (an event redelivered after the workflow forgot it) is not news.
     requested_at: datetime | None = None
+    # The active predictive model's P(won within its horizon), its reasons and its
+    # fingerprint; absent when none is active (and in results stored before issue 19).
+    predicted: float | None = None
+    predicted_reasons: list[str] = Field(default_factory=list)
+    predictive_model: str | None = None
 
 
 class HandoffRequest(BaseModel):

@@ -4,6 +4,8 @@ For each model: its leads, customers and base rate; how precise each stage was a
 model walked it (gates and hysteresis included); for MQL and SQL the current threshold
 against the one that would have maximised the objective; and the lift by decile of
 peak total. `--json` gives the same figures (and the whole threshold curve) as JSON.
+With `--predictive`, `print_comparison` adds the rules, the predictive model and their
+combination on the same test moments (scoring/predictive_backtest.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from scoring.backtest import Confusion, ModelReport, Report, ThresholdPick
+from scoring.predictive_backtest import Comparison, Contender
 
 DASH = "–"
 
@@ -141,3 +144,64 @@ def _pct(value: float | None) -> str:
 
 def _lift(value: float | None) -> str:
     return DASH if value is None else f"{value:.2f}×"
+
+
+# --- --predictive -------------------------------------------------------------------------------
+
+
+def print_comparison(console: Console, comparison: Comparison, model_source: str) -> None:
+    """The rules, the model and the combination on the same test moments, each with the
+    threshold it needs for the chosen precision."""
+    c = comparison
+    console.print()
+    console.print(
+        f"[bold]Rules, predictive model and both[/bold] on {c.moments:,} test moments "
+        f"({c.tested_from:%Y-%m-%d} to {c.tested_to:%Y-%m-%d}, the newest leads): {c.won:,} "
+        f"won within {c.horizon_days} days (base rate {_pct(c.base_rate)})",
+        highlight=False,
+    )
+    console.print(f"Model: {escape(model_source)}", highlight=False)
+    if c.refused:
+        console.print("[yellow]training would refuse it:[/yellow] " + escape("; ".join(c.refused)),
+                      highlight=False)  # fmt: skip
+    table = Table(
+        title=f"Ranking, and the threshold each needs for precision ≥ {c.precision:.0%}",
+        title_justify="left",
+        caption="threshold: the lowest at which the moments flagged reach the precision "
+        "(so the most recall there); none: no threshold reaches it",
+        caption_justify="left",
+    )
+    table.add_column("scored by")
+    for column in ("ROC AUC", "PR AUC", "threshold", "flagged", "precision", "recall"):
+        table.add_column(column, justify="right")
+    for contender in c.contenders:
+        table.add_row(_contender_name(contender), f"{contender.roc_auc:.3f}",
+                      f"{contender.pr_auc:.3f}", *_at_precision(contender))  # fmt: skip
+    for stage in c.stages:
+        table.add_row(f"rules: reached {stage.stage.upper()}", DASH, DASH, "the stage",
+                      f"{stage.flagged:,}", _pct(stage.precision), _pct(stage.recall))  # fmt: skip
+    console.print(table)
+    weights = c.weights
+    console.print(
+        f"combination: logistic stacking fitted on {c.fitted_on:,} older moments, log-odds = "
+        f"{weights['intercept']:+.3f} {weights['model_log_odds']:+.3f} × model log-odds "
+        f"{weights['rule_total']:+.4f} × rule total",
+        highlight=False,
+        style="dim",
+    )
+    for note in c.notes:
+        console.print(f"[yellow]note[/yellow] {escape(note)}", highlight=False)
+
+
+def _contender_name(contender: Contender) -> str:
+    return {"rules": "rules (total 0-100)", "model": "predictive model",
+            "combination": "combination"}.get(contender.name, contender.name)  # fmt: skip
+
+
+def _at_precision(contender: Contender) -> tuple[str, ...]:
+    found = contender.pick
+    if found is None:
+        return ("none",) + (DASH,) * 3
+    threshold = (f"{found.threshold:.1f}" if contender.name == "rules"
+                 else f"{found.threshold:.3f}")  # fmt: skip
+    return (threshold, f"{found.flagged:,}", _pct(found.precision), _pct(found.recall))

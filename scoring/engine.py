@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from models.jinja import ConditionError, evaluate_condition
+from models.jinja import ConditionError, condition_names, evaluate_condition
 from models.scoring_model import STAGE_LADDER, FitRule, ScoringModel, Stage
 
 # Below this many total points a still-decaying engagement is not worth a rescore.
@@ -68,6 +68,27 @@ class ScoreCard:
     answers: dict[str, Any]  # what responses told us (form fields...), latest first wins
     decaying: bool  # decay can still move the total: worth rescoring later
     problems: list[str] = field(default_factory=list)  # rules that could not be evaluated
+    # The active predictive model's P(won within its horizon) and its reasons in words;
+    # None when no model is active (stage rules naming `predicted` then do not hold).
+    predicted: float | None = None
+    predicted_reasons: list[str] = field(default_factory=list)
+    predictive_model: str | None = None  # its fingerprint
+    predicted_horizon_days: int | None = None  # "won within N days"
+
+    def add_prediction(
+        self, probability: float, reasons: list[str], fingerprint: str, horizon_days: int
+    ) -> None:
+        """Attach the predictive model's answer before the stage is decided, so stage
+        rules and the SQL gate can use `predicted`. The engine computes none itself: it
+        stays pure, and the caller chooses the model."""
+        self.predicted, self.predicted_reasons = probability, list(reasons)
+        self.predictive_model, self.predicted_horizon_days = fingerprint, horizon_days
+
+    def prediction_line(self) -> str | None:
+        """The prediction as a rep reads it first; None without one."""
+        if self.predicted is None:
+            return None
+        return prediction_line(self.predicted, self.predicted_horizon_days, self.predicted_reasons)
 
     def reasons(self, limit: int = 5) -> list[str]:
         """The lines that matter most, biggest first."""
@@ -97,7 +118,23 @@ class ScoreCard:
                 for line in self.lines
             ],  # fmt: skip
             "problems": self.problems,
+            **self._prediction_dict(),
         }
+
+    def _prediction_dict(self) -> dict[str, Any]:
+        if self.predicted is None:
+            return {}
+        return {"predicted": round(self.predicted, 4), "predicted_reasons": self.predicted_reasons,
+                "predictive_model": self.predictive_model,
+                "predicted_horizon_days": self.predicted_horizon_days}  # fmt: skip
+
+
+def prediction_line(predicted: float, horizon_days: int | None, reasons: list[str]) -> str:
+    """One line a rep reads first in a handoff, from a card or its stored dict: "predicted
+    42% likely to be won within 90 days (visited /pricing 3 times in 7 days +0.12; ...)"."""
+    within = f" within {horizon_days} days" if horizon_days else ""
+    text = f"predicted {predicted:.0%} likely to be won{within}"
+    return f"{text} ({'; '.join(reasons)})" if reasons else text
 
 
 @dataclass(frozen=True)
@@ -371,7 +408,7 @@ def _recycle_why(stage: Stage) -> str:
 
 def _true(expression: str, context: dict[str, Any], card: ScoreCard) -> bool:
     try:
-        return evaluate_condition(expression, context)
+        return condition_holds(expression, context)
     except ConditionError as exc:
         # One problem per expression, however often it is asked (a jump asks PQL's twice).
         if str(exc) not in card.problems:
@@ -398,10 +435,20 @@ def _lead_view(profile: Mapping[str, Any]) -> dict[str, Any]:
     return lead
 
 
+def condition_holds(expression: str, context: dict[str, Any]) -> bool:
+    """A stage or gate expression on `stage_context`. One naming `predicted` when no
+    predictive model is active is a ConditionError saying so (not a comparison with None
+    failing somewhere): the rule does not hold, and the card's problems say why."""
+    if context.get("predicted") is None and "predicted" in condition_names(expression):
+        raise ConditionError(f"condition {expression!r}: no predictive model is active")
+    return evaluate_condition(expression, context)
+
+
 def stage_context(card: ScoreCard, profile: Mapping[str, Any]) -> dict[str, Any]:
     """What stage and gate expressions see."""
     return {
         "total": card.total,
+        "predicted": card.predicted,
         "fit": card.fit,
         "engagement": card.engagement,
         "grade": card.grade,

@@ -1,4 +1,9 @@
-"""`nurture score LEAD`: a lead's score card now, why, and how it got there."""
+"""`nurture score LEAD`: a lead's score card now, why, and how it got there.
+
+With a predictive model active (scoring/model_store.py) the card has `predicted` and its
+reasons, computed as the scoring activity does; `nurture status` and the console's lead
+page show the same card.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,15 @@ from datetime import datetime
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.db import Lead, ScoreChange, StageChange, as_utc
+from models.db import Lead, PredictiveModelRecord, ScoreChange, StageChange, as_utc
 from models.definition_set import Definitions
-from models.jinja import ConditionError, evaluate_condition
-from scoring.engine import decide_stage, score, stage_context
+from models.jinja import ConditionError
+from scoring.engine import ScoreCard, condition_holds, decide_stage, score, stage_context
 from scoring.records import lead_responses
 
 
@@ -23,13 +29,16 @@ def explain(
     """The card at `now` with the current model, the stage checks, and stored history."""
     model = definitions.scoring_model(lead.segment)
     profile = lead.profile()
-    card = score(model, profile, lead_responses(session, lead.id), now)
+    responses = lead_responses(session, lead.id)
+    card = score(model, profile, responses, now)
+    _predict(session, card, profile, responses, as_utc(lead.created_at),
+             definitions.scoring.predictive.reasons)  # fmt: skip
     decision = decide_stage(model, lead.stage, card, profile)
     context = stage_context(card, profile)
 
     def holds(expression: str) -> bool | str:
         try:
-            return evaluate_condition(expression, context)
+            return condition_holds(expression, context)
         except ConditionError as exc:
             return f"error: {exc}"
 
@@ -57,18 +66,47 @@ def explain(
                  "scored_at": as_utc(lead.scored_at).isoformat() if lead.scored_at else None},
         "model": model.fingerprint,
         "card": card.to_dict() | {"reasons": card.reasons(10)},
+        "prediction": card.prediction_line(),
         "decision": {"stage": decision.new, "entered": decision.entered,
                      "recycled": decision.recycled, "reason": decision.reason},
         "stages": stages,
         "score_changes": [
             {"at": as_utc(c.created_at).isoformat(), "event_id": c.event_id, "cause": c.cause,
-             "old": c.old_score, "new": c.new_score, "reason": c.reason} for c in changes
+             "old": c.old_score, "new": c.new_score, "reason": c.reason,
+             "predictive_model": c.predictive_model} for c in changes
         ],
         "stage_changes": [
             {"at": as_utc(c.created_at).isoformat(), "from": c.from_stage, "to": c.to_stage,
              "reason": c.reason} for c in stage_changes
         ],
     }  # fmt: skip
+
+
+def _predict(session, card: ScoreCard, profile, responses, created_at, limit: int) -> None:
+    """The active predictive model's answer on the card (nothing when none is active)."""
+    fingerprint = session.scalar(
+        select(PredictiveModelRecord.fingerprint).where(PredictiveModelRecord.status == "active")
+    )
+    if fingerprint is None:
+        return
+    model = _loaded(session, fingerprint)
+    prediction = model.predict(profile, responses, card.at, created_at)
+    card.add_prediction(prediction.probability, prediction.reason_lines(limit),
+                        prediction.fingerprint, model.horizon_days)  # fmt: skip
+
+
+_LOADED: dict[str, Any] = {}  # fingerprint -> PredictiveModel: the console loads it once
+
+
+def _loaded(session: Session, fingerprint: str):
+    """Loaded once per process; scikit-learn imported only once a model is active (the
+    console imports this module)."""
+    from scoring.model_store import load
+
+    if fingerprint not in _LOADED:
+        _LOADED.clear()  # one model is active at a time
+        _LOADED[fingerprint] = load(session.get(PredictiveModelRecord, fingerprint))
+    return _LOADED[fingerprint]
 
 
 def print_explanation(console: Console, data: dict[str, Any]) -> None:
@@ -89,6 +127,7 @@ def print_explanation(console: Console, data: dict[str, Any]) -> None:
             "difference is decay since then or a model change (`nurture rescore`)",
             highlight=False,
         )
+    _print_prediction(console, data)
     table = Table("rule", "dimension", "responses", "points", "total points", "note")
     for line in sorted(card["breakdown"], key=lambda line: -abs(line["contribution"])):
         count = str(line["count"]) if line["dimension"] == "engagement" else ""
@@ -123,3 +162,19 @@ def print_explanation(console: Console, data: dict[str, Any]) -> None:
         for change in data["score_changes"]:
             console.print(f"  {change['at'][:19]} {change['old']:5.1f} -> {change['new']:5.1f} "
                           f"{change['reason']}", highlight=False)  # fmt: skip
+
+
+def _print_prediction(console: Console, data: dict[str, Any]) -> None:
+    """`predicted` with its reasons and the model, or that no model is active."""
+    card = data["card"]
+    if card.get("predicted") is None:
+        console.print("[dim]predicted: no predictive model is active[/dim]", highlight=False)
+        return
+    horizon = card.get("predicted_horizon_days")
+    console.print(
+        f"predicted [bold]{card['predicted']:.0%}[/bold] likely to be won within {horizon} "
+        f"days (predictive model {card['predictive_model']})",
+        highlight=False,
+    )
+    for reason in card["predicted_reasons"]:
+        console.print(f"  {escape(reason)}", highlight=False)

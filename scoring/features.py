@@ -48,6 +48,8 @@ FREE_MAIL = frozenset({"gmail.com", "yahoo.com", "hotmail.com", "outlook.com", "
                        "aol.com", "gmx.de", "web.de", "proton.me", "protonmail.com"})  # fmt: skip
 CATEGORIES = ("industry", "country", "source")
 
+TITLE_WORDS = {"senior": "a senior title", "manager": "a manager's title",
+               "student": "a student's or intern's title"}  # fmt: skip
 # How a response type reads in a reason: (verb, noun for one, noun for many).
 WORDS = {
     "page.view": ("viewed", "page", "pages"),
@@ -229,18 +231,19 @@ def describe(family: str, raw: Mapping[str, float]) -> str:
         window, count = seen[0]
         wider = f" ({seen[-1][1]} in {seen[-1][0]} days)" if seen[-1][1] != count else ""
         return f"{_activity(kind, what, count)} in {window} days{wider}"
+    has = bool(raw.get(family))  # a reason may be a feature the lead lacks
     if family.startswith("title:"):
-        return {"senior": "a senior title", "manager": "a manager's title",
-                "student": "a student's or intern's title"}.get(what, family)  # fmt: skip
+        text = TITLE_WORDS.get(what, family)
+        return text if has else f"not {text}"
     if family == "company_size":
-        return f"company size {int(raw.get(family, 0)):,}"
+        return f"company size {int(raw[family]):,}" if family in raw else "company size unknown"
     if family == "free_mail":
-        return "a free email address" if raw.get(family) else "a work email address"
+        return "a free email address" if has else "a work email address"
     if family == "age_days":
         return f"lead for {int(raw.get(family, 0))} days"
     if "=" in family:
         field, _, value = family.partition("=")
-        return f"{field.replace('_', ' ')} is {value}"
+        return f"{field.replace('_', ' ')} {'is' if has else 'is not'} {value}"
     return family
 
 

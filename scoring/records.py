@@ -95,6 +95,7 @@ def record_card(
         new_score=round(card.total, 2),
         reason=describe(card, decision, cause),
         model=model.fingerprint,
+        predictive_model=card.predictive_model,  # history and replays stay explainable
         breakdown=card.to_dict(),
         result=result,
         scored_at=card.at,
@@ -137,6 +138,8 @@ def describe(card: ScoreCard, decision: StageDecision, cause: str) -> str:
     reasons = card.reasons(3)
     if reasons:
         text += f"; top: {', '.join(reasons)}"
+    if card.predicted is not None:
+        text += f"; predicted {card.predicted:.0%}"
     if decision.changed:
         text += f"; {decision.old} -> {decision.new}: {decision.reason}"
     return text

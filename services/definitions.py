@@ -353,6 +353,7 @@ def _check_scoring(scoring: ScoringBook, source: LocatedYaml) -> list[Definition
     problems: list[DefinitionProblem] = []
     for name, model in scoring.models.items():
         card = score(model, SAMPLE_LEAD, [], _SAMPLE_MOMENT)
+        card.predicted = 0.5  # as if a predictive model were active: `predicted` is known
         context = stage_context(card, SAMPLE_LEAD)
         expressions = [
             (("fit", "rules", i, "when"), rule.when, {"lead": context["lead"]})

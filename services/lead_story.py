@@ -1,8 +1,9 @@
 """One lead's story for the console: who it is, what it allows, its score card and the
 score over time, and what happened to it, newest first, a page at a time.
 
-The score card with its reasons and the stage checks are `nurture score`'s (what `nurture
-status` shows: scoring/explain.py); the current step and next action time are the lead
+The score card with its reasons (and `predicted` with its reasons when a predictive model
+is active) and the stage checks are `nurture score`'s (what `nurture status` shows:
+scoring/explain.py); the current step and next action time are the lead
 workflow's `state` query through `services.status.workflow_status`, with a short timeout
 (Temporal not answering is said, the rest still shows). The timeline merges sends,
 responses, score and stage changes, consent changes, handoffs and each of their events

@@ -35,7 +35,12 @@ ACTIVATIONS = ("model.activate", "model.rollback")
 
 class ModelError(ValueError):
     """A refused lookup or change (unknown or ambiguous fingerprint, a refused model...):
-    the message says why and what to do."""
+    the message says why and what to do; `status` as HTTP would say it (404: no such
+    model, 409: the change does not fit the models' state)."""
+
+    def __init__(self, message: str, status: int = 409):
+        super().__init__(message)
+        self.status = status
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -53,7 +58,7 @@ def find(session: Session, fingerprint: str) -> PredictiveModelRecord:
     """The model named by its fingerprint or a unique start of it (`pm-` may be left out)."""
     wanted = fingerprint.strip().lower()
     if not wanted.removeprefix("pm-"):
-        raise ModelError("give a model's fingerprint (see `nurture models list`)")
+        raise ModelError("give a model's fingerprint (see `nurture models list`)", 404)
     if not wanted.startswith("pm-"):
         wanted = "pm-" + wanted
     exact = session.get(PredictiveModelRecord, wanted)
@@ -62,7 +67,7 @@ def find(session: Session, fingerprint: str) -> PredictiveModelRecord:
     known = session.scalars(select(PredictiveModelRecord.fingerprint)).all()
     matches = sorted(name for name in known if name.startswith(wanted))
     if not matches:
-        raise ModelError(f"no model {fingerprint!r} (see `nurture models list`)")
+        raise ModelError(f"no model {fingerprint!r} (see `nurture models list`)", 404)
     if len(matches) > 1:
         raise ModelError(f"{fingerprint!r} is ambiguous: it starts {', '.join(matches)}; "
                          "give more of the fingerprint")  # fmt: skip

@@ -27,6 +27,7 @@ from activities.crm import CrmActivities
 from activities.lead import LeadActivities
 from activities.registry import Activities
 from activities.sales import SalesActivities
+from activities.training import TrainingActivities
 from channels.base import EmailChannel, SmsChannel
 from channels.links import Links
 from channels.outbox import OutboxChannel
@@ -42,6 +43,7 @@ from services.definitions import load_definitions
 from workflows import sandbox_runner
 from workflows.crm_sync import CrmSyncWorkflow
 from workflows.lead import LeadWorkflow
+from workflows.retrain import RetrainWorkflow
 
 
 def configure_logging(
@@ -210,7 +212,12 @@ def build_activities(
         delivery=definitions.delivery,
         definitions=definitions,
     )
-    return Activities(lead=lead, sales=sales, crm=build_crm_activities(settings, database))
+    return Activities(
+        lead=lead,
+        sales=sales,
+        crm=build_crm_activities(settings, database),
+        training=TrainingActivities(database.sessions, definitions),
+    )
 
 
 def build_crm_activities(settings: Settings, database: Database) -> CrmActivities:
@@ -230,7 +237,7 @@ def build_worker(client: Client, settings: Settings, activities: Activities, **o
     main = Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[LeadWorkflow, CrmSyncWorkflow],
+        workflows=[LeadWorkflow, CrmSyncWorkflow, RetrainWorkflow],
         workflow_runner=sandbox_runner(),
         # All of them, sends too: workflows started before the send queues send from here.
         activities=activities.all(),

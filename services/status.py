@@ -1,9 +1,10 @@
 """`nurture status LEAD`: everything about one lead in one place.
 
-From the database: the profile, consent, the score card now with its reasons and the
-stage history (scoring/explain.py, as `nurture score` shows them), enrollments, each
-message with the responses counted for it (the rules of `nurture report`), the other
-responses and the handoffs. From the lead's workflow (its `state` query), when
+From the database: the profile, consent, the score card now with its reasons (and
+`predicted` with its reasons when a predictive model is active) and the stage history
+(scoring/explain.py, as `nurture score` shows them), enrollments, each message with the
+responses counted for it (the rules of `nurture report`), the other responses and the
+handoffs. From the lead's workflow (its `state` query), when
 Temporal answers: the current sequence step, the next action time, what it waits for,
 a deferred send and the open handoff. Temporal unreachable is said, not an error.
 """
@@ -70,10 +71,12 @@ def lead_status(
         select(Handoff).where(Handoff.lead_id == lead.id).order_by(Handoff.cycle)
     ).all()
     stuck = stuck_leads(session, now, lead_id=lead.id)
+    card = explain(session, definitions, lead, now)
+    profile["predicted"] = card["card"].get("predicted")  # None: no predictive model active
     return {
         "lead": profile,
         "stuck": jsonable(stuck[0].as_dict()) if stuck else None,
-        "score": explain(session, definitions, lead, now),
+        "score": card,
         "enrollments": [
             {"id": e.id, "sequence": e.sequence_id, "version": e.sequence_version,
              "segment": e.segment, "status": e.status, "exit_reason": e.exit_reason,
@@ -204,10 +207,12 @@ def _print_profile(console: Console, lead: dict[str, Any]) -> None:
     for line in (works, where, f"source {lead['source']}" if lead["source"] else ""):
         if line:
             console.print(f"  {escape(line)}", highlight=False)
+    predicted = lead.get("predicted")
     console.print(
         f"  segment {lead['segment'] or '-'}  stage [bold]{lead['stage']}[/bold]  score "
-        f"{lead['score']:.1f}  grade {lead['grade'] or '-'}  owner {lead['owner_rep_id'] or '-'}"
-        f"  created {_when(lead['created_at'])}",
+        f"{lead['score']:.1f}  grade {lead['grade'] or '-'}"
+        + (f"  predicted {predicted:.0%}" if predicted is not None else "")
+        + f"  owner {lead['owner_rep_id'] or '-'}  created {_when(lead['created_at'])}",
         highlight=False,
     )
     consent = ", ".join(

@@ -51,6 +51,10 @@ from models.db import Handoff
 from sales.outbound_webhooks import SIGNATURE_HEADER as CRM_SIGNATURE
 from sales.outbound_webhooks import TIMESTAMP_HEADER as CRM_TIMESTAMP
 from sales.outbound_webhooks import sign as sign_crm
+from scoring import synthetic
+from scoring.history import HistoryLead
+from scoring.model_store import store
+from scoring.predictive import Training, train
 from services import accounts
 from services.definitions import load_definitions
 from services.intake import Intake, LeadIn
@@ -144,7 +148,10 @@ REFUSED_WHEN_VALID = {"POST /handoffs/{handoff_id}/answer": 409,
                       # A made-up rep, or alice's own handoff to alice: refused, saying so.
                       "POST /console/handoffs/{handoff_id}/reassign": 409,
                       # Made-up credentials: refused, saying so (401), never a 422.
-                      "POST /console/login": 401}  # fmt: skip
+                      "POST /console/login": 401,
+                      # Active (or retired) already, or no model active before: saying so.
+                      "POST /console/models/{fingerprint}/{action}": 409,
+                      "POST /console/models/previous/activate": 409}  # fmt: skip
 
 
 @dataclass
@@ -158,6 +165,7 @@ class Contract:
     lead_id: str  # a lead with no workflow: its console page answers at once
     user_id: str  # a user to disable and enable
     token_id: str  # a token to revoke
+    model: str  # a predictive model's fingerprint (a candidate)
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +193,8 @@ def contract(tmp_path_factory, dev_server_env) -> Contract:
                                "viewer", "a long enough password", None, set())  # fmt: skip
     accounts.create_token(database.sessions, "tests", "admin@example.com", "crm", [])
     (token,) = accounts.list_tokens(database.sessions)
+    with database.sessions.begin() as session:
+        model = store(session, small_model(definitions), "tests").fingerprint
     links = build_links(settings)
     app = build_app(intake, settings)
     with TestClient(app) as client:
@@ -202,12 +212,19 @@ def contract(tmp_path_factory, dev_server_env) -> Contract:
         lead_id=handed_off.id,
         user_id=viewer.id,
         token_id=token["id"],
+        model=model,
     )
     database.engine.dispose()
     for label, statuses in ACCEPTED.items():
         done = range(200, 400) if " /console/" in label else range(200, 300)  # a form redirects
         valid = {s for s in statuses if s in done or s == REFUSED_WHEN_VALID.get(label)}
         assert valid, f"{label}: no valid request got through ({sorted(statuses)})"
+
+
+def small_model(definitions) -> Training:
+    """A predictive model of a small synthetic history, for the Models pages."""
+    history = [HistoryLead.model_validate(lead) for lead in synthetic.generate(1500, 1)]
+    return train(history, definitions)
 
 
 def made_valid(case: schemathesis.Case, contract: Contract) -> dict[str, Any]:
@@ -231,6 +248,8 @@ def made_valid(case: schemathesis.Case, contract: Contract) -> dict[str, Any]:
         case.path_parameters["token_id"] = contract.token_id
     elif path == "/console/leads/{lead_id}":
         case.path_parameters["lead_id"] = contract.lead_id
+    elif path.startswith("/console/models/{fingerprint}"):
+        case.path_parameters["fingerprint"] = contract.model
     elif path.startswith("/console/sequences/"):
         case.path_parameters["sequence_id"] = "quick"
     elif path.startswith(("/handoffs/", "/console/handoffs/")):

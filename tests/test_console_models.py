@@ -105,7 +105,7 @@ async def test_a_marketer_activates_rolls_back_and_retires(models_console):
         assert (await post(f"/console/models/{second}/activate")).status_code == 303
         assert (status_of(sessions, first), status_of(sessions, second)) == ("candidate", "active")
 
-        assert (await post("/console/models/rollback")).status_code == 303
+        assert (await post("/console/models/previous/activate")).status_code == 303
         assert (status_of(sessions, first), status_of(sessions, second)) == ("active", "candidate")
 
         refusal = await post(f"/console/models/{refused}/activate")

@@ -35,8 +35,7 @@ def routes(console: Console) -> APIRouter:
         try:
             changed = await console.db.run(fn, console.sessions, *args)
         except ModelError as exc:
-            status = 404 if str(exc).startswith("no model") else 409
-            return await page(request, status, problem=str(exc))
+            return await page(request, exc.status, problem=str(exc))
         verb = {"activate": "Activated", "retire": "Retired", "rollback": "Rolled back to"}
         message = f"{verb[fn.__name__]} {changed.fingerprint}."
         return RedirectResponse(f"/console/models?flash={quote(message)}", status_code=303)
@@ -64,7 +63,7 @@ def routes(console: Console) -> APIRouter:
                                   message=str(exc))  # fmt: skip
         return console.render(request, "models/detail.html", model=model, metrics=metrics)
 
-    @router.post("/console/models/rollback", response_class=HTMLResponse,
+    @router.post("/console/models/previous/activate", response_class=HTMLResponse,
                  responses=page_responses(409, redirect="rolled back: to the list"))  # fmt: skip
     async def rollback(request: Request, viewer: Viewer = Depends(checked)):
         """Activates again the model that was active before the current one."""
