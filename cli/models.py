@@ -368,22 +368,30 @@ def rollback() -> None:
 
 
 @models_app.command("check")
-def check(as_json: bool = typer.Option(False, "--json", help="the report as JSON")) -> None:
-    """Drift of the active model: its inputs and predictions now against its training,
-    and its calibration on the outcomes known since.
+def check(
+    model: str | None = typer.Option(
+        None, "--model", help="a model's fingerprint (default: the active one)"
+    ),
+    days: int = typer.Option(30, "--days", min=1, max=365, help="the recent window, in days"),
+    as_json: bool = typer.Option(False, "--json", help="the report as JSON"),
+) -> None:
+    """Drift of the active model (or --model): its inputs and predictions now against its
+    training, and its calibration on the outcomes known since.
 
-    Example: nurture models check
+    Examples: nurture models check; nurture models check --model pm-0d3c --days 14 --json
     """
     from models.db import utcnow
     from services.json_output import dumps
     from services.model_drift import DriftError, drift_report, print_drift
+    from services.predictive_models import ModelError
 
     settings = get_settings()
     definitions = fail_on_definition_errors(lambda: load(settings))
     database = _database()
     try:
-        report = drift_report(database.sessions, definitions, utcnow())
-    except DriftError as exc:
+        report = drift_report(database.sessions, definitions, utcnow(), recent_days=days,
+                              fingerprint=_full_fingerprint(database, model))  # fmt: skip
+    except (DriftError, ModelError) as exc:
         errors.print(f"[red]error[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     finally:
@@ -420,3 +428,13 @@ def _number(value) -> str:
 
 def _auc(figures: dict, side: str) -> str:
     return _rate((figures.get(side) or {}).get("roc_auc"))
+
+
+def _full_fingerprint(database, model: str | None) -> str | None:
+    """A shortened fingerprint made whole (the drift check wants it exactly)."""
+    if model is None:
+        return None
+    from services.predictive_models import find
+
+    with database.sessions() as session:
+        return find(session, model).fingerprint

@@ -207,10 +207,18 @@ def test_train_then_activate_from_the_command_line(cli, database, history_file):
     assert shown["features"] > 10 and "scikit-learn" in shown["versions"]
     assert "won within 90 days" in cli("models", "show", fingerprint).stdout
 
+    checked = json.loads(cli("models", "check", "--json").stdout)  # the active one
+    assert checked["fingerprint"] == fingerprint and checked["verdict"]
     again = cli("models", "rollback")
     assert again.exit_code == 1 and "no model to roll back to" in again.stderr
     assert cli("models", "retire", fingerprint).exit_code == 0
     assert statuses(database) == {fingerprint: "retired"}
+    none_active = cli("models", "check")
+    assert none_active.exit_code == 1 and "no predictive model is active" in none_active.stderr
+    named = json.loads(cli("models", "check", "--model", fingerprint[:10], "--json").stdout)
+    assert named["fingerprint"] == fingerprint
+    unknown = cli("models", "check", "--model", "pm-ffff")
+    assert unknown.exit_code == 1 and "no model 'pm-ffff'" in unknown.stderr
 
 
 def test_a_refused_model_exits_1_saying_why(
