@@ -126,7 +126,7 @@ def backtest(
     definitions = fail_on_definition_errors(lambda: load(settings))
     history, source = (_stored_history(settings) if stored
                        else _backtest_history(leads, synthetic, seed))  # fmt: skip
-    results = _evaluate_history(definitions, history)
+    results = _evaluate_history(definitions, history, _rules_model(settings, definitions, model))
     outcome = report(results, definitions.scoring, goal)
     comparison = None
     if predictive or model is not None:
@@ -274,9 +274,25 @@ def _stored_history(settings) -> tuple[list, str]:
     return history, "the database's leads (customers: won opportunities)"
 
 
-def _evaluate_history(definitions, history: list):
+def _rules_model(settings, definitions, fingerprint: str | None):
+    """The predictive model stage rules naming `predicted` read in the backtest (--model,
+    else the active one); None when no rule names it. Without one they never hold, as
+    live: said on stderr."""
+    from scoring.backtest import names_predicted
+
+    if not any(names_predicted(model) for model in definitions.scoring.models.values()):
+        return None
+    model, why = _backtest_model(settings, fingerprint)
+    if model is None:
+        errors.print(f"stage rules name `predicted` but {why}: they never hold in this "
+                     "backtest (as live with no model active)", highlight=False)  # fmt: skip
+    return model
+
+
+def _evaluate_history(definitions, history: list, predictive=None):
     """Score the history, with a progress bar on stderr on a terminal (stdout stays the
-    report); a segment rule that fails on a lead of the history exits 1."""
+    report); a segment rule that fails on a lead of the history exits 1. `predictive`:
+    the model stage rules naming `predicted` read."""
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -288,8 +304,8 @@ def _evaluate_history(definitions, history: list):
             columns = ("scoring", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
             with Progress(*columns, console=errors, transient=True) as bar:
                 task = bar.add_task("scoring", total=len(history))
-                return evaluate(definitions, history, lambda n: bar.advance(task, n))
-        return evaluate(definitions, history)
+                return evaluate(definitions, history, lambda n: bar.advance(task, n), predictive)
+        return evaluate(definitions, history, predictive=predictive)
     except ConditionError as exc:
         errors.print(f"[red]error[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None

@@ -20,13 +20,17 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.definition_set import Definitions
-from models.jinja import ConditionError, evaluate_condition
+from models.jinja import ConditionError, condition_names
 from models.scoring_model import ScoringBook, ScoringModel, Stage
-from scoring.engine import ResponseFact, decide_stage, score, stage_context
+from scoring.engine import ResponseFact, condition_holds, decide_stage, score, stage_context
+from scoring.features import features, profile_features
 from scoring.history import HistoryLead, profile_dict
+
+if TYPE_CHECKING:  # scikit-learn only where a model is given
+    from scoring.predictive import PredictiveModel
 
 SWEPT = ("mql", "sql")  # the stages whose threshold is swept
 THRESHOLDS = range(0, 101)
@@ -52,12 +56,15 @@ def evaluate(
     definitions: Definitions,
     leads: Iterable[HistoryLead],
     progress: Callable[[int], None] | None = None,
+    predictive: PredictiveModel | None = None,
 ) -> list[LeadResult]:
-    """Score every lead as of each moment; `progress(n)` is told every 100 leads and at the end."""
+    """Score every lead as of each moment; `progress(n)` is told every 100 leads and at the end.
+    `predictive`: the model whose `predicted` stage rules naming it read (else they never
+    hold, as live with no model active)."""
     results: list[LeadResult] = []
     segment_models: dict[str, ScoringModel] = {}
     for lead in leads:
-        results.append(evaluate_lead(definitions, lead, segment_models))
+        results.append(evaluate_lead(definitions, lead, segment_models, predictive))
         if progress and len(results) % 100 == 0:
             progress(100)
     if progress and len(results) % 100:
@@ -66,7 +73,10 @@ def evaluate(
 
 
 def evaluate_lead(
-    definitions: Definitions, lead: HistoryLead, models: dict[str, ScoringModel] | None = None
+    definitions: Definitions,
+    lead: HistoryLead,
+    models: dict[str, ScoringModel] | None = None,
+    predictive: PredictiveModel | None = None,
 ) -> LeadResult:
     profile = profile_dict(lead)
     try:
@@ -91,6 +101,7 @@ def evaluate_lead(
 
     ladder = model.stages.ladder()
     conditions = {name: _conditions(stage) for name, stage in ladder if name in SWEPT}
+    predict = _predictor(predictive, model, profile, lead)
     # Below every stage's `at`, a lead at `lead` stays there: no need to ask decide_stage.
     floor_known = all(stage.at is not None for _, stage in ladder)
     entry_floor = min(stage.at or 0.0 for _, stage in ladder) if floor_known else 0.0
@@ -102,6 +113,8 @@ def evaluate_lead(
         while seen < len(facts) and facts[seen].occurred_at <= now:
             seen += 1
         card = score(model, profile, facts[:seen], now)
+        if predict:  # as the scoring activity: before the stage is decided
+            predict(card, facts[:seen], now)
         peak = max(peak, card.total)
         quiet = stage == "lead" and floor_known and card.total < entry_floor
         if stage != "sql" and not quiet:  # scoring never moves an SQL
@@ -121,6 +134,27 @@ def evaluate_lead(
                       stage, qualified)  # fmt: skip
 
 
+def names_predicted(model: ScoringModel) -> bool:
+    """Whether a stage rule or gate criterion of `model` reads `predicted`."""
+    expressions = [e for _, stage in model.stages.ladder() for e in _conditions(stage)]
+    expressions += [e for _, stage in model.stages.ladder() for e in (stage.recycle_when,) if e]
+    return any("predicted" in condition_names(expression) for expression in expressions)
+
+
+def _predictor(predictive, model: ScoringModel, profile: dict, lead: HistoryLead):
+    """Adds `predicted` to a card at a moment, if the model's stages read it."""
+    if predictive is None or not names_predicted(model):
+        return None
+    known = profile_features(profile)
+
+    def predict(card, seen: list[ResponseFact], now) -> None:
+        raw = features({}, seen, now, lead.created_at, of_profile=known)
+        card.add_prediction(predictive.probability(raw), [], predictive.fingerprint,
+                            predictive.horizon_days)  # fmt: skip
+
+    return predict
+
+
 def _conditions(stage: Stage) -> list[str]:
     return ([stage.when] if stage.when else []) + list(stage.gate.values())
 
@@ -129,7 +163,7 @@ def _all_hold(conditions: list[str], context: dict[str, Any] | None) -> bool:
     if not conditions:
         return True
     try:
-        return all(evaluate_condition(condition, context) for condition in conditions)
+        return all(condition_holds(condition, context) for condition in conditions)
     except ConditionError:  # as in the engine: a condition that fails does not hold
         return False
 

@@ -365,6 +365,18 @@ class PredictiveModel:
             return self._explain_linear(raw, inputs, index)
         return self._explain_any(raw, inputs, index)
 
+    def probability(self, raw: Mapping[str, float]) -> float:
+        """`predicted` alone, without its reasons: for a backtest's every moment."""
+        if self.kind != "logistic":
+            return float(self.predict_many([raw])[0])
+        weights, index = self.params["weights"], self._index
+        logit = self.params["intercept"]
+        for name, value in model_inputs(raw).items():
+            column = index.get(name)
+            if column is not None:
+                logit += weights[column] * value
+        return float(_calibrated(np.array([logit]), self.params)[0])
+
     def predict_many(self, raws: Sequence[Mapping[str, float]]) -> np.ndarray:
         x = sparse_matrix([model_inputs(raw) for raw in raws], self._index)
         if self.kind == "logistic":

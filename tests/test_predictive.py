@@ -311,3 +311,36 @@ def test_a_title_the_lead_lacks_is_not_named_as_its_own(trained, planted):
     prediction = trained.model.predict(profile, [], lead.created_at, lead.created_at)
     texts = [reason.text for reason in prediction.reasons if reason.family == "title:senior"]
     assert texts == ["not a senior title"]
+
+
+# --- stage rules naming `predicted`, in the rules' backtest -------------------------------------
+
+
+def with_predicted_mql(definitions, at: float):
+    """The shipped definitions whose every MQL also needs `predicted >= at`."""
+    data = yaml.safe_load((REPO / "scoring.yaml").read_text())
+    for model in data["models"].values():
+        mql = model["stages"]["mql"]
+        mql["when"] = f"({mql['when']}) and predicted >= {at}" if mql.get("when") else \
+            f"predicted >= {at}"  # fmt: skip
+    return dataclasses.replace(definitions, scoring=ScoringBook.model_validate(data))
+
+
+def test_the_rules_backtest_reads_predicted_as_the_activity_does(planted, trained, definitions):
+    """With the model, MQL follows the prediction (a higher bar, fewer MQLs, none without
+    a prediction over it); without one, a rule naming `predicted` never holds."""
+    from scoring.backtest import evaluate, names_predicted
+
+    leads = planted.leads[:600]
+    low, high = with_predicted_mql(definitions, 0.05), with_predicted_mql(definitions, 0.5)
+    assert names_predicted(low.scoring_model("general"))
+    assert not names_predicted(definitions.scoring_model("general"))
+
+    def mqls(defs, model) -> int:
+        return sum("mql" in result.reached for result in evaluate(defs, leads, predictive=model))
+
+    plain = mqls(definitions, None)
+    assert plain > 0
+    assert mqls(low, None) == 0  # no model: the rule never holds
+    with_low, with_high = mqls(low, trained.model), mqls(high, trained.model)
+    assert 0 < with_high < with_low <= plain
