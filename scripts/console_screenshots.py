@@ -32,6 +32,8 @@ PAGES = [  # (file, role, path)
     ("lead", "admin", "/console/leads/{lead}"),
     ("handoffs", "rep", "/console/handoffs"),
     ("operations", "admin", "/console/operations"),
+    ("models", "marketer", "/console/models"),
+    ("model", "marketer", "/console/models/{model}"),
     ("users", "admin", "/console/users"),
     ("audit", "admin", "/console/audit"),
     ("login", None, "/console/login"),
@@ -39,6 +41,26 @@ PAGES = [  # (file, role, path)
 PHONE = ["overview", "handoffs"]
 USERS = {"admin": ("ada@example.com", "admin", None), "marketer": ("mo@example.com", "marketer",
          None), "rep": ("alice@example.com", "rep", "alice")}  # fmt: skip
+
+
+def seed_models(stack) -> str:
+    """Three predictive models of synthetic histories: one active (before any lead is
+    scored, so the lead pages show `predicted`), a candidate and a refused one."""
+    from scoring.history import HistoryLead
+    from scoring.model_store import store
+    from scoring.predictive import train
+    from scoring.synthetic import generate
+
+    definitions = stack.definitions
+    trainings = []
+    for seed, min_auc in ((1, 0.6), (2, 0.6), (3, 0.99)):
+        history = [HistoryLead.model_validate(lead) for lead in generate(2500, seed)]
+        settings = definitions.scoring.predictive.model_copy(update={"min_auc": min_auc})
+        trainings.append(train(history, definitions, settings))
+    with stack.database.sessions.begin() as session:
+        records = [store(session, training, "mo@example.com") for training in trainings]
+        records[0].status = "active"
+    return records[0].fingerprint
 
 
 async def seed(stack, http: httpx.AsyncClient) -> str:
@@ -84,6 +106,7 @@ async def shoot(out: Path) -> None:
                               headers={"Authorization": "Bearer shots"}) as http,
             async_playwright() as playwright,
         ):  # fmt: skip
+            model = seed_models(stack)
             lead = await seed(stack, http)
             browser = await playwright.chromium.launch(executable_path="/usr/bin/chromium")
             for name, role, path in PAGES:
@@ -99,7 +122,7 @@ async def shoot(out: Path) -> None:
                         await page.get_by_label("Password").fill(PASSWORD)
                         await page.get_by_role("button", name="Sign in").click()
                         await page.wait_for_url(lambda url: "/login" not in url)
-                    await page.goto(path.format(lead=lead))
+                    await page.goto(path.format(lead=lead, model=model))
                     for frame in await page.locator("iframe").all():
                         await frame.scroll_into_view_if_needed()  # frames draw once seen
                     await page.wait_for_timeout(600)  # charts and frames drawn
