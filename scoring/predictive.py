@@ -176,8 +176,8 @@ def train(
     by_id = {lead.id: lead for lead in history}
     found, end = examples(history, settings.horizon_days, per_lead, MAX_MOMENTS, seed)
     train_set, test_set = split_by_cohort(found, test_fraction)
-    _enough(train_set, "training")
-    _enough(test_set, "test")
+    require_wins(train_set, "training")
+    require_wins(test_set, "test")
 
     say(f"fitting a {kind} model on {len(train_set):,} moments")
     inputs = [model_inputs(e.raw) for e in train_set]
@@ -205,13 +205,19 @@ def train(
     return Training(model, len(train_set), len(test_set), refused)
 
 
-def _enough(part: Sequence[Example], name: str) -> None:
+def require_wins(
+    part: Sequence[Example],
+    name: str,
+    purpose: str = "learn from",
+    advice: str = "; load more history or shorten predictive.horizon",
+) -> None:
+    """A TrainingError unless the `name` period has MIN_WINS moments won and not."""
     wins = sum(e.won for e in part)
     if wins < MIN_WINS or len(part) - wins < MIN_WINS:
         raise TrainingError(
-            f"too little history to learn from: the {name} period has {len(part):,} moments "
+            f"too little history to {purpose}: the {name} period has {len(part):,} moments "
             f"with {wins:,} won within the horizon (at least {MIN_WINS} won and {MIN_WINS} "
-            "not are needed); load more history or shorten predictive.horizon"
+            f"not are needed){advice}"
         )
 
 

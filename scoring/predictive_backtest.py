@@ -38,13 +38,12 @@ from models.scoring_model import PredictiveSettings
 from scoring.history import HistoryLead
 from scoring.predictive import (
     MAX_MOMENTS,
-    MIN_WINS,
     STAGE_RANK,
     TEST_SAMPLE,
     Example,
     PredictiveModel,
-    TrainingError,
     examples,
+    require_wins,
     rule_scores,
     split_by_cohort,
     train,
@@ -167,8 +166,8 @@ def compare(
     say("the rules, the model and the combination on the same moments")
     found, _ = examples(history, model.horizon_days, per_lead, MAX_MOMENTS, seed)
     older, test = split_by_cohort(found, test_fraction)
-    _enough(older, "older")
-    _enough(test, "test")
+    require_wins(older, "older", "compare on", "")
+    require_wins(test, "test", "compare on", "")
     period = (min(e.at for e in test), max(e.at for e in test))
     notes = _notes(model, trained, test, period, settings or definitions.scoring.predictive)
     older, test = _sample(older, STACK_SAMPLE, seed), _sample(test, TEST_SAMPLE, seed)
@@ -204,16 +203,6 @@ def _measured(model, definitions, older: list[Example], test: list[Example], pre
                "model_log_odds": round(float(stack.coef_[0][0]), 4),
                "rule_total": round(float(stack.coef_[0][1]) / 100, 5)}  # fmt: skip
     return contenders, stages, weights
-
-
-def _enough(part: Sequence[Example], name: str) -> None:
-    wins = sum(e.won for e in part)
-    if wins < MIN_WINS or len(part) - wins < MIN_WINS:
-        raise TrainingError(
-            f"too little history to compare on: the {name} period has {len(part):,} moments "
-            f"with {wins:,} won within the horizon (at least {MIN_WINS} won and {MIN_WINS} "
-            "not are needed)"
-        )
 
 
 def _sample(found: list[Example], most: int, seed: int) -> list[Example]:

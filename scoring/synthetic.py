@@ -224,11 +224,11 @@ def _responses(
 
     # The website, downloads and webinars. Students read a lot and never buy.
     reading = intent + (0.6 if student else 0)
-    for _ in range(_poisson(rng, 1 + 8 * reading)):
+    for _ in range(poisson(rng, 1 + 8 * reading)):
         out.append(("page.view", anytime(), {"url": SITE + rng.choice(BLOG + PRODUCT_PAGES)}))
-    for _ in range(_poisson(rng, 0.2 + 1.5 * reading)):
+    for _ in range(poisson(rng, 0.2 + 1.5 * reading)):
         out.append(("content.download", anytime(), {"asset": rng.choice(["ebook", "report"])}))
-    for _ in range(_poisson(rng, 0.2 + 1.5 * intent**1.5)):
+    for _ in range(poisson(rng, 0.2 + 1.5 * intent**1.5)):
         out.append(("page.view", late(), {"url": SITE + "/pricing"}))
     if rng.random() < 0.05 + 0.3 * intent**2:
         out.append(("page.view", late(), {"url": SITE + "/demo"}))
@@ -243,7 +243,7 @@ def _responses(
 
     # Trial users: what they do in the product.
     if source == "trial_signup":
-        for _ in range(_poisson(rng, 1 + 12 * intent)):
+        for _ in range(poisson(rng, 1 + 12 * intent)):
             out.append(("product.action", anytime(), {"action": rng.choice(ACTIONS)}))
         if rng.random() < 0.1 + 0.6 * intent:
             out.append(("product.action", late(), {"action": "invite_teammate"}))
@@ -261,7 +261,7 @@ def _evaluation(
         return rng.uniform(start, end)
 
     out: list[tuple[str, float, dict[str, Any]]] = [
-        ("page.view", during(), {"url": SITE + "/pricing"}) for _ in range(1 + _poisson(rng, 1))
+        ("page.view", during(), {"url": SITE + "/pricing"}) for _ in range(1 + poisson(rng, 1))
     ]
     if rng.random() < 0.6:
         out.append(("page.view", during(), {"url": SITE + "/demo"}))
@@ -314,8 +314,8 @@ def _opportunity(
     }
 
 
-def _poisson(rng: random.Random, mean: float) -> int:
-    # Knuth's method: means here are small.
+def poisson(rng: random.Random, mean: float) -> int:
+    """A Poisson draw from `rng` (Knuth's method: the means here are small)."""
     limit, count, product = math.exp(-mean), 0, rng.random()
     while product > limit:
         count += 1

@@ -15,22 +15,13 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import sessionmaker
-from temporalio.client import (
-    Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-    ScheduleUpdate,
-)
+from temporalio.client import Client, Schedule
 from temporalio.common import WorkflowIDConflictPolicy
 
 from infra.settings import Settings
 from models.db import CrmSyncState
 from models.workflow_io import CrmSyncProgress, CrmSyncRequest
+from services.schedules import every, kept
 
 log = logging.getLogger("nurture.crm")
 WORKFLOW = "CrmSyncWorkflow"  # workflows/crm_sync.py, registered by services/runtime.py
@@ -39,12 +30,8 @@ RUN_ID = "crm-sync-hubspot"  # the schedule appends the time; `--now` adds "-now
 
 
 def sync_schedule(settings: Settings) -> Schedule:
-    action = ScheduleActionStartWorkflow(
-        WORKFLOW, CrmSyncRequest(), id=RUN_ID, task_queue=settings.task_queue
-    )
-    every = ScheduleIntervalSpec(every=timedelta(minutes=settings.crm_sync_minutes))
-    return Schedule(action=action, spec=ScheduleSpec(intervals=[every]),
-                    policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP))  # fmt: skip
+    return every(WORKFLOW, CrmSyncRequest(), RUN_ID, settings.task_queue,
+                 timedelta(minutes=settings.crm_sync_minutes))  # fmt: skip
 
 
 async def ensure_schedule(client: Client, settings: Settings) -> bool:
@@ -52,13 +39,8 @@ async def ensure_schedule(client: Client, settings: Settings) -> bool:
     interval); False, and nothing done, while no HubSpot token is set."""
     if settings.hubspot_access_token is None:
         return False
-    schedule = sync_schedule(settings)
-    try:
-        await client.create_schedule(SCHEDULE_ID, schedule)
+    if await kept(client, SCHEDULE_ID, sync_schedule(settings)):
         log.info("CRM sync scheduled every %d min", settings.crm_sync_minutes)
-    except ScheduleAlreadyRunningError:
-        handle = client.get_schedule_handle(SCHEDULE_ID)
-        await handle.update(lambda _current: ScheduleUpdate(schedule=schedule))
     return True
 
 

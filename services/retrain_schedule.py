@@ -9,22 +9,13 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from temporalio.client import (
-    Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-    ScheduleUpdate,
-)
+from temporalio.client import Client, Schedule
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.training import RetrainRequest
 from infra.settings import Settings
 from models.definition_set import Definitions
+from services.schedules import every, kept
 
 log = logging.getLogger("nurture.training")
 WORKFLOW = "RetrainWorkflow"  # workflows/retrain.py, registered by services/runtime.py
@@ -34,11 +25,7 @@ EVERY = timedelta(days=7)
 
 
 def retrain_schedule(settings: Settings) -> Schedule:
-    action = ScheduleActionStartWorkflow(
-        WORKFLOW, RetrainRequest(), id=RUN_ID, task_queue=settings.task_queue
-    )
-    return Schedule(action=action, spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=EVERY)]),
-                    policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP))  # fmt: skip
+    return every(WORKFLOW, RetrainRequest(), RUN_ID, settings.task_queue, EVERY)
 
 
 async def ensure_schedule(client: Client, settings: Settings, definitions: Definitions) -> bool:
@@ -47,13 +34,8 @@ async def ensure_schedule(client: Client, settings: Settings, definitions: Defin
     if definitions.scoring.predictive.retrain != "weekly":
         await _delete(client)
         return False
-    schedule = retrain_schedule(settings)
-    try:
-        await client.create_schedule(SCHEDULE_ID, schedule)
+    if await kept(client, SCHEDULE_ID, retrain_schedule(settings)):
         log.info("weekly retraining scheduled (%s)", SCHEDULE_ID)
-    except ScheduleAlreadyRunningError:
-        handle = client.get_schedule_handle(SCHEDULE_ID)
-        await handle.update(lambda _current: ScheduleUpdate(schedule=schedule))
     return True
 
 

@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from scoring.history import HistoryLead, parse_leads
+from scoring.synthetic import poisson
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 SITE = "https://www.planted.example"
@@ -96,7 +97,7 @@ def _lead(
 ) -> tuple[dict[str, Any], float]:
     senior = rng.random() < signal.senior_share
     created = START + timedelta(days=rng.uniform(0, SPREAD_DAYS))
-    k = _poisson(rng, signal.pricing_rate)
+    k = poisson(rng, signal.pricing_rate)
     probability = signal.probability(k, senior)
     won = rng.random() < probability
     win_day = rng.uniform(20, 40)
@@ -106,10 +107,10 @@ def _lead(
 
     responses = [("page.view", week(), {"url": SITE + pricing_url}) for _ in range(k)]
     responses += [("page.view", week(), {"url": SITE + "/blog/post"})
-                  for _ in range(1 + _poisson(rng, 1.5))]  # fmt: skip
-    responses += [("email.open", week(), {}) for _ in range(_poisson(rng, 1.5))]
+                  for _ in range(1 + poisson(rng, 1.5))]  # fmt: skip
+    responses += [("email.open", week(), {}) for _ in range(poisson(rng, 1.5))]
     responses += [("page.view", week(), {"url": SITE + "/product/tour"})
-                  for _ in range(_poisson(rng, tour_rate))]  # fmt: skip
+                  for _ in range(poisson(rng, tour_rate))]  # fmt: skip
     if won and leak:  # after the win: a customer at work, never a reason it bought
         responses += [("page.view", win_day + rng.uniform(0.1, 20), {"url": SITE + "/pricing"})
                       for _ in range(leak)]  # fmt: skip
@@ -144,14 +145,6 @@ def _end_marker() -> dict[str, Any]:
     return {"id": "pl-end", "profile": {"email": "end@acme.example", "source": "newsletter"},
             "created_at": _iso(end), "responses": [{"type": "email.open", "at": _iso(end)}],
             "outcome": {"customer": False}}  # fmt: skip
-
-
-def _poisson(rng: random.Random, mean: float) -> int:
-    limit, count, product = math.exp(-mean), 0, rng.random()
-    while product > limit:
-        count += 1
-        product *= rng.random()
-    return count
 
 
 def _iso(moment: datetime) -> str:
