@@ -28,6 +28,7 @@ from channels.links import Links
 from channels.policy import SendTime, earliest_send_time
 from channels.render import compliance_problems, message_context, render_email, render_sms
 from channels.template_sets import TemplateVersions
+from experiments.store import assign_arm
 from infra import metrics
 from models.consent import ConsentEffect, opt_out_reason, set_consent
 from models.db import (
@@ -46,6 +47,8 @@ from models.definition_set import Definitions
 from models.definitions import DeliveryPolicy
 from models.jinja import template_environment
 from models.workflow_io import (
+    ArmAssigned,
+    ArmRequest,
     FinishEnrollment,
     HandoffRequest,
     HandoffResult,
@@ -122,6 +125,12 @@ class LeadActivities:
                         workflow_id=request.workflow_id,
                     )
                 )
+
+    @activity.defn
+    def assign_arm(self, request: ArmRequest) -> ArmAssigned:
+        """The lead's arm of an experiment: the one stored, else drawn and stored now."""
+        with self.sessions.begin() as session:
+            return assign_arm(session, request)
 
     @activity.defn
     def migrate_enrollment(self, request: MigrateEnrollment) -> None:

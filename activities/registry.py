@@ -25,6 +25,7 @@ class Activities:
         lead, sales = self.lead, self.sales
         return [
             lead.start_enrollment,
+            lead.assign_arm,
             lead.finish_enrollment,
             lead.migrate_enrollment,
             lead.send_message,

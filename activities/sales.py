@@ -588,6 +588,7 @@ class SalesActivities:
             enrollment_id=f"{request.lead_id}:{sequence.id}:v{sequence.version}:c{request.cycle}",
             sequence=sequence, segment=segment, profile=profile,
             templates=self.template_versions.current(),  # a new enrollment: today's
+            holdout_percent=self.definitions.holdout(segment),  # a held-out lead stays so
         )  # fmt: skip
 
 

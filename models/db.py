@@ -595,6 +595,42 @@ class PredictiveModelRecord(Base):
     retired_at: Mapped[datetime | None] = mapped_column()
 
 
+class ExperimentRecord(Base):
+    """An experiment as it was when its first lead was assigned: a split step's, or a
+    segment's holdout (`holdout:<segment>`). `arms` keeps each arm's weight, holdout flag,
+    next step and the fingerprint of its own steps, so `validate` can tell what changed."""
+
+    __tablename__ = "experiments"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(10))  # split | holdout
+    sequence_id: Mapped[str] = mapped_column(String(100))
+    step_id: Mapped[str | None] = mapped_column(String(100))
+    segment: Mapped[str | None] = mapped_column(String(100))
+    control: Mapped[str] = mapped_column(String(100))
+    metric: Mapped[str] = mapped_column(String(20))
+    arms: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column()  # the first assignment (workflow time)
+
+
+class ExperimentAssignment(Base):
+    """The arm a lead is in, once and for good: (experiment, lead) is the key, so a retry,
+    a replay or a second visit finds the arm already chosen. `assigned_at` is the
+    workflow's time; `recorded_at` the database's, which the results compare with the
+    other rows' times (all stamped by the database's clock)."""
+
+    __tablename__ = "experiment_assignments"
+    __table_args__ = (Index("ix_experiment_assignments_lead_id", "lead_id"),)
+
+    experiment: Mapped[str] = mapped_column(String(200), primary_key=True)
+    lead_id: Mapped[str] = mapped_column(ForeignKey("leads.id"), primary_key=True)
+    arm: Mapped[str] = mapped_column(String(100))
+    holdout: Mapped[bool] = mapped_column(default=False)
+    enrollment_id: Mapped[str | None] = mapped_column(String(64))
+    assigned_at: Mapped[datetime] = mapped_column()
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class WebhookRefusal(Base):
     """Provider and CRM webhook requests refused (a bad signature, a secret not set, a body
     that cannot be used), counted per UTC day, source and reason: nothing of a refused

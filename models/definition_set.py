@@ -39,3 +39,10 @@ class Definitions:
         named = {s.id: s.scoring_model for s in self.segments.segments}
         named[self.segments.default.id] = self.segments.default.scoring_model
         return self.scoring.model(named.get(segment_id or ""))
+
+    def holdout(self, segment_id: str | None) -> float:
+        """The percentage of a segment's leads held out of any nurture (0: none)."""
+        for segment in (*self.segments.segments, self.segments.default):
+            if segment.id == segment_id:
+                return segment.holdout
+        return 0.0

@@ -7,6 +7,8 @@ validated models (as a snapshot), never raw YAML. Loading lives in
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Annotated, Literal
 
@@ -132,6 +134,68 @@ class BranchStep(_Step):
 class ExitStep(_Step):
     type: Literal["exit"]
     reason: str = "sequence finished"
+
+
+# What an experiment is judged on (`metric:`): a lead counts once it does it after being
+# assigned; `revenue` is won revenue per lead.
+EXPERIMENT_METRICS = ("open", "click", "mql", "sql", "accepted", "opportunity", "won", "revenue")
+HOLDOUT_ARM, NURTURED_ARM = "holdout", "nurtured"  # a segment's holdout's two arms
+
+
+class SplitArm(_Definition):
+    """One arm of a split: its share of the leads and the step it goes on at (default:
+    the split's `next`, or the following step). A holdout arm is sent nothing more."""
+
+    name: Annotated[str, Field(pattern=IDENTIFIER)]
+    weight: float = Field(default=1, gt=0, description="relative share; any total")
+    next: str | None = None
+    holdout: bool = False
+
+    @model_validator(mode="after")
+    def _holdout_goes_nowhere(self) -> SplitArm:
+        if self.holdout and self.next is not None:
+            raise ValueError(f"arm {self.name!r} is a holdout: it is sent nothing, so no `next`")
+        return self
+
+
+class SplitStep(_Step):
+    """An experiment: each lead goes down one arm, drawn from the experiment's name and the
+    lead's ID against the weights, and keeps it. `winner` ends it: leads not yet assigned
+    take that arm, leads already assigned keep theirs."""
+
+    type: Literal["split"]
+    experiment: Annotated[str, Field(pattern=IDENTIFIER)] | None = Field(
+        default=None, description="the experiment's name; default: <sequence>_<step>"
+    )
+    metric: Literal[EXPERIMENT_METRICS] = Field(  # type: ignore[valid-type]
+        default="sql", description="the primary metric, chosen before it starts"
+    )
+    control: str | None = Field(
+        default=None, description="the arm compared against; default: the first"
+    )
+    winner: str | None = None
+    arms: list[SplitArm] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _arms_named_once(self) -> SplitStep:
+        names = [arm.name for arm in self.arms]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise _LocatedValueError(("arms", index, "name"), f"arm {name!r} is named twice")
+        for field in ("control", "winner"):
+            value = getattr(self, field)
+            if value is not None and value not in names:
+                raise _LocatedValueError(
+                    (field,), f"{value!r} is not an arm of this split (arms: {', '.join(names)})"
+                )
+        return self
+
+    @property
+    def control_arm(self) -> str:
+        return self.control or self.arms[0].name
+
+    def arm(self, name: str) -> SplitArm | None:
+        return next((arm for arm in self.arms if arm.name == name), None)
 
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -261,7 +325,7 @@ class DeliveryPolicy(_Definition):
 
 
 Step = Annotated[
-    EmailStep | SmsStep | WaitStep | WaitForStep | BranchStep | ExitStep,
+    EmailStep | SmsStep | WaitStep | WaitForStep | BranchStep | SplitStep | ExitStep,
     Field(discriminator="type"),
 ]
 
@@ -290,11 +354,43 @@ class Sequence(_Definition):
             for field, target in self.step_targets(step).items():
                 if target is not None and target not in seen:
                     raise _LocatedValueError(
-                        ("steps", index, field),
+                        ("steps", index, *field.split(".")),
                         f"step {step.id!r} goes to {target!r}, which is not a step of this "
                         f"sequence (steps: {', '.join(ids)})",
                     )
         return self
+
+    def experiment_of(self, step: SplitStep) -> str:
+        """The name a split step's experiment goes by."""
+        return step.experiment or f"{self.id}_{step.id}"
+
+    def splits(self) -> list[SplitStep]:
+        return [step for step in self.steps if isinstance(step, SplitStep)]
+
+    def arm_paths(self, split: SplitStep) -> dict[str, str]:
+        """Per arm, a fingerprint of the steps only that arm reaches (until the arms meet
+        again): what `validate` compares to tell that an arm changed while running."""
+        reach = {arm.name: self._reachable(self.after(split.id, arm.name), split.id)
+                 for arm in split.arms}  # fmt: skip
+        paths = {}
+        for arm in split.arms:
+            others = set().union(*(steps for name, steps in reach.items() if name != arm.name))
+            own = [step.model_dump(mode="json", by_alias=True)
+                   for step in self.steps if step.id in reach[arm.name] - others]  # fmt: skip
+            text = json.dumps(own, sort_keys=True)
+            paths[arm.name] = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return paths
+
+    def _reachable(self, start: str | None, stop: str) -> set[str]:
+        found: set[str] = set()
+        frontier = [start] if start is not None else []
+        while frontier:
+            step_id = frontier.pop()
+            if step_id in found or step_id == stop:
+                continue
+            found.add(step_id)
+            frontier += self.successors(step_id)
+        return found
 
     @staticmethod
     def step_targets(step: Step) -> dict[str, str | None]:
@@ -303,6 +399,8 @@ class Sequence(_Definition):
             targets |= {"on_event": step.on_event, "on_timeout": step.on_timeout}
         if isinstance(step, BranchStep):
             targets |= {"if": step.then, "else": step.otherwise}
+        if isinstance(step, SplitStep):
+            targets |= {f"arms.{i}.next": arm.next for i, arm in enumerate(step.arms)}
         return targets
 
     def step(self, step_id: str) -> Step:
@@ -321,12 +419,18 @@ class Sequence(_Definition):
         """The step that follows `step_id` given its outcome; None ends the sequence.
 
         Outcomes: "done" (sends, waits), "event" / "timeout" (wait_for),
-        "then" / "else" (branch). An outcome with no target of its own goes to
-        `next`, or else to the following step in the file.
+        "then" / "else" (branch), an arm's name (split; a holdout arm ends the
+        sequence). An outcome with no target of its own goes to `next`, or else to
+        the following step in the file.
         """
         step = self.step(step_id)
         if step.type == "exit":
             return None
+        if isinstance(step, SplitStep):
+            arm = step.arm(outcome) or step.arm(step.control_arm)
+            if arm.holdout:
+                return None
+            return arm.next or step.next or self.following(step_id)
         default = step.next or self.following(step_id)
         if isinstance(step, WaitForStep):
             target = step.on_event if outcome == "event" else step.on_timeout
@@ -339,6 +443,8 @@ class Sequence(_Definition):
         """Every step that can directly follow `step_id`."""
         outcomes = {"wait_for": ("event", "timeout"), "branch": ("then", "else")}
         step = self.step(step_id)
+        if isinstance(step, SplitStep):
+            outcomes["split"] = tuple(arm.name for arm in step.arms)
         return {
             target
             for outcome in outcomes.get(step.type, ("done",))
@@ -362,12 +468,18 @@ class _LocatedValueError(ValueError):
         super().__init__(message)
 
 
+_HOLDOUT = Field(
+    default=0, ge=0, lt=100, description="percent of the segment's leads never nurtured"
+)
+
+
 class Segment(_Definition):
     id: Annotated[str, Field(pattern=IDENTIFIER)]
     description: str = ""
     when: str = Field(description="Jinja2 expression over `lead`")
     sequence: str
     scoring_model: str | None = Field(default=None, description="default: default_model")
+    holdout: float = _HOLDOUT
 
 
 class DefaultSegment(_Definition):
@@ -375,6 +487,12 @@ class DefaultSegment(_Definition):
     description: str = ""
     sequence: str
     scoring_model: str | None = None
+    holdout: float = _HOLDOUT
+
+
+def holdout_experiment(segment: str) -> str:
+    """The name of a segment's holdout as an experiment (never a split's: no colon there)."""
+    return f"holdout:{segment}"
 
 
 class Segments(_Definition):

@@ -78,6 +78,8 @@ class EnrollRequest(BaseModel):
     # The template version (channels.template_sets) the lead is sent; none in enrollments
     # made before versions were kept: those render the files as they are.
     templates: str | None = None
+    # The segment's holdout: this percentage of its leads is never nurtured (experiments).
+    holdout_percent: float = 0
 
 
 # The keys of an event's data that travel with it to its workflow (for leads scored before
@@ -131,6 +133,7 @@ class LeadState(BaseModel):
     cool_down_until: datetime | None = None  # rejected by sales: recycled from then
     handoff_rep_id: str | None = None
     sent_steps: list[str] = Field(default_factory=list)
+    experiments: dict[str, str] = Field(default_factory=dict)  # experiment -> the lead's arm
     deferred: DeferredSend | None = None  # a send held back by quiet hours or a cap
     # Sends that did not go out and need a person: failed (4xx) or unknown (interrupted).
     send_problems: list[str] = Field(default_factory=list)
@@ -153,6 +156,40 @@ class StartEnrollment(BaseModel):
     sequence_id: str
     sequence_version: int
     segment: str | None = None
+
+
+class ArmChoice(BaseModel):
+    name: str
+    weight: float
+    holdout: bool = False
+    next: str | None = None
+    path: str | None = None  # a fingerprint of the steps only this arm takes
+
+
+class ArmRequest(BaseModel):
+    """Put the lead in an arm of an experiment (a split step, or a segment's holdout),
+    or find the arm it is in already: a lead keeps its arm."""
+
+    lead_id: str
+    experiment: str
+    kind: Literal["split", "holdout"]
+    enrollment_id: str
+    sequence_id: str
+    step_id: str | None = None  # a split's; none for a segment's holdout
+    segment: str | None = None
+    arms: list[ArmChoice]
+    control: str
+    metric: str
+    winner: str | None = None  # the experiment ended: unassigned leads take this arm
+    percent: float | None = None  # a segment's holdout: the share held out
+    at: datetime  # workflow time: when the lead was assigned
+
+
+class ArmAssigned(BaseModel):
+    experiment: str
+    arm: str
+    holdout: bool
+    assigned_at: datetime | None = None  # None: the experiment had ended (its winner)
 
 
 class FinishEnrollment(BaseModel):

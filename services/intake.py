@@ -415,6 +415,7 @@ class Intake:
             segment=segment,
             profile=profile,
             templates=await asyncio.to_thread(self.template_versions.current),
+            holdout_percent=self.definitions.holdout(segment),
         )
         if new_lead and await lead_client.start_enrolled(
             self.client, self.task_queue, self._lead_input(lead, enroll=request)

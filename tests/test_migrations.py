@@ -42,6 +42,7 @@ HISTORY = [
     "0011  console overview and operations: live feed and funnel indexes; webhook refusals",
     "0012  console queues: indexes for the reps' inbox, leads' enrollments and email prefixes",
     "0013  predictive models: trained models and the model each score change used",
+    "0014  experiments: each experiment as first run, and the arm each lead is in",
 ]
 ALL_APPLIED = "".join(f"applied {line}\n" for line in HISTORY)
 

@@ -29,12 +29,25 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.lead import LeadActivities
     from activities.sales import SalesActivities
-    from models.definitions import BranchStep, EmailStep, SmsStep, WaitForStep, WaitStep
+    from models.definitions import (
+        HOLDOUT_ARM,
+        NURTURED_ARM,
+        BranchStep,
+        EmailStep,
+        SmsStep,
+        SplitStep,
+        WaitForStep,
+        WaitStep,
+        holdout_experiment,
+    )
     from models.jinja import ConditionError, evaluate_condition
     from models.workflow_io import (
         OUTCOME_TYPES,
         REJECT_REASONS,
         AnswerResult,
+        ArmAssigned,
+        ArmChoice,
+        ArmRequest,
         Assignment,
         AssignRequest,
         DeferredSend,
@@ -102,6 +115,11 @@ OUTCOME_LOCALLY_PATCH = "apply-outcome-locally"
 # histories replay as they were; the marker tells the histories that took one, for a
 # later change of this path to branch on.
 MANUAL_REASSIGN_PATCH = "manual-reassign"
+# Experiments: a `split` step puts the lead in an arm, and a segment's holdout keeps some
+# leads out of any nurture. No history before it has either (a split is a new step type, a
+# holdout a new enrollment field), so old histories never reach it; the marker tells the
+# histories that did, for a later change of this path to branch on.
+EXPERIMENTS_PATCH = "experiments"
 RESPONSES_PER_RUN = 2_000  # then continue as new, so the history stays small
 # Event IDs handed to the next run for exact de-duplication: this run's and the one's
 # before (a relay re-signals within seconds, not thousands of responses later).
@@ -722,6 +740,9 @@ class LeadWorkflow:
         enrollment = running.enrollment
         sequence = enrollment.sequence
         pause = running.pause  # the first step resumes from it
+        if pause is None and await self._held_out(enrollment):
+            self._ended(enrollment, "held_out")  # no enrollment row: it was never nurtured
+            return
         if pause is None:
             await self._activity(
                 LeadActivities.start_enrollment,
@@ -766,6 +787,12 @@ class LeadWorkflow:
                 outcome = "event" if happened else "timeout"
             elif isinstance(step, BranchStep):
                 outcome = "then" if self._condition(step.condition) else "else"
+            elif isinstance(step, SplitStep):
+                arm = await self._split(enrollment, step)
+                if arm.holdout:  # sent nothing more; still scored, still handed off
+                    status, reason = "held_out", f"holdout arm of experiment {arm.experiment}"
+                    break
+                outcome = arm.arm
             else:  # exit
                 status, reason = "exited", step.reason
                 break
@@ -775,16 +802,60 @@ class LeadWorkflow:
             if self.lead.nurture_stopped:
                 status, reason = "handed_off", "lead became sales-qualified"
 
-        state = self.lead.state
-        state.enrollment_status = status
-        state.step_id = None
-        state.next_action_at = None
-        self.lead.finished_enrollments.add(enrollment.enrollment_id)
+        self._ended(enrollment, status)
         await self._activity(
             LeadActivities.finish_enrollment,
             FinishEnrollment(enrollment_id=enrollment.enrollment_id, status=status, reason=reason),
             QUICK,
         )
+
+    def _ended(self, enrollment: EnrollRequest, status: str) -> None:
+        state = self.lead.state
+        state.enrollment_status = status
+        state.step_id = None
+        state.next_action_at = None
+        self.lead.finished_enrollments.add(enrollment.enrollment_id)
+
+    # --- experiments ------------------------------------------------------------------------
+
+    async def _held_out(self, enrollment: EnrollRequest) -> bool:
+        """Whether the lead is in its segment's holdout: then it is never nurtured (but
+        scored and handed off as any lead). Drawn once; a recycle finds the same arm."""
+        percent = enrollment.holdout_percent
+        if not percent or not workflow.patched(EXPERIMENTS_PATCH):
+            return False
+        segment = enrollment.segment or ""
+        arms = [ArmChoice(name=HOLDOUT_ARM, weight=percent, holdout=True),
+                ArmChoice(name=NURTURED_ARM, weight=100 - percent)]  # fmt: skip
+        request = self._arm_request(enrollment, holdout_experiment(segment), arms,
+                                    kind="holdout", control=HOLDOUT_ARM, metric="sql",
+                                    percent=percent)  # fmt: skip
+        return (await self._assign(request)).holdout
+
+    async def _split(self, enrollment: EnrollRequest, step: SplitStep) -> ArmAssigned:
+        """The lead's arm of the split's experiment (the one it has, if it has one)."""
+        workflow.patched(EXPERIMENTS_PATCH)  # the marker: see EXPERIMENTS_PATCH
+        sequence = enrollment.sequence
+        paths = sequence.arm_paths(step)
+        arms = [ArmChoice(name=arm.name, weight=arm.weight, holdout=arm.holdout, next=arm.next,
+                          path=paths[arm.name]) for arm in step.arms]  # fmt: skip
+        request = self._arm_request(enrollment, sequence.experiment_of(step), arms,
+                                    kind="split", control=step.control_arm, metric=step.metric,
+                                    step_id=step.id, winner=step.winner)  # fmt: skip
+        return await self._assign(request)
+
+    def _arm_request(self, enrollment: EnrollRequest, experiment: str, arms: list[ArmChoice],
+                     **fields) -> ArmRequest:  # fmt: skip
+        return ArmRequest(lead_id=self._lead_id, experiment=experiment, arms=arms,
+                          enrollment_id=enrollment.enrollment_id,
+                          sequence_id=enrollment.sequence.id, segment=enrollment.segment,
+                          at=workflow.now(), **fields)  # fmt: skip
+
+    async def _assign(self, request: ArmRequest) -> ArmAssigned:
+        arm: ArmAssigned = await self._activity(LeadActivities.assign_arm, request, QUICK)
+        if arm.assigned_at is not None:
+            self.lead.state.experiments[arm.experiment] = arm.arm
+        return arm
 
     async def _send(self, enrollment: EnrollRequest, step: EmailStep | SmsStep, visit: int,
                     resume_at=None) -> None:  # fmt: skip
