@@ -20,7 +20,15 @@ from temporalio.testing import WorkflowEnvironment
 
 from infra.binaries import find_binary
 from infra.settings import Settings
-from models.definitions import DeliveryPolicy, EmailStep, FrequencyCap, SalesTeam, SendWindow
+from models.definitions import (
+    DeliveryPolicy,
+    EmailStep,
+    FrequencyCap,
+    SalesTeam,
+    Segments,
+    SendWindow,
+    Sequence,
+)
 from models.scoring_model import ScoringBook
 from models.workflow_io import (
     HandoffAnswer,
@@ -38,6 +46,23 @@ from tests.conftest import FIXTURE_DEFINITIONS
 from workflows.lead import LeadWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
+SPLITS = [
+    {"id": "split_two", "name": "Two arms", "steps": [
+        {"id": "welcome", "type": "email", "template": "hello"},
+        {"id": "pick", "type": "split", "experiment": "recorded_two", "arms": [
+            {"name": "a", "next": "a_mail"}, {"name": "b", "next": "b_sms"}]},
+        {"id": "a_mail", "type": "email", "template": "followup", "next": "gap"},
+        {"id": "b_sms", "type": "sms", "template": "ping"},
+        {"id": "gap", "type": "wait", "duration": "2d"},
+        {"id": "last", "type": "email", "template": "followup"}]},
+    {"id": "split_held", "name": "Held", "steps": [
+        {"id": "welcome", "type": "email", "template": "hello"},
+        {"id": "pick", "type": "split", "experiment": "recorded_held", "arms": [
+            {"name": "go", "weight": 0.0001, "next": "gap"},
+            {"name": "hold", "weight": 1000, "holdout": True}]},
+        {"id": "gap", "type": "wait", "duration": "2d"},
+        {"id": "last", "type": "email", "template": "followup"}]},
+]  # fmt: skip
 
 
 async def record() -> None:
@@ -100,6 +125,24 @@ async def record() -> None:
         sales_worker = build_worker(
             env.client, sales_settings, build_activities(sales_settings, database, selling)
         )
+
+        # Experiments: a split step (two arms, or a holdout arm taking nearly everyone) and
+        # a segment whose holdout keeps nearly every lead out of nurture.
+        testing = dataclasses.replace(
+            definitions,
+            sequences={**definitions.sequences,
+                       **{s.id: s for s in map(Sequence.model_validate, SPLITS)}},
+            segments=Segments.model_validate({
+                "segments": [{"id": "held", "when": "lead.country == 'NL'",
+                              "sequence": "month", "holdout": 99.99}],
+                "default": {"id": "everyone", "sequence": "month"}}),
+        )  # fmt: skip
+        experiment_settings = settings.model_copy(update={"task_queue": "record-experiments"})
+        experiment_intake = Intake(testing, database.sessions, env.client, "record-experiments")
+        experiment_worker = build_worker(
+            env.client, experiment_settings,
+            build_activities(experiment_settings, database, testing),
+        )  # fmt: skip
 
         # Runs continue as new every three responses (the default is thousands).
         long_intake = Intake(selling, database.sessions, env.client, "record-sales",
@@ -183,7 +226,7 @@ async def record() -> None:
                 (HISTORIES / f"{name}_first_run.json").write_text(history.to_json())
                 print(f"recorded {name}_first_run: {len(history.events)} events")
 
-        async with worker, strict_worker, decay_worker, sales_worker:
+        async with worker, strict_worker, decay_worker, sales_worker, experiment_worker:
             month = LeadIn(email="a@example.com", phone="+14155550100")
             await scenario(
                 "month_with_click", month, [(1, "email.click"), (2, "page.view"), (30, None)]
@@ -248,6 +291,16 @@ async def record() -> None:
             plan = [(0, "webinar.attended"), (0, "reassign"), (1, None), (0, "reassign"),
                     (0, "answer:accept"), (1, None)]  # fmt: skip
             await scenario("manual_reassign", moved, plan, "month", sales_intake)
+            # Experiments (the experiments patch): a lead down one arm of a split and its
+            # sends; a holdout arm; a segment's holdout, scored and handed off all the same.
+            tried = LeadIn(email="o@example.com", phone="+14155550104")
+            plan = [(1, "email.click"), (3, None)]
+            await scenario("split_arm", tried, plan, "split_two", experiment_intake)
+            kept = LeadIn(email="p@example.com")
+            await scenario("split_holdout_arm", kept, plan, "split_held", experiment_intake)
+            held = LeadIn(email="q@example.com", country="NL")
+            plan = [(1, "webinar.attended"), (1, None)]
+            await scenario("segment_holdout", held, plan, None, experiment_intake)
     await env.shutdown()
 
 
