@@ -70,7 +70,8 @@ def status(
 
     Profile and consent, the score card with its reasons, the stage history,
     enrollments, each message sent with the responses it got, the other responses,
-    handoffs; and from the workflow's `state` query the current sequence step, the next
+    handoffs, the experiments the lead is in (its arm, a holdout or not, when assigned);
+    and from the workflow's `state` query the current sequence step, the next
     action time, what it waits for, any deferred send and the open handoff.
 
     If Temporal is not reachable, the database part is shown with a note (exit 0).

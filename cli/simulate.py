@@ -38,6 +38,7 @@ _KIND_STYLES = {
     "unanswered": "red",
     "finished": "bold",
     "enrolled": "bold",
+    "experiment": "blue",
 }
 
 

@@ -353,8 +353,9 @@ class Sequence(_Definition):
         for index, step in enumerate(self.steps):
             for field, target in self.step_targets(step).items():
                 if target is not None and target not in seen:
+                    where = (int(part) if part.isdigit() else part for part in field.split("."))
                     raise _LocatedValueError(
-                        ("steps", index, *field.split(".")),
+                        ("steps", index, *where),
                         f"step {step.id!r} goes to {target!r}, which is not a step of this "
                         f"sequence (steps: {', '.join(ids)})",
                     )

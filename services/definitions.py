@@ -13,7 +13,7 @@ Layout of a definitions directory (the repository root by default):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +29,7 @@ from models.definitions import (
     Segments,
     Sequence,
     SmsStep,
+    SplitStep,
     Step,
     _LocatedValueError,
 )
@@ -40,7 +41,11 @@ from scoring.engine import score, stage_context
 M = TypeVar("M", bound=BaseModel)
 
 EMAIL_PARTS = ("subject.txt", "body.html", "body.txt")
-STEP_TYPES = ("email", "sms", "wait", "wait_for", "branch", "exit")
+STEP_TYPES = ("email", "sms", "wait", "wait_for", "branch", "split", "exit")
+# `nurture experiments plan` is a command: an experiment of that name could not be shown.
+RESERVED_EXPERIMENTS = ("plan",)
+# A segment holding out more than this share leaves most of its leads without nurture.
+LARGE_HOLDOUT = 50
 
 
 def load_definitions(root: Path | str) -> Definitions:
@@ -68,6 +73,10 @@ class Inspection:
     definitions: Definitions | None
     problems: list[DefinitionProblem]
     sends: list[SendStep]
+    # Where each valid sequence (by id) and segments.yaml were read from: a problem found
+    # later (the database checks of `nurture validate`) is located in them too.
+    sources: dict[str, LocatedYaml] = field(default_factory=dict)
+    segments_source: LocatedYaml | None = None
 
     @property
     def templates_dir(self) -> Path:
@@ -88,7 +97,8 @@ def inspect_definitions(root: Path | str) -> Inspection:
     need them, so they cause no follow-on errors)."""
     root = Path(root)
     problems: list[DefinitionProblem] = []
-    sequences, broken, sends = _load_sequences(root, problems)
+    sequences, broken, sends, sources = _load_sequences(root, problems)
+    problems += _check_experiment_names(sequences, sources)
 
     segments = _load_model(root / "segments.yaml", Segments, problems)
     if segments is not None:
@@ -108,19 +118,22 @@ def inspect_definitions(root: Path | str) -> Inspection:
     if (root / "delivery.yaml").exists():  # optional: the defaults otherwise
         delivery = _load_model(root / "delivery.yaml", DeliveryPolicy, problems)
 
+    segments_source = segments[1] if segments is not None else None
     if segments is None or scoring is None or sales is None or delivery is None:
-        return Inspection(root, None, problems, sends)
+        return Inspection(root, None, problems, sends, sources, segments_source)
     definitions = Definitions(root, sequences, segments[0], scoring[0], sales[0], delivery[0])
     definitions.warnings = [p for p in problems if p.severity != "error"]
-    return Inspection(root, definitions, problems, sends)
+    return Inspection(root, definitions, problems, sends, sources, segments_source)
 
 
 def _load_sequences(
     root: Path, problems: list[DefinitionProblem]
-) -> tuple[dict[str, Sequence], set[str], list[SendStep]]:
+) -> tuple[dict[str, Sequence], set[str], list[SendStep], dict[str, LocatedYaml]]:
     """The valid sequences; the names of the broken ones (by file name and by the id they
-    declare, so that a segment naming one is not also an error); and every send step."""
+    declare, so that a segment naming one is not also an error); every send step; and
+    the file each valid sequence was read from."""
     sequences: dict[str, Sequence] = {}
+    sources: dict[str, LocatedYaml] = {}
     broken: set[str] = set()
     sends: list[SendStep] = []
     sequence_files = sorted((root / "sequences").glob("*.yaml"))
@@ -140,9 +153,10 @@ def _load_sequences(
             )
             continue
         sequences[sequence.id] = sequence
+        sources[sequence.id] = source
         sends += [SendStep(sequence.id, *send) for send in sequence.templates()]
         problems += _check_sequence(root, sequence, source)
-    return sequences, broken, sends
+    return sequences, broken, sends, sources
 
 
 def _check_readable_steps(
@@ -236,6 +250,57 @@ def _check_sequence(root: Path, sequence: Sequence, source: LocatedYaml) -> list
             except ConditionError as exc:
                 problems.append(source.problem(("steps", index, "if"), str(exc)))
     problems += _check_reachability(sequence, source)
+    problems += _check_splits(sequence, source)
+    return problems
+
+
+def _check_splits(sequence: Sequence, source: LocatedYaml) -> list[DefinitionProblem]:
+    """Each split's experiment: not a reserved name; a `winner` said to end it."""
+    problems: list[DefinitionProblem] = []
+    for index, step in enumerate(sequence.steps):
+        if not isinstance(step, SplitStep):
+            continue
+        name = sequence.experiment_of(step)
+        if name in RESERVED_EXPERIMENTS:
+            problems.append(source.problem(
+                ("steps", index, "experiment"),
+                f"experiment {name!r} is a reserved name (`nurture experiments {name}` is a "
+                "command): choose another",
+            ))  # fmt: skip
+        if step.winner is not None:
+            problems.append(source.problem(
+                ("steps", index, "winner"),
+                f"experiment {name} has ended: leads not yet assigned take arm {step.winner}; "
+                "remove the split once every assigned lead has finished",
+                severity="warning",
+            ))  # fmt: skip
+    return problems
+
+
+def _check_experiment_names(
+    sequences: dict[str, Sequence], sources: dict[str, LocatedYaml]
+) -> list[DefinitionProblem]:
+    """An experiment's name is its key (its leads' arms are stored under it): two splits
+    sharing one would mix their leads. The second one found (file order) is the error."""
+    problems: list[DefinitionProblem] = []
+    first: dict[str, tuple[Sequence, str, LocatedYaml, tuple]] = {}
+    for sequence_id, sequence in sequences.items():
+        source = sources[sequence_id]
+        for index, step in enumerate(sequence.steps):
+            if not isinstance(step, SplitStep):
+                continue
+            name, loc = sequence.experiment_of(step), ("steps", index, "experiment")
+            if name not in first:
+                first[name] = (sequence, step.id, source, loc)
+                continue
+            other, other_step, other_source, other_loc = first[name]
+            line, _column = other_source.position(other_loc)
+            where = f"sequences/{other_source.path.name}" + (f":{line}" if line else "")
+            problems.append(source.problem(
+                loc,
+                f"experiment {name!r} is already the experiment of step {other_step!r} of "
+                f"sequence {other.id!r} ({where}): give this split its own `experiment:` name",
+            ))  # fmt: skip
     return problems
 
 
@@ -328,7 +393,23 @@ def _check_segments(
                 f"no sequence {segments.default.sequence!r} (known: {', '.join(sorted(sequences))})",  # noqa: E501
             )
         )
-    return problems
+    return problems + _check_holdouts(segments, source)
+
+
+def _check_holdouts(segments: Segments, source: LocatedYaml) -> list[DefinitionProblem]:
+    """A holdout measures what nurture adds; a large one keeps most leads from it."""
+    located = [(("segments", i, "holdout"), s) for i, s in enumerate(segments.segments)]
+    located.append((("default", "holdout"), segments.default))
+    return [
+        source.problem(
+            loc,
+            f"segment {segment.id} holds out {segment.holdout:g}% of its leads: most of them "
+            "are never nurtured (a holdout of 5-10% is usually enough to measure the effect)",
+            severity="warning",
+        )
+        for loc, segment in located
+        if segment.holdout > LARGE_HOLDOUT
+    ]
 
 
 def _check_segment_models(

@@ -7,7 +7,8 @@ scoring/explain.py); the current step and next action time are the lead
 workflow's `state` query through `services.status.workflow_status`, with a short timeout
 (Temporal not answering is said, the rest still shows). The timeline merges sends,
 responses, score and stage changes, consent changes, handoffs and each of their events
-(notifications, reminders, reassignments, answers) and the CRM's outcome events. Each
+(notifications, reminders, reassignments, answers) and the CRM's outcome events. The
+experiments the lead is in come with its arm of each (experiment_assignments). Each
 source is read newest first, at most a page of it, before the page's cursor: a lead with
 thousands of responses costs what a lead with fifty does.
 """
@@ -27,6 +28,7 @@ from models.consent import opt_out_reason
 from models.db import (
     ConsentChange,
     Enrollment,
+    ExperimentAssignment,
     Handoff,
     HandoffEvent,
     Lead,
@@ -90,6 +92,7 @@ class LeadStory:
     older: datetime | None  # the next page's cursor (`before`), if there is one
     workflow_id: str = ""
     workflow: dict[str, Any] = field(default_factory=dict)  # workflow_status's, once asked
+    experiments: list[ExperimentAssignment] = field(default_factory=list)  # its arms, in order
 
 
 def lead_story(
@@ -121,6 +124,10 @@ def lead_story(
         timeline=timeline,
         older=older,
         workflow_id=lead_workflow_id(lead_id),
+        experiments=list(session.scalars(
+            select(ExperimentAssignment).where(ExperimentAssignment.lead_id == lead_id)
+            .order_by(ExperimentAssignment.assigned_at, ExperimentAssignment.experiment)
+        )),
     )  # fmt: skip
 
 

@@ -19,9 +19,18 @@ from itertools import groupby
 
 from markupsafe import Markup, escape
 
-from models.definitions import BranchStep, EmailStep, Sequence, SmsStep, WaitForStep, WaitStep
+from models.definitions import (
+    BranchStep,
+    EmailStep,
+    Sequence,
+    SmsStep,
+    SplitStep,
+    WaitForStep,
+    WaitStep,
+)
 
 END = "(end)"  # the node a sequence completes at (no step id has brackets)
+HOLDOUT = "(holdout)"  # the node a split's holdout arms end at: sent nothing more
 
 # Drawing sizes, in SVG pixels.
 NODE_WIDTH, NODE_HEIGHT, NOTE_HEIGHT = 220, 58, 16
@@ -33,15 +42,17 @@ KIND_COLOURS = {  # fill, stripe: light fills keep the dark text readable
     "wait": ("#f6f6f6", "#6b6b6b"),
     "wait_for": ("#fff7e8", "#a86200"),
     "branch": ("#f7efff", "#7a3fb8"),
+    "split": ("#eefafa", "#0f6f78"),
     "exit": ("#fff0f0", "#b3261e"),
     "end": ("#f0f0f0", "#333333"),
+    "holdout": ("#f0f0f0", "#333333"),
 }
 
 
 @dataclass(frozen=True)
 class Node:
     id: str
-    kind: str  # the step's type, or "end"
+    kind: str  # the step's type, or "end" / "holdout"
     summary: str  # one line: channel and template, duration, condition, reason
 
 
@@ -49,7 +60,7 @@ class Node:
 class Edge:
     source: str
     target: str
-    label: str = ""  # "if <condition>", "else", "responded", "timeout"; "" for next
+    label: str = ""  # "if <condition>", "else", "responded", "timeout", "<arm> 50%"; "" next
 
 
 @dataclass
@@ -91,16 +102,19 @@ class SequenceGraph:
 
 
 def sequence_graph(sequence: Sequence) -> SequenceGraph:
-    """Every step as a node (file order), then END if some path completes the sequence;
-    every way out of a step as an edge. Two ways out of a step to the same step are one
-    edge, their labels joined ("responded / timeout")."""
+    """Every step as a node (file order), then END if some path completes the sequence and
+    HOLDOUT if a split has a holdout arm; every way out of a step as an edge (a split: one
+    per arm, labelled with its name and share). Two ways out of a step to the same step
+    are one edge, their labels joined ("responded / timeout")."""
     edges: dict[tuple[str, str], list[str]] = {}
     for step in sequence.steps:
         for label, target in _ways_out(sequence, step.id):
             edges.setdefault((step.id, target or END), []).append(label)
-    nodes = [Node(step.id, step.type, describe_step(step)) for step in sequence.steps]
+    nodes = [Node(step.id, step.type, describe_step(step, sequence)) for step in sequence.steps]
     if any(target == END for _, target in edges):
         nodes.append(Node(END, "end", "sequence completed"))
+    if any(target == HOLDOUT for _, target in edges):
+        nodes.append(Node(HOLDOUT, "holdout", "held out: sent nothing more"))
     joined = (Edge(s, t, " / ".join(filter(None, labels))) for (s, t), labels in edges.items())
     return SequenceGraph(sequence.id, sequence.name, tuple(nodes), tuple(joined))
 
@@ -116,11 +130,17 @@ def _ways_out(sequence: Sequence, step_id: str) -> list[tuple[str, str | None]]:
     if isinstance(step, BranchStep):
         return [(f"if {step.condition}", sequence.after(step_id, "then")),
                 ("else", sequence.after(step_id, "else"))]  # fmt: skip
+    if isinstance(step, SplitStep):
+        total = sum(arm.weight for arm in step.arms)
+        return [(f"{arm.name} {arm.weight / total:.0%}",
+                 HOLDOUT if arm.holdout else sequence.after(step_id, arm.name))
+                for arm in step.arms]  # fmt: skip
     return [("", sequence.after(step_id))]
 
 
-def describe_step(step) -> str:
-    """What a step does, in one line."""
+def describe_step(step, sequence: Sequence | None = None) -> str:
+    """What a step does, in one line (a split's experiment is named by its `sequence`'s
+    default when the step does not name it)."""
     if isinstance(step, EmailStep | SmsStep):
         return f"{'email' if step.type == 'email' else 'SMS'} {step.template}"
     if isinstance(step, WaitStep):
@@ -129,6 +149,11 @@ def describe_step(step) -> str:
         return f"{step.event} within {duration_text(step.timeout)}"
     if isinstance(step, BranchStep):
         return f"if {step.condition}"
+    if isinstance(step, SplitStep):
+        name = sequence.experiment_of(step) if sequence else step.experiment or step.id
+        if step.winner:
+            return f"{name}: ended, {step.winner} won"
+        return f"{name}: {len(step.arms)} arms, {step.metric}"
     return f"exit: {step.reason}"
 
 
@@ -342,7 +367,7 @@ def _node_svg(node: Node, corner: tuple[float, float], height: int, note: str | 
     x, y = corner
     fill, stripe = KIND_COLOURS[node.kind]
     room = int((NODE_WIDTH - 20) / CHAR_WIDTH)
-    kind = "" if node.kind == "end" else f" ({node.kind})"
+    kind = "" if node.id in (END, HOLDOUT) else f" ({node.kind})"
     lines = [
         f'<text x="{x + 12:g}" y="{y + 20:g}" font-weight="bold" fill="#111111">'
         f"{escape(_fit(node.id + kind, room))}</text>",

@@ -19,9 +19,11 @@ and timers due within seconds of a response fire before it: while the clock is n
 being skipped it runs in real time, and a response must not race a timer.
 
 The timeline is read afterwards from the database (messages, responses, score and stage
-changes, handoffs) and from the workflow's history, which has the (simulated) time of
-what the database stamps with the wall clock: sends held back by quiet hours or caps,
-notifications to reps, SLA reminders and the end of the enrollment.
+changes, handoffs, the arm of each experiment the lead was put in) and from the workflow's
+history, which has the (simulated) time of what the database stamps with the wall clock:
+sends held back by quiet hours or caps, notifications to reps, SLA reminders and the end
+of the enrollment. A lead held out by its segment's holdout is never enrolled: its
+timeline says so, with no sends.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from infra.binaries import find_binary
 from infra.settings import Settings
 from models.db import (
     Enrollment,
+    ExperimentAssignment,
     Handoff,
     HandoffEvent,
     Lead,
@@ -68,11 +71,15 @@ from models.definitions import (
     WEEKDAYS,
     BranchStep,
     Sequence,
+    SplitStep,
     WaitForStep,
     WaitStep,
+    holdout_experiment,
 )
 from models.jinja import SAMPLE_LEAD
 from models.workflow_io import (
+    ArmAssigned,
+    ArmRequest,
     Assignment,
     AssignRequest,
     FinishEnrollment,
@@ -235,7 +242,7 @@ def planned_length(sequence: Sequence) -> timedelta:
             own = step.timeout
         nexts = [s for s in sequence.successors(step_id) if s not in path]
         total = own + max((longest(s, path | {s}) for s in nexts), default=0)
-        if not isinstance(step, BranchStep | WaitForStep):
+        if not isinstance(step, BranchStep | WaitForStep | SplitStep):
             memo[step_id] = total
         return total
 
@@ -250,8 +257,8 @@ def planned_length(sequence: Sequence) -> timedelta:
 class TimelineEvent:
     offset: timedelta  # since enrollment
     local: datetime  # in the lead's time zone
-    kind: str  # enrolled sent deferred skipped failed response score decay stage handoff
-    #            notified reminded reassigned unanswered finished
+    kind: str  # enrolled experiment sent deferred skipped failed response score decay stage
+    #            handoff notified reminded reassigned unanswered finished
     what: str  # one line for people
     data: dict[str, Any] = field(default_factory=dict)
     score: float = 0.0  # after this event
@@ -285,8 +292,9 @@ class Timeline:
     ended_at: datetime  # the simulation's end (UTC)
     events: list[TimelineEvent]
     seconds: float = 0.0  # real time the simulation took
-    enrollment: str = "active"  # completed | exited | handed_off | active
+    enrollment: str = "active"  # completed | exited | handed_off | held_out | active
     enrollment_reason: str | None = None
+    experiments: dict[str, str] = field(default_factory=dict)  # experiment -> the lead's arm
 
     @property
     def zone(self) -> ZoneInfo:
@@ -327,6 +335,7 @@ class Timeline:
             "stage": self.final_stage,
             "enrollment": self.enrollment,
             "enrollment_reason": self.enrollment_reason,
+            "experiments": dict(self.experiments),
             "handoff": None
             if handoff is None
             else {
@@ -663,6 +672,7 @@ _TRACKED = {
     "handle_sla_lapse": (SlaLapse, SlaOutcome),
     "finish_enrollment": (FinishEnrollment, None),
     "assign_handoff": (AssignRequest, Assignment),
+    "assign_arm": (ArmRequest, ArmAssigned),
 }
 
 
@@ -701,9 +711,11 @@ async def _history(env: WorkflowEnvironment, handle) -> list[_Done]:
     return done
 
 
-# Same moment: the response first, then its score, stage, handoff, notifications.
+# Same moment: the response first, then its score, stage, handoff, notifications; the
+# workflow's own steps (an arm drawn, a send) in the order it scheduled them.
 _RANK = {
     "enrolled": 0,
+    "experiment": 6,
     "response": 1,
     "score": 2,
     "decay": 2,
@@ -756,12 +768,23 @@ def _timeline(
         collected.add_responses(session, lead_id)
         collected.add_score_and_stage_changes(session, lead_id)
         handoffs = _read_handoffs(session, lead_id)
+        arms = {
+            row.experiment: row
+            for row in session.scalars(
+                select(ExperimentAssignment).where(ExperimentAssignment.lead_id == lead_id)
+            )
+        }
     activities = collected.add_history(history, messages)
+    experiments = collected.add_experiments(history, arms)
     collected.add_handoffs(handoffs, activities.assignments)
     collected.add_notices(activities.notified)
     status, reason = activities.finished
     if enrollment is not None and status == "active":
         status, reason = enrollment.status, enrollment.exit_reason
+    held = arms.get(holdout_experiment(profile["segment"] or ""))
+    if enrollment is None and status == "active" and held is not None and held.holdout:
+        # Never enrolled, so no enrollment finished: its segment's holdout kept it out.
+        status, reason = "held_out", f"segment {profile['segment']}'s holdout: never enrolled"
     return Timeline(
         sequence_id=sequence_id,
         lead=profile,
@@ -772,6 +795,21 @@ def _timeline(
         events=collected.events(),
         enrollment=status,
         enrollment_reason=reason,
+        experiments=experiments,
+    )
+
+
+def _arm_text(request: ArmRequest, arm: str, holdout: bool, stored: bool) -> str:
+    """One line for the arm a lead was put in (or, the experiment ended, given)."""
+    if request.kind == "holdout":
+        share = f"{request.percent:g}%"
+        if holdout:
+            return f"held out by segment {request.segment}'s holdout ({share}): never nurtured"
+        return f"not held out by segment {request.segment}'s holdout ({share}): nurtured"
+    if not stored:
+        return f"experiment {request.experiment} has ended: arm {arm}, its winner"
+    return f"experiment {request.experiment}: arm {arm}" + (
+        " (holdout: sent nothing more)" if holdout else ""
     )
 
 
@@ -913,6 +951,31 @@ class _Collected:
                     {"status": request.status, "reason": request.reason},
                 )
         return found
+
+    def add_experiments(
+        self, history: list[_Done], arms: dict[str, ExperimentAssignment]
+    ) -> dict[str, str]:
+        """Each arm the lead was put in (experiment_assignments), at the step that drew it
+        (the history's assign_arm, which also tells an ended experiment's winner given);
+        the lead's arms by experiment."""
+        drawn = {}
+        for item in history:
+            if item.name == "assign_arm":
+                drawn.setdefault(item.request.experiment, item)
+        for name, item in drawn.items():
+            request, result = item.request, item.result
+            row = arms.get(name)
+            arm, holdout = (row.arm, row.holdout) if row else (result.arm, result.holdout)
+            data = {"experiment": name, "arm": arm, "holdout": holdout, "segment": request.segment
+                    if request.kind == "holdout" else None, "step": request.step_id}  # fmt: skip
+            self.add(item.at, "experiment", _arm_text(request, arm, holdout, row is not None),
+                     data, item.order)  # fmt: skip
+        for name, row in arms.items():  # stored without a history of it: at its own time
+            if name not in drawn:
+                self.add(as_utc(row.assigned_at), "experiment",
+                         f"experiment {name}: arm {row.arm}",
+                         {"experiment": name, "arm": row.arm, "holdout": row.holdout})  # fmt: skip
+        return {name: row.arm for name, row in arms.items()}
 
     def add_handoffs(
         self, handoffs: dict[str, _HandoffRow], assignments: dict[str, Assignment]

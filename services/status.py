@@ -22,7 +22,7 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.db import Enrollment, Handoff, Lead, Message, Response
+from models.db import Enrollment, ExperimentAssignment, Handoff, Lead, Message, Response
 from models.definition_set import Definitions
 from scoring.explain import explain, print_explanation
 from services.json_output import iso, jsonable
@@ -70,6 +70,10 @@ def lead_status(
     handoffs = session.scalars(
         select(Handoff).where(Handoff.lead_id == lead.id).order_by(Handoff.cycle)
     ).all()
+    assignments = session.scalars(
+        select(ExperimentAssignment).where(ExperimentAssignment.lead_id == lead.id)
+        .order_by(ExperimentAssignment.assigned_at, ExperimentAssignment.experiment)
+    ).all()  # fmt: skip
     stuck = stuck_leads(session, now, lead_id=lead.id)
     card = explain(session, definitions, lead, now)
     profile["predicted"] = card["card"].get("predicted")  # None: no predictive model active
@@ -104,6 +108,11 @@ def lead_status(
              "due_at": iso(h.due_at), "answered_at": iso(h.answered_at),
              "answered_by": h.answered_by, "answer_reason": h.answer_reason}
             for h in handoffs
+        ],
+        "experiments": [
+            {"experiment": a.experiment, "arm": a.arm, "holdout": a.holdout,
+             "assigned_at": iso(a.assigned_at), "enrollment_id": a.enrollment_id}
+            for a in assignments
         ],
     }  # fmt: skip
 
@@ -191,6 +200,7 @@ def print_status(console: Console, data: dict[str, Any], now: datetime) -> None:
     _print_messages(console, data["messages"])
     _print_responses(console, data["responses"])
     _print_handoffs(console, data["handoffs"])
+    _print_experiments(console, data["experiments"])
 
 
 def _print_profile(console: Console, lead: dict[str, Any]) -> None:
@@ -282,6 +292,17 @@ def _print_handoffs(console: Console, handoffs: list[dict[str, Any]]) -> None:
         table.add_row(str(h["cycle"]), h["id"], h["rep"], h["status"],
                       f"{h['score']:.1f} {h['grade'] or ''}", _when(h["created_at"]),
                       answered)  # fmt: skip
+    console.print(table)
+
+
+def _print_experiments(console: Console, experiments: list[dict[str, Any]]) -> None:
+    """The arm of each experiment the lead is in (a holdout is sent nothing more)."""
+    if not experiments:
+        return
+    table = Table("experiment", "arm", "holdout", "assigned", title="experiments")
+    for e in experiments:
+        table.add_row(escape(e["experiment"]), escape(e["arm"]), "yes" if e["holdout"] else "",
+                      _when(e["assigned_at"]))  # fmt: skip
     console.print(table)
 
 

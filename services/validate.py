@@ -8,6 +8,10 @@ than one segment are reported.
 
 A problem in a shared partial or layout (`{% include %}`, `{% extends %}`, `{% import %}`)
 is reported once, on the partial, however many emails use it.
+
+With the settings (`nurture validate`), the experiments recorded in the database are
+compared with the definitions too (services/experiment_checks.py): an arm changed while
+running, a running experiment whose result is conclusive.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from pathlib import Path
 from jinja2 import Environment, TemplateError, nodes
 
 from channels.render import RenderedEmail, compliance_problems, message_context
+from infra.settings import Settings
 from models.costs import costs_problems
 from models.jinja import SAMPLE_LEAD, template_environment
 from models.yaml_source import DefinitionProblem
 from services.definitions import EMAIL_PARTS, inspect_definitions
+from services.experiment_checks import check_experiments
 
 GSM7 = set(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -46,12 +52,29 @@ def sms_segments(text: str) -> int:
 
 
 def validate(root: Path) -> list[DefinitionProblem]:
+    """Every problem of the definitions under `root`, the files alone."""
+    return validation(root).problems
+
+
+@dataclass
+class Validation:
+    problems: list[DefinitionProblem]
+    notes: list[str] = field(default_factory=list)  # what was not checked, and why
+
+
+def validation(root: Path, settings: Settings | None = None) -> Validation:
+    """The files' problems, and with `settings` the experiments in its database compared
+    with the definitions (a database that cannot be read is a note, not a problem)."""
     inspection = inspect_definitions(root)
     users: dict[tuple[str, str], list[str]] = defaultdict(list)  # (channel, template) -> users
     for send in inspection.sends:
         users[send.channel, send.template].append(f"{send.sequence}.{send.step}")
     problems = inspection.problems + _check_templates(inspection.templates_dir, users)
-    return problems + costs_problems(root)  # costs.yaml: optional, read by `nurture financial`
+    problems += costs_problems(root)  # costs.yaml: optional, read by `nurture financial`
+    if settings is None:
+        return Validation(problems)
+    database = check_experiments(inspection, settings)
+    return Validation(problems + database.problems, database.notes)
 
 
 @dataclass

@@ -15,12 +15,13 @@ axe-core finds no serious violation on each page.
 Without a browser (the API in process, on a copy of the test definitions): problems in
 the files, broken after the API started, are shown at their file, line and field on the
 pages of the sequences they belong to; figures are kept a while and counted again on
-`?recount=1`; a count that fails says so.
+`?recount=1`; a count that fails says so; a split is drawn with an edge per arm.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 from datetime import UTC, datetime
@@ -210,6 +211,12 @@ async def console_on_copy(tmp_path, sqlite_settings, time_skipping_env):
     signed in; (client, database, definitions directory)."""
     root = tmp_path / "definitions"
     shutil.copytree(FIXTURE_DEFINITIONS, root)
+    async with _console_on(root, sqlite_settings, time_skipping_env) as signed_in:
+        yield signed_in
+
+
+@contextlib.asynccontextmanager
+async def _console_on(root, sqlite_settings, time_skipping_env):
     settings = sqlite_settings.model_copy(update={"definitions_dir": root})
     definitions = load_definitions(root)
     database = open_database(settings)
@@ -218,9 +225,11 @@ async def console_on_copy(tmp_path, sqlite_settings, time_skipping_env):
     email = USERS["admin"][0]
     accounts.add_user(database.sessions, "tests", email, "Admin", "admin", PASSWORD, None, set())
     app = create_app(intake, settings, relay=False)
-    async with signed_in_http(app, email) as http:
-        yield http, database, root
-    database.engine.dispose()
+    try:
+        async with signed_in_http(app, email) as http:
+            yield http, database, root
+    finally:
+        database.engine.dispose()
 
 
 async def test_problems_in_the_files_are_shown_at_their_file_and_line(console_on_copy):
@@ -278,3 +287,24 @@ async def test_a_count_that_fails_says_so(console_on_copy):
     assert re.search(r"not counted</span> The count failed \(OperationalError: "
                      r"\(sqlite3.OperationalError\) no such table: responses\)", page)  # fmt: skip
     assert 'data-figure="sent">…<' in page  # no figures, and no made-up zeros
+
+
+async def test_a_split_is_drawn_with_an_edge_per_arm(tmp_path, sqlite_settings, time_skipping_env):
+    root = tmp_path / "definitions"
+    shutil.copytree(FIXTURE_DEFINITIONS, root)
+    (root / "sequences" / "split_test.yaml").write_text(
+        "id: split_test\nname: Split\nsteps:\n"
+        "  - {id: welcome, type: email, template: hello}\n"
+        "  - id: subject\n    type: split\n    experiment: subject_test\n    arms:\n"
+        "      - {name: control, weight: 3}\n      - {name: rest, holdout: true}\n"
+        "  - {id: last, type: email, template: followup}\n"
+    )
+    async with _console_on(root, sqlite_settings, time_skipping_env) as (http, _database, _root):
+        page = (await http.get("/console/sequences/split_test")).text
+    assert "No problems." in page
+    assert '<g data-step="subject">' in page and '<g data-step="(holdout)">' in page
+    assert "subject_test: 2 arms, sql" in page  # the step's line, in the graph and the table
+    assert (
+        'last <span class="muted">(control 75%)</span>; (holdout) <span class="muted">'
+        "(rest 25%)</span>" in page
+    )

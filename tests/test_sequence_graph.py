@@ -2,7 +2,8 @@
 
 On the shipped sequences (`sequences/`), the fixture ones and a hand-written branchy one
 whose nodes, edges and places are checked exactly: a wait_for whose timeout falls through
-to the next step, a branch without `else`, a loop back up, an exit and an implicit end."""
+to the next step, a branch without `else`, a loop back up, an exit and an implicit end;
+and a split, one edge per arm with its share, its holdout arm ending at HOLDOUT."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from models.definitions import Sequence
 from services.definitions import load_definitions
 from services.sequence_graph import (
     END,
+    HOLDOUT,
     NODE_HEIGHT,
     NOTE_HEIGHT,
     Edge,
@@ -47,11 +49,30 @@ BRANCHY = Sequence.model_validate(
     }
 )  # fmt: skip
 
+SPLIT = Sequence.model_validate(
+    {
+        "id": "split",
+        "name": "Split",
+        "steps": [
+            {"id": "hello", "type": "email", "template": "hello"},
+            {"id": "subject", "type": "split", "experiment": "subject_test", "arms": [
+                {"name": "control", "weight": 2, "next": "long"},
+                {"name": "short", "next": "brief"},
+                {"name": "rest", "holdout": True},
+            ]},
+            {"id": "long", "type": "email", "template": "followup", "next": "cta"},
+            {"id": "brief", "type": "sms", "template": "ping"},
+            {"id": "cta", "type": "split", "winner": "b", "arms": [{"name": "a"},
+                                                                   {"name": "b"}]},
+        ],
+    }
+)  # fmt: skip
+
 
 def all_sequences() -> list[Sequence]:
     shipped = load_definitions(REPO).sequences
     fixtures = load_definitions(FIXTURE_DEFINITIONS).sequences
-    return [*shipped.values(), *fixtures.values()]
+    return [*shipped.values(), *fixtures.values(), SPLIT]
 
 
 def test_the_branchy_sequence_has_exactly_its_nodes_and_edges():
@@ -117,6 +138,36 @@ def test_two_ways_to_the_same_step_are_one_edge_with_both_labels():
     assert END not in [node.id for node in graph.nodes]  # every path exits
 
 
+def test_a_split_has_an_edge_per_arm_with_its_share_and_its_holdout_ends():
+    graph = sequence_graph(SPLIT)
+    assert graph.nodes == (
+        Node("hello", "email", "email hello"),
+        Node("subject", "split", "subject_test: 3 arms, sql"),
+        Node("long", "email", "email followup"),
+        Node("brief", "sms", "SMS ping"),
+        Node("cta", "split", "split_cta: ended, b won"),  # its default name
+        Node(END, "end", "sequence completed"),
+        Node(HOLDOUT, "holdout", "held out: sent nothing more"),
+    )
+    assert graph.edges == (
+        Edge("hello", "subject"),
+        Edge("subject", "long", "control 50%"),
+        Edge("subject", "brief", "short 25%"),
+        Edge("subject", HOLDOUT, "rest 25%"),
+        Edge("long", "cta"),
+        Edge("brief", "cta"),
+        Edge("cta", END, "a 50% / b 50%"),
+    )
+    placed = layout(graph)
+    assert placed.places["subject"] == (1, 0)
+    assert {placed.places[arm] for arm in ("long", "brief", HOLDOUT)} == {(2, 0), (2, 1), (2, 2)}
+    svg = ET.fromstring(str(render_svg(graph)))
+    boxes = {g.get("data-step"): " ".join(t.text for t in g.iter(f"{SVG}text"))
+             for g in svg.iter(f"{SVG}g") if g.get("data-step")}  # fmt: skip
+    assert boxes[HOLDOUT] == "(holdout) held out: sent nothing more"
+    assert boxes["subject"] == "subject (split) subject_test: 3 arms, sql"
+
+
 @pytest.mark.parametrize("seconds, text", [(86400, "1d"), (1209600, "14d"), (7200, "2h"),
                                            (90061, "1d 1h 1m 1s"), (45, "45s")])  # fmt: skip
 def test_durations_read_as_written(seconds, text):
@@ -128,13 +179,17 @@ def test_every_step_and_every_way_out_is_drawn(sequence):
     graph = sequence_graph(sequence)
     steps = [step.id for step in sequence.steps]
     ids = [node.id for node in graph.nodes]
-    completes = any(sequence.after(s) is None and sequence.step(s).type != "exit" for s in steps)
-    assert ids == steps + ([END] if completes else [])
     drawn = {(edge.source, edge.target) for edge in graph.edges}
     expected = {(s, t) for s in steps for t in sequence.successors(s)}
     expected |= {(s, END) for s in steps if sequence.step(s).type not in ("exit", "branch",
-                                                                           "wait_for")
+                                                                           "wait_for", "split")
                  and sequence.after(s) is None}  # fmt: skip
+    for split in sequence.splits():  # each arm: its step, the end, or (a holdout) HOLDOUT
+        expected |= {(split.id, HOLDOUT if arm.holdout else sequence.after(split.id, arm.name)
+                      or END) for arm in split.arms}  # fmt: skip
+    completes = any(target == END for _, target in expected)
+    holds_out = any(target == HOLDOUT for _, target in expected)
+    assert ids == steps + ([END] if completes else []) + ([HOLDOUT] if holds_out else [])
     assert drawn == expected
 
     placed = layout(graph)
@@ -166,8 +221,8 @@ def test_the_svg_is_well_formed_names_every_step_and_runs_nothing(sequence):
     title_id = root.get("aria-labelledby").split()[0]
     assert root.find(f"{SVG}title").get("id") == title_id
     steps = {g.get("data-step") for g in root.iter(f"{SVG}g") if g.get("data-step")}
-    assert steps == {step.id for step in sequence.steps} | (
-        {END} if END in [n.id for n in sequence_graph(sequence).nodes] else set())  # fmt: skip
+    ends = {END, HOLDOUT} & {n.id for n in sequence_graph(sequence).nodes}
+    assert steps == {step.id for step in sequence.steps} | ends
     texts = " ".join(t.text or "" for t in root.iter(f"{SVG}text"))
     for step in sequence.steps:
         assert step.id in texts

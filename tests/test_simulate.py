@@ -2,7 +2,9 @@
 
 The simulations run the real LeadWorkflow and activities on a time-skipping test
 server started the way the command starts it (`sim_env`, one per test: the golden test
-moves its clock to a fixed summer Monday).
+moves its clock to a fixed summer Monday). Experiments run on the test definitions with a
+split sequence: the timeline tells the arm drawn and shows that arm's sends alone; a
+holdout arm, a winner and a segment's holdout (a lead never enrolled) are told too.
 
 The golden timeline (tests/golden/simulate_saas_trial.json) is a trial lead who acts,
 becomes an SQL and is handed to sales, enrolled on the first Monday of June at 10:00
@@ -20,6 +22,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import shutil
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +33,7 @@ import pytest_asyncio
 from typer.testing import CliRunner
 
 from cli.app import app
+from experiments.assignment import assign
 from models.definitions import RESPONSE_TYPES
 from services.definitions import load_definitions
 from services.preview import LeadError, PreviewError, preview, read_lead_file
@@ -44,6 +48,7 @@ from services.simulate import (
     simulate,
     start_environment,
 )
+from testkit import FIXTURE_DEFINITIONS
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden" / "simulate_saas_trial.json"
@@ -375,6 +380,107 @@ async def test_ninety_days_of_the_longest_root_sequence(sim_env, definitions):
     assert sent[:3] == ["asset_delivery", "related_reading", "webinar_invite"]
     assert "security_pack" in sent and timeline.count("response") == 4
     assert timeline.events[-1].offset <= timedelta(days=90)
+
+
+# --- experiments: the real workflow takes the split ------------------------------------------
+
+SPLIT = """
+id: split_test
+name: Split
+steps:
+  - {id: welcome, type: email, template: hello}
+  - id: subject
+    type: split
+    experiment: subject_test
+    arms:
+      - {name: control, weight: CONTROL, next: a}
+      - {name: short, weight: SHORT, next: b}
+      - {name: rest, weight: REST, holdout: true}
+  - {id: a, type: email, template: followup, next: gap}
+  - {id: b, type: sms, template: ping}
+  - {id: gap, type: wait, duration: 1d}
+  - {id: last, type: email, template: followup}
+"""
+ARM_SENDS = {"control": ["welcome", "a", "last"], "short": ["welcome", "b", "last"],
+             "rest": ["welcome"]}  # fmt: skip
+SPLIT_LEAD = {"email": "split@example.com", "country": "US", "phone": "+14155550100"}
+
+
+def split_definitions(tmp_path, weights: dict[str, float], holdout: float = 0,
+                      winner: str | None = None):  # fmt: skip
+    """The test definitions with `split_test` (arms weighted so, and its `winner`), which
+    the segment of leads from NL enters with `holdout` percent held out."""
+    root = tmp_path / "definitions"
+    shutil.copytree(FIXTURE_DEFINITIONS, root)
+    text = SPLIT.replace("    arms:", f"    winner: {winner}\n    arms:") if winner else SPLIT
+    for arm, weight in weights.items():
+        text = text.replace(arm.upper(), repr(weight))
+    (root / "sequences" / "split_test.yaml").write_text(text)
+    (root / "segments.yaml").write_text(
+        f"segments:\n  - {{id: held, when: \"lead.country == 'NL'\", sequence: split_test, "
+        f"holdout: {holdout}}}\ndefault: {{id: everyone, sequence: month}}\n"
+    )
+    return load_definitions(root)
+
+
+def sends(timeline) -> list[str]:
+    return [event.data["step"] for event in timeline.events if event.kind == "sent"]
+
+
+async def test_a_split_shows_the_leads_arm_and_only_that_arms_sends(sim_env, tmp_path):
+    definitions = split_definitions(tmp_path, {"control": 1, "short": 1, "rest": 1})
+    timeline = await simulate(definitions, "split_test", SPLIT_LEAD, env=sim_env)
+    arm = assign("subject_test", timeline.lead["id"], [("control", 1), ("short", 1), ("rest", 1)])
+    (event,) = [e for e in timeline.events if e.kind == "experiment"]
+    held = " (holdout: sent nothing more)" if arm == "rest" else ""
+    assert event.what == f"experiment subject_test: arm {arm}{held}"
+    assert event.data == {"experiment": "subject_test", "arm": arm, "holdout": arm == "rest",
+                          "segment": None, "step": "subject"}  # fmt: skip
+    assert sends(timeline) == ARM_SENDS[arm]
+    kinds = [e.kind for e in timeline.events]  # drawn after the welcome, before the arm's send
+    assert kinds.index("experiment") == kinds.index("sent") + 1
+    assert timeline.summary()["experiments"] == {"subject_test": arm}
+    assert timeline.to_dict()["events"][kinds.index("experiment")]["arm"] == arm
+
+
+async def test_a_holdout_arm_is_sent_nothing_more(sim_env, tmp_path):
+    definitions = split_definitions(tmp_path, {"control": 1e-6, "short": 1e-6, "rest": 1e6})
+    timeline = await simulate(definitions, "split_test", SPLIT_LEAD, env=sim_env)
+    assert sends(timeline) == ["welcome"]
+    what = [e.what for e in timeline.events if e.kind in ("experiment", "finished")]
+    assert what == ["experiment subject_test: arm rest (holdout: sent nothing more)",
+                    "sequence held out: holdout arm of experiment subject_test"]  # fmt: skip
+    summary = timeline.summary()
+    assert (summary["enrollment"], summary["experiments"]) == ("held_out", {"subject_test": "rest"})
+    assert timeline.summary_line().endswith(
+        "sequence held out (holdout arm of experiment subject_test)")  # fmt: skip
+
+
+async def test_once_an_experiment_has_a_winner_a_new_lead_takes_it_unassigned(sim_env, tmp_path):
+    definitions = split_definitions(tmp_path, {"control": 1, "short": 1, "rest": 1}, 0, "short")
+    timeline = await simulate(definitions, "split_test", SPLIT_LEAD, env=sim_env)
+    assert sends(timeline) == ARM_SENDS["short"]
+    (event,) = [e.what for e in timeline.events if e.kind == "experiment"]
+    assert event == "experiment subject_test has ended: arm short, its winner"
+    assert timeline.summary()["experiments"] == {}  # not in the experiment
+
+
+async def test_a_lead_held_out_by_its_segment_is_never_enrolled(sim_env, tmp_path):
+    definitions = split_definitions(tmp_path, {"control": 1, "short": 1, "rest": 1}, 99.9999)
+    lead = SPLIT_LEAD | {"country": "NL"}
+    timeline = await simulate(definitions, "split_test", lead, env=sim_env)
+    assert sends(timeline) == [] and timeline.count("finished") == 0
+    assert [(e.kind, e.what) for e in timeline.events] == [
+        ("enrolled", "enrolled in split_test (Split); segment held, scoring model test"),
+        ("experiment", "held out by segment held's holdout (99.9999%): never nurtured"),
+    ]
+    summary = timeline.summary()
+    assert summary["enrollment"] == "held_out"
+    assert summary["enrollment_reason"] == "segment held's holdout: never enrolled"
+    assert summary["experiments"] == {"holdout:held": "holdout"}
+    assert timeline.summary_line().endswith(
+        "0 email(s) and 0 SMS sent; 0 response(s); score 0, stage lead; no handoff; sequence "
+        "held out (segment held's holdout: never enrolled)")  # fmt: skip
 
 
 def test_simulate_command_json_touches_nothing_outside_its_temporary_directory(

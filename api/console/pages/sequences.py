@@ -261,7 +261,7 @@ async def _sequence_context(
         {
             "id": step.id,
             "type": step.type,
-            "what": describe_step(step),
+            "what": describe_step(step, sequence),
             "ways": [edge for edge in graph.edges if edge.source == step.id],
             "figures": figures.get(step.id),
         }
