@@ -14,6 +14,7 @@ from cli.consent import consent
 from cli.crm import crm_app
 from cli.db import db_app
 from cli.doctor import doctor
+from cli.experiments import experiments_app
 from cli.financial import financial
 from cli.handoff import handoff_app
 from cli.import_leads import import_leads
@@ -49,6 +50,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(outcomes_app, name="outcomes")
 app.add_typer(crm_app, name="crm")
 app.add_typer(users_app, name="users")
+app.add_typer(experiments_app, name="experiments")
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """The statistics of an experiment: arm against control, assignment checks, sample sizes.
 
-Pure functions, no I/O and no clock: the split steps, `nurture experiments results`/`plan`
+Pure functions, no I/O and no clock: the split steps, `nurture experiments` (and `plan`)
 and the console page call them with counts they have read. The distributions come from
 scipy and statsmodels; nothing here hand-writes a quantile or a tail (docs/experiments.md).
 
@@ -226,6 +226,57 @@ def compare_amounts(
     return Comparison("mean", c, a, difference, _relative(difference, c.value), alpha, rho_at,
                       Interval(low, high), p, bool(p < alpha), Interval(float(ci.low),
                       float(ci.high)), float(welch.pvalue))  # fmt: skip
+
+
+Moments = tuple[int, float, float]  # (leads, sum, sum of squares) of an amount per lead
+
+
+def compare_moments(
+    control: Moments, arm: Moments, alpha: float = 0.05, planned: int | None = None
+) -> Comparison:
+    """`compare_amounts` from each arm's leads, sum and sum of squares of the amount per
+    lead (zeros included), which a database can add up without sending every lead's
+    amount: the same confidence sequence, and Welch's interval from the same summaries
+    (scipy's t distribution, Welch-Satterthwaite degrees of freedom)."""
+    (n0, s0, q0), (n1, s1, q1) = ((int(n), float(s), float(q)) for n, s, q in (control, arm))
+    if min(n0, n1) < 0 or min(q0, q1) < 0:
+        raise ValueError(f"leads and sums of squares must be >= 0: {control}, {arm}")
+    c = ArmSummary(n0, s0, s0 / n0 if n0 else None)
+    a = ArmSummary(n1, s1, s1 / n1 if n1 else None)
+    if min(n0, n1) < 2:
+        return _empty("mean", c, a, alpha, "No comparison yet: an arm has fewer than 2 leads.")
+    v0, v1 = _sample_variance(n0, s0, q0), _sample_variance(n1, s1, q1)
+    difference = s1 / n1 - s0 / n0
+    variance = v0 / n0 + v1 / n1
+    if variance == 0:
+        note = "Every amount within each arm is the same: no spread to estimate an interval."
+        empty = _empty("mean", c, a, alpha, note)
+        return replace(empty, difference=difference, relative=_relative(difference, c.value))
+    low, high, p = (float(v) for v in confidence_sequence(difference, variance, n0 + n1, alpha,
+                                                          planned))  # fmt: skip
+    fixed, fixed_p = _welch(difference, (n0, v0), (n1, v1), alpha)
+    rho_at = planned if planned is not None else n0 + n1
+    return Comparison("mean", c, a, difference, _relative(difference, c.value), alpha, rho_at,
+                      Interval(low, high), p, bool(p < alpha), fixed, fixed_p)  # fmt: skip
+
+
+def _sample_variance(n: int, total: float, squares: float) -> float:
+    """The sample variance (n - 1) from the sums; what rounding leaves of a spread below
+    a 10^-12 share of the mean square is no spread at all (every amount the same)."""
+    spread = squares - total * total / n
+    return 0.0 if spread <= 1e-12 * squares else spread / (n - 1)
+
+
+def _welch(
+    difference: float, control: tuple[int, float], arm: tuple[int, float], alpha: float
+) -> tuple[Interval, float]:
+    """Welch's interval and p-value for arm - control from (leads, sample variance)."""
+    (n0, v0), (n1, v1) = control, arm
+    e0, e1 = v0 / n0, v1 / n1
+    freedom = (e0 + e1) ** 2 / (e0 * e0 / (n0 - 1) + e1 * e1 / (n1 - 1))
+    half = float(stats.t.ppf(1.0 - alpha / 2.0, freedom)) * math.sqrt(e0 + e1)
+    p = float(2.0 * stats.t.sf(abs(difference) / math.sqrt(e0 + e1), freedom))
+    return Interval(difference - half, difference + half), p
 
 
 # --- sample-ratio mismatch -----------------------------------------------------------------------

@@ -248,6 +248,9 @@ class EarlyStatus(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+OPENS_CLICKS = "type IN ('email.open', 'email.click')"  # what ix_responses_opens_clicks holds
+
+
 class Response(Base):
     """A lead's response (open, click, page view...). Doubles as the intake inbox: a row is
     committed before the request that brought it is answered; `delivered_at` is set once
@@ -262,6 +265,10 @@ class Response(Base):
     __table_args__ = (
         Index("ix_responses_unscored", "delivered_at", sqlite_where=text("scored_in IS NULL"),
               postgresql_where=text("scored_in IS NULL")),
+        # The experiments' results (migration 0014): each lead's latest open and click, read
+        # off this index in lead order rather than from every response (4x at 1,000,000 leads).
+        Index("ix_responses_opens_clicks", "lead_id", "type", "occurred_at",
+              sqlite_where=text(OPENS_CLICKS), postgresql_where=text(OPENS_CLICKS)),
     )  # fmt: skip
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)

@@ -47,7 +47,7 @@ from api.console.app import LOGIN_CSRF
 from api.console.web import COOKIE, session_signer
 from api.provider_webhook_docs import SENDGRID_SIGNATURE, SENDGRID_TIMESTAMP, TWILIO_SIGNATURE
 from infra.settings import Settings
-from models.db import Handoff
+from models.db import ExperimentAssignment, ExperimentRecord, Handoff
 from sales.outbound_webhooks import SIGNATURE_HEADER as CRM_SIGNATURE
 from sales.outbound_webhooks import TIMESTAMP_HEADER as CRM_TIMESTAMP
 from sales.outbound_webhooks import sign as sign_crm
@@ -166,6 +166,7 @@ class Contract:
     user_id: str  # a user to disable and enable
     token_id: str  # a token to revoke
     model: str  # a predictive model's fingerprint (a candidate)
+    experiment: str  # an experiment with a lead assigned (a segment's holdout: a colon)
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +196,7 @@ def contract(tmp_path_factory, dev_server_env) -> Contract:
     (token,) = accounts.list_tokens(database.sessions)
     with database.sessions.begin() as session:
         model = store(session, small_model(definitions), "tests").fingerprint
+        experiment = an_experiment(session, lead.id)
     links = build_links(settings)
     app = build_app(intake, settings)
     with TestClient(app) as client:
@@ -213,6 +215,7 @@ def contract(tmp_path_factory, dev_server_env) -> Contract:
         user_id=viewer.id,
         token_id=token["id"],
         model=model,
+        experiment=experiment,
     )
     database.engine.dispose()
     for label, statuses in ACCEPTED.items():
@@ -225,6 +228,21 @@ def small_model(definitions) -> Training:
     """A predictive model of a small synthetic history, for the Models pages."""
     history = [HistoryLead.model_validate(lead) for lead in synthetic.generate(1500, 1)]
     return train(history, definitions)
+
+
+def an_experiment(session, lead_id: str) -> str:
+    """A segment's holdout with one lead held out, for the Experiments pages."""
+    at = datetime(2026, 11, 2, tzinfo=UTC)
+    arms = [
+        {"name": "holdout", "weight": 10.0, "holdout": True, "next": None, "path": ""},
+        {"name": "nurtured", "weight": 90.0, "holdout": False, "next": None, "path": ""},
+    ]
+    session.add(ExperimentRecord(name="holdout:everyone", kind="holdout", sequence_id="month",
+                                 step_id=None, segment="everyone", control="holdout",
+                                 metric="sql", arms=arms, started_at=at))  # fmt: skip
+    session.add(ExperimentAssignment(experiment="holdout:everyone", lead_id=lead_id,
+                                     arm="holdout", holdout=True, assigned_at=at))  # fmt: skip
+    return "holdout:everyone"
 
 
 def made_valid(case: schemathesis.Case, contract: Contract) -> dict[str, Any]:
@@ -250,6 +268,8 @@ def made_valid(case: schemathesis.Case, contract: Contract) -> dict[str, Any]:
         case.path_parameters["lead_id"] = contract.lead_id
     elif path.startswith("/console/models/{fingerprint}"):
         case.path_parameters["fingerprint"] = contract.model
+    elif path == "/console/experiments/{name}":
+        case.path_parameters["name"] = contract.experiment
     elif path.startswith("/console/sequences/"):
         case.path_parameters["sequence_id"] = "quick"
     elif path.startswith(("/handoffs/", "/console/handoffs/")):

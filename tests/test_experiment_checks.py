@@ -20,7 +20,7 @@ from rich.console import Console
 from sqlalchemy import insert
 from typer.testing import CliRunner
 
-from api.console.web import _environment
+from api.console.web import Viewer, _environment
 from cli.app import app
 from models.db import ExperimentAssignment, ExperimentRecord, Lead, StageChange
 from services.definitions import load_definitions
@@ -363,15 +363,29 @@ def test_status_lists_the_leads_experiments(database, assigned_lead, root):
     ]
 
 
-def test_the_lead_page_links_each_experiment(database, assigned_lead, root):
+def _lead_page(database, root, lead_id: str, role: str) -> str:
     definitions = load_definitions(root)
     now = T0 + timedelta(days=1)
+    viewer = Viewer(user_id="u", email="u@example.com", name="U", role=role,
+                    rep_id="alice" if role == "rep" else None, csrf="x")  # fmt: skip
     with database.sessions() as session:
-        story = lead_story(session, definitions, assigned_lead, now)
-        html = _environment().get_template("leads/lead.html").render(
+        story = lead_story(session, definitions, lead_id, now)
+        return _environment().get_template("leads/lead.html").render(
             story=story, tones={}, chart={}, temporal_url="", older=None, paged=False,
-            request=None, viewer=None, nav=[], now=now, csrf_field=lambda: "",
+            request=None, viewer=viewer, nav=[], now=now, csrf_field=lambda: "",
         )  # fmt: skip
+
+
+def test_the_lead_page_names_a_reps_experiments_without_links_they_cannot_open(
+    database, assigned_lead, root
+):
+    html = _lead_page(database, root, assigned_lead, "rep")
+    assert "<li>holdout:held: arm nurtured, assigned 2026-06-01 09:00 UTC</li>" in html
+    assert "/console/experiments/" not in html
+
+
+def test_the_lead_page_links_each_experiment(database, assigned_lead, root):
+    html = _lead_page(database, root, assigned_lead, "marketer")
     assert ('<li><a href="/console/experiments/holdout%3Aheld">holdout:held</a>: arm nurtured, '
             "assigned 2026-06-01 09:00 UTC</li>") in html  # fmt: skip
     assert (

@@ -25,6 +25,7 @@ from limits.strategies import MovingWindowRateLimiter
 from api.console import web
 from api.console.pages import (
     audit,
+    experiments,
     handoffs,
     leads,
     models,
@@ -42,7 +43,7 @@ from services.intake import Intake
 
 LOGIN_LIMIT = "5/15 minutes"  # failed sign-ins per account
 LOGIN_CSRF = "nurture_login_csrf"
-PAGES = (overview, sequences, leads, handoffs, operations, models, users, audit)
+PAGES = (overview, sequences, leads, handoffs, operations, models, experiments, users, audit)
 LOGIN_RESPONSES = page_responses(redirect="signed in: to the page asked for")
 # A 429 is the API's (JSON: too many failures from the address) or the page's (too many
 # for the account).

@@ -51,6 +51,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "operations": frozenset({"admin", "marketer", "viewer"}),
     "models": frozenset({"admin", "marketer", "viewer"}),
     "models.change": frozenset({"admin", "marketer"}),
+    "experiments": frozenset({"admin", "marketer", "viewer"}),
     "users": frozenset({"admin"}),
     "audit": frozenset({"admin"}),
 }
@@ -62,6 +63,7 @@ NAV = [
     ("handoffs", "/console/handoffs", "Handoffs"),
     ("operations", "/console/operations", "Operations"),
     ("models", "/console/models", "Models"),
+    ("experiments", "/console/experiments", "Experiments"),
     ("users", "/console/users", "Users"),
     ("audit", "/console/audit", "Audit log"),
 ]

@@ -15,6 +15,8 @@ down_revision: str | Sequence[str] | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+OPENS_CLICKS = "type IN ('email.open', 'email.click')"
+
 
 def upgrade() -> None:
     op.create_table(
@@ -40,9 +42,15 @@ def upgrade() -> None:
         sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_experiment_assignments_lead_id", "experiment_assignments", ["lead_id"])
+    # The experiments' results read each lead's latest open and click off this index.
+    op.create_index(
+        "ix_responses_opens_clicks", "responses", ["lead_id", "type", "occurred_at"],
+        sqlite_where=sa.text(OPENS_CLICKS), postgresql_where=sa.text(OPENS_CLICKS),
+    )  # fmt: skip
 
 
 def downgrade() -> None:
+    op.drop_index("ix_responses_opens_clicks", "responses")
     op.drop_index("ix_experiment_assignments_lead_id", "experiment_assignments")
     op.drop_table("experiment_assignments")
     op.drop_table("experiments")
