@@ -36,6 +36,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from api import provider_webhook_docs as docs
 from channels.links import Links
+from channels.replies import AUTO_REPLY, is_automatic
 from infra.settings import Settings
 from services import operations
 from services.intake import EventIn, Intake
@@ -313,9 +314,10 @@ def _short(value: Any) -> str | None:
 
 
 def _inbound_reply(fields: dict[str, str], links: Links) -> tuple[EventIn, bool] | None:
-    """An `email.reply` and whether it is verified: the lead of the message its
-    reply+token address names (signed by us), or else the lead with the sender's address,
-    which counts only if SPF or DKIM passed for the sender's domain."""
+    """An `email.reply` (an `email.auto_reply` if a machine sent it) and whether it is
+    verified: the lead of the message its reply+token address names (signed by us), or
+    else the lead with the sender's address, which counts only if SPF or DKIM passed for
+    the sender's domain."""
     recipients = [address for _name, address in getaddresses([fields.get("to", "")])]
     envelope = _envelope(fields)
     envelope_to = envelope.get("to")
@@ -331,14 +333,18 @@ def _inbound_reply(fields: dict[str, str], links: Links) -> tuple[EventIn, bool]
     )
     data = {"subject": fields.get("subject", "")[:500], "text": fields.get("text", "")[:MAX_TEXT],
             "from": sender}  # fmt: skip
+    # An out-of-office is kept as its own type: neither engagement nor a reply.
+    kind = "email.reply"
+    if automatic := is_automatic(dict(headers.items()), fields.get("subject", "")):
+        kind, data["automatic"] = AUTO_REPLY, automatic
     event_id = f"inbound:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
     if message_id is not None:  # the token wins over a From header anyone can write
-        return _event(type="email.reply", message_id=message_id, event_id=event_id,
+        return _event(type=kind, message_id=message_id, event_id=event_id,
                       data=data), True  # fmt: skip
     verified = _vouched_for(sender, fields, envelope)
     if not verified:  # why it was not trusted, for whoever reads it
         data |= {"spf": fields.get("SPF", "")[:100], "dkim": fields.get("dkim", "")[:500]}
-    return _event(type="email.reply", email=sender, event_id=event_id, data=data), verified
+    return _event(type=kind, email=sender, event_id=event_id, data=data), verified
 
 
 def _envelope(fields: dict[str, str]) -> dict[str, Any]:

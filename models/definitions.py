@@ -27,6 +27,7 @@ RESPONSE_TYPES: frozenset[str] = frozenset(
         "email.open",
         "email.click",
         "email.reply",
+        "email.auto_reply",  # an out-of-office or other automatic answer: never a reply
         "email.bounce",
         "email.unsubscribe",
         "email.spamreport",
@@ -340,7 +341,18 @@ class Sequence(_Definition):
     # Sends of this sequence are neither held back by frequency caps nor counted by them
     # (e.g. the seconds-long demo); all other sequences' caps still apply.
     ignore_frequency_caps: bool = False
+    # What an email or SMS reply does to a lead in this sequence: `exit` ends the sequence
+    # at once (nothing more is sent), `continue` goes on. Automatic replies never count.
+    on_reply: Literal["exit", "pause", "continue"] = "exit"
     steps: list[Step] = Field(min_length=1)
+
+    @field_validator("on_reply")
+    @classmethod
+    def _known_on_reply(cls, value: str) -> str:
+        if value == "pause":
+            raise ValueError("on_reply: pause is not supported yet; use exit (the default) "
+                             "or continue")  # fmt: skip
+        return value
 
     @model_validator(mode="after")
     def _targets_exist(self) -> Sequence:

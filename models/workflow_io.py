@@ -456,6 +456,8 @@ class RunningEnrollment(BaseModel):
     # Set while the sequence waits on a timer: a run only continues as new then, and the
     # next run's sequence resumes from it.
     pause: SequencePause | None = None
+    # A reply ended it (the sequence's `on_reply: exit`): it stops at once, sending nothing.
+    replied: bool = False
 
 
 class MigrateRequest(BaseModel):

@@ -47,6 +47,7 @@ RESPONSE_WORDS = {
     "email.open": "opened {message}",
     "email.click": "clicked in {message}",
     "email.reply": "replied to {message}",
+    "email.auto_reply": "answered {message} automatically (out of office)",
     "email.delivered": "was delivered {message}",
     "email.bounce": "bounced {message}",
     "email.dropped": "was not delivered {message} (dropped)",

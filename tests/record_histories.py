@@ -301,6 +301,11 @@ async def record() -> None:
             held = LeadIn(email="q@example.com", country="NL")
             plan = [(1, "webinar.attended"), (1, None)]
             await scenario("segment_holdout", held, plan, None, experiment_intake)
+            # A reply mid-wait ends the sequence at once (the exit-on-reply patch): nothing
+            # more is sent; the lead is still scored.
+            talker = LeadIn(email="r@example.com", phone="+14155550105")
+            plan = [(1, "email.reply"), (10, None)]
+            await scenario("exit_on_reply", talker, plan, "month")
     await env.shutdown()
 
 

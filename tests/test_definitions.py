@@ -117,6 +117,21 @@ def test_unknown_step_type_and_typo_keys(defs):
     )
 
 
+def test_on_reply_defaults_to_exit_and_pause_is_refused_for_now(defs):
+    month = load_definitions(defs).sequences["month"]
+    assert month.on_reply == "exit"
+    write(defs, "sequences/month.yaml", """
+        id: month
+        name: Month
+        on_reply: pause
+        steps:
+          - {id: hello, type: email, template: hello}
+    """)  # fmt: skip
+    problem = only_error(defs)
+    assert (problem.line, problem.field) == (3, "on_reply")
+    assert "pause is not supported yet" in problem.message
+
+
 def test_branch_to_missing_step(defs):
     write(defs, "sequences/month.yaml", """
         id: month

@@ -71,14 +71,17 @@ async def test_lead_nurtured_scored_and_handed_off(dev_server_env, settings):
             )
             assert wrong_type.status_code == 422 and "email.teleport" in wrong_type.text
 
+            # The webinar first: it alone makes her sales-qualified, so the handoff stops
+            # the sequence whichever workflow task the reply lands in (a reply before it
+            # would end the sequence on its own: `on_reply: exit`).
             events = [
-                {"lead_id": lead_id, "type": "email.reply", "event_id": "reply-1"},
                 {"email": "grace@example.com", "type": "webinar.attended", "event_id": "web-1"},
+                {"lead_id": lead_id, "type": "email.reply", "event_id": "reply-1"},
             ]
             posted = await http.post("/events", json=events, headers=auth)
             assert posted.status_code == 202, posted.text
             assert posted.json()["accepted"] == 2 and posted.json()["duplicates"] == 0
-            replay = await http.post("/events", json=events[1], headers=auth)
+            replay = await http.post("/events", json=events[0], headers=auth)
             assert replay.json() == {
                 "accepted": 0,
                 "duplicates": 1,

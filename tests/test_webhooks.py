@@ -250,6 +250,52 @@ def test_inbound_reply_matched_by_reply_token_or_sender(api, database, app_setti
     assert rows[0].message_id == "f" * 32 and rows[0].data["text"] == "Sounds good, call me"
 
 
+@pytest.mark.parametrize(
+    ("headers", "subject", "why"),
+    [
+        ("Auto-Submitted: auto-replied\n", "Re: hi", "Auto-Submitted: auto-replied"),
+        ("X-Autoreply: yes\n", "Re: hi", "X-Autoreply: yes"),
+        ("X-Autorespond: 1\n", "Re: hi", "X-Autorespond: 1"),
+        ("Precedence: auto_reply\n", "Re: hi", "Precedence: auto_reply"),
+        ("", "Automatic reply: hi", "subject: Automatic reply: hi"),
+        ("", "Abwesenheitsnotiz: hi", "subject: Abwesenheitsnotiz: hi"),
+        ("", "AW: Automatische Antwort: hi", "subject: AW: Automatische Antwort: hi"),
+    ],
+)
+def test_an_automatic_reply_is_kept_as_its_own_type_not_as_a_reply(
+    headers, subject, why, api, database, app_settings
+):
+    with database.sessions.begin() as session:
+        session.add(Message(id="f" * 32, send_key="k", lead_id=api.lead_id, channel="email",
+                            template="hello", recipient="ada@example.com", body="",
+                            status="sent"))  # fmt: skip
+    fields = {"from": "ada@example.com", "to": build_links(app_settings).reply_to("f" * 32),
+              "subject": subject, "text": "I am away until Monday.",
+              "headers": f"Message-ID: <ooo@example.com>\n{headers}"}  # fmt: skip
+    answer = api.post("/webhooks/sendgrid/inbound", data=fields, auth=AUTH)
+    assert answer.status_code == 200 and answer.json()["accepted"] == 1
+    (row,) = responses(database)
+    assert (row.type, row.lead_id, row.message_id) == ("email.auto_reply", api.lead_id, "f" * 32)
+    assert row.data["automatic"] == why and row.data["text"] == "I am away until Monday."
+
+
+def test_a_persons_reply_stays_a_reply_whatever_auto_submitted_says_no(api, database):
+    headers = "Message-ID: <p@example.com>\nAuto-Submitted: no\n"
+    fields = ADA_REPLY | {"dkim": "{@example.com : pass}", "subject": "Re: out of stock?",
+                          "headers": headers}  # fmt: skip
+    assert api.post("/webhooks/sendgrid/inbound", data=fields, auth=AUTH).status_code == 200
+    (row,) = responses(database)
+    assert row.type == "email.reply" and "automatic" not in row.data
+
+
+def test_an_unverified_automatic_reply_is_kept_unverified_with_why(api, database):
+    fields = ADA_REPLY | {"subject": "Out of office", "SPF": "fail"}
+    assert api.post("/webhooks/sendgrid/inbound", data=fields, auth=AUTH).json()["unverified"] == 1
+    (row,) = responses(database)
+    assert (row.type, row.lead_id) == ("email.reply_unverified", None)
+    assert row.data["automatic"] == "subject: Out of office"
+
+
 # --- Twilio ------------------------------------------------------------------------------------
 
 

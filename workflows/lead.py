@@ -120,6 +120,10 @@ MANUAL_REASSIGN_PATCH = "manual-reassign"
 # holdout a new enrollment field), so old histories never reach it; the marker tells the
 # histories that did, for a later change of this path to branch on.
 EXPERIMENTS_PATCH = "experiments"
+# A person's reply ends the running sequence at once when the sequence says so (`on_reply:
+# exit`, the default). Before this patch a reply was scored and the sequence went on.
+EXIT_ON_REPLY_PATCH = "exit-on-reply"
+REPLY_TYPES = frozenset({"email.reply", "sms.reply"})  # not `email.auto_reply`: a machine's
 RESPONSES_PER_RUN = 2_000  # then continue as new, so the history stays small
 # Event IDs handed to the next run for exact de-duplication: this run's and the one's
 # before (a relay re-signals within seconds, not thousands of responses later).
@@ -464,6 +468,7 @@ class LeadWorkflow:
         if new:
             batch = [event.event_id for event in new[:-1]]
             await self._rescore(new[-1].event_id, new[-1].type, batch=batch)
+            self._replied(new)
         for event in new:  # scored with the others (no points unless a rule gives some)
             if event.type in OUTCOME_TYPES:
                 await self._apply_outcome(event)
@@ -497,12 +502,25 @@ class LeadWorkflow:
         self.lead.events_since_send.add(event.type)
         self.lead.state.responses_handled += 1
 
+    def _replied(self, events: list[ResponseEvent]) -> None:
+        """A person answered: the running sequence ends at once if it says so (`on_reply:
+        exit`); it wakes from its wait and sends nothing more. Called once the reply is
+        scored, so a reply that makes the lead sales-qualified ends it as a handoff."""
+        running = self.lead.enrollment
+        if running is None or running.enrollment.sequence.on_reply != "exit":
+            return
+        if not any(event.type in REPLY_TYPES for event in events):
+            return
+        if workflow.patched(EXIT_ON_REPLY_PATCH):
+            running.replied = True
+
     async def _handle_response(self, event: ResponseEvent) -> None:
         if event.event_id in self.lead.seen_event_ids:
             return  # redelivered: already scored
         self._take(event)
         if self._score_card:
             await self._rescore(event.event_id, event.type)
+            self._replied([event])
             return
 
         detail = ", ".join(
@@ -532,6 +550,7 @@ class LeadWorkflow:
         self.lead.reasons.append(change.reason)
         if "sql" in change.stages_crossed:
             await self._hand_off()
+        self._replied([event])
 
     async def _rescore(self, event_id: str, cause: str, fingerprint: str | None = None,
                        batch: list[str] | None = None) -> None:  # fmt: skip
@@ -763,6 +782,9 @@ class LeadWorkflow:
             if self.lead.nurture_stopped:
                 status, reason = "handed_off", "lead became sales-qualified"
                 break
+            if running.replied:
+                status, reason = "exited", "replied"
+                break
             step = sequence.step(step_id)
             self.lead.state.step_id = step_id
             if pause is None:
@@ -801,6 +823,8 @@ class LeadWorkflow:
         else:
             if self.lead.nurture_stopped:
                 status, reason = "handed_off", "lead became sales-qualified"
+            elif running.replied:
+                status, reason = "exited", "replied"
 
         self._ended(enrollment, status)
         await self._activity(
@@ -886,7 +910,7 @@ class LeadWorkflow:
         if resume_at is not None:  # a previous run was holding this send back: go on doing so
             await self._sleep(max((resume_at - workflow.now()).total_seconds(), 1.0), pause=held)
             state.deferred = None
-            if self.lead.nurture_stopped:
+            if self._sequence_stopped():
                 return
             request = request.model_copy(update={"due_at": workflow.now()})
         while True:
@@ -902,7 +926,7 @@ class LeadWorkflow:
             await self._sleep(max((outcome.retry_at - workflow.now()).total_seconds(), 1.0),
                               pause=held)  # fmt: skip
             state.deferred = None
-            if self.lead.nurture_stopped:
+            if self._sequence_stopped():
                 return
             request = request.model_copy(update={"due_at": workflow.now()})
         if outcome.status in ("failed", "unknown"):
@@ -923,7 +947,7 @@ class LeadWorkflow:
         running.pause = pause.model_copy(update={"until": deadline})
 
         def woken() -> bool:
-            return self.lead.nurture_stopped or (until is not None and until())
+            return self._sequence_stopped() or (until is not None and until())
 
         try:
             await workflow.wait_condition(woken, timeout=timedelta(seconds=seconds))
@@ -933,6 +957,11 @@ class LeadWorkflow:
             self.lead.state.next_action_at = None
             running.pause = None
         return until is not None and until()
+
+    def _sequence_stopped(self) -> bool:
+        """Nurture stopped (a handoff), or a reply ended the running sequence."""
+        running = self.lead.enrollment
+        return self.lead.nurture_stopped or (running is not None and running.replied)
 
     def _condition(self, expression: str) -> bool:
         state = self.lead.state
