@@ -46,6 +46,7 @@ from models.db import (
 from models.definition_set import Definitions
 from models.definitions import DeliveryPolicy
 from models.jinja import template_environment
+from models.locales import DEFAULT_LOCALE
 from models.workflow_io import (
     ArmAssigned,
     ArmRequest,
@@ -96,6 +97,7 @@ class LeadActivities:
         delivery: DeliveryPolicy,
         definitions: Definitions | None = None,
         predictive: ActiveModel | None = None,
+        default_locale: str = DEFAULT_LOCALE,
     ):
         self.sessions = sessions
         self.delivery = delivery
@@ -108,6 +110,7 @@ class LeadActivities:
         self.template_versions = TemplateVersions(self.templates_dir, sessions)
         self.sender = sender
         self.links = links
+        self.default_locale = default_locale  # for a lead with none
 
     # --- enrollments ---------------------------------------------------------------------
 
@@ -211,7 +214,7 @@ class LeadActivities:
         """The message rendered for its channel, with the provider call that sends it; the
         outcome instead for an email missing what every marketing email must have."""
         unsubscribe_url = self.links.unsubscribe_url(request.lead_id, request.channel)
-        context = message_context(profile, self.sender, unsubscribe_url)
+        context = message_context(profile, self.sender, unsubscribe_url, self.default_locale)
         tags = {
             "sequence_id": request.sequence_id,
             "lead_id": request.lead_id,

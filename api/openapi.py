@@ -7,7 +7,8 @@ one libphonenumber takes, an outcome's amount has a currency. Written into the d
 here, a client generated from it (and schemathesis, tests/test_api_contract.py) sends
 what the validators accept. Two rules no JSON Schema keyword states are given as
 formats, described: `phone` (a valid number: E.164, or national in the lead's
-`country`) and an event's `occurred_at` between 2000 and 2200. The error answers'
+`country`), a lead's `locale` (a BCP 47 tag Babel knows) and an event's `occurred_at`
+between 2000 and 2200. The error answers'
 schema is added too (api/errors.py).
 """
 
@@ -23,6 +24,7 @@ from sales.outcomes import AMOUNT_TEXT
 from services.intake import EARLIEST, LATEST
 
 PHONE = "a number libphonenumber takes as valid: E.164 (+14155550123), or national in `country`"
+LOCALE = "a BCP 47 language tag Babel knows (de, de-AT, pt-BR), stored normalised (de_at: de-AT)"
 LEAD_NAMES = ("lead_id", "email", "phone", "message_id")  # EventIn: one of them, not blank
 OUTCOME_LEAD_NAMES = ("lead_id", "handoff_id", "email")  # OutcomeEventIn: one of them
 
@@ -34,6 +36,7 @@ def finished(document: dict[str, Any], definitions: Definitions) -> dict[str, An
     _text(lead["properties"]["sequence"])["enum"] = sorted(definitions.sequences)
     lead["properties"]["timezone"]["enum"] = sorted(available_timezones())
     event["properties"]["type"]["enum"] = sorted(RESPONSE_TYPES)
+    _text(lead["properties"]["locale"]).update(format="bcp47", description=LOCALE)
     for model in (lead, event):
         _text(model["properties"]["phone"]).update(format="phone", description=PHONE)
     _text(event["properties"]["occurred_at"])["description"] = (

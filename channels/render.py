@@ -1,4 +1,8 @@
-"""Render message templates (Jinja2, sandboxed, strict) for a lead."""
+"""Render message templates (Jinja2, sandboxed, strict) for a lead, in its language.
+
+Each file is taken in the variant of the context's `locale` by the fallback chain
+(`body.de-AT.html`, then `body.de.html`, then `body.html`: models/locales.py).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import css_inline
-from jinja2 import Environment
+from jinja2 import Environment, Template
+
+from models.locales import DEFAULT_LOCALE, candidates
 
 # Mail clients drop <style> blocks: styles go inline. Never fetch remote stylesheets.
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False)
@@ -20,14 +26,22 @@ class RenderedEmail:
     text: str
 
 
+def localised(env: Environment, path: str, context: dict[str, Any]) -> Template:
+    """The template of `path` in the context's locale: its nearest variant, else itself."""
+    return env.select_template(candidates(path, context.get("locale")))
+
+
 def render_email(env: Environment, name: str, context: dict[str, Any]) -> RenderedEmail:
     """Email template `name` (email/NAME/{subject.txt,body.html,body.txt}) from `env`:
     the files (`template_environment`) or a stored version (channels.template_sets)."""
-    subject = env.get_template(f"email/{name}/subject.txt").render(context)
+
+    def part(file: str) -> str:
+        return localised(env, f"email/{name}/{file}", context).render(context)
+
     return RenderedEmail(
-        subject=" ".join(subject.split()),  # a subject is one line
-        html=_INLINER.inline(env.get_template(f"email/{name}/body.html").render(context)),
-        text=env.get_template(f"email/{name}/body.txt").render(context),
+        subject=" ".join(part("subject.txt").split()),  # a subject is one line
+        html=_INLINER.inline(part("body.html")),
+        text=part("body.txt"),
     )
 
 
@@ -47,11 +61,26 @@ def compliance_problems(
 
 
 def render_sms(env: Environment, name: str, context: dict[str, Any]) -> str:
-    return env.get_template(f"sms/{name}.txt").render(context).strip()
+    return sms_text(localised(env, f"sms/{name}.txt", context).render(context))
+
+
+# Babel writes `1 234,50 €` with no-break spaces, outside GSM-7: one would make the whole
+# SMS UCS-2, 70 characters a segment instead of 160. A phone does not wrap an SMS anyway.
+_NO_BREAK_SPACES = str.maketrans({"\u00a0": " ", "\u202f": " ", "\u2007": " "})
+
+
+def sms_text(rendered: str) -> str:
+    """An SMS as sent: trimmed, no-break spaces as spaces."""
+    return rendered.translate(_NO_BREAK_SPACES).strip()
 
 
 def message_context(
-    lead: dict[str, Any], sender: dict[str, str], unsubscribe_url: str
+    lead: dict[str, Any],
+    sender: dict[str, str],
+    unsubscribe_url: str,
+    default_locale: str = DEFAULT_LOCALE,
 ) -> dict[str, Any]:
-    """What a template may use: the lead, the sender and the unsubscribe link."""
-    return {"lead": lead, "sender": sender, "unsubscribe_url": unsubscribe_url}
+    """What a template may use: the lead, the sender, the unsubscribe link and the locale
+    the message is written in (the lead's, else `default_locale`)."""
+    locale = lead.get("locale") or default_locale
+    return {"lead": lead, "sender": sender, "unsubscribe_url": unsubscribe_url, "locale": locale}

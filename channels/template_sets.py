@@ -1,11 +1,12 @@
 """Template versions: a lead is sent the templates it was enrolled with.
 
 Enrolling takes the message templates (`email/` and `sms/` under the templates
-directory) as they are, stores them once per version in `template_sets` (keyed by the
-digest of their contents) and puts the digest in the enrollment. The send renders from
-that stored version, so an edit reaches the leads enrolled after it, not those already
-in flight (`nurture migrate-leads` moves those, to the templates of its own time). It
-also keeps an API or import on one machine and workers on another consistent.
+directory, language variants such as `body.de.html` included) as they are, stores them
+once per version in `template_sets` (keyed by the digest of their contents) and puts the
+digest in the enrollment. The send renders from that stored version, so an edit reaches
+the leads enrolled after it, not those already in flight (`nurture migrate-leads` moves
+those, to the templates of its own time). It also keeps an API or import on one machine
+and workers on another consistent.
 """
 
 from __future__ import annotations

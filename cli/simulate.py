@@ -88,6 +88,14 @@ def preview(
         help="where to write an email's HTML "
         "[default: NURTURE_STATE_DIR/preview/SEQUENCE-STEP.html]",
     ),
+    locale: str = typer.Option(
+        None,
+        "--locale",
+        metavar="TAG",
+        help="write it in this locale (de-AT): the templates' variant by the fallback chain "
+        "de-AT, de, default, and its dates and numbers [default: the lead's, else "
+        "NURTURE_DEFAULT_LOCALE]",
+    ),
     open_html: bool = typer.Option(False, "--open", help="open the email's HTML in a browser"),
     as_json: bool = typer.Option(False, "--json", help="the preview as JSON (HTML included)"),
 ) -> None:
@@ -100,16 +108,17 @@ def preview(
     Examples:
       nurture preview saas_trial welcome
       nurture preview saas_trial welcome --lead lead.yaml --open
+      nurture preview saas_trial welcome --locale de-AT
       nurture preview general checkin --json
 
     Exit codes: 0 rendered; 1 the template fails for this lead, the HTML cannot be
     written, or the definitions have errors; 2 bad usage (unknown sequence or step, a
-    step that sends nothing, a bad lead file).
+    step that sends nothing, a bad lead file, an unknown locale).
     """
     from infra.settings import get_settings
 
     settings = get_settings()
-    result = _render_preview(settings, sequence, step, lead)
+    result = _render_preview(settings, sequence, step, lead, locale)
     html_path = _write_preview_html(result, settings, sequence, step, html_out, open_html)
     if as_json:
         data = result.to_dict() | {"html_path": str(html_path) if html_path else None}
@@ -118,7 +127,7 @@ def preview(
     _print_preview(result, sequence, step, html_path)
 
 
-def _render_preview(settings, sequence: str, step: str, lead: Path | None):
+def _render_preview(settings, sequence: str, step: str, lead: Path | None, locale: str | None):
     """The step rendered for the lead; an unknown sequence or step, or a step that sends
     nothing, exits 2, a template that fails for this lead exits 1."""
     from jinja2 import TemplateError
@@ -129,7 +138,10 @@ def _render_preview(settings, sequence: str, step: str, lead: Path | None):
     definitions = _definitions(settings)
     fields = _read_lead(lead)
     try:
-        return render(definitions, sequence, step, fields, sender=settings.sender)
+        return render(
+            definitions, sequence, step, fields, sender=settings.sender, locale=locale,
+            default_locale=settings.default_locale,
+        )  # fmt: skip
     except (PreviewError, LeadError) as exc:
         raise _usage(str(exc)) from None
     except TemplateError as exc:
@@ -170,7 +182,7 @@ def _print_preview(result, sequence: str, step: str, html_path: Path | None) -> 
     channel = "email" if result.channel == "email" else "SMS"
     console.print(
         f"[bold]{escape(sequence)} / {escape(step)}[/bold]: {channel} "
-        f"(template {escape(result.template)}) for {escape(who)}",
+        f"(template {escape(result.template)}) for {escape(who)} in {escape(result.locale)}",
         highlight=False,
     )
     if result.channel == "email":

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     sender_postal_address: str = Field(
         default="1 Example Street, Springfield, USA", alias="NURTURE_SENDER_POSTAL_ADDRESS"
     )
+    # The language of a lead with no locale: what its dates and numbers are written in,
+    # and the variant its templates are taken in (none: the files without a tag).
+    default_locale: str = Field(default="en", alias="NURTURE_DEFAULT_LOCALE")
 
     # Providers: each is used when its key is set; the outbox otherwise.
     sendgrid_api_key: SecretStr | None = Field(default=None, alias="SENDGRID_API_KEY")
@@ -155,6 +158,19 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError(f"{value!r} is not a rate: write it as e.g. 10/minute") from None
         return value
+
+    @field_validator("default_locale")
+    @classmethod
+    def _a_locale(cls, value: str) -> str:
+        from babel import Locale, UnknownLocaleError
+
+        try:  # normalised as models.locales does it (infra imports no models)
+            locale = Locale.parse(value.strip().replace("_", "-"), sep="-")
+        except (UnknownLocaleError, ValueError):
+            raise ValueError(
+                f"unknown locale {value!r}: write a BCP 47 tag such as en or de-AT"
+            ) from None
+        return "-".join(p for p in (locale.language, locale.script, locale.territory) if p)
 
     @field_validator("metrics_host")
     @classmethod

@@ -104,10 +104,12 @@ class Lead(Base):
     utm_campaign: Mapped[str | None] = mapped_column(String(200))
     utm_term: Mapped[str | None] = mapped_column(String(200))
     utm_content: Mapped[str | None] = mapped_column(String(200))
+    # The language the lead is written to, a normalised BCP 47 tag (de-AT): none, the default.
+    locale: Mapped[str | None] = mapped_column(String(35))
 
     PROFILE_FIELDS = (
         "email", "phone", "first_name", "last_name", "title", "company", "company_size",
-        "industry", "country", "timezone", "source", "attributes",
+        "industry", "country", "timezone", "locale", "source", "attributes",
     )  # fmt: skip
 
     @classmethod

@@ -3,7 +3,9 @@
 Segment rules, branch conditions and message templates are all Jinja2, evaluated
 in a SandboxedEnvironment (no attribute access to internals, no file or network
 access) with StrictUndefined so that a misspelt variable is an error, never an
-empty string sent to a customer.
+empty string sent to a customer. Dates, times and numbers are written for the message's
+locale by Babel's filters (models/locales.py: `date`, `time`, `datetime`, `number`,
+`currency`, `percent`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from jinja2 import (
 from jinja2.parser import Parser
 from jinja2.sandbox import SandboxedEnvironment
 
+from models.locales import FILTERS
+
 # A lead as templates and conditions see it when none is given (validate, preview).
 SAMPLE_LEAD: dict[str, Any] = {
     "id": "sample-lead",
@@ -36,6 +40,7 @@ SAMPLE_LEAD: dict[str, Any] = {
     "industry": "software",
     "country": "GB",
     "timezone": "Europe/London",
+    "locale": None,
     "source": "trial_signup",
     "attributes": {},
     "score": 0,
@@ -45,8 +50,9 @@ SAMPLE_LEAD: dict[str, Any] = {
 
 
 def sandboxed_environment(loader: BaseLoader | None = None) -> SandboxedEnvironment:
-    """Sandboxed, strict (undefined names are errors), HTML autoescaped."""
-    return SandboxedEnvironment(
+    """Sandboxed, strict (undefined names are errors), HTML autoescaped, with the
+    locale's formatting filters."""
+    environment = SandboxedEnvironment(
         loader=loader,
         undefined=StrictUndefined,
         autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
@@ -54,6 +60,8 @@ def sandboxed_environment(loader: BaseLoader | None = None) -> SandboxedEnvironm
         lstrip_blocks=True,
         keep_trailing_newline=False,
     )
+    environment.filters.update(FILTERS)
+    return environment
 
 
 _EXPRESSIONS = sandboxed_environment()

@@ -31,6 +31,7 @@ from models.definitions import (
     SmsStep,
     SplitStep,
     Step,
+    WaitForStep,
     _LocatedValueError,
 )
 from models.jinja import SAMPLE_LEAD, ConditionError, compile_condition, evaluate_condition
@@ -251,6 +252,30 @@ def _check_sequence(root: Path, sequence: Sequence, source: LocatedYaml) -> list
                 problems.append(source.problem(("steps", index, "if"), str(exc)))
     problems += _check_reachability(sequence, source)
     problems += _check_splits(sequence, source)
+    problems += _check_reply_paths(sequence, source)
+    return problems
+
+
+REPLIES = ("email.reply", "sms.reply")
+
+
+def _check_reply_paths(sequence: Sequence, source: LocatedYaml) -> list[DefinitionProblem]:
+    """With `on_reply: exit` a reply ends the sequence before any step can act on it: a
+    step waiting for one, or a branch asking for one, never takes that path."""
+    if sequence.on_reply != "exit":
+        return []
+    problems = []
+    for index, step in enumerate(sequence.steps):
+        if isinstance(step, WaitForStep) and step.event in REPLIES:
+            where, what = ("steps", index, "event"), f"waits for {step.event}"
+        elif isinstance(step, BranchStep) and any(kind in step.condition for kind in REPLIES):
+            where, what = ("steps", index, "if"), "asks whether the lead replied"
+        else:
+            continue
+        problems.append(source.problem(where, (
+            f"step {step.id!r} {what}, but a reply ends this sequence first (on_reply: exit, "
+            "the default): set `on_reply: continue` on the sequence for this step to act "
+            "on it"), severity="warning"))  # fmt: skip
     return problems
 
 

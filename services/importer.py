@@ -7,7 +7,7 @@ spaces, underscores and punctuation, with common synonyms ("E-mail", "Company na
 other column goes to the lead's `attributes` under a snake_case key.
 
 Each row is validated as the API validates a lead (`LeadIn`: email-validator, phone
-numbers to E.164 with phonenumbers, IANA time zones); a rejected row is reported
+numbers to E.164 with phonenumbers, IANA time zones, BCP 47 locales); a rejected row is reported
 with its physical line number in the file (the header is line 1), the field and the
 reason. A later row with the same email updates the earlier one. Blank cells leave
 what a lead already has; attributes are merged into the lead's. UTM columns (`utm_source`
@@ -51,7 +51,8 @@ from services.intake import (
 
 # The lead fields a column can fill (LeadIn's, but `attributes`: see attribute columns).
 FIELDS = ("email", "first_name", "last_name", "phone", "title", "company", "company_size",
-          "industry", "country", "timezone", "source", "sequence", *UTM_FIELDS)  # fmt: skip
+          "industry", "country", "timezone", "locale", "source", "sequence",
+          *UTM_FIELDS)  # fmt: skip
 
 # Other header names for the fields, normalised (lower case, letters and digits only).
 _ALSO = {
@@ -66,6 +67,7 @@ _ALSO = {
     "industry": "sector vertical",
     "country": "countrycode countryiso iso",
     "timezone": "tz zone tzname",
+    "locale": "language lang languagecode languagetag preferredlanguage",
     "source": "leadsource origin",  # "UTM Source" is utm_source's: the campaign's
     "utm_source": "campaignsource",
     "utm_medium": "medium campaignmedium",

@@ -50,6 +50,7 @@ from models.db import (
 )
 from models.definition_set import Definitions
 from models.definitions import RESPONSE_TYPES
+from models.locales import MAX_TAG_LENGTH, normalise_locale
 from models.workflow_io import (
     EnrollRequest,
     LeadInput,
@@ -164,6 +165,11 @@ class LeadIn(_Incoming):
     company_size: int | None = Field(default=None, ge=0, le=2**31 - 1)
     industry: str | None = Field(default=None, max_length=100)
     timezone: str = Field(default="UTC", max_length=64)
+    locale: str | None = Field(
+        default=None, max_length=MAX_TAG_LENGTH, examples=["de-AT"],
+        description="the language to write to, a BCP 47 tag (normalised: de_at -> de-AT); "
+        "none: the default locale",
+    )  # fmt: skip
     source: str | None = Field(default=None, max_length=100)
     attributes: dict[str, Any] = Field(
         default_factory=dict, description=f"at most {MAX_ATTRIBUTES_BYTES:,} bytes as JSON"
@@ -187,6 +193,11 @@ class LeadIn(_Incoming):
     @classmethod
     def _known_timezone(cls, value: str) -> str:
         return known_timezone(value)
+
+    @field_validator("locale")
+    @classmethod
+    def _known_locale(cls, value: str | None) -> str | None:
+        return normalise_locale(value) if value and value.strip() else None
 
     @field_validator("country")
     @classmethod

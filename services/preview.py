@@ -5,7 +5,9 @@ HTML (inlined CSS, as sent), an SMS's text with its length, segments and encodin
 Nothing is sent and nothing is stored; the unsubscribe link is a placeholder.
 
 A lead file is JSON or YAML holding the fields a lead arrives with (email, first_name,
-company, timezone, ...): the same fields, checked the same way, as `POST /leads`.
+company, timezone, locale, ...): the same fields, checked the same way, as `POST /leads`.
+A locale given (`--locale de-AT`) overrides the lead's: the templates' variant in it, by
+the fallback chain, with its dates and numbers (models/locales.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from models.db import Lead
 from models.definition_set import Definitions
 from models.definitions import EmailStep, Sequence, SmsStep
 from models.jinja import SAMPLE_LEAD, template_environment
+from models.locales import DEFAULT_LOCALE, normalise_locale
 from services.intake import LeadIn
 from services.validate import GSM7, SAMPLE_SENDER, sms_segments
 
@@ -46,6 +49,7 @@ class Preview:
     lead: dict[str, Any]
     sample_lead: bool
     text: str  # the email's text part, or the SMS
+    locale: str = DEFAULT_LOCALE  # what it is written in: the variants and the formats
     subject: str | None = None  # email only
     html: str | None = None  # email only, styles inlined as sent
     characters: int | None = None  # SMS only
@@ -80,11 +84,15 @@ def preview(
     lead: dict[str, Any] | None = None,
     sender: dict[str, str] | None = None,
     unsubscribe_url: str = PREVIEW_UNSUBSCRIBE_URL,
+    locale: str | None = None,
+    default_locale: str = DEFAULT_LOCALE,
 ) -> Preview:
     """Render step `step_id` of `sequence_id` for `lead` (profile fields as a lead arrives
-    with them; the sample lead if None) from `sender` (a sample sender if None).
+    with them; the sample lead if None) from `sender` (a sample sender if None), in
+    `locale` if given, else the lead's, else `default_locale`.
 
-    Raises PreviewError for an unknown sequence or step, or a step that sends nothing;
+    Raises PreviewError for an unknown sequence or step, a step that sends nothing or an
+    unknown locale;
     LeadError for lead fields that do not validate; jinja2.TemplateError when the
     template fails for this lead (a field it needs is missing)."""
     sequence = find_sequence(definitions, sequence_id)
@@ -102,7 +110,10 @@ def preview(
             f"(message steps: {messages})"
         )
     profile = dict(SAMPLE_LEAD) if lead is None else lead_profile(definitions, lead)
-    context = message_context(profile, sender or SAMPLE_SENDER, unsubscribe_url)
+    if locale is not None:
+        profile["locale"] = _locale(locale)
+    sender = sender or SAMPLE_SENDER
+    context = message_context(profile, sender, unsubscribe_url, default_locale)
     common = dict(
         sequence_id=sequence_id,
         step_id=step_id,
@@ -110,6 +121,7 @@ def preview(
         template=step.template,
         lead=profile,
         sample_lead=lead is None,
+        locale=context["locale"],
     )
     env = template_environment(str(definitions.templates_dir))
     if isinstance(step, EmailStep):
@@ -123,6 +135,13 @@ def preview(
         segments=sms_segments(text),
         encoding=sms_encoding(text),
     )
+
+
+def _locale(tag: str) -> str:
+    try:
+        return normalise_locale(tag)
+    except ValueError as exc:
+        raise PreviewError(str(exc)) from None
 
 
 # --- leads ---------------------------------------------------------------------------------

@@ -211,6 +211,7 @@ def build_activities(
         links=links,
         delivery=definitions.delivery,
         definitions=definitions,
+        default_locale=settings.default_locale,
     )
     return Activities(
         lead=lead,

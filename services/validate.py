@@ -4,7 +4,10 @@ Schema and cross-references come from the loader, file by file, so a broken file
 hides the others' problems. Here every template used by a send step (valid steps of a
 broken sequence included) is also rendered in strict mode against a sample lead, emails
 are checked for the sender's postal address and the unsubscribe link, and SMS longer
-than one segment are reported.
+than one segment are reported. Each locale variant of a template (`body.de.html`) is
+rendered and checked the same way in its locale; an email variant lacking a part, and a
+sequence step lacking a language its other steps have, are warnings
+(services/template_variants.py).
 
 A problem in a shared partial or layout (`{% include %}`, `{% extends %}`, `{% import %}`)
 is reported once, on the partial, however many emails use it.
@@ -19,17 +22,19 @@ from __future__ import annotations
 import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from jinja2 import Environment, TemplateError, nodes
 
-from channels.render import RenderedEmail, compliance_problems, message_context
+from channels.render import RenderedEmail, compliance_problems, message_context, sms_text
 from infra.settings import Settings
 from models.costs import costs_problems
 from models.jinja import SAMPLE_LEAD, template_environment
+from models.locales import variant_path
 from models.yaml_source import DefinitionProblem
 from services.definitions import EMAIL_PARTS, inspect_definitions
 from services.experiment_checks import check_experiments
+from services.template_variants import incomplete_variants, sequence_gaps, variants
 
 GSM7 = set(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -40,6 +45,7 @@ SAMPLE_SENDER = {"name": "Sample Sender", "email": "hello@example.com",
 UNSUBSCRIBE_URL = "https://example.com/unsubscribe/x"
 # What compliance needs in every email part, as templates write it.
 ADDRESS, UNSUBSCRIBE = "sender.postal_address", "unsubscribe_url"
+BODY_PARTS = ("body.html", "body.txt")
 
 
 def sms_segments(text: str) -> int:
@@ -70,6 +76,7 @@ def validation(root: Path, settings: Settings | None = None) -> Validation:
     for send in inspection.sends:
         users[send.channel, send.template].append(f"{send.sequence}.{send.step}")
     problems = inspection.problems + _check_templates(inspection.templates_dir, users)
+    problems += sequence_gaps(inspection.templates_dir, inspection.sends, inspection.sources)
     problems += costs_problems(root)  # costs.yaml: optional, read by `nurture financial`
     if settings is None:
         return Validation(problems)
@@ -95,15 +102,14 @@ def _check_templates(
     templates_dir: Path, users: dict[tuple[str, str], list[str]]
 ) -> list[DefinitionProblem]:
     env = template_environment(str(templates_dir))
-    context = message_context(SAMPLE_LEAD, SAMPLE_SENDER, UNSUBSCRIBE_URL)
     # Render errors keyed by where they are, so one in a shared partial is reported once.
     failures: dict[tuple[str, int | None, str], list[str]] = defaultdict(list)
     parts: list[_Part] = []
     warnings: list[DefinitionProblem] = []
 
-    def render(name: str, used_by: list[str]) -> str | None:
+    def render(name: str, used_by: list[str], locale: str | None = None) -> str | None:
         try:
-            return env.get_template(name).render(context)
+            return env.get_template(name).render(_sample_context(locale))
         except TemplateError as exc:
             file, line = _template_location(templates_dir, exc)
             failures[file, line, exc.message or str(exc)] += used_by
@@ -112,19 +118,22 @@ def _check_templates(
     for (channel, template), used_by in sorted(users.items()):
         if not _files_exist(templates_dir, channel, template):
             continue  # the loader reported it at the step naming it
+        have = variants(templates_dir, channel, template)
         if channel == "email":
             # Part by part (not channels.render.render_email), so that an error in one
             # part does not keep the others from being checked in the same run.
             rendered = {part: render(f"email/{template}/{part}", used_by) for part in EMAIL_PARTS}
             parts += _email_parts(template, tuple(used_by), rendered)
-        elif (text := render(f"sms/{template}.txt", used_by)) is not None:
-            text = text.strip()  # as channels.render.render_sms sends it
-            if (segments := sms_segments(text)) > 1:
-                warnings.append(DefinitionProblem(
-                    str(templates_dir / "sms" / f"{template}.txt"), None, None, "",
-                    f"SMS is {len(text)} characters when rendered for the sample lead: "
-                    f"{segments} segments, each billed ({_used_by(used_by)})", "warning",
-                ))  # fmt: skip
+            for locale, defaults in sorted(have.items()):  # each variant, in its locale
+                files = [variant_path(default, locale) for default in sorted(defaults)]
+                texts = {PurePosixPath(f).name: render(f, used_by, locale) for f in files}
+                parts += _email_parts(template, tuple(used_by), texts, locale)
+            warnings += incomplete_variants(templates_dir, template, have, _used_by(used_by))
+            continue
+        for locale in [None, *sorted(have)]:
+            name = variant_path(f"sms/{template}.txt", locale) if locale else f"sms/{template}.txt"
+            if (text := render(name, used_by, locale)) is not None:
+                warnings += _long_sms(templates_dir / name, sms_text(text), used_by)
     problems = [
         DefinitionProblem(file, line, None, "", f"{message} ({_used_by(used_by)})")
         for (file, line, message), used_by in failures.items()
@@ -132,21 +141,42 @@ def _check_templates(
     return problems + _compliance(_Sources(env, templates_dir), parts) + warnings
 
 
+def _sample_context(locale: str | None) -> dict:
+    """What a template sees for the sample lead, in `locale` (a variant's) if given."""
+    return message_context(SAMPLE_LEAD | {"locale": locale}, SAMPLE_SENDER, UNSUBSCRIBE_URL)
+
+
+def _long_sms(path: Path, text: str, used_by: list[str]) -> list[DefinitionProblem]:
+    """An SMS as sent (channels.render.sms_text) of more than one segment: a warning."""
+    if (segments := sms_segments(text)) <= 1:
+        return []
+    return [DefinitionProblem(
+        str(path), None, None, "",
+        f"SMS is {len(text)} characters when rendered for the sample lead: "
+        f"{segments} segments, each billed ({_used_by(used_by)})", "warning",
+    )]  # fmt: skip
+
+
 def _email_parts(
-    template: str, used_by: tuple[str, ...], rendered: dict[str, str | None]
+    template: str,
+    used_by: tuple[str, ...],
+    rendered: dict[str, str | None],
+    locale: str | None = None,
 ) -> list[_Part]:
-    """The body parts that rendered, with what compliance each lacks: the send activity's
-    own check (an email lacking these would be refused at send time: an error now)."""
-    html, text = rendered["body.html"], rendered["body.txt"]
+    """The body parts that rendered (the default's, or the files of the variant in
+    `locale`), with what compliance each lacks: the send activity's own check (an email
+    lacking these would be refused at send time: an error now, in a variant too)."""
+    html_file, text_file = (variant_path(p, locale) if locale else p for p in BODY_PARTS)
+    html, text = rendered.get(html_file), rendered.get(text_file)
     email = RenderedEmail(subject="", html=html or "", text=text or "")
     parts = {
-        "HTML": _Part(template, "body.html", used_by),
-        "text": _Part(template, "body.txt", used_by),
+        "HTML": _Part(template, html_file, used_by),
+        "text": _Part(template, text_file, used_by),
     }
     for missing in compliance_problems(email, SAMPLE_SENDER, UNSUBSCRIBE_URL):
         element = ADDRESS if "postal address" in missing else UNSUBSCRIBE
         parts["HTML" if "HTML" in missing else "text"].lacks[element] = missing
-    return [part for part in parts.values() if rendered[part.part] is not None]
+    return [part for part in parts.values() if rendered.get(part.part) is not None]
 
 
 def _used_by(users: list[str]) -> str:

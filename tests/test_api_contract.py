@@ -116,14 +116,16 @@ CONFIG = schemathesis.Config.from_dict({
 schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
 
 # The documented rules no JSON Schema keyword states (api/openapi.py), generated within
-# them: a valid phone number, an event time from 2000 to 2200, an email address whose
-# domain is not a special-use name (.test, .local, ...: email-validator refuses those).
+# them: a valid phone number, a locale Babel knows, an event time from 2000 to 2200, an
+# email address whose domain is not a special-use name (.test, .local, ...: email-validator
+# refuses those).
 SPECIAL = set(SPECIAL_USE_DOMAIN_NAMES)
 PHONES = [
     phonenumbers.format_number(phonenumbers.example_number(region), PhoneNumberFormat.E164)
     for region in ("US", "GB", "DE", "FR", "IN", "BR", "JP", "AU")
 ]
 schemathesis.openapi.format("phone", st.sampled_from(PHONES))
+schemathesis.openapi.format("bcp47", st.sampled_from(["en", "de", "de-AT", "pt-BR", "zh-Hant"]))
 EMAILS = st.emails().filter(lambda email: email.rsplit(".", 1)[-1].lower() not in SPECIAL)
 schemathesis.openapi.format("email", EMAILS)
 schemathesis.openapi.format("mailbox", EMAILS)  # Inbound Parse's From header

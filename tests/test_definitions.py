@@ -132,6 +132,23 @@ def test_on_reply_defaults_to_exit_and_pause_is_refused_for_now(defs):
     assert "pause is not supported yet" in problem.message
 
 
+def test_a_step_acting_on_a_reply_warns_unless_replies_let_the_sequence_go_on(defs):
+    sequence = """
+        id: month
+        name: Month{on_reply}
+        steps:
+          - {{id: hello, type: email, template: hello}}
+          - {{id: answer, type: wait_for, event: email.reply, timeout: 2d, on_event: done}}
+          - {{id: asked, type: branch, if: "'sms.reply' in responses", then: done}}
+          - {{id: done, type: exit}}
+    """
+    write(defs, "sequences/month.yaml", sequence.format(on_reply=""))
+    warned = [(p.line, p.field) for p in validate(defs) if "a reply ends" in p.message]
+    assert warned == [(5, "steps.1.event"), (6, "steps.2.if")]
+    write(defs, "sequences/month.yaml", sequence.format(on_reply="\n        on_reply: continue"))
+    assert not [p for p in validate(defs) if "a reply ends" in p.message]
+
+
 def test_branch_to_missing_step(defs):
     write(defs, "sequences/month.yaml", """
         id: month

@@ -43,6 +43,7 @@ HISTORY = [
     "0012  console queues: indexes for the reps' inbox, leads' enrollments and email prefixes",
     "0013  predictive models: trained models and the model each score change used",
     "0014  experiments: each experiment as first run, and the arm each lead is in",
+    "0015  lead locale: the language a lead is written to",
 ]
 ALL_APPLIED = "".join(f"applied {line}\n" for line in HISTORY)
 

@@ -74,8 +74,8 @@ TRIAL_LEAD = {
 # Active in the product, on the pricing page, replies and asks for a demo: SQL on day 4.
 TRIAL_RESPONSES = (
     "1d: product.action action=invite_team; 2d: product.action action=invite_admin; "
-    "3d: page.view url=/pricing; 4d: email.reply; "
-    "4d: form.submitted form=demo budget=yes timeline=q3"
+    "3d: page.view url=/pricing; 4d: form.submitted form=demo budget=yes timeline=q3; "
+    "4d: email.reply"  # after the handoff: a reply before it would end the sequence first
 )
 
 
