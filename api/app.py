@@ -30,6 +30,7 @@ from api.console.app import add_console, invalid_page
 from api.console.web import Console
 from api.database import DATABASE_WAIT, HandlerDatabase
 from api.errors import error_responses
+from api.forms import form_router
 from api.handoffs import handoff_router
 from api.limits import BodySizeLimit
 from api.openapi import finished
@@ -132,6 +133,7 @@ def create_app(
     _add_lead_route(app, intake, db, tokens.requiring("leads:write"))
     _add_events_route(app, intake, db, tokens.requiring("events:write"))
     app.include_router(outcome_router(settings, db, intake, tokens.requiring("outcomes:write")))
+    app.include_router(form_router(intake, settings, db))
     return app
 
 

@@ -44,8 +44,8 @@ DESCRIPTIONS = {
     409: "refused in the state things are in (the detail says why)",
     413: "the body is over the size limit (NURTURE_MAX_BODY_BYTES); nothing was stored",
     422: "a field is not valid (`problems` names each); nothing was stored",
-    429: "too many failed authentications from this address (or, in the console, a "
-    "simulation already running): wait `Retry-After` seconds",
+    429: "too many failed authentications from this address (or too many posts to a form, "
+    "or, in the console, a simulation already running): wait `Retry-After` seconds",
     503: "the database or Temporal is unreachable now; nothing was stored: send it again "
     "after `Retry-After` seconds",
 }

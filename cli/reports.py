@@ -276,10 +276,12 @@ def report(
     the CRM's outcomes) with conversion rates and median times between stages; per
     sequence and per step the sends and what came of them (delivered, opened, clicked,
     replied, unsubscribed, bounced) and the SQLs each was the first or last touch of;
+    per sequence its goal conversion (leads enrolled, goals met, their share);
     the funnel per segment, with its won revenue per currency. A table, CSV or JSON.
 
-    --since/--until select leads by creation (funnel, segments) and sends by the time
-    they went out (sequences, steps). Counts are explained in the README (Reports).
+    --since/--until select leads by creation (funnel, segments), sends by the time
+    they went out (sequences, steps) and enrollments by their start (goals). Counts are
+    explained in the README (Reports).
 
     Examples:
       nurture report
@@ -440,3 +442,12 @@ def _print_sends(console: Console, data: dict, sections: list[str]) -> None:
             rows.add_section()
             rows.add_row("(all steps)", "", *cells(totals[name]), style="bold")
         console.print(rows)
+        _print_goals(console, totals.get(name))
+
+
+def _print_goals(console: Console, total: dict | None) -> None:
+    """A sequence's goal conversion, when a goal was met (a sequence without goals: none)."""
+    if total and total["goals_met"]:
+        console.print(f"goals met: {total['goals_met']} of the {total['enrolled']} leads "
+                      f"enrolled in the range ({_pct(total['goal_rate'])})",
+                      highlight=False)  # fmt: skip

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_000_000, alias="NURTURE_MAX_BODY_BYTES", gt=0)
     # Refused (401/403) requests a client address may make before it is answered 429.
     auth_failure_limit: str = Field(default="10/minute", alias="NURTURE_AUTH_FAILURE_LIMIT")
+    # Posts a client address may make to one form (POST /forms/{id}) before it is answered 429.
+    form_rate_limit: str = Field(default="10/minute", alias="NURTURE_FORM_RATE_LIMIT")
 
     # Webhooks. Each is refused (403) until its verification secret is set.
     sendgrid_webhook_public_key: str | None = Field(
@@ -148,7 +150,7 @@ class Settings(BaseSettings):
             )
         return value.strip()
 
-    @field_validator("auth_failure_limit")
+    @field_validator("auth_failure_limit", "form_rate_limit")
     @classmethod
     def _a_rate(cls, value: str) -> str:
         from limits import parse

@@ -39,6 +39,8 @@ DROP_REASONS = {
 }
 # Twilio delivery error codes that say the number cannot take SMS.
 UNDELIVERABLE_NUMBER_CODES = frozenset({"30005", "30006"})  # unknown number; landline
+# Opt-outs about the address itself, not the person's wish.
+ADDRESS_PROBLEMS = ("hard_bounce", "bad_address")
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,20 @@ def set_consent(
         )
     )
     return True
+
+
+def give_consent(
+    session: Session, lead: Lead, channel: str, detail: str, source_event_id: str | None
+) -> None:
+    """Consent the lead gave (a ticked box on a form): recorded even when the lead was
+    opted in already, since the record of when and where it was given is the evidence.
+    An address the provider rejects stays off: a ticked box does not make it deliverable."""
+    reason = getattr(lead, f"{channel}_opt_out_reason") or ""
+    if not reason.startswith(ADDRESS_PROBLEMS):
+        setattr(lead, f"{channel}_consent", True)
+        setattr(lead, f"{channel}_opt_out_reason", None)
+    session.add(ConsentChange(lead_id=lead.id, channel=channel, opted_in=True, reason="form",
+                              detail=detail, source_event_id=source_event_id))  # fmt: skip
 
 
 def _reason_text(effect: ConsentEffect) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from models.definitions import DeliveryPolicy, SalesTeam, Segments, Sequence
+from models.forms import FormBook
 from models.jinja import evaluate_condition
 from models.scoring_model import ScoringBook, ScoringModel
 from models.yaml_source import DefinitionProblem
@@ -21,6 +22,7 @@ class Definitions:
     scoring: ScoringBook
     sales: SalesTeam
     delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
+    forms: FormBook = field(default_factory=FormBook)
     warnings: list[DefinitionProblem] = field(default_factory=list)
 
     @property

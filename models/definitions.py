@@ -330,6 +330,22 @@ Step = Annotated[
     Field(discriminator="type"),
 ]
 
+# How an enrollment ended by a goal is recorded (`enrollments.exit_reason`, 200 characters):
+# reports count the enrollments whose reason starts so.
+GOAL_REASON_PREFIX = "goal "
+
+
+class Goal(_Definition):
+    """What the sequence is for (a demo booked, a trial started): a Jinja2 condition on the
+    lead, as a branch's `if`, checked after every scoring; once it holds the sequence ends."""
+
+    id: Annotated[str, Field(pattern=IDENTIFIER)]
+    when: str
+    description: str = ""
+
+    def exit_reason(self) -> str:
+        return f"{GOAL_REASON_PREFIX}{self.id} met: {self.description or self.when}"[:200]
+
 
 class Sequence(_Definition):
     id: Annotated[str, Field(pattern=IDENTIFIER)]
@@ -344,6 +360,8 @@ class Sequence(_Definition):
     # What an email or SMS reply does to a lead in this sequence: `exit` ends the sequence
     # at once (nothing more is sent), `continue` goes on. Automatic replies never count.
     on_reply: Literal["exit", "pause", "continue"] = "exit"
+    # Met after a response or a rescore (or already at enrollment), a goal ends the sequence.
+    goals: list[Goal] = Field(default_factory=list)
     steps: list[Step] = Field(min_length=1)
 
     @field_validator("on_reply")
@@ -353,6 +371,15 @@ class Sequence(_Definition):
             raise ValueError("on_reply: pause is not supported yet; use exit (the default) "
                              "or continue")  # fmt: skip
         return value
+
+    @model_validator(mode="after")
+    def _goal_ids_unique(self) -> Sequence:
+        seen: set[str] = set()
+        for index, goal in enumerate(self.goals):
+            if goal.id in seen:
+                raise _LocatedValueError(("goals", index, "id"), f"duplicate goal id {goal.id!r}")
+            seen.add(goal.id)
+        return self
 
     @model_validator(mode="after")
     def _targets_exist(self) -> Sequence:

@@ -458,6 +458,8 @@ class RunningEnrollment(BaseModel):
     pause: SequencePause | None = None
     # A reply ended it (the sequence's `on_reply: exit`): it stops at once, sending nothing.
     replied: bool = False
+    # A goal of the sequence was met: it stops at once, as for a reply, ended with this reason.
+    exit_reason: str | None = None
 
 
 class MigrateRequest(BaseModel):

@@ -7,6 +7,7 @@ Layout of a definitions directory (the repository root by default):
     scoring.yaml         scoring models: fit and engagement rules, decay, stages and gates
     sales.yaml           the sales reps leads are handed to
     delivery.yaml        optional: send windows (quiet hours) and frequency caps
+    forms.yaml           optional: the website's forms (POST /forms/{id})
     templates/email/<name>/{subject.txt,body.html,body.txt}
     templates/sms/<name>.txt
 """
@@ -34,6 +35,7 @@ from models.definitions import (
     WaitForStep,
     _LocatedValueError,
 )
+from models.forms import FormBook
 from models.jinja import SAMPLE_LEAD, ConditionError, compile_condition, evaluate_condition
 from models.scoring_model import ScoringBook
 from models.yaml_source import DefinitionError, DefinitionProblem, LocatedYaml, load_located
@@ -118,13 +120,35 @@ def inspect_definitions(root: Path | str) -> Inspection:
     delivery: tuple[DeliveryPolicy, Any] | None = (DeliveryPolicy(), None)
     if (root / "delivery.yaml").exists():  # optional: the defaults otherwise
         delivery = _load_model(root / "delivery.yaml", DeliveryPolicy, problems)
+    forms = _load_forms(root, sequences, broken, problems)
 
     segments_source = segments[1] if segments is not None else None
-    if segments is None or scoring is None or sales is None or delivery is None:
+    if segments is None or scoring is None or sales is None or delivery is None or forms is None:
         return Inspection(root, None, problems, sends, sources, segments_source)
-    definitions = Definitions(root, sequences, segments[0], scoring[0], sales[0], delivery[0])
+    definitions = Definitions(
+        root, sequences, segments[0], scoring[0], sales[0], delivery[0], forms
+    )
     definitions.warnings = [p for p in problems if p.severity != "error"]
     return Inspection(root, definitions, problems, sends, sources, segments_source)
+
+
+def _load_forms(
+    root: Path, sequences: dict[str, Sequence], broken: set[str], problems: list[DefinitionProblem]
+) -> FormBook | None:
+    """forms.yaml (optional: no forms otherwise), each form's sequence checked."""
+    if not (root / "forms.yaml").exists():
+        return FormBook()
+    loaded = _load_model(root / "forms.yaml", FormBook, problems)
+    if loaded is None:
+        return None
+    book, source = loaded
+    for index, form in enumerate(book.forms):
+        if form.sequence and form.sequence not in sequences and form.sequence not in broken:
+            problems.append(source.problem(
+                ("forms", index, "sequence"),
+                f"no sequence {form.sequence!r} (known: {', '.join(sorted(sequences))})",
+            ))  # fmt: skip
+    return book
 
 
 def _load_sequences(
@@ -250,6 +274,11 @@ def _check_sequence(root: Path, sequence: Sequence, source: LocatedYaml) -> list
                 compile_condition(step.condition)
             except ConditionError as exc:
                 problems.append(source.problem(("steps", index, "if"), str(exc)))
+    for index, goal in enumerate(sequence.goals):
+        try:
+            compile_condition(goal.when)
+        except ConditionError as exc:
+            problems.append(source.problem(("goals", index, "when"), str(exc)))
     problems += _check_reachability(sequence, source)
     problems += _check_splits(sequence, source)
     problems += _check_reply_paths(sequence, source)

@@ -35,6 +35,9 @@ Definitions (also in the README, "Reports"):
 - SQL attribution: for each lead that became an SQL, its first touch is the first
   message it was sent and its last touch the last message sent at or before its first SQL
   entry. A step is credited if that message is one of its sends in the date range.
+- Goal conversion (per sequence): `enrolled` counts the leads whose enrollment in it
+  started in the date range, `goals_met` those of them whose enrollment ended by meeting
+  one of the sequence's goals, `goal_rate` the share.
 
 On 100,000 leads (300,000 sends, 450,000 responses) a full report takes about 5 s on
 SQLite and 9 s on PostgreSQL.
@@ -65,7 +68,7 @@ from models.db import (
     StageChange,
     as_utc,
 )
-from models.definitions import parse_duration
+from models.definitions import GOAL_REASON_PREFIX, parse_duration
 from services.json_output import iso
 
 FUNNEL = ("lead", "mql", "sql", "accepted", "opportunity", "won")
@@ -103,7 +106,7 @@ FUNNEL_COLUMNS = ("stage", "reached", "rate_from_previous", "rate_from_leads",
 SEND_COLUMNS = ("sent", "recipients", "delivered", "opened", "clicked", "replied",
                 "unsubscribed", "bounced", "open_events", "click_events",
                 "sql_first_touch", "sql_last_touch")  # fmt: skip
-SEQUENCE_COLUMNS = ("sequence", *SEND_COLUMNS)
+SEQUENCE_COLUMNS = ("sequence", *SEND_COLUMNS, "enrolled", "goals_met", "goal_rate")
 STEP_COLUMNS = ("sequence", "step", "channel", *SEND_COLUMNS)
 # overall_rate stays lead -> accepted; the stages past it were added after it.
 SEGMENT_COLUMNS = ("segment", "leads", "mql", "sql", "accepted", "mql_rate", "sql_rate",
@@ -507,12 +510,34 @@ def send_counts(session: Session, flt: ReportFilter) -> tuple[list[dict], list[d
         return out
 
     per_sequence, per_step = rows(per_step=False), rows(per_step=True)
+    goals = goal_counts(session, flt)
+    for row in per_sequence:
+        enrolled, met = goals.get(row["sequence"], (0, 0))
+        row |= {"enrolled": enrolled, "goals_met": met, "goal_rate": _rate(met, enrolled)}
     # Sequences by name; steps in the order they were first sent (the sequence's order).
     per_sequence.sort(key=lambda row: row["sequence"])
     per_step.sort(key=lambda row: (row["sequence"], as_utc(row["_first"]), row["step"]))
     for row in per_sequence + per_step:
         del row["_first"]
     return per_sequence, per_step
+
+
+def goal_counts(session: Session, flt: ReportFilter) -> dict[str, tuple[int, int]]:
+    """Per sequence: (leads enrolled in the range, those of them whose enrollment ended by a
+    goal met), by the enrollment's start."""
+    met = Enrollment.exit_reason.like(f"{GOAL_REASON_PREFIX}% met: %")
+    query = (
+        select(Enrollment.sequence_id, func.count(func.distinct(Enrollment.lead_id)),
+               func.count(func.distinct(case((met, Enrollment.lead_id)))))
+        .join(Lead, Lead.id == Enrollment.lead_id)
+        .group_by(Enrollment.sequence_id)
+    )  # fmt: skip
+    if flt.since is not None:
+        query = query.where(Enrollment.started_at >= _utc(flt.since))
+    if flt.until is not None:
+        query = query.where(Enrollment.started_at < _utc(flt.until))
+    return {sequence: (enrolled, met) for sequence, enrolled, met
+            in session.execute(flt.in_segments(query))}  # fmt: skip
 
 
 # --- statistics ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from models.definitions import (
     DeliveryPolicy,
     EmailStep,
     FrequencyCap,
+    Goal,
     SalesTeam,
     Segments,
     SendWindow,
@@ -63,6 +64,9 @@ SPLITS = [
         {"id": "gap", "type": "wait", "duration": "2d"},
         {"id": "last", "type": "email", "template": "followup"}]},
 ]  # fmt: skip
+# The month's steps until a trial starts (or the lead is an MQL): the sequence-goals patch.
+GOALS = [{"id": "trial", "when": "'trial.started' in responses", "description": "trial started"},
+         {"id": "mql", "when": "lead.stage == 'mql'"}]  # fmt: skip
 
 
 async def record() -> None:
@@ -131,7 +135,9 @@ async def record() -> None:
         testing = dataclasses.replace(
             definitions,
             sequences={**definitions.sequences,
-                       **{s.id: s for s in map(Sequence.model_validate, SPLITS)}},
+                       **{s.id: s for s in map(Sequence.model_validate, SPLITS)},
+                       "month_goal": definitions.sequences["month"].model_copy(update={
+                           "id": "month_goal", "goals": [Goal(**g) for g in GOALS]})},
             segments=Segments.model_validate({
                 "segments": [{"id": "held", "when": "lead.country == 'NL'",
                               "sequence": "month", "holdout": 99.99}],
@@ -306,6 +312,11 @@ async def record() -> None:
             talker = LeadIn(email="r@example.com", phone="+14155550105")
             plan = [(1, "email.reply"), (10, None)]
             await scenario("exit_on_reply", talker, plan, "month")
+            # A goal met during the seven-day wait ends the sequence at once (the
+            # sequence-goals patch); a page view before it meets none.
+            trier = LeadIn(email="s@example.com", phone="+14155550106")
+            plan = [(1, "page.view"), (1, "trial.started"), (10, None)]
+            await scenario("sequence_goal_met", trier, plan, "month_goal", experiment_intake)
     await env.shutdown()
 
 

@@ -86,6 +86,7 @@ def contract_settings(**values: Any) -> Settings:
         SENDGRID_INBOUND_SECRET=SecretStr(INBOUND_SECRET),
         TWILIO_AUTH_TOKEN=SecretStr(TWILIO_TOKEN),
         NURTURE_CRM_WEBHOOK_SECRETS=SecretStr(CRM_SECRET),
+        NURTURE_FORM_RATE_LIMIT="100000/minute",  # tests/test_forms.py tests the limit
         **values,
     )
 
@@ -103,6 +104,7 @@ def the_document() -> dict:
 
 
 DOCUMENT = the_document()
+FORMS = load_definitions(FIXTURE_DEFINITIONS).forms
 CONFIG = schemathesis.Config.from_dict({
     "seed": 14,
     # No NUL in text: the API refuses it (a database column cannot hold it), as documented.
@@ -140,7 +142,9 @@ schemathesis.openapi.format(
 # Forms whose fields are written in notations no JSON Schema states (responses as
 # `2d: email.click`, a lead's fields checked as POST /leads checks them): a value the
 # schema allows may still be refused 422, naming the field; every other check holds.
-NOTATIONS = {"POST /console/sequences/{sequence_id}/simulate"}
+# A form's fields are forms.yaml's, whatever their names: any object of text is in its
+# schema, and its lead's fields are checked as POST /leads checks them.
+NOTATIONS = {"POST /console/sequences/{sequence_id}/simulate", "POST /forms/{name}"}
 # The statuses each operation answered the requests schemathesis meant to be valid:
 # checked when the run ends, so a document kept only by refusing everything cannot pass.
 ACCEPTED: dict[str, set[int]] = defaultdict(set)
@@ -274,6 +278,10 @@ def made_valid(case: schemathesis.Case, contract: Contract) -> dict[str, Any]:
         case.path_parameters["name"] = contract.experiment
     elif path.startswith("/console/sequences/"):
         case.path_parameters["sequence_id"] = "quick"
+    elif path == "/forms/{name}" and isinstance(case.body, dict):
+        form = FORMS.get(case.path_parameters["name"])
+        email = next(name for name, target in form.fields.items() if target == "email")
+        case.body[email] = "ada@example.com"
     elif path.startswith(("/handoffs/", "/console/handoffs/")):
         case.path_parameters["handoff_id"] = contract.handoff_id
         if "token" in (case.query or {}):

@@ -123,6 +123,10 @@ EXPERIMENTS_PATCH = "experiments"
 # A person's reply ends the running sequence at once when the sequence says so (`on_reply:
 # exit`, the default). Before this patch a reply was scored and the sequence went on.
 EXIT_ON_REPLY_PATCH = "exit-on-reply"
+# A sequence's `goals:` are checked after every scoring (and once as it starts): one met
+# ends the sequence at once. Only a sequence with goals reaches the marker, and no history
+# before it had one, so old histories replay as they were.
+SEQUENCE_GOALS_PATCH = "sequence-goals"
 REPLY_TYPES = frozenset({"email.reply", "sms.reply"})  # not `email.auto_reply`: a machine's
 RESPONSES_PER_RUN = 2_000  # then continue as new, so the history stays small
 # Event IDs handed to the next run for exact de-duplication: this run's and the one's
@@ -575,6 +579,7 @@ class LeadWorkflow:
         self.lead.reasons = result.reasons
         if "sql" in result.entered:
             await self._hand_off()
+        self._check_goals()  # on the new score and stage (after a handoff, which wins)
 
     async def _hand_off(self) -> None:
         """Stop nurturing and give the lead to sales: once per qualification cycle. The rep
@@ -778,12 +783,11 @@ class LeadWorkflow:
         visits = running.visits  # carried if the run continues as new mid-sequence
         status, reason = "completed", "reached the end of the sequence"
         step_id: str | None = pause.step_id if pause else sequence.steps[0].id
+        if pause is None:
+            self._check_goals()  # a goal already met at enrollment ends it before a send
         while step_id is not None:
-            if self.lead.nurture_stopped:
-                status, reason = "handed_off", "lead became sales-qualified"
-                break
-            if running.replied:
-                status, reason = "exited", "replied"
+            if (stopped := self._stop_reason(running)) is not None:
+                status, reason = stopped
                 break
             step = sequence.step(step_id)
             self.lead.state.step_id = step_id
@@ -821,10 +825,7 @@ class LeadWorkflow:
             pause = None
             step_id = sequence.after(step_id, outcome)
         else:
-            if self.lead.nurture_stopped:
-                status, reason = "handed_off", "lead became sales-qualified"
-            elif running.replied:
-                status, reason = "exited", "replied"
+            status, reason = self._stop_reason(running) or (status, reason)
 
         self._ended(enrollment, status)
         await self._activity(
@@ -959,11 +960,32 @@ class LeadWorkflow:
         return until is not None and until()
 
     def _sequence_stopped(self) -> bool:
-        """Nurture stopped (a handoff), or a reply ended the running sequence."""
+        """Nurture stopped (a handoff), or a reply or a goal ended the running sequence."""
         running = self.lead.enrollment
-        return self.lead.nurture_stopped or (running is not None and running.replied)
+        ended = running is not None and (running.replied or running.exit_reason is not None)
+        return self.lead.nurture_stopped or ended
 
-    def _condition(self, expression: str) -> bool:
+    def _stop_reason(self, running: RunningEnrollment) -> tuple[str, str] | None:
+        """How a stopped sequence ends (None: it goes on): a handoff, a goal, a reply."""
+        if self.lead.nurture_stopped:
+            return "handed_off", "lead became sales-qualified"
+        if running.exit_reason is not None:
+            return "exited", running.exit_reason
+        return ("exited", "replied") if running.replied else None
+
+    def _check_goals(self) -> None:
+        """The running sequence's first goal that holds ends it (it wakes from its wait)."""
+        running = self.lead.enrollment
+        if running is None or self._sequence_stopped():
+            return
+        goals = running.enrollment.sequence.goals
+        if not goals or not workflow.patched(SEQUENCE_GOALS_PATCH):
+            return
+        met = next((goal for goal in goals if self._condition(goal.when, "goal")), None)
+        if met is not None:
+            running.exit_reason = met.exit_reason()
+
+    def _condition(self, expression: str, kind: str = "branch") -> bool:
         state = self.lead.state
         context = {
             "lead": {**self.lead.profile, "score": state.score, "stage": state.stage},
@@ -972,6 +994,7 @@ class LeadWorkflow:
         try:
             return evaluate_condition(expression, context)
         except ConditionError as exc:
-            # A broken condition must not stall the lead: take the `else` path, loudly.
-            workflow.logger.error("branch condition failed for %s: %s", self._lead_id, exc)
+            # A broken condition must not stall the lead: take the `else` path (a goal not
+            # met), loudly.
+            workflow.logger.error("%s condition failed for %s: %s", kind, self._lead_id, exc)
             return False
