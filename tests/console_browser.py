@@ -46,7 +46,9 @@ USERS = {  # role fixture name -> (email, role, rep)
 }
 # Leads of these companies are handed to their owner (sales/routing.py, rule 1).
 REP_DOMAINS = {"alice": "alice-co.example", "bob": "bob-co.example"}
-HOT_EVENTS = ("email.reply", "webinar.attended")  # 30 + 50 points: SQL at 50 (scoring.yaml)
+# 50 + 30 points: SQL at 50 (scoring.yaml). The webinar first: a reply before the handoff
+# would end the sequence on its own (on_reply: exit), and the lead is shown handed off.
+HOT_EVENTS = ("webinar.attended", "email.reply")
 
 
 def chromium_path() -> str:

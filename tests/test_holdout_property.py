@@ -88,8 +88,9 @@ async def _run(h: Harness, sequence: Sequence, percent: float) -> list[str]:
 
 
 async def _settled(h: Harness, lead_id: str) -> bool:
+    """The sequence ended, or waits on a timer (a loop goes round for ever)."""
     state = await h.state(lead_id)
-    return state.enrollment_status not in (None, "active") or state.step_id == "tail"
+    return state.enrollment_status not in (None, "active") or state.next_action_at is not None
 
 
 def _check(h: Harness, lead_id: str) -> None:
@@ -116,7 +117,8 @@ def _check(h: Harness, lead_id: str) -> None:
 SHARED_HARNESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=SHARED_HARNESS)
+# The same examples on every run (a failure is one to reproduce, not a moving target).
+@settings(max_examples=12, deadline=None, suppress_health_check=SHARED_HARNESS, derandomize=True)
 @given(case=split_sequences())
 async def test_a_held_out_lead_is_never_sent_a_message(harness, case):
     sequence, percent = case
