@@ -276,6 +276,9 @@ class EventIn(_Incoming):
 INLINE_BUDGET = 1.0
 # Leads signalled at once by one delivery (a batch of many leads' events).
 SIGNALS_AT_ONCE = 32
+# A lead's events given in one signal at most: a burst costs its workflow a few signals
+# (history events, handler calls) instead of one per event; the payload stays small.
+EVENTS_PER_SIGNAL = 100
 # Responses a process delivers in the background at most. Past it, a request's responses
 # are left to the relay, which drains them in order at the pace Temporal takes them: a
 # burst waits in the inbox instead of piling up signals that slow every one of them.
@@ -610,9 +613,10 @@ class Intake:
 
         async def signal_lead(lead_rows: list[Response]) -> None:
             async with gate:
-                for row in lead_rows:
-                    await self._signal(row)
-                    accepted.append(row.id)
+                for start in range(0, len(lead_rows), EVENTS_PER_SIGNAL):
+                    chunk = lead_rows[start : start + EVENTS_PER_SIGNAL]
+                    await self._signal(chunk)
+                    accepted.extend(row.id for row in chunk)
 
         try:
             outcomes = await asyncio.gather(
@@ -627,18 +631,27 @@ class Intake:
             raise failures[0]
         return len(accepted)
 
-    async def _signal(self, row: Response) -> None:
+    async def _signal(self, rows: list[Response]) -> None:
         """A plain signal (the workflow runs: the common case, and the cheapest call), and
-        signal-with-start only when there is no running workflow to take it."""
-        event = ResponseEvent(event_id=row.event_id, type=row.type, data=row.data,
-                              occurred_at=as_utc(row.occurred_at)).slim()  # fmt: skip
+        signal-with-start only when there is no running workflow to take it. One lead's
+        rows: one event as `respond`, several in one `respond_all`."""
+        events = [ResponseEvent(event_id=row.event_id, type=row.type, data=row.data,
+                                occurred_at=as_utc(row.occurred_at)).slim()
+                  for row in rows]  # fmt: skip
+        lead_id = rows[0].lead_id
         try:
-            await lead_client.signal_response(self.client, row.lead_id, event)
+            if len(events) == 1:
+                await lead_client.signal_response(self.client, lead_id, events[0])
+            else:
+                await lead_client.signal_responses(self.client, lead_id, events)
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise
-            lead = (await asyncio.to_thread(self._leads_of, {row.lead_id}))[row.lead_id]
-            await lead_client.respond(self.client, self.task_queue, self._lead_input(lead), event)
+            lead = self._lead_input((await asyncio.to_thread(self._leads_of, {lead_id}))[lead_id])
+            if len(events) == 1:
+                await lead_client.respond(self.client, self.task_queue, lead, events[0])
+            else:
+                await lead_client.respond_all(self.client, self.task_queue, lead, events)
 
     def _leads_of(self, lead_ids: set[str]) -> dict[str, Lead]:
         with self.sessions() as session:

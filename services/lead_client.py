@@ -57,10 +57,23 @@ async def respond(client: Client, task_queue: str, lead: LeadInput, event: Respo
     await _signal_with_start(client, task_queue, lead, "respond", event)
 
 
+async def respond_all(
+    client: Client, task_queue: str, lead: LeadInput, events: list[ResponseEvent]
+) -> None:
+    """Give the lead's workflow stored responses in one signal, starting it if need be."""
+    await _signal_with_start(client, task_queue, lead, "respond_all", events)
+
+
 async def signal_response(client: Client, lead_id: str, event: ResponseEvent) -> None:
     """Give the lead's running workflow a stored response (RPCError NOT_FOUND if none
     runs: then `respond` starts one)."""
     await handle(client, lead_id).signal(LeadWorkflow.respond, event)
+
+
+async def signal_responses(client: Client, lead_id: str, events: list[ResponseEvent]) -> None:
+    """Give the lead's running workflow several stored responses in one signal (RPCError
+    NOT_FOUND if none runs: then `respond_all` starts one)."""
+    await handle(client, lead_id).signal(LeadWorkflow.respond_all, events)
 
 
 async def _signal_with_start(

@@ -214,7 +214,10 @@ async def record() -> None:
                 elif event_type:
                     # Stamped with the server's (skipped) time, as a live event would be.
                     at = await env.get_current_time()
-                    events = [EventIn(lead_id=row.id, type=event_type, occurred_at=at)]
+                    events = [
+                        EventIn(lead_id=row.id, type=kind, occurred_at=at)
+                        for kind in event_type.split("+")
+                    ]  # several: one signal
                     stored = intake.store_events(events).stored
                     await intake.deliver(stored)
                 await asyncio.sleep(0.5)
@@ -317,6 +320,10 @@ async def record() -> None:
             trier = LeadIn(email="s@example.com", phone="+14155550106")
             plan = [(1, "page.view"), (1, "trial.started"), (10, None)]
             await scenario("sequence_goal_met", trier, plan, "month_goal", experiment_intake)
+            # A burst: one lead's responses delivered together are one `respond_all` signal.
+            burst = LeadIn(email="t@example.com")
+            plan = [(1, "email.open+email.click+page.view"), (0, "email.open"), (3, None)]
+            await scenario("responses_in_one_signal", burst, plan, "month")
     await env.shutdown()
 
 

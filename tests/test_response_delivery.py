@@ -25,9 +25,10 @@ async def signalled(client, lead_id: str) -> list[str]:
     for event in history.events:
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
             attributes = event.workflow_execution_signaled_event_attributes
-            if attributes.signal_name == "respond":
-                (payload,) = attributes.input.payloads
-                taken.append((await converter.decode([payload]))[0]["event_id"])
+            if attributes.signal_name in ("respond", "respond_all"):
+                (given,) = await converter.decode(list(attributes.input.payloads))
+                events = given if attributes.signal_name == "respond_all" else [given]
+                taken += [event["event_id"] for event in events]
     return taken
 
 

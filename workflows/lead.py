@@ -187,6 +187,12 @@ class LeadWorkflow:
         self.lead.inbox.append(event.slim())  # the body stays in the database
 
     @workflow.signal
+    def respond_all(self, events: list[ResponseEvent]) -> None:
+        """Several of the lead's responses in one signal: a burst is a few signals, not
+        one per event (each costs a history event and a handler call)."""
+        self.lead.inbox.extend(event.slim() for event in events)
+
+    @workflow.signal
     def rescore(self, request: RescoreRequest) -> None:
         self.lead.rescore_requests.append(request)
 
