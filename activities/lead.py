@@ -36,6 +36,7 @@ from models.db import (
     Handoff,
     Lead,
     Message,
+    PausedSequence,
     Response,
     SalesRepRow,
     ScoreChange,
@@ -48,6 +49,8 @@ from models.definitions import DeliveryPolicy
 from models.jinja import template_environment
 from models.locales import DEFAULT_LOCALE
 from models.workflow_io import (
+    PAUSED_REASON,
+    PAUSED_RECHECK,
     ArmAssigned,
     ArmRequest,
     FinishEnrollment,
@@ -195,6 +198,8 @@ class LeadActivities:
                 message.status, message.status_reason = "skipped", skip
                 _count_send(request, "skipped")
                 return _outcome(message)
+            if session.get(PausedSequence, request.sequence_id) is not None:
+                return _hold_while_paused(request, message)
             due = max(as_utc(request.due_at) if request.due_at else utcnow(), utcnow())
             when = self._send_time(session, lead, request, due)
             message.scheduled_at = when.at
@@ -769,6 +774,16 @@ def _despite_database_outage(write):
                         type(exc).__name__)  # fmt: skip
             time.sleep(pause)
             pause = min(pause * 2, 4.0)
+
+
+def _hold_while_paused(request: SendRequest, message: Message) -> SendOutcome:
+    """Deferred, not dropped: the workflow waits for the resume signal (or the recheck) and
+    asks again; quiet hours and caps are judged then, at the time it goes out."""
+    message.status, message.status_reason = "deferred", PAUSED_REASON
+    due = max(as_utc(request.due_at) if request.due_at else utcnow(), utcnow())
+    message.not_before = due + PAUSED_RECHECK  # the workflow's time, as quiet hours are
+    _count_send(request, "deferred")
+    return _outcome(message)
 
 
 def _outcome(message: Message) -> SendOutcome:

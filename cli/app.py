@@ -25,6 +25,7 @@ from cli.outcomes import outcomes_app
 from cli.reports import leads, report, status
 from cli.run import api, demo, dev, worker
 from cli.scoring import backtest, rescore, score
+from cli.sequences import sequence_app
 from cli.simulate import preview, simulate
 from cli.users import users_app
 from cli.validate import validate
@@ -51,6 +52,7 @@ app.add_typer(outcomes_app, name="outcomes")
 app.add_typer(crm_app, name="crm")
 app.add_typer(users_app, name="users")
 app.add_typer(experiments_app, name="experiments")
+app.add_typer(sequence_app, name="sequence")
 
 
 def main() -> None:

@@ -164,6 +164,18 @@ class TemplateSet(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class PausedSequence(Base):
+    """A sequence a person paused (`nurture sequence pause`): its sends are held back, not
+    dropped, until it is resumed, which deletes the row."""
+
+    __tablename__ = "paused_sequences"
+
+    sequence_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    paused_at: Mapped[datetime] = mapped_column(default=utcnow)
+    paused_by: Mapped[str] = mapped_column(String(320))
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
 class Message(Base):
     __tablename__ = "messages"
     # A lead's sends; on PostgreSQL the index carries what attribution reads of them, so

@@ -6,7 +6,7 @@ breaking histories of leads already in flight.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -144,6 +144,13 @@ class DeferredSend(BaseModel):
     channel: str
     until: datetime
     reason: str
+
+
+# A send held back because a person paused its sequence (`nurture sequence pause`): its
+# message's status reason, and how long it waits before asking again if no resume signal
+# wakes it (a resume signals every held lead; this only covers a signal that was lost).
+PAUSED_REASON = "sequence paused"
+PAUSED_RECHECK = timedelta(hours=1)
 
 
 # --- activity inputs and outputs -------------------------------------------------------

@@ -92,6 +92,12 @@ async def _start(
     )  # fmt: skip
 
 
+async def sequence_resumed(client: Client, lead_id: str, sequence_id: str) -> None:
+    """Wake the lead's send that the sequence's pause held back (RPCError NOT_FOUND if no
+    workflow runs)."""
+    await handle(client, lead_id).signal(LeadWorkflow.sequence_resumed, sequence_id)
+
+
 async def rescore(client: Client, lead_id: str, request: RescoreRequest) -> None:
     """Ask a running workflow to score its lead again (RPCError NOT_FOUND if none runs)."""
     await handle(client, lead_id).signal(LeadWorkflow.rescore, request)

@@ -43,6 +43,7 @@ from sales.outcomes import OutcomeEventIn
 from services.definitions import load_definitions
 from services.intake import EventIn, Intake, LeadIn
 from services.runtime import build_activities, build_worker, open_database, sync_sales_reps
+from services.sequence_pause import pause, resume
 from tests.conftest import FIXTURE_DEFINITIONS
 from workflows.lead import LeadWorkflow
 
@@ -201,6 +202,10 @@ async def record() -> None:
                     request = ReassignRequest(handoff_id=handoff.handoff_id, rep_id=to,
                                               by="admin@example.com")  # fmt: skip
                     await handle.execute_update(LeadWorkflow.reassign, request)
+                elif event_type == "pause":  # `nurture sequence pause` of its sequence
+                    pause(database.sessions, definitions, sequence, "recorder")
+                elif event_type == "resume":
+                    await resume(env.client, database.sessions, definitions, sequence, "recorder")
                 elif event_type == "rescore":
                     handle = env.client.get_workflow_handle(lead_workflow_id(row.id))
                     await handle.signal("rescore", RescoreRequest(event_id=f"rescore:{days}"))
@@ -324,6 +329,11 @@ async def record() -> None:
             burst = LeadIn(email="t@example.com")
             plan = [(1, "email.open+email.click+page.view"), (0, "email.open"), (3, None)]
             await scenario("responses_in_one_signal", burst, plan, "month")
+            # A paused sequence (the sequence-pause patch): the nudge comes due while paused
+            # and is held a day (rechecked hourly), then the resume wakes it and it is sent.
+            paused = LeadIn(email="u@example.com", phone="+14155550107")
+            plan = [(9, "pause"), (2, None), (0, "resume"), (1, None)]
+            await scenario("sequence_paused", paused, plan, "month")
     await env.shutdown()
 
 

@@ -202,6 +202,43 @@ async def test_a_viewer_may_not_simulate_nor_anyone_without_the_token(signed_in)
     assert (await rep.request.get("/console/sequences")).status == 403
 
 
+@pytest.mark.devserver
+async def test_a_marketer_pauses_a_sequence_and_resumes_it(console_site, signed_in):
+    viewer = await signed_in("viewer")
+    await viewer.goto("/console/sequences/quick")
+    assert await viewer.locator('form[action$="/pause"]').count() == 0
+    refused = await viewer.request.post("/console/sequences/quick/pause",
+                                        form={"csrf": await csrf_of(viewer)})  # fmt: skip
+    assert refused.status == 403
+
+    page = await signed_in("marketer")
+    await page.goto("/console/sequences/quick")
+    await page.get_by_label("Reason (for the audit log)").fill("new pricing copy")
+    await page.get_by_role("button", name="Pause sending").click()
+    try:
+        assert "Paused: its sends are held" in await page.locator(".flash").inner_text()
+        lead_id = await console_site.lead("seq-paused-ann", sequence="quick")
+
+        def held() -> list[Message]:
+            with console_site.sessions() as session:
+                return session.scalars(select(Message).where(Message.lead_id == lead_id)).all()
+
+        (welcome,) = await eventually(held, what="the welcome held")
+        assert (welcome.status, welcome.status_reason) == ("deferred", "sequence paused")
+        await page.reload()
+        section = await page.locator("#pause").inner_text()
+        assert "new pricing copy" in section and "1 lead(s) wait at a send" in section
+        await assert_accessible(page)
+        await page.goto("/console/sequences")
+        assert await page.locator("#sequence-quick .badge", has_text="paused").count() == 1
+        await page.goto("/console/sequences/quick")
+    finally:
+        await page.get_by_role("button", name="Resume sending").click()
+    assert "Resumed: 1 of 1 held lead(s) woken" in await page.locator(".flash").inner_text()
+    await eventually(lambda: [m.status for m in held()] == ["sent"], what="the welcome sent")
+    assert "Sending as written" in await page.locator("#pause").inner_text()
+
+
 # --- without a browser: problems in the files, figures kept -----------------------------------
 
 

@@ -43,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from models.jinja import ConditionError, evaluate_condition
     from models.workflow_io import (
         OUTCOME_TYPES,
+        PAUSED_REASON,
         REJECT_REASONS,
         AnswerResult,
         ArmAssigned,
@@ -127,6 +128,10 @@ EXIT_ON_REPLY_PATCH = "exit-on-reply"
 # ends the sequence at once. Only a sequence with goals reaches the marker, and no history
 # before it had one, so old histories replay as they were.
 SEQUENCE_GOALS_PATCH = "sequence-goals"
+# A paused sequence's send (`nurture sequence pause`) waits for the resume signal as well as
+# its recheck timer. Only a send the activity held back for a pause reaches the marker, and
+# no history before it had one, so old histories replay as they were.
+SEQUENCE_PAUSE_PATCH = "sequence-pause"
 REPLY_TYPES = frozenset({"email.reply", "sms.reply"})  # not `email.auto_reply`: a machine's
 RESPONSES_PER_RUN = 2_000  # then continue as new, so the history stays small
 # Event IDs handed to the next run for exact de-duplication: this run's and the one's
@@ -168,6 +173,7 @@ class LeadWorkflow:
         self._lapsing = False  # the SLA's lapse is being handled (it may move the rep)
         self._busy = 0  # activities in flight outside the main loop
         self._handled_this_run = 0  # responses, counted towards `_responses_per_run`
+        self._resumes: dict[str, int] = {}  # sequence -> resume signals taken in this run
 
     # --- messages in --------------------------------------------------------------------
 
@@ -191,6 +197,12 @@ class LeadWorkflow:
         """Several of the lead's responses in one signal: a burst is a few signals, not
         one per event (each costs a history event and a handler call)."""
         self.lead.inbox.extend(event.slim() for event in events)
+
+    @workflow.signal
+    def sequence_resumed(self, sequence_id: str) -> None:
+        """A person resumed the sequence (`nurture sequence resume`): a send its pause held
+        back is asked for again now (quiet hours and caps are judged then)."""
+        self._resumes[sequence_id] = self._resumes.get(sequence_id, 0) + 1
 
     @workflow.signal
     def rescore(self, request: RescoreRequest) -> None:
@@ -915,7 +927,10 @@ class LeadWorkflow:
             queue = send_queue(workflow.info().task_queue, step.type)
             send_options = {**SEND, "task_queue": queue}
         if resume_at is not None:  # a previous run was holding this send back: go on doing so
-            await self._sleep(max((resume_at - workflow.now()).total_seconds(), 1.0), pause=held)
+            reason = state.deferred.reason if state.deferred else None
+            resumed = self._resumed_since(sequence.id, reason, 0)
+            await self._sleep(max((resume_at - workflow.now()).total_seconds(), 1.0),
+                              pause=held, until=resumed)  # fmt: skip
             state.deferred = None
             if self._sequence_stopped():
                 return
@@ -923,6 +938,7 @@ class LeadWorkflow:
         while True:
             if window_at_dispatch:  # what arrives from here on answers this message
                 self.lead.events_since_send.clear()
+            resumes = self._resumes.get(sequence.id, 0)  # a resume from here on wakes it
             outcome = await self._activity(LeadActivities.send_message, request, send_options)
             if outcome.status != "deferred" or outcome.retry_at is None:
                 break
@@ -930,8 +946,9 @@ class LeadWorkflow:
                 step_id=step.id, channel=step.type, until=outcome.retry_at,
                 reason=outcome.reason or "deferred",
             )  # fmt: skip
+            resumed = self._resumed_since(sequence.id, outcome.reason, resumes)
             await self._sleep(max((outcome.retry_at - workflow.now()).total_seconds(), 1.0),
-                              pause=held)  # fmt: skip
+                              pause=held, until=resumed)  # fmt: skip
             state.deferred = None
             if self._sequence_stopped():
                 return
@@ -941,6 +958,13 @@ class LeadWorkflow:
         state.sent_steps.append(step.id)
         if not window_at_dispatch:
             self.lead.events_since_send.clear()
+
+    def _resumed_since(self, sequence_id: str, reason: str | None, resumes: int):
+        """For a send held back by its sequence's pause: whether a resume signal came after
+        the `resumes` already counted (None for a send held by quiet hours or a cap)."""
+        if reason != PAUSED_REASON or not workflow.patched(SEQUENCE_PAUSE_PATCH):
+            return None
+        return lambda: self._resumes.get(sequence_id, 0) > resumes
 
     async def _sleep(self, seconds: float, pause: SequencePause, until=None) -> bool:
         """A durable timer that ends early on a handoff (or when `until` holds). While it

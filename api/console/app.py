@@ -31,6 +31,7 @@ from api.console.pages import (
     models,
     operations,
     overview,
+    sequence_pause,
     sequences,
     users,
 )
@@ -43,7 +44,18 @@ from services.intake import Intake
 
 LOGIN_LIMIT = "5/15 minutes"  # failed sign-ins per account
 LOGIN_CSRF = "nurture_login_csrf"
-PAGES = (overview, sequences, leads, handoffs, operations, models, experiments, users, audit)
+PAGES = (
+    overview,
+    sequences,
+    sequence_pause,
+    leads,
+    handoffs,
+    operations,
+    models,
+    experiments,
+    users,
+    audit,
+)
 LOGIN_RESPONSES = page_responses(redirect="signed in: to the page asked for")
 # A 429 is the API's (JSON: too many failures from the address) or the page's (too many
 # for the account).

@@ -45,6 +45,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "handoffs": frozenset({"admin", "rep", "marketer", "viewer"}),
     "sequences": frozenset({"admin", "marketer", "viewer"}),
     "simulate": frozenset({"admin", "marketer"}),
+    "sequences.pause": frozenset({"admin", "marketer"}),
     "answer": frozenset({"admin", "rep"}),
     "handoffs.all": frozenset({"admin", "marketer", "viewer"}),
     "reassign": frozenset({"admin"}),

@@ -39,6 +39,7 @@ from models.definitions import IDENTIFIER, EmailStep, Sequence, SmsStep
 from models.yaml_source import DefinitionProblem
 from services.preview import LeadError, Preview, preview, validate_lead
 from services.sequence_graph import describe_step, render_svg, sequence_graph
+from services.sequence_pause import pause_of, paused_sequences
 from services.simulate import (
     SAMPLE_FIELDS,
     SimulationError,
@@ -127,10 +128,12 @@ def _add_pages(router: APIRouter, console: Console, counts: _Counts, checks: _Ch
         """Every sequence: its segments, version, leads in it and done, and its SQLs."""
         counted = await counts.get(("sequences",), sequence_figures, recount)
         problems = await run_in_threadpool(checks.problems)
+        paused = await console.db.run(paused_sequences, console.sessions)
         return console.render(
             request,
             "sequences/list.html",
             rows=_list_rows(definitions, counted.figures),
+            paused={p.sequence_id: p for p in paused},
             counted=counted,
             problems=problems,
             where=checks.where,
@@ -158,6 +161,7 @@ def _add_pages(router: APIRouter, console: Console, counts: _Counts, checks: _Ch
             request,
             "sequences/detail.html",
             **context,
+            flash=request.query_params.get("flash"),
             invalid=[],
             failure=None,
             timeline=None,
@@ -269,6 +273,7 @@ async def _sequence_context(
     ]
     return {
         "sequence": sequence,
+        "pause": await console.db.run(pause_of, console.sessions, sequence.id),
         "svg": render_svg(graph, _notes(sequence, counted)),
         "steps": steps,
         "counted": counted,
