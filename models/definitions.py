@@ -358,19 +358,15 @@ class Sequence(_Definition):
     # (e.g. the seconds-long demo); all other sequences' caps still apply.
     ignore_frequency_caps: bool = False
     # What an email or SMS reply does to a lead in this sequence: `exit` ends the sequence
-    # at once (nothing more is sent), `continue` goes on. Automatic replies never count.
+    # at once (nothing more is sent), `pause` holds its sends for `reply_pause` from the
+    # last reply (waits go on), `continue` goes on. Automatic replies never count.
     on_reply: Literal["exit", "pause", "continue"] = "exit"
+    reply_pause: int = Field(7 * 86400, gt=0, description="seconds; written as '7d', '48h'")
     # Met after a response or a rescore (or already at enrollment), a goal ends the sequence.
     goals: list[Goal] = Field(default_factory=list)
     steps: list[Step] = Field(min_length=1)
 
-    @field_validator("on_reply")
-    @classmethod
-    def _known_on_reply(cls, value: str) -> str:
-        if value == "pause":
-            raise ValueError("on_reply: pause is not supported yet; use exit (the default) "
-                             "or continue")  # fmt: skip
-        return value
+    _parse_reply_pause = field_validator("reply_pause", mode="before")(parse_duration)
 
     @model_validator(mode="after")
     def _goal_ids_unique(self) -> Sequence:

@@ -467,6 +467,8 @@ class RunningEnrollment(BaseModel):
     replied: bool = False
     # A goal of the sequence was met: it stops at once, as for a reply, ended with this reason.
     exit_reason: str | None = None
+    # A reply paused it (`on_reply: pause`): no send goes out before this time.
+    reply_hold_until: datetime | None = None
 
 
 class MigrateRequest(BaseModel):

@@ -138,7 +138,9 @@ async def record() -> None:
             sequences={**definitions.sequences,
                        **{s.id: s for s in map(Sequence.model_validate, SPLITS)},
                        "month_goal": definitions.sequences["month"].model_copy(update={
-                           "id": "month_goal", "goals": [Goal(**g) for g in GOALS]})},
+                           "id": "month_goal", "goals": [Goal(**g) for g in GOALS]}),
+                       "month_hold": definitions.sequences["month"].model_copy(update={
+                           "id": "month_hold", "on_reply": "pause", "reply_pause": 2 * 86400})},
             segments=Segments.model_validate({
                 "segments": [{"id": "held", "when": "lead.country == 'NL'",
                               "sequence": "month", "holdout": 99.99}],
@@ -334,6 +336,11 @@ async def record() -> None:
             paused = LeadIn(email="u@example.com", phone="+14155550107")
             plan = [(9, "pause"), (2, None), (0, "resume"), (1, None)]
             await scenario("sequence_paused", paused, plan, "month")
+            # A reply holds the sends two days (the reply-pause patch): the nudge due on
+            # day 10 waits until day 11, then it is sent (a second reply would hand off).
+            holding = LeadIn(email="v@example.com", phone="+14155550108")
+            plan = [(9, "email.reply"), (4, None)]
+            await scenario("reply_paused", holding, plan, "month_hold", experiment_intake)
     await env.shutdown()
 
 

@@ -117,19 +117,29 @@ def test_unknown_step_type_and_typo_keys(defs):
     )
 
 
-def test_on_reply_defaults_to_exit_and_pause_is_refused_for_now(defs):
+def test_on_reply_defaults_to_exit_and_a_pause_takes_a_duration(defs):
     month = load_definitions(defs).sequences["month"]
-    assert month.on_reply == "exit"
+    assert (month.on_reply, month.reply_pause) == ("exit", 7 * 86400)
     write(defs, "sequences/month.yaml", """
         id: month
         name: Month
         on_reply: pause
+        reply_pause: 48h
+        steps:
+          - {id: hello, type: email, template: hello}
+    """)  # fmt: skip
+    assert load_definitions(defs).sequences["month"].reply_pause == 48 * 3600
+    write(defs, "sequences/month.yaml", """
+        id: month
+        name: Month
+        on_reply: pause
+        reply_pause: a while
         steps:
           - {id: hello, type: email, template: hello}
     """)  # fmt: skip
     problem = only_error(defs)
-    assert (problem.line, problem.field) == (3, "on_reply")
-    assert "pause is not supported yet" in problem.message
+    assert (problem.line, problem.field) == (4, "reply_pause")
+    assert "'a while' is not a duration" in problem.message
 
 
 def test_a_step_acting_on_a_reply_warns_unless_replies_let_the_sequence_go_on(defs):

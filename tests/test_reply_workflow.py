@@ -1,17 +1,18 @@
 """Replies in the lead workflow, on the time-skipping server with real activities: a
 person's reply mid-wait ends the sequence at once (`on_reply: exit`, the default) and
 nothing more is sent; an out-of-office is neither a reply nor engagement; a sequence with
-`on_reply: continue` goes on."""
+`on_reply: continue` goes on; `on_reply: pause` holds the sends for `reply_pause` from
+the last reply, and the one held goes out once after it."""
 
 from __future__ import annotations
 
 import shutil
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 import yaml
 
-from models.db import Enrollment
+from models.db import Enrollment, Message
 from services.definitions import load_definitions
 from tests.conftest import FIXTURE_DEFINITIONS
 from tests.harness import running_harness
@@ -27,6 +28,8 @@ def reply_definitions(tmp_path):
     month = yaml.safe_load((root / "sequences" / "month.yaml").read_text())
     talk = month | {"id": "month_talk", "name": "Talks on", "on_reply": "continue"}
     (root / "sequences" / "month_talk.yaml").write_text(yaml.safe_dump(talk))
+    hold = month | {"id": "month_hold", "name": "Holds", "on_reply": "pause", "reply_pause": "2d"}
+    (root / "sequences" / "month_hold.yaml").write_text(yaml.safe_dump(hold))
     return load_definitions(root)
 
 
@@ -78,3 +81,32 @@ async def test_on_reply_continue_keeps_sending(harness):
     assert harness.sent_steps(lead_id) == ["welcome", "nudge", "thanks"]
     (enrollment,) = harness.rows(Enrollment, lead_id)
     assert enrollment.exit_reason == "month over"
+
+
+async def test_on_reply_pause_holds_the_sends_from_the_last_reply(harness):
+    lead_id = await harness.enroll("month_hold", email="busy@example.com",
+                                   phone="+14155550103")  # fmt: skip
+    await harness.until(lead_id, lambda s: s.step_id == "pause")
+    start = await harness.env.get_current_time()
+    # Day 9, in the wait_for: a reply holds sends 2 days. The nudge falls due on day 10.
+    await harness.env.sleep(timedelta(days=9))
+    await harness.respond(lead_id, "email.reply")
+    await harness.until(lead_id, lambda s: s.responses_handled == 1)
+    await harness.env.sleep(timedelta(days=1, hours=12))
+    state = await harness.until(lead_id, lambda s: s.deferred is not None)
+    assert (state.step_id, state.deferred.reason) == ("nudge", "replied: sends paused")
+    # Day 10.5: a second reply moves the end to day 12.5; the nudge waits for it.
+    await harness.respond(lead_id, "sms.reply")
+    state = await harness.until(lead_id, lambda s: s.deferred and s.responses_handled == 2
+                                and s.deferred.until - start > timedelta(days=12))  # fmt: skip
+    assert harness.sent_steps(lead_id) == ["welcome"]
+    await harness.env.sleep(timedelta(days=1, hours=23))  # day 12.4: still held
+    assert harness.sent_steps(lead_id) == ["welcome"]
+    await harness.env.sleep(timedelta(hours=3))
+    await harness.until(lead_id, lambda s: s.step_id == "long_pause")
+    (nudge,) = [m for m in harness.rows(Message, lead_id) if m.step_id == "nudge"]
+    sent_after = nudge.scheduled_at.replace(tzinfo=UTC) - start
+    assert nudge.status == "sent" and timedelta(days=12, hours=12) <= sent_after
+    assert sent_after < timedelta(days=12, hours=13)
+    (enrollment,) = harness.rows(Enrollment, lead_id)
+    assert enrollment.status == "active"  # paused, never ended by the replies

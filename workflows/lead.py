@@ -132,6 +132,10 @@ SEQUENCE_GOALS_PATCH = "sequence-goals"
 # its recheck timer. Only a send the activity held back for a pause reaches the marker, and
 # no history before it had one, so old histories replay as they were.
 SEQUENCE_PAUSE_PATCH = "sequence-pause"
+# A reply holds the sequence's sends for its `reply_pause` (`on_reply: pause`). No sequence
+# before it could say so (validation refused it), so old histories never reach it.
+REPLY_PAUSE_PATCH = "reply-pause"
+REPLY_HOLD_REASON = "replied: sends paused"
 REPLY_TYPES = frozenset({"email.reply", "sms.reply"})  # not `email.auto_reply`: a machine's
 RESPONSES_PER_RUN = 2_000  # then continue as new, so the history stays small
 # Event IDs handed to the next run for exact de-duplication: this run's and the one's
@@ -527,11 +531,18 @@ class LeadWorkflow:
     def _replied(self, events: list[ResponseEvent]) -> None:
         """A person answered: the running sequence ends at once if it says so (`on_reply:
         exit`); it wakes from its wait and sends nothing more. Called once the reply is
-        scored, so a reply that makes the lead sales-qualified ends it as a handoff."""
+        scored, so a reply that makes the lead sales-qualified ends it as a handoff. With
+        `on_reply: pause` its sends wait `reply_pause` from the last reply instead."""
         running = self.lead.enrollment
-        if running is None or running.enrollment.sequence.on_reply != "exit":
+        if running is None or running.enrollment.sequence.on_reply == "continue":
             return
         if not any(event.type in REPLY_TYPES for event in events):
+            return
+        sequence = running.enrollment.sequence
+        if sequence.on_reply == "pause":
+            if workflow.patched(REPLY_PAUSE_PATCH):
+                hold = timedelta(seconds=sequence.reply_pause)
+                running.reply_hold_until = workflow.now() + hold
             return
         if workflow.patched(EXIT_ON_REPLY_PATCH):
             running.replied = True
@@ -936,6 +947,10 @@ class LeadWorkflow:
                 return
             request = request.model_copy(update={"due_at": workflow.now()})
         while True:
+            if await self._hold_after_reply(step, held):
+                if self._sequence_stopped():
+                    return
+                request = request.model_copy(update={"due_at": workflow.now()})
             if window_at_dispatch:  # what arrives from here on answers this message
                 self.lead.events_since_send.clear()
             resumes = self._resumes.get(sequence.id, 0)  # a resume from here on wakes it
@@ -958,6 +973,21 @@ class LeadWorkflow:
         state.sent_steps.append(step.id)
         if not window_at_dispatch:
             self.lead.events_since_send.clear()
+
+    async def _hold_after_reply(self, step: EmailStep | SmsStep, held: SequencePause) -> bool:
+        """`on_reply: pause`: the send waits until the last reply's hold is over (a reply
+        while it waits moves the end); then quiet hours and caps are judged as usual.
+        Returns whether it waited."""
+        running, state, waited = self.lead.enrollment, self.lead.state, False
+        while (until := running.reply_hold_until) is not None and until > workflow.now():
+            state.deferred = DeferredSend(step_id=step.id, channel=step.type, until=until,
+                                          reason=REPLY_HOLD_REASON)  # fmt: skip
+            await self._sleep((until - workflow.now()).total_seconds(), pause=held,
+                              until=lambda u=until: running.reply_hold_until != u)  # fmt: skip
+            state.deferred, waited = None, True
+            if self._sequence_stopped():
+                break
+        return waited
 
     def _resumed_since(self, sequence_id: str, reason: str | None, resumes: int):
         """For a send held back by its sequence's pause: whether a resume signal came after
