@@ -36,6 +36,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from api import provider_webhook_docs as docs
 from channels.links import Links
+from channels.out_of_office import return_date
 from channels.replies import AUTO_REPLY, is_automatic
 from infra.settings import Settings
 from services import operations
@@ -337,6 +338,9 @@ def _inbound_reply(fields: dict[str, str], links: Links) -> tuple[EventIn, bool]
     kind = "email.reply"
     if automatic := is_automatic(dict(headers.items()), fields.get("subject", "")):
         kind, data["automatic"] = AUTO_REPLY, automatic
+        back = return_date(f"{data['subject']}\n{data['text']}", datetime.now(UTC))
+        if back is not None:  # the sequence's next send may wait until then
+            data["return_date"] = back.isoformat()
     event_id = f"inbound:{hashlib.sha256(key.encode()).hexdigest()[:40]}"
     if message_id is not None:  # the token wins over a From header anyone can write
         return _event(type=kind, message_id=message_id, event_id=event_id,

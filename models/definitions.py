@@ -362,6 +362,9 @@ class Sequence(_Definition):
     # last reply (waits go on), `continue` goes on. Automatic replies never count.
     on_reply: Literal["exit", "pause", "continue"] = "exit"
     reply_pause: int = Field(7 * 86400, gt=0, description="seconds; written as '7d', '48h'")
+    # An out-of-office naming the day its sender is back: `defer` holds the sequence's sends
+    # until then (waits go on), `ignore` sends as planned.
+    on_out_of_office: Literal["defer", "ignore"] = "defer"
     # Met after a response or a rescore (or already at enrollment), a goal ends the sequence.
     goals: list[Goal] = Field(default_factory=list)
     steps: list[Step] = Field(min_length=1)

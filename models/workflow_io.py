@@ -84,7 +84,8 @@ class EnrollRequest(BaseModel):
 
 # The keys of an event's data that travel with it to its workflow (for leads scored before
 # score cards); the rest stays in the database, where the scoring activity reads it.
-SIGNALLED_DATA_KEYS = ("step", "url")
+# An out-of-office's return date travels too: the workflow defers the next send to it.
+SIGNALLED_DATA_KEYS = ("step", "url", "return_date")
 
 
 class ResponseEvent(BaseModel):
@@ -467,8 +468,10 @@ class RunningEnrollment(BaseModel):
     replied: bool = False
     # A goal of the sequence was met: it stops at once, as for a reply, ended with this reason.
     exit_reason: str | None = None
-    # A reply paused it (`on_reply: pause`): no send goes out before this time.
+    # A reply paused it (`on_reply: pause`), or an out-of-office named a return date: no
+    # send goes out before this time, for this reason.
     reply_hold_until: datetime | None = None
+    hold_reason: str | None = None
 
 
 class MigrateRequest(BaseModel):

@@ -204,6 +204,13 @@ async def record() -> None:
                     request = ReassignRequest(handoff_id=handoff.handoff_id, rep_id=to,
                                               by="admin@example.com")  # fmt: skip
                     await handle.execute_update(LeadWorkflow.reassign, request)
+                elif event_type and event_type.startswith("away:"):  # back in N days
+                    at = await env.get_current_time()
+                    back = at + timedelta(days=int(event_type.removeprefix("away:")))
+                    data = {"automatic": "subject: Out of office", "return_date": back.isoformat()}
+                    events = [EventIn(lead_id=row.id, type="email.auto_reply", occurred_at=at,
+                                      data=data)]  # fmt: skip
+                    await intake.deliver(intake.store_events(events).stored)
                 elif event_type == "pause":  # `nurture sequence pause` of its sequence
                     pause(database.sessions, definitions, sequence, "recorder")
                 elif event_type == "resume":
@@ -341,6 +348,11 @@ async def record() -> None:
             holding = LeadIn(email="v@example.com", phone="+14155550108")
             plan = [(9, "email.reply"), (4, None)]
             await scenario("reply_paused", holding, plan, "month_hold", experiment_intake)
+            # An out-of-office naming a return date (the out-of-office-return patch): the
+            # nudge due on day 10 waits until day 12, then it is sent.
+            leave = LeadIn(email="w@example.com", phone="+14155550109")
+            plan = [(1, "away:11"), (13, None)]
+            await scenario("out_of_office_return", leave, plan, "month")
     await env.shutdown()
 
 

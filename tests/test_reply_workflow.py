@@ -14,6 +14,7 @@ import yaml
 
 from models.db import Enrollment, Message
 from services.definitions import load_definitions
+from services.intake import EventIn
 from tests.conftest import FIXTURE_DEFINITIONS
 from tests.harness import running_harness
 
@@ -110,3 +111,24 @@ async def test_on_reply_pause_holds_the_sends_from_the_last_reply(harness):
     assert sent_after < timedelta(days=12, hours=13)
     (enrollment,) = harness.rows(Enrollment, lead_id)
     assert enrollment.status == "active"  # paused, never ended by the replies
+
+
+async def test_an_out_of_office_with_a_return_date_defers_the_next_send_until_then(harness):
+    lead_id = await harness.enroll(email="leave@example.com", phone="+14155550104")
+    await harness.until(lead_id, lambda s: s.step_id == "pause")
+    start = await harness.env.get_current_time()
+    back = (start + timedelta(days=12)).replace(hour=0, minute=0, second=0, microsecond=0)
+    away = EventIn(lead_id=lead_id, type="email.auto_reply", occurred_at=start,
+                   data={"automatic": "subject: Out of office", "text": "away",
+                         "return_date": back.isoformat()})  # fmt: skip
+    await harness.intake.deliver(harness.intake.store_events([away]).stored)
+    await harness.until(lead_id, lambda s: s.responses_handled == 1)
+    await harness.env.sleep(timedelta(days=10, hours=1))  # the nudge falls due on day 10
+    state = await harness.until(lead_id, lambda s: s.deferred is not None)
+    assert (state.step_id, state.deferred.until) == ("nudge", back)
+    assert state.deferred.reason == f"out of office until {back:%Y-%m-%d}"
+    assert state.enrollment_status == "active" and harness.sent_steps(lead_id) == ["welcome"]
+    await harness.env.sleep(back - start - timedelta(days=10) + timedelta(minutes=5))
+    await harness.until(lead_id, lambda s: s.step_id == "long_pause")
+    (nudge,) = [m for m in harness.rows(Message, lead_id) if m.step_id == "nudge"]
+    assert nudge.status == "sent" and nudge.scheduled_at.replace(tzinfo=UTC) >= back

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -277,6 +277,21 @@ def test_an_automatic_reply_is_kept_as_its_own_type_not_as_a_reply(
     (row,) = responses(database)
     assert (row.type, row.lead_id, row.message_id) == ("email.auto_reply", api.lead_id, "f" * 32)
     assert row.data["automatic"] == why and row.data["text"] == "I am away until Monday."
+
+
+def test_an_out_of_office_keeps_the_day_its_sender_is_back(api, database, app_settings):
+    with database.sessions.begin() as session:
+        session.add(Message(id="f" * 32, send_key="k", lead_id=api.lead_id, channel="email",
+                            template="hello", recipient="ada@example.com", body="",
+                            status="sent"))  # fmt: skip
+    last_day = datetime.now(UTC).date() + timedelta(days=10)
+    fields = {"from": "ada@example.com", "to": build_links(app_settings).reply_to("f" * 32),
+              "subject": "Out of office", "text": f"I am away until {last_day:%d %B %Y}.",
+              "headers": "Message-ID: <ooo-dated@example.com>\n"}  # fmt: skip
+    assert api.post("/webhooks/sendgrid/inbound", data=fields, auth=AUTH).status_code == 200
+    (row,) = responses(database)
+    back = datetime.fromisoformat(row.data["return_date"])
+    assert row.type == "email.auto_reply" and back.date() == last_day + timedelta(days=1)
 
 
 def test_a_persons_reply_stays_a_reply_whatever_auto_submitted_says_no(api, database):

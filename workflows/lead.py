@@ -20,7 +20,7 @@ responses still score. It decides; activities do (no I/O here).
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -136,6 +136,10 @@ SEQUENCE_PAUSE_PATCH = "sequence-pause"
 # before it could say so (validation refused it), so old histories never reach it.
 REPLY_PAUSE_PATCH = "reply-pause"
 REPLY_HOLD_REASON = "replied: sends paused"
+# An out-of-office naming a return date holds the sends until then (`on_out_of_office:
+# defer`, the default). Only an automatic reply carrying a `return_date` reaches it, and no
+# response before it carried one, so old histories replay as they were.
+OUT_OF_OFFICE_PATCH = "out-of-office-return"
 REPLY_TYPES = frozenset({"email.reply", "sms.reply"})  # not `email.auto_reply`: a machine's
 RESPONSES_PER_RUN = 2_000  # then continue as new, so the history stays small
 # Event IDs handed to the next run for exact de-duplication: this run's and the one's
@@ -533,6 +537,7 @@ class LeadWorkflow:
         exit`); it wakes from its wait and sends nothing more. Called once the reply is
         scored, so a reply that makes the lead sales-qualified ends it as a handoff. With
         `on_reply: pause` its sends wait `reply_pause` from the last reply instead."""
+        self._away(events)
         running = self.lead.enrollment
         if running is None or running.enrollment.sequence.on_reply == "continue":
             return
@@ -543,9 +548,24 @@ class LeadWorkflow:
             if workflow.patched(REPLY_PAUSE_PATCH):
                 hold = timedelta(seconds=sequence.reply_pause)
                 running.reply_hold_until = workflow.now() + hold
+                running.hold_reason = REPLY_HOLD_REASON
             return
         if workflow.patched(EXIT_ON_REPLY_PATCH):
             running.replied = True
+
+    def _away(self, events: list[ResponseEvent]) -> None:
+        """An out-of-office naming the day its sender is back holds the running sequence's
+        sends until then (`on_out_of_office: defer`); a later hold is never shortened."""
+        running = self.lead.enrollment
+        dates = [e.data["return_date"] for e in events if e.data.get("return_date")]
+        if running is None or not dates or running.enrollment.sequence.on_out_of_office != "defer":
+            return
+        back = max(datetime.fromisoformat(date) for date in dates)
+        if back <= workflow.now() or not workflow.patched(OUT_OF_OFFICE_PATCH):
+            return
+        if running.reply_hold_until is None or back > running.reply_hold_until:
+            running.reply_hold_until = back
+            running.hold_reason = f"out of office until {back:%Y-%m-%d}"
 
     async def _handle_response(self, event: ResponseEvent) -> None:
         if event.event_id in self.lead.seen_event_ids:
@@ -980,8 +1000,9 @@ class LeadWorkflow:
         Returns whether it waited."""
         running, state, waited = self.lead.enrollment, self.lead.state, False
         while (until := running.reply_hold_until) is not None and until > workflow.now():
+            reason = running.hold_reason or REPLY_HOLD_REASON
             state.deferred = DeferredSend(step_id=step.id, channel=step.type, until=until,
-                                          reason=REPLY_HOLD_REASON)  # fmt: skip
+                                          reason=reason)  # fmt: skip
             await self._sleep((until - workflow.now()).total_seconds(), pause=held,
                               until=lambda u=until: running.reply_hold_until != u)  # fmt: skip
             state.deferred, waited = None, True
