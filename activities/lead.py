@@ -30,7 +30,13 @@ from channels.render import compliance_problems, message_context, render_email, 
 from channels.template_sets import TemplateVersions
 from experiments.store import assign_arm
 from infra import metrics
-from models.consent import ConsentEffect, opt_out_reason, set_consent
+from models.consent import (
+    CONFIRMATION_WAIT,
+    ConsentEffect,
+    confirmation_recheck,
+    opt_out_reason,
+    set_consent,
+)
 from models.db import (
     Enrollment,
     Handoff,
@@ -193,6 +199,8 @@ class LeadActivities:
             if lead is None:
                 raise ApplicationError(f"lead {request.lead_id} does not exist", non_retryable=True)
             # Consent is read here, at send time, whatever sequence asked for the send.
+            if held := _held_for_confirmation(request, message, lead):
+                return held
             skip = opt_out_reason(lead, request.channel)
             if skip:
                 message.status, message.status_reason = "skipped", skip
@@ -219,7 +227,9 @@ class LeadActivities:
         """The message rendered for its channel, with the provider call that sends it; the
         outcome instead for an email missing what every marketing email must have."""
         unsubscribe_url = self.links.unsubscribe_url(request.lead_id, request.channel)
-        context = message_context(profile, self.sender, unsubscribe_url, self.default_locale)
+        track = partial(self.links.tracked_url, lead_id=request.lead_id)  # links to the site
+        context = message_context(profile, self.sender, unsubscribe_url, self.default_locale,
+                                  track)  # fmt: skip
         tags = {
             "sequence_id": request.sequence_id,
             "lead_id": request.lead_id,
@@ -782,6 +792,22 @@ def _hold_while_paused(request: SendRequest, message: Message) -> SendOutcome:
     message.status, message.status_reason = "deferred", PAUSED_REASON
     due = max(as_utc(request.due_at) if request.due_at else utcnow(), utcnow())
     message.not_before = due + PAUSED_RECHECK  # the workflow's time, as quiet hours are
+    _count_send(request, "deferred")
+    return _outcome(message)
+
+
+def _held_for_confirmation(
+    request: SendRequest, message: Message, lead: Lead
+) -> SendOutcome | None:
+    """An email to a lead whose consent waits for its confirmation (double opt-in) is
+    deferred, not skipped: it goes once the lead confirms, and is skipped if it never does
+    (docs/design.md, "A lead's email waits for its confirmation")."""
+    due = max(as_utc(request.due_at) if request.due_at else utcnow(), utcnow())
+    recheck = confirmation_recheck(lead, request.channel, as_utc(message.created_at), due)
+    if recheck is None:
+        return None
+    message.status, message.status_reason = "deferred", CONFIRMATION_WAIT
+    message.not_before = recheck
     _count_send(request, "deferred")
     return _outcome(message)
 

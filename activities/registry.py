@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from activities.consent import ConsentActivities
 from activities.crm import CrmActivities
 from activities.lead import LeadActivities
 from activities.sales import SalesActivities
@@ -13,13 +14,14 @@ from activities.training import TrainingActivities
 @dataclass(frozen=True)
 class Activities:
     """The lead's activities (enrollments, sends, scoring), the handoff's (assignment,
-    notices, answers, recycling), the CRM sync's and weekly retraining's, built with the
-    same database, channels and links."""
+    notices, answers, recycling), the CRM sync's, weekly retraining's and double opt-in's,
+    built with the same database, channels and links."""
 
     lead: LeadActivities
     sales: SalesActivities
     crm: CrmActivities
     training: TrainingActivities
+    consent: ConsentActivities  # double opt-in: the confirmation email, its expiry
 
     def all(self) -> list:
         lead, sales = self.lead, self.sales
@@ -40,4 +42,6 @@ class Activities:
             sales.apply_outcome,
             self.crm.sync_hubspot_deals,
             self.training.train_candidate,
+            self.consent.send_confirmation,
+            self.consent.expire_confirmation,
         ]

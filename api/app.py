@@ -26,6 +26,7 @@ from sqlalchemy.orm import sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.service import RPCError
 
+from api.confirm import confirm_router
 from api.console.app import add_console, invalid_page
 from api.console.web import Console
 from api.database import DATABASE_WAIT, HandlerDatabase
@@ -38,6 +39,7 @@ from api.outcomes import outcome_router
 from api.provider_webhooks import webhook_router
 from api.security import AuthFailureLimit, SecurityHeaders
 from api.tokens import BearerTokens
+from api.tracking import COLLECT_BODY_LIMIT, tracking_router
 from api.unsubscribe import unsubscribe_router
 from infra.settings import Settings
 from models.db import Response
@@ -112,12 +114,16 @@ def create_app(
     app.add_middleware(
         BodySizeLimit,
         limit=settings.max_body_bytes,
-        overrides={"/webhooks/sendgrid/inbound": max(INBOUND_BODY_LIMIT, settings.max_body_bytes)},
+        overrides={
+            "/webhooks/sendgrid/inbound": max(INBOUND_BODY_LIMIT, settings.max_body_bytes),
+            "/collect": min(COLLECT_BODY_LIMIT, settings.max_body_bytes),
+        },
     )
     app.add_middleware(AuthFailureLimit, limit=auth_failure_limit or settings.auth_failure_limit)
     app.add_middleware(SecurityHeaders, skip=DOC_PAGES)
     app.include_router(webhook_router(intake, settings, links))
     app.include_router(unsubscribe_router(intake, links, settings.sender_company, db))
+    app.include_router(confirm_router(intake, links, settings.sender_company, db))
     tokens = BearerTokens(api_token, db, intake.sessions)
     app.include_router(handoff_router(intake, links, tokens, db))
     console = app.state.console = add_console(app, intake, settings, db)
@@ -134,6 +140,7 @@ def create_app(
     _add_events_route(app, intake, db, tokens.requiring("events:write"))
     app.include_router(outcome_router(settings, db, intake, tokens.requiring("outcomes:write")))
     app.include_router(form_router(intake, settings, db))
+    app.include_router(tracking_router(intake, settings, links, db))
     return app
 
 

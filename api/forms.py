@@ -5,7 +5,9 @@ to one form NURTURE_FORM_RATE_LIMIT times (default 10 a minute, a moving window,
 process's memory) before it is answered 429. A post whose honeypot field is filled is a
 bot's: it is answered as any other, so the bot learns nothing, and nothing is stored.
 A real one creates or updates the lead, records its consent, stores a `form.submitted`
-event and enrolls the lead, as `POST /leads` does (services/forms.py).
+event and enrolls the lead, as `POST /leads` does (services/forms.py); the tracking
+snippet's visitor field joins the browser's earlier page views to the lead, unless the
+browser asks not to be tracked (DNT, GPC: docs/tracking.md).
 
 (No `from __future__ import annotations`: FastAPI resolves the handlers' annotations.)
 """
@@ -32,7 +34,7 @@ from infra.settings import Settings
 from models.db import new_id
 from models.forms import Form
 from models.locales import locale_from_accept_language
-from services import forms
+from services import forms, tracking
 from services.intake import Intake
 
 log = logging.getLogger("nurture.api.forms")
@@ -114,6 +116,8 @@ def form_router(intake: Intake, settings: Settings, db: HandlerDatabase) -> APIR
             raise HTTPException(429, f"too many posts to this form: try again in {wait} s",
                                 headers={"Retry-After": str(wait)})  # fmt: skip
         values = await _values(request)
+        if tracking.tracking_refused(request.headers):
+            values.pop(tracking.VISITOR_FIELD, None)
         if forms.is_bot(form, values):
             log.info("form %s: honeypot filled by %s, nothing stored", form.id, client)
             return _accepted(form, new_id())

@@ -31,16 +31,22 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ValidationError
 from sendgrid.helpers.eventwebhook import EventWebhook
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from api import provider_webhook_docs as docs
+from channels.base import OutgoingSms, SmsChannel
 from channels.links import Links
 from channels.out_of_office import return_date
 from channels.replies import AUTO_REPLY, is_automatic
 from infra.settings import Settings
+from models.consent import sms_keyword
+from models.db import Lead, Message, new_id, utcnow
 from services import operations
 from services.intake import EventIn, Intake
+from services.runtime import build_channels
 
 log = logging.getLogger("nurture.webhooks")
 
@@ -113,17 +119,22 @@ def webhook_router(intake: Intake, settings: Settings, links: Links) -> APIRoute
         return WebhookOut(accepted=result.unverified, duplicates=result.duplicates,
                           unverified=result.unverified)  # fmt: skip
 
+    help_desk = HelpDesk(intake, settings)
+
     @router.post("/twilio/sms", response_class=Response, **docs.TWILIO_SMS)
     async def twilio_sms(request: Request) -> Response:
         """Inbound SMS. STOP/START and their synonyms change consent; anything else is an
-        `sms.reply`. Answers with TwiML (empty: Twilio answers the keywords itself)."""
+        `sms.reply`, and HELP (or INFO) is also answered with delivery.yaml's help text,
+        by SMS. Answers with empty TwiML."""
         form = await _verified_twilio_form(request, settings)
         sid = form.get("MessageSid") or form.get("SmsMessageSid")
         if not sid or not form.get("From"):
             raise HTTPException(400, "MessageSid and From are required")
         data = {"body": form.get("Body", "")[:1600], "to": form.get("To")}
         event = _event(type="sms.reply", phone=form["From"], event_id=f"twilio:{sid}", data=data)
-        await _accept(intake, [event], "twilio")
+        answer = await _accept(intake, [event], "twilio")
+        if sms_keyword(data["body"]) == "help" and answer.accepted:  # not a retry's repeat
+            await run_in_threadpool(help_desk.answer, sid, event.phone)
         return Response(str(MessagingResponse()), media_type="application/xml")
 
     @router.post("/twilio/status", response_model=WebhookOut, **docs.TWILIO_STATUS)
@@ -140,6 +151,68 @@ def webhook_router(intake: Intake, settings: Settings, links: Links) -> APIRoute
                           pending=int(waiting))  # fmt: skip
 
     return router
+
+
+# The answer to HELP when delivery.yaml's `consent.sms_help` gives none.
+DEFAULT_HELP = "{company}: marketing texts. Reply STOP to opt out, START to opt back in."
+
+
+class HelpDesk:
+    """Answers an SMS `HELP` with the help text through the SMS channel (Twilio, or the
+    outbox), once per inbound message (its SID), whatever the number's consent: carriers
+    require it. The answer is a `messages` row of the lead with that number (template
+    `sms_help`, not counted for caps); a number no lead has is answered too, and logged."""
+
+    def __init__(self, intake: Intake, settings: Settings):
+        self.intake, self.settings = intake, settings
+        self.text = intake.definitions.consent.sms_help or DEFAULT_HELP.format(
+            company=settings.sender_company
+        )
+        self._channel: SmsChannel | None = None
+
+    def answer(self, sid: str, number: str) -> None:
+        message_id = new_id()
+        lead_id = self._lead_of(number)
+        if lead_id is not None and not self._claim(message_id, sid, lead_id, number):
+            return  # answered already
+        try:
+            result = self._sms().send_sms(OutgoingSms(message_id, number, self.text,
+                                                      tags={"purpose": "help"}))  # fmt: skip
+        except Exception as exc:  # refused, or unreachable: the event is stored all the same
+            log.warning("could not answer HELP from %s: %s", number, exc)
+            self._record(message_id, lead_id, status="failed", status_reason=str(exc))
+            return
+        self._record(message_id, lead_id, status="sent", sent_at=utcnow(),
+                     provider=result.provider,
+                     provider_message_id=result.provider_message_id)  # fmt: skip
+        if lead_id is None:
+            log.info("answered HELP from %s, a number no lead has", number)
+
+    def _sms(self) -> SmsChannel:
+        if self._channel is None:
+            self._channel = build_channels(self.settings)[1]
+        return self._channel
+
+    def _lead_of(self, number: str) -> str | None:
+        with self.intake.sessions() as session:  # shared phones: the newest lead, as events
+            return session.scalars(select(Lead.id).where(Lead.phone == number)
+                                   .order_by(Lead.created_at.desc())).first()  # fmt: skip
+
+    def _claim(self, message_id: str, sid: str, lead_id: str, number: str) -> bool:
+        try:
+            with self.intake.sessions.begin() as session:
+                session.add(Message(id=message_id, send_key=f"help:{sid}", lead_id=lead_id,
+                                    channel="sms", template="sms_help", recipient=number,
+                                    body=self.text, status="sending",
+                                    counts_for_caps=False))  # fmt: skip
+        except IntegrityError:
+            return False
+        return True
+
+    def _record(self, message_id: str, lead_id: str | None, **values) -> None:
+        if lead_id is not None:
+            with self.intake.sessions.begin() as session:
+                session.execute(update(Message).where(Message.id == message_id).values(**values))
 
 
 async def _accept(

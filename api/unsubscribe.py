@@ -54,7 +54,7 @@ def unsubscribe_router(
         what = "emails" if channel == "email" else "text messages"
         return page(
             f"Unsubscribe from {company} {what}?",
-            f"<p>{escape(_masked(lead, channel))} will get no more {what} from "
+            f"<p>{escape(masked(lead, channel))} will get no more {what} from "
             f"{escape(company)}.</p><form method='post'><button type='submit' "
             "style='font-size:1em;padding:.6em 1.2em'>Unsubscribe</button></form>",
         )
@@ -71,7 +71,7 @@ def unsubscribe_router(
                               data={"via": "unsubscribe link"})  # fmt: skip
             result = await db.run(intake.store_events, [opt_out], source="unsubscribe")
             await intake.deliver_now(result.stored)  # committed: else the relay does
-        return page("You are unsubscribed", f"<p>{escape(_masked(lead, channel))} will get "
+        return page("You are unsubscribed", f"<p>{escape(masked(lead, channel))} will get "
                     f"no more of these messages from {escape(company)}.</p>")  # fmt: skip
 
     return router
@@ -82,7 +82,7 @@ def _lead(intake: Intake, lead_id: str) -> Lead | None:
         return session.get(Lead, lead_id)
 
 
-def _masked(lead: Lead, channel: str) -> str:
+def masked(lead: Lead, channel: str) -> str:
     if channel == "sms":
         return f"{(lead.phone or '')[:4]}***{(lead.phone or '')[-2:]}"
     local, _, domain = lead.email.partition("@")

@@ -1,9 +1,11 @@
-"""Signed tokens in what we send: unsubscribe links and reply-to addresses.
+"""Signed tokens in what we send: unsubscribe links, reply-to addresses and tracked links.
 
-A token names a lead and a channel (unsubscribe), one of our messages (reply) or a
-handoff and the rep it was sent to (the answer links in handoff notifications),
-signed with NURTURE_SECRET_KEY, so nobody can unsubscribe someone else or pass a
-reply off as another lead's.
+A token names a lead and a channel (unsubscribe), one of our messages (reply), a
+handoff and the rep it was sent to (the answer links in handoff notifications) or a
+lead (`nt=<lead id>.<mac>` on a link to the website: the tracking snippet joins the
+browser to the lead, docs/tracking.md), signed with NURTURE_SECRET_KEY, so nobody can
+unsubscribe someone else, pass a reply off as another lead's or have their visits
+counted as another lead's.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
@@ -88,9 +91,37 @@ class Links:
         key = f"nurture-reply:{self.secret_key}".encode()
         return hmac.new(key, message_id.encode(), hashlib.sha256).hexdigest()[:REPLY_MAC_HEX]
 
+    def tracking_token(self, lead_id: str) -> str:
+        """`<lead id>.<mac>`: the value of a tracked link's `nt` parameter."""
+        return f"{lead_id}.{self._tracking_mac(lead_id)}"
+
+    def tracked_url(self, url: str, lead_id: str) -> str:
+        """`url` with the lead's `nt` parameter added (its other parameters and fragment
+        kept): a link in a message, which the website's snippet reads."""
+        parts = urlsplit(url)
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                 if k != TRACKING_PARAMETER]  # fmt: skip
+        query.append((TRACKING_PARAMETER, self.tracking_token(lead_id)))
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
+    def read_tracking_token(self, token: str) -> str | None:
+        """The lead ID of an `nt` value we signed, else None."""
+        found = _TRACKING_TOKEN.fullmatch(token.strip().lower())
+        if not found:
+            return None
+        lead_id, mac = found.groups()
+        return lead_id if hmac.compare_digest(mac, self._tracking_mac(lead_id)) else None
+
+    def _tracking_mac(self, lead_id: str) -> str:
+        key = f"nurture-track:{self.secret_key}".encode()
+        return hmac.new(key, lead_id.encode(), hashlib.sha256).hexdigest()[:REPLY_MAC_HEX]
+
 
 MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
 # 96 bits of HMAC-SHA256: "reply+" + a 32-character message ID + "-" + 24 = 63 characters.
 REPLY_MAC_HEX = 24
 _REPLY_ID = re.compile(r"[0-9a-f]{1,32}")
 _REPLY_TOKEN = re.compile(rf"([0-9a-f]{{1,32}})-([0-9a-f]{{{REPLY_MAC_HEX}}})")
+# A tracked link's parameter: `nt=<lead id>.<96 bits of HMAC-SHA256>`.
+TRACKING_PARAMETER = "nt"
+_TRACKING_TOKEN = re.compile(rf"([0-9a-f]{{1,32}})\.([0-9a-f]{{{REPLY_MAC_HEX}}})")

@@ -7,6 +7,7 @@ Each file is taken in the variant of the context's `locale` by the fallback chai
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,8 +80,16 @@ def message_context(
     sender: dict[str, str],
     unsubscribe_url: str,
     default_locale: str = DEFAULT_LOCALE,
+    track: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
-    """What a template may use: the lead, the sender, the unsubscribe link and the locale
-    the message is written in (the lead's, else `default_locale`)."""
+    """What a template may use: the lead, the sender, the unsubscribe link, the locale
+    the message is written in (the lead's, else `default_locale`) and `track(url)`, a link
+    to the website carrying the lead's signed `nt` (docs/tracking.md; without `track`, as
+    in a preview, the link as written)."""
     locale = lead.get("locale") or default_locale
-    return {"lead": lead, "sender": sender, "unsubscribe_url": unsubscribe_url, "locale": locale}
+    return {"lead": lead, "sender": sender, "unsubscribe_url": unsubscribe_url, "locale": locale,
+            "track": track or _as_written}  # fmt: skip
+
+
+def _as_written(url: str) -> str:
+    return url

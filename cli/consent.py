@@ -48,9 +48,12 @@ def consent(
             verb = "opted out of" if opt_out else "opted in to"
             console.print(f"{row.email} {verb} {channel}" + ("" if changed else " (no change)"))
         for name in ("email", "sms"):
-            allowed = getattr(row, f"{name}_consent")
-            why = getattr(row, f"{name}_opt_out_reason")
-            console.print(f"{name:<6} {'allowed' if allowed else 'opted out: ' + (why or '')}")
+            state = f"opted out: {getattr(row, f'{name}_opt_out_reason') or ''}"
+            if getattr(row, f"{name}_consent"):
+                state = "allowed"
+            elif name == "email" and row.email_confirmation == "pending":
+                state = "waiting for the lead's confirmation (double opt-in)"
+            console.print(f"{name:<6} {state}", highlight=False)
         history = session.scalars(
             select(ConsentChange).where(ConsentChange.lead_id == row.id)
             .order_by(ConsentChange.id)
@@ -59,6 +62,17 @@ def consent(
             direction = "in " if change.opted_in else "out"
             console.print(
                 f"  {change.created_at:%Y-%m-%d %H:%M} {change.channel:<5} {direction} "
-                f"{change.reason}" + (f" ({change.detail})" if change.detail else ""),
+                f"{change.reason}"
+                + (f" ({change.detail})" if change.detail else "")
+                + _told(change),
                 highlight=False,
             )
+
+
+def _told(change) -> str:
+    """What intake was told with the change: status, basis, source and time given."""
+    parts = [change.status if change.basis or change.source else None,
+             change.basis and f"basis {change.basis}", change.source and f"from {change.source}",
+             change.given_at and f"given {change.given_at:%Y-%m-%d %H:%M}"]  # fmt: skip
+    told = ", ".join(part for part in parts if part)
+    return f" [{told}]" if told else ""

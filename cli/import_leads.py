@@ -22,8 +22,12 @@ _HELP = {
     "file": "the leads: a header line naming the columns, then one lead per line",
     "map": "fill FIELD from column HEADER (repeatable); FIELD is a lead field (email, "
     "first_name, last_name, phone, title, company, company_size, industry, country, "
-    "timezone, source, sequence) or attributes.KEY",
-    "enroll": "enroll each lead in its segment's sequence (signal-with-start of its workflow)",
+    "timezone, source, sequence), a consent column (email_consent, email_consent_source, "
+    "email_consent_at, email_consent_basis, the same for sms, or consent as JSON) or "
+    "attributes.KEY",
+    "enroll": "enroll each lead in its segment's sequence (signal-with-start of its workflow); "
+    "a lead whose email consent waits for its confirmation (double opt-in) is sent the "
+    "confirmation email when it is enrolled",
     "dry_run": "validate only: no database, no Temporal; only the rejects file is written",
     "strict": "any rejected row refuses the whole file: nothing written, exit 1 (with --dry-run: "
     "exit 1)",
@@ -68,6 +72,13 @@ def import_leads(
     listed with their line in the file (the header is line 1), field and reason, and
     written to the rejects file with the original columns. A later row with the same
     email updates the earlier one; blank cells leave what a lead already has.
+
+    Consent per channel: `email_consent` (given, withdrawn or pending),
+    `email_consent_source`, `email_consent_at` and `email_consent_basis` (consent,
+    contract, legitimate_interest...), the same for `sms_consent` (given or withdrawn, on
+    the basis consent only), or a `consent` column holding the API's object as JSON. A new
+    lead without them starts as delivery.yaml's `consent.defaults` say for its country
+    (docs/consent.md).
 
     A progress bar (rows read, imported, enrolled) goes to stderr on a terminal.
 

@@ -37,6 +37,7 @@ _KIND_STYLES = {
     "reassigned": "red",
     "unanswered": "red",
     "finished": "bold",
+    "goal": "bold green",
     "enrolled": "bold",
     "experiment": "blue",
 }
@@ -250,7 +251,8 @@ def simulate(
 ) -> None:
     """Run the real workflow for one lead on a time-skipping Temporal test server and
     print its timeline: each message sent (or held back by quiet hours or a frequency
-    cap), what the lead did, the score and stage after it, and the handoff to sales.
+    cap), what the lead did, the score and stage after it, the handoff to sales, and a
+    goal of the sequence met, which ends it ("goal trial met (...): sequence ended").
 
     Nothing outside the simulation is touched: it has its own temporary database and
     outbox, and ignores DATABASE_URL and the SendGrid, Twilio and CRM keys. The lead

@@ -141,6 +141,13 @@ class Settings(BaseSettings):
         default="USD", alias="NURTURE_HUBSPOT_CURRENCY", pattern=r"^[A-Z]{3}$"
     )
 
+    # Web tracking (docs/tracking.md): the sites whose pages may send views to POST /collect
+    # (comma-separated origins, e.g. https://www.example.com; the API's own origin always
+    # may), views a client address may send, and days a view never joined to a lead is kept.
+    tracking_origins: str = Field(default="", alias="NURTURE_TRACKING_ORIGINS")
+    tracking_rate_limit: str = Field(default="60/minute", alias="NURTURE_TRACKING_RATE_LIMIT")
+    tracking_retention_days: int = Field(default=30, alias="NURTURE_TRACKING_RETENTION_DAYS", ge=1)
+
     @field_validator("temporal_address")
     @classmethod
     def _host_and_port(cls, value: str) -> str:
@@ -150,7 +157,7 @@ class Settings(BaseSettings):
             )
         return value.strip()
 
-    @field_validator("auth_failure_limit", "form_rate_limit")
+    @field_validator("auth_failure_limit", "form_rate_limit", "tracking_rate_limit")
     @classmethod
     def _a_rate(cls, value: str) -> str:
         from limits import parse
@@ -159,6 +166,17 @@ class Settings(BaseSettings):
             parse(value)
         except ValueError:
             raise ValueError(f"{value!r} is not a rate: write it as e.g. 10/minute") from None
+        return value
+
+    @field_validator("tracking_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in (part.strip() for part in value.split(",")):
+            if origin and not re.fullmatch(r"https?://[^\s/?#]+/?", origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: write scheme://host[:port], such as "
+                    "https://www.example.com, with no path"
+                )
         return value
 
     @field_validator("default_locale")
@@ -232,6 +250,11 @@ class Settings(BaseSettings):
         secret in the repository; production sets NURTURE_API_TOKEN.
         """
         return self._secret(self.api_token, "api-token", "NURTURE_API_TOKEN")
+
+    def tracking_origin_list(self) -> list[str]:
+        """NURTURE_TRACKING_ORIGINS, each as a browser sends it in `Origin` (lower case)."""
+        return [o.strip().lower().rstrip("/") for o in self.tracking_origins.split(",")
+                if o.strip()]  # fmt: skip
 
     def crm_webhook_secret_list(self) -> list[str]:
         value = self.crm_webhook_secrets.get_secret_value() if self.crm_webhook_secrets else ""

@@ -106,6 +106,10 @@ class Lead(Base):
     utm_content: Mapped[str | None] = mapped_column(String(200))
     # The language the lead is written to, a normalised BCP 47 tag (de-AT): none, the default.
     locale: Mapped[str | None] = mapped_column(String(35))
+    # Double opt-in (docs/consent.md): pending | confirmed | expired | withdrawn, and the
+    # current request's ID (its link and workflow name it). Email waits while pending.
+    email_confirmation: Mapped[str | None] = mapped_column(String(20))
+    email_confirmation_id: Mapped[str | None] = mapped_column(String(32))
 
     PROFILE_FIELDS = (
         "email", "phone", "first_name", "last_name", "title", "company", "company_size",
@@ -318,6 +322,12 @@ class ConsentChange(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     source_event_id: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # What intake was told (docs/consent.md): given | withdrawn | pending | confirmed |
+    # expired, where the consent was collected, when, and on which legal basis.
+    status: Mapped[str | None] = mapped_column(String(20))
+    source: Mapped[str | None] = mapped_column(String(200))
+    given_at: Mapped[datetime | None] = mapped_column()
+    basis: Mapped[str | None] = mapped_column(String(30))
 
 
 class ScoreChange(Base):
@@ -684,3 +694,32 @@ Index("ix_enrollments_lead_id_started_at", Enrollment.lead_id, Enrollment.starte
 Index("ix_enrollments_sequence_id_lead_id_started_at", Enrollment.sequence_id,
       Enrollment.lead_id, Enrollment.started_at)  # fmt: skip
 Index("ix_leads_email_prefix", Lead.email, postgresql_ops={"email": "text_pattern_ops"})
+
+
+class Visitor(Base):
+    """A website visitor (the tracking snippet's first-party cookie, docs/tracking.md)
+    joined to a lead by a form post or a tracked link. A later join moves it to that lead:
+    its later views are that lead's; earlier ones stay with the lead they went to."""
+
+    __tablename__ = "visitors"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    lead_id: Mapped[str] = mapped_column(ForeignKey("leads.id"), index=True)
+    joined_by: Mapped[str] = mapped_column(String(120))  # form:<id> | link
+    joined_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class VisitorView(Base):
+    """A page view of a visitor not joined to a lead yet: kept until a join makes it the
+    lead's `page.view` response (event ID `view:<id>`), then deleted; one never joined
+    is deleted after NURTURE_TRACKING_RETENTION_DAYS."""
+
+    __tablename__ = "visitor_views"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    visitor_id: Mapped[str] = mapped_column(String(64), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    title: Mapped[str | None] = mapped_column(Text)
+    referrer: Mapped[str | None] = mapped_column(Text)
+    utm: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # the utm_* of its URL
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.definitions import DeliveryPolicy, SalesTeam, Segments, Sequence
+from models.definitions import ConsentPolicy, DeliveryPolicy, SalesTeam, Segments, Sequence
 from models.forms import FormBook
 from models.jinja import evaluate_condition
 from models.scoring_model import ScoringBook, ScoringModel
@@ -24,6 +24,8 @@ class Definitions:
     delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     forms: FormBook = field(default_factory=FormBook)
     warnings: list[DefinitionProblem] = field(default_factory=list)
+    # delivery.yaml's `consent:` (defaults, double opt-in, SMS help): intake's, not a send's.
+    consent: ConsentPolicy = field(default_factory=ConsentPolicy)
 
     @property
     def templates_dir(self) -> Path:

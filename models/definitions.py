@@ -325,6 +325,107 @@ class DeliveryPolicy(_Definition):
         return _default_caps() | caps
 
 
+# --- consent at intake (docs/consent.md) ----------------------------------------------------
+
+
+class ChannelDefault(_Definition):
+    """What a new lead given no consent on a channel starts with: `default`, except that in
+    the `opt_in_countries` (the lead's `country`) it starts opted out."""
+
+    default: Literal["opted_in", "opted_out"]
+    opt_in_countries: tuple[str, ...] = ()
+
+    @field_validator("opt_in_countries", mode="before")
+    @classmethod
+    def _as_countries(cls, value: object) -> object:
+        return _countries_as_tuple(value)
+
+    @field_validator("opt_in_countries")
+    @classmethod
+    def _known_countries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _country_codes(value)
+
+    @model_validator(mode="after")
+    def _countries_need_opted_in(self) -> ChannelDefault:
+        if self.opt_in_countries and self.default == "opted_out":
+            raise ValueError("opt_in_countries: only with `default: opted_in` (with "
+                             "`opted_out` every lead starts opted out already)")  # fmt: skip
+        return self
+
+    def starts_opted_in(self, country: str | None) -> bool:
+        return self.default == "opted_in" and (country or "").upper() not in self.opt_in_countries
+
+
+class ConsentDefaults(_Definition):
+    """Email starts opted in (but in the opt-in countries); SMS needs explicit consent."""
+
+    email: ChannelDefault = ChannelDefault(default="opted_in")
+    sms: ChannelDefault = ChannelDefault(default="opted_out")
+
+
+class DoubleOptIn(_Definition):
+    """Email consent given at intake is confirmed by the lead first (a link in an email):
+    for every lead (`email: true`), the leads of some countries (a list) or none."""
+
+    email: bool | tuple[str, ...] = False
+    reminder_after: int = 2 * 86400
+    expires_after: int = 7 * 86400
+
+    _durations = field_validator("reminder_after", "expires_after", mode="before")(parse_duration)
+
+    @field_validator("email", mode="before")
+    @classmethod
+    def _countries(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, list | tuple | str):
+            return _country_codes(_countries_as_tuple(value))  # type: ignore[arg-type]
+        raise ValueError("write true, false or a list of country codes such as [DE, AT]")
+
+    @model_validator(mode="after")
+    def _reminder_first(self) -> DoubleOptIn:
+        if self.reminder_after >= self.expires_after:
+            raise ValueError(
+                f"reminder_after ({_duration_text(self.reminder_after)}) must be shorter than "
+                f"expires_after ({_duration_text(self.expires_after)}): the reminder goes "
+                "while the link still works"
+            )
+        return self
+
+    def applies(self, country: str | None) -> bool:
+        if isinstance(self.email, bool):
+            return self.email
+        return (country or "").upper() in self.email
+
+
+class ConsentPolicy(_Definition):
+    """`delivery.yaml`'s `consent:`: what new leads start with, double opt-in for email, and
+    the answer to an SMS `HELP` (none: a short text naming the sender and STOP/START)."""
+
+    defaults: ConsentDefaults = ConsentDefaults()
+    double_opt_in: DoubleOptIn = DoubleOptIn()
+    sms_help: str | None = Field(default=None, min_length=1, max_length=480)
+
+    @field_validator("sms_help")
+    @classmethod
+    def _mentions_stop(cls, value: str | None) -> str | None:
+        if value is not None and "STOP" not in value.upper():
+            raise ValueError("the help text must tell how to opt out (mention STOP)")
+        return " ".join(value.split()) if value else value
+
+
+class DeliveryFile(DeliveryPolicy):
+    """The whole of `delivery.yaml`: the send-time policy and, under `consent:`, the intake's
+    consent policy (kept apart in the definitions: `Definitions.delivery` and `.consent`)."""
+
+    consent: ConsentPolicy = ConsentPolicy()
+
+    def policies(self) -> tuple[DeliveryPolicy, ConsentPolicy]:
+        delivery = DeliveryPolicy(send_windows=self.send_windows,
+                                  frequency_caps=self.frequency_caps)  # fmt: skip
+        return delivery, self.consent
+
+
 Step = Annotated[
     EmailStep | SmsStep | WaitStep | WaitForStep | BranchStep | SplitStep | ExitStep,
     Field(discriminator="type"),
@@ -577,6 +678,11 @@ def _country_codes(codes: tuple[str, ...]) -> tuple[str, ...]:
             raise ValueError(f"{code!r} is not an ISO 3166 country code such as US or DE{hint}")
         result.append(upper)
     return tuple(dict.fromkeys(result))
+
+
+def country_code(value: str) -> str:
+    """A lead's country as an ISO 3166 alpha-2 code (upper case), or ValueError."""
+    return _country_codes((value,))[0]
 
 
 def _http_url(value: str) -> str:

@@ -6,7 +6,7 @@ Layout of a definitions directory (the repository root by default):
     segments.yaml        rules choosing a sequence per lead (first match wins) and a default
     scoring.yaml         scoring models: fit and engagement rules, decay, stages and gates
     sales.yaml           the sales reps leads are handed to
-    delivery.yaml        optional: send windows (quiet hours) and frequency caps
+    delivery.yaml        optional: send windows (quiet hours), frequency caps, consent
     forms.yaml           optional: the website's forms (POST /forms/{id})
     templates/email/<name>/{subject.txt,body.html,body.txt}
     templates/sms/<name>.txt
@@ -24,7 +24,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from models.definition_set import Definitions
 from models.definitions import (
     BranchStep,
-    DeliveryPolicy,
+    DeliveryFile,
     EmailStep,
     SalesTeam,
     Segments,
@@ -117,16 +117,17 @@ def inspect_definitions(root: Path | str) -> Inspection:
         if segments is not None:
             known_segments = [s.id for s in segments[0].segments] + [segments[0].default.id]
         problems += _check_sales(*sales, known_segments, sequences, broken)
-    delivery: tuple[DeliveryPolicy, Any] | None = (DeliveryPolicy(), None)
+    delivery: tuple[DeliveryFile, Any] | None = (DeliveryFile(), None)
     if (root / "delivery.yaml").exists():  # optional: the defaults otherwise
-        delivery = _load_model(root / "delivery.yaml", DeliveryPolicy, problems)
+        delivery = _load_model(root / "delivery.yaml", DeliveryFile, problems)
     forms = _load_forms(root, sequences, broken, problems)
 
     segments_source = segments[1] if segments is not None else None
     if segments is None or scoring is None or sales is None or delivery is None or forms is None:
         return Inspection(root, None, problems, sends, sources, segments_source)
+    send_policy, consent = delivery[0].policies()
     definitions = Definitions(
-        root, sequences, segments[0], scoring[0], sales[0], delivery[0], forms
+        root, sequences, segments[0], scoring[0], sales[0], send_policy, forms, consent=consent
     )
     definitions.warnings = [p for p in problems if p.severity != "error"]
     return Inspection(root, definitions, problems, sends, sources, segments_source)

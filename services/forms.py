@@ -1,7 +1,9 @@
 """A website's form posted to `POST /forms/{id}` (forms.yaml, models/forms.py): its fields
 read into a lead, the lead created or updated, the consent it gives recorded and a
-`form.submitted` event stored, so scoring sees the submission. Enrolling is the caller's
-(api/forms.py), as for `POST /leads`.
+`form.submitted` event stored, so scoring sees the submission. A post carrying the
+tracking snippet's visitor ID joins that visitor to the lead, whose earlier page views
+become its responses (services/tracking.py). Enrolling is the caller's (api/forms.py), as
+for `POST /leads`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from models.consent import ConsentEffect, give_consent, set_consent
 from models.db import Lead, Response, new_id
 from models.forms import Form
 from models.locales import split_variant
+from services import tracking
 from services.intake import EventIn, Intake, LeadIn
 
 TRUTHY = frozenset({"1", "true", "on", "yes", "y"})  # a ticked box, as browsers and JSON send it
@@ -33,12 +36,14 @@ class FormInvalid(ValueError):
 @dataclass
 class Submission:
     """A post read: the lead's fields (unvalidated), the answers kept on the event, the
-    channels whose box was ticked (True) or left empty (False), the browser's locale."""
+    channels whose box was ticked (True) or left empty (False), the browser's locale, the
+    website visitor the tracking snippet named."""
 
     fields: dict[str, Any] = field(default_factory=dict)
     answers: dict[str, Any] = field(default_factory=dict)
     consent: dict[str, bool] = field(default_factory=dict)
     browser_locale: str | None = None
+    visitor: str | None = None
 
 
 def given(value: Any) -> bool:
@@ -53,7 +58,8 @@ def is_bot(form: Form, values: dict[str, Any]) -> bool:
 
 def read(form: Form, values: dict[str, Any], browser_locale: str | None) -> Submission:
     """The post's fields by where the form sends them; fields it does not name are left."""
-    submission = Submission(browser_locale=browser_locale)
+    visitor = tracking.read_visitor(values.get(tracking.VISITOR_FIELD))
+    submission = Submission(browser_locale=browser_locale, visitor=visitor)
     for name, target in form.fields.items():
         if not given(values.get(name)):
             continue
@@ -86,6 +92,8 @@ def submit(intake: Intake, form: Form, submission: Submission) -> tuple[Lead, bo
     lead, created = intake.upsert_lead(lead_in)
     _record_consent(intake, form, lead.id, created, submission.consent, event.event_id)
     intake.store_events([event.model_copy(update={"lead_id": lead.id})], source="form")
+    if submission.visitor:  # its earlier views are the lead's now (delivered by the caller)
+        tracking.join(intake, submission.visitor, lead.id, f"form:{form.id}")
     return lead, created
 
 
@@ -148,7 +156,8 @@ def _record_consent(
         for channel, yes in ticked.items():
             detail = f"{where}: {form.consent[channel]}"
             if yes:
-                give_consent(session, lead, channel, detail, event_id)
+                policy = intake.definitions.consent  # double opt-in, where it applies
+                give_consent(session, lead, channel, detail, event_id, policy, created)
             elif created:
                 effect = ConsentEffect(channel, False, "form", f"{detail} not ticked")
                 set_consent(session, lead, effect, event_id)

@@ -12,7 +12,10 @@ with its physical line number in the file (the header is line 1), the field and 
 reason. A later row with the same email updates the earlier one. Blank cells leave
 what a lead already has; attributes are merged into the lead's. UTM columns (`utm_source`
 ... `utm_content`, or `Campaign`, `Medium`...) are the lead's first touch: kept from the
-first row or lead that has them, never overwritten (see `first_touch_only`).
+first row or lead that has them, never overwritten (see `first_touch_only`). Consent
+columns (`email_consent`, `email_consent_source`, `_at`, `_basis`, the same for `sms`, or
+the API's object as JSON in a `consent` column) are recorded as `POST /leads` records them;
+a new lead without them starts as delivery.yaml's defaults say (docs/consent.md).
 
 Valid rows are upserted by email in batches, one transaction per batch, each new
 lead getting its segment (segments.yaml); a later batch is validated and written
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import re
 import time
 from collections import Counter
@@ -39,7 +43,8 @@ from pydantic import ValidationError
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
-from models.db import Lead, OutcomeEvent, Response, new_id
+from models.consent import Told, apply_intake_consent
+from models.db import Lead, OutcomeEvent, Response, new_id, utcnow
 from sales.outcome_store import match_waiting_outcomes
 from services.intake import (
     UTM_FIELDS,
@@ -49,10 +54,15 @@ from services.intake import (
     first_touch_only,
 )
 
+# Consent per channel (docs/consent.md): flat columns, or the API's object as JSON in one
+# `consent` column. `<channel>_consent` is given, withdrawn or pending.
+CONSENT_PARTS = {"": "status", "_source": "source", "_at": "at", "_basis": "basis"}
+CONSENT_COLUMNS = ("consent", *(f"{channel}_consent{suffix}" for channel in ("email", "sms")
+                                for suffix in CONSENT_PARTS))  # fmt: skip
 # The lead fields a column can fill (LeadIn's, but `attributes`: see attribute columns).
 FIELDS = ("email", "first_name", "last_name", "phone", "title", "company", "company_size",
           "industry", "country", "timezone", "locale", "source", "sequence",
-          *UTM_FIELDS)  # fmt: skip
+          *UTM_FIELDS, *CONSENT_COLUMNS)  # fmt: skip
 
 # Other header names for the fields, normalised (lower case, letters and digits only).
 _ALSO = {
@@ -74,6 +84,12 @@ _ALSO = {
     "utm_campaign": "campaign campaignname",
     "utm_term": "campaignterm keyword",
     "utm_content": "campaigncontent adcontent",
+    "email_consent": "emailconsentstatus emailoptin",
+    "email_consent_at": "emailconsentdate emailconsenttime emailconsentgivenat",
+    "email_consent_basis": "emailconsentlegalbasis emaillegalbasis",
+    "sms_consent": "smsconsentstatus smsoptin",
+    "sms_consent_at": "smsconsentdate smsconsenttime smsconsentgivenat",
+    "sms_consent_basis": "smsconsentlegalbasis smslegalbasis",
 }
 # Header name (normalised) -> field.
 SYNONYMS: dict[str, str] = {name.replace("_", ""): name for name in FIELDS} | {
@@ -480,6 +496,7 @@ class _Pending:
     line: int
     fields: dict[str, Any]
     sequence: str | None
+    told: dict[str, Told] = field(default_factory=dict)  # consent per channel, as the file says
 
 
 Progress = Callable[[str, int], None]  # ("read" | "imported" | "enrolled", how many more)
@@ -514,6 +531,7 @@ class LeadImporter:
         self.report = ImportReport(str(source.path), dry_run=dry_run, enroll=self.enroll,
                                    columns=plan.describe(), notes=plan.notes())  # fmt: skip
         self._first_line: dict[str, int] = {}  # email -> line of its first valid row
+        self._source = f"import:{source.path.name}"[:200]  # where consent told without one was
         self._done: set[str] = set()  # emails written (or, dry, validated) in this import
         self._failures_in_a_row = 0
 
@@ -584,11 +602,12 @@ class LeadImporter:
         for line, cells in rows:
             self.report.read += 1
             data, problems = self.plan.data(cells)
+            data, flat = _fold_consent(data, problems)
             lead_in = None
             try:
                 lead_in = LeadIn.model_validate(data)
             except ValidationError as exc:
-                problems += problems_of(exc)
+                problems += _consent_columns(problems_of(exc)) if flat else problems_of(exc)
             if lead_in is not None and lead_in.sequence and lead_in.sequence not in sequences:
                 known = ", ".join(sequences)
                 reason = f"no sequence {lead_in.sequence!r} (known: {known})"
@@ -596,9 +615,10 @@ class LeadImporter:
             if problems:
                 self.report.rejected.append(Rejected(line, cells, problems))
                 continue
-            fields = lead_in.model_dump(exclude={"sequence"}, exclude_unset=True)
+            fields = lead_in.model_dump(exclude={"sequence", "consent"}, exclude_unset=True)
             email = fields["email"] = str(lead_in.email).lower()
             sequence = lead_in.sequence or self.sequence
+            told = lead_in.consent.told(self._source, utcnow()) if lead_in.consent else {}
             if email in self._first_line:
                 self.report.duplicates.append(Duplicate(line, self._first_line[email], email))
             else:
@@ -607,8 +627,9 @@ class LeadImporter:
                 earlier = pending[email]
                 earlier.fields = _merge(earlier.fields, fields)
                 earlier.sequence = lead_in.sequence or earlier.sequence
+                earlier.told = earlier.told | told
             else:
-                pending[email] = _Pending(line, fields, sequence)
+                pending[email] = _Pending(line, fields, sequence, told)
         return pending
 
     def _segment_of_new(self, fields: dict[str, Any]) -> str:
@@ -653,6 +674,8 @@ class LeadImporter:
                         setattr(lead, name, value)
                 if lead.segment is None:  # a lead keeps the segment it was first given
                     lead.segment = choose(lead.profile())[0]
+                apply_intake_consent(session, lead, created, item.told,
+                                     self.definitions.consent, "import")  # fmt: skip
                 written.append((item, lead, created))
             session.flush()
             self._match_pending(session, [lead for _, lead, _ in written])
@@ -699,6 +722,46 @@ class LeadImporter:
                 self.report.enrolled += 1
                 self.report.sequences[request.sequence.id] += 1
                 self.progress("enrolled", 1)
+
+
+def _fold_consent(data: dict[str, Any], problems: list[Problem]) -> tuple[dict[str, Any], bool]:
+    """The row's consent columns as LeadIn's `consent` object, and whether flat columns
+    (`email_consent`...) gave it. A `consent` cell is the API's object as JSON."""
+    consent: dict[str, Any] = {}
+    if "consent" in data:
+        try:
+            consent = json.loads(data.pop("consent"))
+        except ValueError as exc:
+            problems.append(Problem("consent", f"not JSON: {exc}"))
+        if not isinstance(consent, dict):
+            problems.append(Problem("consent", 'write a JSON object such as {"email": '
+                                    '{"status": "given", "basis": "consent"}}'))  # fmt: skip
+            consent = {}
+    flat = False
+    for channel in ("email", "sms"):
+        for suffix, part in CONSENT_PARTS.items():
+            value = data.pop(f"{channel}_consent{suffix}", None)
+            if value is not None:
+                flat = True
+                value = value.lower() if part in ("status", "basis") else value
+                consent.setdefault(channel, {})[part] = value
+    if consent:
+        data["consent"] = consent
+    return data, flat
+
+
+def _consent_columns(problems: list[Problem]) -> list[Problem]:
+    """Problems of `consent.email.basis` named by their column, `email_consent_basis`."""
+    parts = {part: suffix for suffix, part in CONSENT_PARTS.items()}
+    named = []
+    for problem in problems:
+        where = problem.field.split(".")
+        if where[0] == "consent" and len(where) == 3 and where[2] in parts:
+            problem = Problem(f"{where[1]}_consent{parts[where[2]]}", problem.reason)
+        elif where[0] == "consent" and len(where) == 2:
+            problem = Problem(f"{where[1]}_consent", problem.reason)
+        named.append(problem)
+    return named
 
 
 def _match_waiting_outcomes(session, leads: list[Lead], emails: set[str]) -> None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -33,9 +33,19 @@ from sqlalchemy.orm import sessionmaker
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.consent import ConfirmationRequest
 from channels.template_sets import TemplateVersions
 from infra.settings import Settings
-from models.consent import ConsentEffect, classify_response, set_consent
+from models.consent import (
+    INTAKE_STATUSES,
+    LEGAL_BASES,
+    PENDING,
+    ConsentEffect,
+    Told,
+    apply_intake_consent,
+    classify_response,
+    set_consent,
+)
 from models.contact import known_timezone, normalise_phone
 from models.db import (
     EarlyStatus,
@@ -49,7 +59,7 @@ from models.db import (
     utcnow,
 )
 from models.definition_set import Definitions
-from models.definitions import RESPONSE_TYPES
+from models.definitions import RESPONSE_TYPES, country_code
 from models.locales import MAX_TAG_LENGTH, normalise_locale
 from models.workflow_io import (
     EnrollRequest,
@@ -57,7 +67,7 @@ from models.workflow_io import (
     ResponseEvent,
 )
 from sales.outcome_store import match_waiting_outcomes
-from services import lead_client
+from services import confirmation_client, lead_client
 
 log = logging.getLogger("services.intake")
 
@@ -151,12 +161,116 @@ class _Incoming(BaseModel):
         return data
 
 
+# --- consent, as intake is told it (models/consent.py, docs/consent.md) ----------------------
+
+Basis = Literal[LEGAL_BASES]  # type: ignore[valid-type]
+BASIS_HELP = f"the legal basis: one of {', '.join(LEGAL_BASES)}"
+# What the validators ask that pydantic's JSON Schema does not say, in /openapi.json: a
+# basis when consent is given or pending (for SMS, `consent`).
+BASIS_NEEDED = {"anyOf": [{"properties": {"status": {"const": "withdrawn"}}},
+                          {"required": ["basis"],
+                           "properties": {"basis": {"type": "string"}}}]}  # fmt: skip
+SMS_BASIS_NEEDED = {"anyOf": [{"properties": {"status": {"const": "withdrawn"}}},
+                              {"required": ["basis"],
+                               "properties": {"basis": {"const": "consent"}}}]}  # fmt: skip
+
+
+def _string_format(name: str, description: str) -> Callable[[dict[str, Any]], None]:
+    """A JSON Schema `format` on an optional text field's string branch (a rule no keyword
+    states, described; tests/test_api_contract.py generates values in it)."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        branch = next((s for s in schema.get("anyOf", []) if s.get("type") == "string"), schema)
+        branch["format"] = name
+        schema["description"] = description
+
+    return extra
+
+
+class ChannelConsentIn(BaseModel):
+    """One channel's consent: its status, where it was collected, when, on which basis."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=BASIS_NEEDED)
+
+    status: Literal[INTAKE_STATUSES] = Field(  # type: ignore[valid-type]
+        description="given; withdrawn; or pending: given, and to be confirmed by the lead "
+        "(email only: double opt-in)",
+    )
+    basis: Basis | None = Field(
+        default=None, validate_default=True,
+        description=f"{BASIS_HELP}; required when given or pending",
+    )  # fmt: skip
+    source: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="where it was collected (a form, an event, a call); default: the way it "
+        "came in (api, import:<file>, form:<id>)",
+    )  # fmt: skip
+    at: datetime | None = Field(
+        default=None, description="when it was given, from 2000 to 2200; default: now"
+    )
+
+    @field_validator("basis")
+    @classmethod
+    def _basis_when_given(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("status") in ("given", PENDING):
+            raise ValueError(f"give the legal basis it was {info.data['status']} on: one of "
+                             f"{', '.join(LEGAL_BASES)}")  # fmt: skip
+        return value
+
+    @field_validator("at")
+    @classmethod
+    def _plausible(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        value = value if value.tzinfo else value.replace(tzinfo=UTC)
+        if not EARLIEST <= value <= LATEST:
+            raise ValueError(f"{value.isoformat()} is not a plausible time for a consent")
+        return value
+
+
+class SmsConsentIn(ChannelConsentIn):
+    """SMS needs the person's explicit consent: no confirmation, no other basis."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=SMS_BASIS_NEEDED)
+
+    status: Literal["given", "withdrawn"] = Field(
+        description="given or withdrawn (SMS has no confirmation: a STOP withdraws it)"
+    )
+
+    @field_validator("basis")
+    @classmethod
+    def _explicit(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("status") == "given" and value not in (None, "consent"):
+            raise ValueError(f"SMS needs the person's explicit consent: basis consent, not {value}")
+        return value
+
+
+class ConsentIn(BaseModel):
+    """Consent per channel. A channel left out: a lead we have keeps what it has; a new
+    lead starts as delivery.yaml's `consent.defaults` say for its country."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: ChannelConsentIn | None = None
+    sms: SmsConsentIn | None = None
+
+    def told(self, source: str, now: datetime) -> dict[str, Told]:
+        """What intake was told, per channel (the source and time filled in)."""
+        given = {"email": self.email, "sms": self.sms}
+        return {channel: Told(item.status, item.basis, item.source or source, item.at or now)
+                for channel, item in given.items() if item is not None}  # fmt: skip
+
+
 class LeadIn(_Incoming):
     """A lead as it arrives from a form, an import or the API (sizes: the columns')."""
 
     email: EmailStr = Field(max_length=320)
     # Before `phone`: a number without a +country code is read in the lead's country.
-    country: str | None = Field(default=None, min_length=2, max_length=2)
+    country: str | None = Field(
+        default=None, min_length=2, max_length=2,
+        json_schema_extra=_string_format(
+            "iso3166", "an ISO 3166 alpha-2 country code (DE, US; stored in upper case)"),
+    )  # fmt: skip
     phone: str | None = Field(default=None, max_length=40)
     first_name: str | None = Field(default=None, max_length=100)
     last_name: str | None = Field(default=None, max_length=100)
@@ -183,6 +297,9 @@ class LeadIn(_Incoming):
     utm_campaign: Utm = None
     utm_term: Utm = None
     utm_content: Utm = None
+    consent: ConsentIn | None = Field(
+        default=None, description="consent per channel, with its source, time and legal basis"
+    )
 
     @field_validator("attributes")
     @classmethod
@@ -202,7 +319,7 @@ class LeadIn(_Incoming):
     @field_validator("country")
     @classmethod
     def _upper_country(cls, value: str | None) -> str | None:
-        return value.upper() if value else value
+        return country_code(value) if value else value  # ISO 3166 alpha-2, upper case
 
     @field_validator("phone")
     @classmethod
@@ -377,17 +494,18 @@ class Intake:
 
     # --- leads ----------------------------------------------------------------------------
 
-    def upsert_lead(self, lead_in: LeadIn) -> tuple[Lead, bool]:
-        """Create or update the lead by email; returns (lead, created)."""
+    def upsert_lead(self, lead_in: LeadIn, cause: str = "api") -> tuple[Lead, bool]:
+        """Create or update the lead by email, with the consent it carries (`cause` names
+        the way it came in, on the consent rows); returns (lead, created)."""
         try:
-            return self._upsert_lead(lead_in)
+            return self._upsert_lead(lead_in, cause)
         except IntegrityError:
             # Two requests created the same new lead at once (two APIs, or two requests
             # of one): the other's insert won, so this one is an update of it.
-            return self._upsert_lead(lead_in)
+            return self._upsert_lead(lead_in, cause)
 
-    def _upsert_lead(self, lead_in: LeadIn) -> tuple[Lead, bool]:
-        fields = lead_in.model_dump(exclude={"sequence"}, exclude_unset=True)
+    def _upsert_lead(self, lead_in: LeadIn, cause: str) -> tuple[Lead, bool]:
+        fields = lead_in.model_dump(exclude={"sequence", "consent"}, exclude_unset=True)
         fields["email"] = str(lead_in.email).lower()
         with self.sessions.begin() as session:
             lead = session.scalars(select(Lead).where(Lead.email == fields["email"])).one_or_none()
@@ -403,6 +521,8 @@ class Intake:
             if lead.segment is None:  # a lead keeps the segment it was first given
                 lead.segment = self.definitions.choose_segment(lead.profile())[0]
             session.flush()
+            told = lead_in.consent.told(cause, utcnow()) if lead_in.consent else {}
+            apply_intake_consent(session, lead, created, told, self.definitions.consent, cause)
             self._match_pending(session, lead)
             return lead, created
 
@@ -423,6 +543,7 @@ class Intake:
                 f"no sequence {sequence_id!r} (known: {', '.join(self.definitions.sequences)})"
             )
         sequence = self.definitions.sequences[sequence_id]
+        await self.ask_to_confirm(lead)
         request = EnrollRequest(
             enrollment_id=f"{lead.id}:{sequence.id}:v{sequence.version}",
             sequence=sequence,
@@ -437,6 +558,28 @@ class Intake:
             return request
         await lead_client.enroll(self.client, self.task_queue, self._lead_input(lead), request)
         return request
+
+    async def ask_to_confirm(self, lead: Lead) -> None:
+        """Start the confirmation of the lead's email consent if it waits for one (double
+        opt-in): once per request, however often the lead is enrolled. A lead of a country
+        double opt-in applies to is read again (a form makes it pending in a transaction
+        of its own); the others' pending state is the one intake gave this object."""
+        confirmation_id = lead.email_confirmation_id if lead.email_confirmation == PENDING else None
+        if confirmation_id is None and self.definitions.consent.double_opt_in.applies(lead.country):
+            confirmation_id = await asyncio.to_thread(self._pending_confirmation, lead.id)
+        if confirmation_id is None:
+            return
+        timing = self.definitions.consent.double_opt_in
+        request = ConfirmationRequest(lead_id=lead.id, confirmation_id=confirmation_id,
+                                      reminder_after=timing.reminder_after,
+                                      expires_after=timing.expires_after)  # fmt: skip
+        await confirmation_client.start(self.client, self.task_queue, request)
+
+    def _pending_confirmation(self, lead_id: str) -> str | None:
+        with self.sessions() as session:
+            lead = session.get(Lead, lead_id)
+            pending = lead is not None and lead.email_confirmation == PENDING
+            return lead.email_confirmation_id if pending else None
 
     def _lead_input(self, lead: Lead, enroll: EnrollRequest | None = None) -> LeadInput:
         return LeadInput(lead_id=lead.id, profile=lead.profile(), score=lead.score,

@@ -78,6 +78,11 @@ class ChannelConsent:
     why_not: str | None  # as the send activity would say it (models/consent.py)
     changed_at: datetime | None = None  # the last ConsentChange on the channel
     change: str | None = None  # its reason and detail
+    # What intake was last told (docs/consent.md): its status, source, time and basis.
+    status: str | None = None
+    source: str | None = None
+    given_at: datetime | None = None
+    basis: str | None = None
 
 
 @dataclass
@@ -148,10 +153,13 @@ def temporal_ui_url(settings: Settings, workflow_id: str) -> str:
 def consent_by_channel(session: Session, lead: Lead) -> list[ChannelConsent]:
     """Each channel: may we send, why not, and its last consent change."""
     last: dict[str, ConsentChange] = {}
+    told: dict[str, ConsentChange] = {}  # the last change with a source or basis
     for change in session.scalars(
         select(ConsentChange).where(ConsentChange.lead_id == lead.id).order_by(ConsentChange.id)
     ):
         last[change.channel] = change
+        if change.source or change.basis:
+            told[change.channel] = change
     found = []
     for channel in CHANNELS:
         why_not = opt_out_reason(lead, channel)
@@ -160,8 +168,17 @@ def consent_by_channel(session: Session, lead: Lead) -> list[ChannelConsent]:
             channel, why_not is None, why_not,
             as_utc(change.created_at) if change else None,
             _joined(change.reason, change.detail) if change else None,
+            *_told(told.get(channel)),
         ))  # fmt: skip
     return found
+
+
+def _told(change: ConsentChange | None) -> tuple:
+    """(status, source, given at, basis) of a consent change intake recorded, or Nones."""
+    if change is None:
+        return None, None, None, None
+    at = as_utc(change.given_at) if change.given_at else None
+    return change.status, change.source, at, change.basis
 
 
 def score_series(session: Session, lead_id: str) -> list[tuple[datetime, float]]:

@@ -57,6 +57,7 @@ from typing import Any
 
 from sqlalchemy import Select, String, case, func, literal, or_, select, text, union_all
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql import ColumnElement
 
 from models.db import (
     AMOUNT_SCALE,
@@ -525,10 +526,25 @@ def send_counts(session: Session, flt: ReportFilter) -> tuple[list[dict], list[d
 def goal_counts(session: Session, flt: ReportFilter) -> dict[str, tuple[int, int]]:
     """Per sequence: (leads enrolled in the range, those of them whose enrollment ended by a
     goal met), by the enrollment's start."""
-    met = Enrollment.exit_reason.like(f"{GOAL_REASON_PREFIX}% met: %")
+    return {sequence: (enrolled, met) for sequence, enrolled, met
+            in session.execute(_goal_query(flt, goal_met()))}  # fmt: skip
+
+
+def goal_met(goal_id: str | None = None) -> ColumnElement[bool]:
+    """An enrollment ended by a goal met (Goal.exit_reason): any goal, or `goal_id`."""
+    if goal_id is None:
+        return Enrollment.exit_reason.like(f"{GOAL_REASON_PREFIX}% met: %")
+    # autoescape: an id's `_` is no LIKE wildcard.
+    return Enrollment.exit_reason.startswith(f"{GOAL_REASON_PREFIX}{goal_id} met: ",
+                                             autoescape=True)  # fmt: skip
+
+
+def _goal_query(flt: ReportFilter, *met: ColumnElement[bool]) -> Select:
+    """Per sequence: its leads enrolled in the range, then for each of `met` the leads of
+    theirs it holds for, each lead counted once; by the enrollment's start."""
     query = (
         select(Enrollment.sequence_id, func.count(func.distinct(Enrollment.lead_id)),
-               func.count(func.distinct(case((met, Enrollment.lead_id)))))
+               *(func.count(func.distinct(case((m, Enrollment.lead_id)))) for m in met))
         .join(Lead, Lead.id == Enrollment.lead_id)
         .group_by(Enrollment.sequence_id)
     )  # fmt: skip
@@ -536,8 +552,33 @@ def goal_counts(session: Session, flt: ReportFilter) -> dict[str, tuple[int, int
         query = query.where(Enrollment.started_at >= _utc(flt.since))
     if flt.until is not None:
         query = query.where(Enrollment.started_at < _utc(flt.until))
-    return {sequence: (enrolled, met) for sequence, enrolled, met
-            in session.execute(flt.in_segments(query))}  # fmt: skip
+    return flt.in_segments(query)
+
+
+@dataclass(frozen=True)
+class GoalFigures:
+    """A sequence's goal conversion, as `goal_counts` counts it: its leads enrolled, those
+    a goal ended (any goal: the report's goals_met) and those each goal ended, by id."""
+
+    enrolled: int = 0
+    met: int = 0
+    by_goal: dict[str, int] = field(default_factory=dict)
+
+    def rate(self, met: int) -> float | None:
+        return _rate(met, self.enrolled)
+
+
+def sequence_goal_figures(
+    session: Session, sequence_id: str, goal_ids: Iterable[str], flt: ReportFilter | None = None
+) -> GoalFigures:
+    """The goal conversion of one sequence, of each of its goals (`goal_ids`) and of any."""
+    ids = list(goal_ids)
+    query = _goal_query(flt or ReportFilter(), goal_met(), *(goal_met(g) for g in ids))
+    row = session.execute(query.where(Enrollment.sequence_id == sequence_id)).first()
+    if row is None:
+        return GoalFigures(by_goal=dict.fromkeys(ids, 0))
+    _sequence, enrolled, met, *each = row
+    return GoalFigures(enrolled, met, dict(zip(ids, each, strict=True)))
 
 
 # --- statistics ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
+from activities.consent import ConsentActivities
 from activities.crm import CrmActivities
 from activities.lead import LeadActivities
 from activities.registry import Activities
@@ -41,6 +42,7 @@ from models.schema import ensure_schema
 from models.workflow_io import send_queue
 from services.definitions import load_definitions
 from workflows import sandbox_runner
+from workflows.confirmation import ConfirmationWorkflow
 from workflows.crm_sync import CrmSyncWorkflow
 from workflows.lead import LeadWorkflow
 from workflows.retrain import RetrainWorkflow
@@ -218,6 +220,9 @@ def build_activities(
         sales=sales,
         crm=build_crm_activities(settings, database),
         training=TrainingActivities(database.sessions, definitions),
+        consent=ConsentActivities(
+            database.sessions, email, links, templates_dir, settings.sender, settings.default_locale
+        ),
     )
 
 
@@ -238,7 +243,7 @@ def build_worker(client: Client, settings: Settings, activities: Activities, **o
     main = Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[LeadWorkflow, CrmSyncWorkflow, RetrainWorkflow],
+        workflows=[LeadWorkflow, CrmSyncWorkflow, RetrainWorkflow, ConfirmationWorkflow],
         workflow_runner=sandbox_runner(),
         # All of them, sends too: workflows started before the send queues send from here.
         activities=activities.all(),

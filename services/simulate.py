@@ -22,7 +22,8 @@ The timeline is read afterwards from the database (messages, responses, score an
 changes, handoffs, the arm of each experiment the lead was put in) and from the workflow's
 history, which has the (simulated) time of what the database stamps with the wall clock:
 sends held back by quiet hours or caps, notifications to reps, SLA reminders and the end
-of the enrollment. A lead held out by its segment's holdout is never enrolled: its
+of the enrollment (a goal met ends it with an event of its own, kind `goal`, naming the
+goal). A lead held out by its segment's holdout is never enrolled: its
 timeline says so, with no sends.
 """
 
@@ -70,6 +71,7 @@ from models.definitions import (
     RESPONSE_TYPES,
     WEEKDAYS,
     BranchStep,
+    Goal,
     Sequence,
     SplitStep,
     WaitForStep,
@@ -106,6 +108,8 @@ RESPONSE_LEAD = timedelta(seconds=20)
 LOOKAHEAD = timedelta(seconds=5)  # timers this close to a response fire before it
 TIMER_SLACK = timedelta(milliseconds=50)
 SAMPLE_FIELDS = {name: SAMPLE_LEAD[name] for name in LeadIn.model_fields if name in SAMPLE_LEAD}
+SIMULATED_CONSENT = {channel: {"status": "given", "basis": "consent", "source": "simulation"}
+                     for channel in ("email", "sms")}  # fmt: skip
 
 
 class SimulationError(ValueError):
@@ -258,7 +262,7 @@ class TimelineEvent:
     offset: timedelta  # since enrollment
     local: datetime  # in the lead's time zone
     kind: str  # enrolled experiment sent deferred skipped failed response score decay stage
-    #            handoff notified reminded reassigned unanswered finished
+    #            handoff notified reminded reassigned unanswered finished goal
     what: str  # one line for people
     data: dict[str, Any] = field(default_factory=dict)
     score: float = 0.0  # after this event
@@ -520,7 +524,10 @@ async def _run(
             async with build_worker(env.client, settings, activities):
                 begin = _begin(await env.get_current_time(), zone, start)
                 await _advance_to(env, begin)
-                row, _created = intake.upsert_lead(LeadIn(**fields))
+                # A simulated lead consents on both channels unless its fields say
+                # otherwise (where double opt-in applies, it never confirms).
+                lead_in = LeadIn(**({"consent": SIMULATED_CONSENT} | fields))
+                row, _created = intake.upsert_lead(lead_in, cause="simulation")
                 lead_id = row.id
                 handle = lead_client.handle(env.client, lead_id)
                 await intake.enroll(row, sequence_id)
@@ -730,6 +737,7 @@ _RANK = {
     "skipped": 6,
     "failed": 6,
     "finished": 7,
+    "goal": 7,  # a goal met: how this enrollment finished
 }
 
 
@@ -774,7 +782,7 @@ def _timeline(
                 select(ExperimentAssignment).where(ExperimentAssignment.lead_id == lead_id)
             )
         }
-    activities = collected.add_history(history, messages)
+    activities = collected.add_history(history, messages, sequence.goals)
     experiments = collected.add_experiments(history, arms)
     collected.add_handoffs(handoffs, activities.assignments)
     collected.add_notices(activities.notified)
@@ -921,9 +929,12 @@ class _Collected:
                 {"from": stage.from_stage, "to": stage.to_stage},
             )
 
-    def add_history(self, history: list[_Done], messages: dict[str, Message]) -> _HistoryFindings:
-        """Sends, SLA lapses and the end of the enrollment as events; the assignments and
-        notices to reps gathered for `add_handoffs` and `add_notices`."""
+    def add_history(
+        self, history: list[_Done], messages: dict[str, Message], goals: list[Goal]
+    ) -> _HistoryFindings:
+        """Sends, SLA lapses and the end of the enrollment (by one of `goals` or not) as
+        events; the assignments and notices to reps gathered for `add_handoffs` and
+        `add_notices`."""
         found = _HistoryFindings()
         for item in history:
             if item.name == "send_message":
@@ -944,12 +955,7 @@ class _Collected:
             elif item.name == "finish_enrollment":
                 request: FinishEnrollment = item.request
                 found.finished = (request.status, request.reason)
-                self.add(
-                    item.at,
-                    "finished",
-                    f"sequence {request.status.replace('_', ' ')}: {request.reason}",
-                    {"status": request.status, "reason": request.reason},
-                )
+                self.add(item.at, *_finish_event(request, goals))
         return found
 
     def add_experiments(
@@ -1074,6 +1080,17 @@ def _send_event(item: _Done, message: Message | None, offset) -> tuple:
     kind = "skipped" if outcome.status == "skipped" else "failed"
     data["reason"] = outcome.reason
     return (item.at, kind, f"{outcome.status} {channel} {request.step_id}: {outcome.reason}", data)
+
+
+def _finish_event(request: FinishEnrollment, goals: list[Goal]) -> tuple:
+    """How the enrollment ended: by one of the sequence's goals met (kind `goal`: the
+    workflow ended it at that moment), else as it says (`finished`)."""
+    data = {"status": request.status, "reason": request.reason}
+    met = next((goal for goal in goals if goal.exit_reason() == request.reason), None)
+    if request.status == "exited" and met is not None:
+        what = f"goal {met.id} met ({met.description or met.when}): sequence ended"
+        return "goal", what, data | {"goal": met.id}
+    return "finished", f"sequence {request.status.replace('_', ' ')}: {request.reason}", data
 
 
 def _lapse_event(at: datetime, outcome: SlaOutcome, reps: dict[str, str], offset) -> tuple:

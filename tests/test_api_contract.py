@@ -46,6 +46,7 @@ from api.app import create_app
 from api.console.app import LOGIN_CSRF
 from api.console.web import COOKIE, session_signer
 from api.provider_webhook_docs import SENDGRID_SIGNATURE, SENDGRID_TIMESTAMP, TWILIO_SIGNATURE
+from channels.consent_links import confirm_url
 from infra.settings import Settings
 from models.db import ExperimentAssignment, ExperimentRecord, Handoff
 from sales.outbound_webhooks import SIGNATURE_HEADER as CRM_SIGNATURE
@@ -87,6 +88,7 @@ def contract_settings(**values: Any) -> Settings:
         TWILIO_AUTH_TOKEN=SecretStr(TWILIO_TOKEN),
         NURTURE_CRM_WEBHOOK_SECRETS=SecretStr(CRM_SECRET),
         NURTURE_FORM_RATE_LIMIT="100000/minute",  # tests/test_forms.py tests the limit
+        NURTURE_TRACKING_RATE_LIMIT="100000/minute",  # tests/test_tracking.py tests it
         **values,
     )
 
@@ -118,7 +120,8 @@ CONFIG = schemathesis.Config.from_dict({
 schema = schemathesis.openapi.from_dict(DOCUMENT, config=CONFIG)
 
 # The documented rules no JSON Schema keyword states (api/openapi.py), generated within
-# them: a valid phone number, a locale Babel knows, an event time from 2000 to 2200, an
+# them: a valid phone number, a locale Babel knows, a country code (services/intake.py),
+# an event time from 2000 to 2200, an
 # email address whose domain is not a special-use name (.test, .local, ...: email-validator
 # refuses those).
 SPECIAL = set(SPECIAL_USE_DOMAIN_NAMES)
@@ -128,6 +131,7 @@ PHONES = [
 ]
 schemathesis.openapi.format("phone", st.sampled_from(PHONES))
 schemathesis.openapi.format("bcp47", st.sampled_from(["en", "de", "de-AT", "pt-BR", "zh-Hant"]))
+schemathesis.openapi.format("iso3166", st.sampled_from(["US", "DE", "GB", "FR", "AT", "JP"]))
 EMAILS = st.emails().filter(lambda email: email.rsplit(".", 1)[-1].lower() not in SPECIAL)
 schemathesis.openapi.format("email", EMAILS)
 schemathesis.openapi.format("mailbox", EMAILS)  # Inbound Parse's From header
@@ -173,6 +177,7 @@ class Contract:
     token_id: str  # a token to revoke
     model: str  # a predictive model's fingerprint (a candidate)
     experiment: str  # an experiment with a lead assigned (a segment's holdout: a colon)
+    confirm_token: str  # a lead's double opt-in link, its email consent pending
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +196,8 @@ def contract(tmp_path_factory, dev_server_env) -> Contract:
     # Another lead for the handoff: unsubscribing Ada starts her workflow, and an answer
     # to a workflow no worker runs would wait (api/handoffs.py: 503 after ANSWER_TIMEOUT).
     handed_off, _ = intake.upsert_lead(LeadIn(email="grace@example.com"))
+    pending = {"email": {"status": "pending", "basis": "consent"}}
+    confirming, _ = intake.upsert_lead(LeadIn(email="cy@example.com", consent=pending))
     with database.sessions.begin() as session:
         handoff = Handoff(lead_id=handed_off.id, cycle=1, rep_id="alice", score=80, reason="hot")
         session.add(handoff)
@@ -204,6 +211,8 @@ def contract(tmp_path_factory, dev_server_env) -> Contract:
         model = store(session, small_model(definitions), "tests").fingerprint
         experiment = an_experiment(session, lead.id)
     links = build_links(settings)
+    confirm = confirm_url(links, confirming.id, confirming.email_confirmation_id)
+    confirm_token = confirm.rsplit("/", 1)[1]
     app = build_app(intake, settings)
     with TestClient(app) as client:
         assert client.get("/openapi.json").json() == DOCUMENT  # the document tested is served
@@ -222,6 +231,7 @@ def contract(tmp_path_factory, dev_server_env) -> Contract:
         token_id=token["id"],
         model=model,
         experiment=experiment,
+        confirm_token=confirm_token,
     )
     database.engine.dispose()
     for label, statuses in ACCEPTED.items():
@@ -263,6 +273,8 @@ def made_valid(case: schemathesis.Case, contract: Contract) -> dict[str, Any]:
         return {}
     if path.startswith("/unsubscribe/"):
         case.path_parameters["token"] = contract.unsubscribe_token
+    elif path.startswith("/confirm/"):
+        case.path_parameters["token"] = contract.confirm_token
     elif path in ("/console/users/reset-password", "/console/tokens"):
         if isinstance(case.body, dict):
             case.body["email"] = "viewer@example.com" if "reset" in path else "admin@example.com"

@@ -44,8 +44,10 @@ HISTORY = [
     "0013  predictive models: trained models and the model each score change used",
     "0014  experiments: each experiment as first run, and the arm each lead is in",
     "0015  lead locale: the language a lead is written to",
-    "0018  paused sequences: sequences whose sends are held back until resumed",
     "0016  web tracking: website visitors joined to leads, and the views of those not joined yet",
+    "0017  consent at intake: each consent change's status, source, time and legal basis; "
+    "double opt-in",
+    "0018  paused sequences: sequences whose sends are held back until resumed",
 ]
 ALL_APPLIED = "".join(f"applied {line}\n" for line in HISTORY)
 

@@ -563,3 +563,47 @@ def test_simulate_command_prints_a_timeline_table(runner):
         assert cell in text, cell
     assert "3 days in " in text and "no handoff; sequence active" in text
     assert "\x1b[" not in text  # no colours off a terminal
+
+
+# --- goals: met, the sequence ends there ------------------------------------------------------
+
+GOAL = {"id": "trial", "when": "'trial.started' in responses", "description": "trial started"}
+
+
+def goal_definitions(tmp_path) -> Path:
+    """The test definitions with `month_goal`: the month's steps, ended by a trial."""
+    root = tmp_path / "definitions"
+    shutil.copytree(FIXTURE_DEFINITIONS, root)
+    month = (root / "sequences" / "month.yaml").read_text()
+    header = f"id: month_goal\nname: Until a trial\ngoals:\n  - {json.dumps(GOAL)}\n"
+    text = month.replace("id: month\nname: Thirty days\n", header)
+    (root / "sequences" / "month_goal.yaml").write_text(text)
+    return root
+
+
+async def test_a_goal_met_shows_when_it_ended_the_sequence(sim_env, tmp_path):
+    definitions = load_definitions(goal_definitions(tmp_path))
+    planned = parse_responses("1d: trial.started")
+    timeline = await simulate(definitions, "month_goal", SPLIT_LEAD, planned, env=sim_env)
+    # Nothing after it: not the 7-day wait's end, nor the nudge, nor the rest.
+    lines = [(e.at, e.kind, e.what) for e in timeline.events if e.kind != "score"]
+    assert lines[1:] == [
+        ("+0d 00:00", "sent", "sent email welcome: 'Hello there'"),
+        ("+1d 00:00", "response", "lead: trial.started"),
+        ("+1d 00:00", "goal", "goal trial met (trial started): sequence ended"),
+    ]
+    event = timeline.to_dict()["events"][-1]
+    assert (event["kind"], event["goal"], event["status"], event["reason"]) == (
+        "goal", "trial", "exited", "goal trial met: trial started")  # fmt: skip
+    assert timeline.count("finished") == 0 and timeline.days == 31
+    assert timeline.summary_line().endswith("sequence exited (goal trial met: trial started)")
+
+
+def test_simulate_command_prints_the_goal_met(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("NURTURE_DEFINITIONS", str(goal_definitions(tmp_path)))
+    out = runner.invoke(app, ["simulate", "month_goal", "--responses", "2d: trial.started"])
+    assert out.exit_code == 0, out.output + out.stderr
+    (line,) = [line for line in out.stdout.splitlines() if "goal trial met" in line and "│" in line]
+    assert "+2d 00:00" in line and "goal trial met (trial started): sequence ended" in line
+    rows = [line for line in out.stdout.splitlines() if line.startswith("│ +")]
+    assert rows[-1] == line and sum("sent " in row for row in rows) == 1  # the welcome alone

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import threading
@@ -46,6 +47,7 @@ from models.db import (
     new_id,
     utcnow,
 )
+from models.definitions import ConsentPolicy
 from models.workflow_io import AssignRequest, NotifyRequest, SendRequest
 from scoring.records import lead_responses
 from services.intake import Intake, LeadIn
@@ -357,6 +359,58 @@ def test_twilio_signature_is_checked(api, database):
     assert twilio_post(api, "/webhooks/twilio/sms", form, other).status_code == 403
     assert api.post("/webhooks/twilio/sms", data=form).status_code == 403
     assert responses(database) == []
+
+
+HELP_TEXT = "Acme: product news by text. Reply STOP to opt out, START to opt back in."
+
+
+def test_help_is_answered_by_sms_with_the_help_text_once(
+    app_settings, database, fixture_definitions, dev_server_env, providers
+):
+    """HELP (or INFO) is answered through Twilio's SDK with delivery.yaml's `consent.sms_help`,
+    once per inbound message; the answer is a message of the lead with that number."""
+    settings = app_settings.model_copy(update={
+        "twilio_account_sid": providers.twilio_sid, "twilio_from_number": "+14155550000",
+        "twilio_api_base": providers.url,
+    })  # fmt: skip
+    # The product's consent defaults: Ada gave no SMS consent, and is answered all the same.
+    policy = ConsentPolicy(sms_help=HELP_TEXT)
+    definitions = dataclasses.replace(fixture_definitions, consent=policy)
+    intake = Intake(definitions, database.sessions, dev_server_env.client,
+                    f"no-worker-{uuid.uuid4().hex[:6]}")  # fmt: skip
+    lead, _ = intake.upsert_lead(LeadIn(email="ada@example.com", phone="+14155550123"))
+    with TestClient(create_app(intake, settings, relay=False)) as api:
+
+        def sms(sid: str, number: str, body: str):
+            return twilio_post(api, "/webhooks/twilio/sms",
+                               {"MessageSid": sid, "From": number, "To": "+14155550000",
+                                "Body": body})  # fmt: skip
+
+        assert sms("SMh1", "+14155550123", " Help ").status_code == 200
+        assert sms("SMh1", "+14155550123", " Help ").status_code == 200  # Twilio retried
+        assert sms("SMh2", "+14155550999", "INFO").status_code == 200  # a number no lead has
+        assert sms("SMh3", "+14155550123", "Who is this?").status_code == 200
+    answers = [r for r in providers.requests if r.path.endswith("/Messages.json")]
+    callback = "https://nurture.example.com/webhooks/twilio/status"
+    assert [r.form() for r in answers] == [
+        {"To": "+14155550123", "From": "+14155550000", "Body": HELP_TEXT,
+         "StatusCallback": callback},
+        {"To": "+14155550999", "From": "+14155550000", "Body": HELP_TEXT,
+         "StatusCallback": callback},
+    ]  # fmt: skip
+    with database.sessions() as session:
+        (answer,) = session.scalars(select(Message)).all()
+    assert (answer.lead_id, answer.send_key, answer.template, answer.status) == (
+        lead.id, "help:SMh1", "sms_help", "sent")  # fmt: skip
+    assert (answer.recipient, answer.body, answer.provider_message_id) == (
+        "+14155550123", HELP_TEXT, providers.issued[0])  # fmt: skip
+    assert not answer.counts_for_caps  # asked for: not counted against the caps
+    # The messages themselves are kept, as every inbound SMS; consent is unchanged.
+    assert [(r.type, r.event_id) for r in responses(database)] == [
+        ("sms.reply", "twilio:SMh1"), ("sms.reply", "twilio:SMh2"),
+        ("sms.reply", "twilio:SMh3")]  # fmt: skip
+    with database.sessions() as session:
+        assert not session.get(Lead, lead.id).sms_consent
 
 
 def test_twilio_status_callbacks(api, database):

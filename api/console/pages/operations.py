@@ -68,6 +68,7 @@ def routes(console: Console) -> APIRouter:
             request, "operations/page.html", found=found, health=health,
             polling=[queue.polling(utcnow()) for queue in health],
             endpoints=endpoints(settings), temporal_ui=_temporal_ui(settings), capped=capped,
+            tracking=web_tracking(settings),
         )  # fmt: skip
 
     return router
@@ -123,6 +124,14 @@ def endpoints(settings: Settings) -> list[dict[str, str | None]]:
             found.append({"name": name, "url": f"http://{shown}:{port}{path}", "note": None})
     found.append({"name": "API health", "url": "/health", "note": None})
     return found
+
+
+def web_tracking(settings: Settings) -> dict[str, object]:
+    """The tag a website's pages load the tracking snippet with, and who may send views
+    (docs/tracking.md)."""
+    return {"tag": f'<script src="{settings.public_url.rstrip("/")}/t.js" defer></script>',
+            "origins": settings.tracking_origin_list(),
+            "retention": settings.tracking_retention_days}  # fmt: skip
 
 
 def _temporal_ui(settings: Settings) -> str:

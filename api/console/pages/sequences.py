@@ -1,6 +1,7 @@
-"""The Sequences pages: every sequence with its leads and SQLs; one sequence drawn as a
-graph with each step's figures, its messages previewed, its definitions' problems, and a
-form that simulates a lead through it on a time-skipping server.
+"""The Sequences pages: every sequence with its leads, SQLs and goals met; one sequence
+drawn as a graph with each step's figures, its goals with the leads each ended it for,
+its messages previewed, its definitions' problems, and a form that simulates a lead
+through it on a time-skipping server.
 
 The figures are counted over the whole history (services/step_figures.py), as `nurture
 report` counts them: too much work for every page view (6-9 s for one sequence at 100,000
@@ -38,6 +39,7 @@ from models.definition_set import Definitions
 from models.definitions import IDENTIFIER, EmailStep, Sequence, SmsStep
 from models.yaml_source import DefinitionProblem
 from services.preview import LeadError, Preview, preview, validate_lead
+from services.reports import ReportFilter, goal_counts, sequence_goal_figures
 from services.sequence_graph import describe_step, render_svg, sequence_graph
 from services.sequence_pause import pause_of, paused_sequences
 from services.simulate import (
@@ -127,6 +129,7 @@ def _add_pages(router: APIRouter, console: Console, counts: _Counts, checks: _Ch
     ):
         """Every sequence: its segments, version, leads in it and done, and its SQLs."""
         counted = await counts.get(("sequences",), sequence_figures, recount)
+        goals = await counts.get(("goals",), goal_counts, recount, ReportFilter())
         problems = await run_in_threadpool(checks.problems)
         paused = await console.db.run(paused_sequences, console.sessions)
         return console.render(
@@ -135,6 +138,7 @@ def _add_pages(router: APIRouter, console: Console, counts: _Counts, checks: _Ch
             rows=_list_rows(definitions, counted.figures),
             paused={p.sequence_id: p for p in paused},
             counted=counted,
+            goals=goals,
             problems=problems,
             where=checks.where,
         )
@@ -235,6 +239,7 @@ def _list_rows(definitions: Definitions, figures: dict | None) -> list[dict[str,
             "segments": segments.get(s.id, []),
             "steps": len(s.steps),
             "messages": len(s.templates()),
+            "goals": len(s.goals),
             "defined": True,
             "figures": (figures or {}).get(s.id),
         }
@@ -258,6 +263,11 @@ async def _sequence_context(
 ) -> dict[str, Any]:
     counted = await counts.get(("steps", sequence.id), step_figures, recount, sequence.id)
     figures = counted.figures or {}
+    goal_ids = tuple(goal.id for goal in sequence.goals)
+    goals = None  # each goal's leads and rate, counted as `nurture report` counts them
+    if goal_ids:
+        goals = await counts.get(("goals", sequence.id), sequence_goal_figures, recount,
+                                 sequence.id, goal_ids)  # fmt: skip
     problems = await run_in_threadpool(checks.problems, sequence.id)
     previews = await run_in_threadpool(_previews, console.definitions, sequence)
     graph = sequence_graph(sequence)
@@ -277,6 +287,7 @@ async def _sequence_context(
         "svg": render_svg(graph, _notes(sequence, counted)),
         "steps": steps,
         "counted": counted,
+        "goals": goals,
         "problems": problems,
         "where": checks.where,
         "previews": previews,
