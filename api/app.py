@@ -307,8 +307,15 @@ def _problems(exc: RequestValidationError) -> list[dict[str, str]]:
         field = ".".join(str(p) for p in loc if not (isinstance(p, str) and "[" in p))
         if error["type"] == "json_invalid":  # its loc is a character offset, not a field
             field = ""
-        problems.append({"field": field, "message": error["msg"].removeprefix("Value error, ")})
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append({"field": _printable(field), "message": _printable(message)})
     return problems or [{"field": "", "message": "the body has the wrong shape"}]
+
+
+def _printable(text: str) -> str:
+    """A problem quoting what was sent, writable as UTF-8: a lone surrogate (which a form
+    field or JSON escape can carry) is written as its escape instead of failing the 422."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 async def _relay_loop(intake: Intake) -> None:

@@ -139,7 +139,7 @@ def stack(settings, database, fixture_definitions, dev_server_env, sendgrid_key)
 
 
 def check(response: httpx.Response, html_pages: bool = False) -> None:
-    """No 5xx; a 4xx is JSON with a `detail` (an unsubscribe page may be HTML)."""
+    """No 5xx; a 4xx is JSON with a `detail` (an unsubscribe or confirmation page may be HTML)."""
     request = response.request
     try:
         sent = request.content
@@ -464,7 +464,7 @@ def test_every_openapi_operation_never_answers_5xx(stack, negative):
             headers = headers | {"Content-Type": "application/json"}
         response = stack.client.request(method, path, content=body, headers=headers)
         # The unsubscribe and console pages answer their refusals as pages.
-        check(response, html_pages=path.startswith(("/unsubscribe/", "/console/")))
+        check(response, html_pages=path.startswith(("/unsubscribe/", "/confirm/", "/console/")))
         seen[label, response.status_code] += 1
 
     fuzz()
@@ -519,7 +519,7 @@ def test_health_and_unknown_routes(stack):
     def fuzz(method, path, query):
         response = stack.client.request(method, f"{path}?{query}")
         # The unsubscribe and console pages answer their refusals as pages.
-        check(response, html_pages=path.startswith(("/unsubscribe/", "/console/")))
+        check(response, html_pages=path.startswith(("/unsubscribe/", "/confirm/", "/console/")))
 
     fuzz()
 
