@@ -101,7 +101,12 @@ def resume(sequence: str = typer.Argument(..., help="the sequence's id")) -> Non
 
 @sequence_app.command("paused")
 def paused(as_json: bool = typer.Option(False, "--json", help="as JSON")) -> None:
-    """The paused sequences: since when, by whom, why, and how many leads hold a send."""
+    """The paused sequences: since when, by whom, why, and how many leads hold a send.
+
+    Examples:
+      nurture sequence paused
+      nurture sequence paused --json
+    """
     from services.sequence_pause import paused_sequences
 
     _settings, _definitions, sessions = _context()
