@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from activities.consent import ConsentActivities
 from activities.crm import CrmActivities
 from activities.lead import LeadActivities
+from activities.reply_notices import ReplyNoticeActivities
 from activities.sales import SalesActivities
 from activities.training import TrainingActivities
 
@@ -14,14 +15,16 @@ from activities.training import TrainingActivities
 @dataclass(frozen=True)
 class Activities:
     """The lead's activities (enrollments, sends, scoring), the handoff's (assignment,
-    notices, answers, recycling), the CRM sync's, weekly retraining's and double opt-in's,
-    built with the same database, channels and links."""
+    notices, answers, recycling), replies forwarded to the lead's owner, the CRM sync's,
+    weekly retraining's and double opt-in's, built with the same database, channels and
+    links."""
 
     lead: LeadActivities
     sales: SalesActivities
     crm: CrmActivities
     training: TrainingActivities
     consent: ConsentActivities  # double opt-in: the confirmation email, its expiry
+    replies: ReplyNoticeActivities  # a lead's reply forwarded to its owner
 
     def all(self) -> list:
         lead, sales = self.lead, self.sales
@@ -36,6 +39,7 @@ class Activities:
             lead.hand_off,
             sales.assign_handoff,
             sales.notify_rep,
+            self.replies.forward_reply,
             sales.handle_sla_lapse,
             sales.answer_handoff,
             sales.recycle_lead,

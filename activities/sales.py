@@ -103,7 +103,7 @@ class SalesActivities:
         self.environ = os.environ if environ is None else environ
         self._tls = None
 
-    def _http(self) -> httpx.Client:
+    def http_client(self) -> httpx.Client:
         """A client per notification (one connection each, as before), on a TLS context
         built once: loading the CA bundle took ~30 ms of every webhook post."""
         if self._tls is None:
@@ -154,10 +154,10 @@ class SalesActivities:
         if not _take_turn(session, routing.rep_id, loads.get(routing.rep_id)):
             return None
         rep = self.team.rep(routing.rep_id)
-        card = _latest_card(session, lead.id)
+        card = latest_card(session, lead.id)
         handoff = Handoff(
             lead_id=lead.id, cycle=request.cycle, rep_id=rep.id, score=lead.score,
-            grade=lead.grade, reason="; ".join(_top_reasons(card, 5)), card=card,
+            grade=lead.grade, reason="; ".join(top_reasons(card, 5)), card=card,
             pool=routing.pool, routing=routing.reason, created_at=at,
             due_at=self._due(rep, at),
         )  # fmt: skip
@@ -320,7 +320,7 @@ class SalesActivities:
         if request.channel == "webhook":
             if not rep.get("webhook_url"):
                 return "skipped", "the rep has no webhook URL"
-            with self._http() as client:
+            with self.http_client() as client:
                 status = post_json(rep["webhook_url"], slack_payload(notice),
                                    delivery_id=delivery_id, client=client)  # fmt: skip
             return "sent", f"HTTP {status}"
@@ -330,7 +330,7 @@ class SalesActivities:
             if crm is None or not secret:
                 return "skipped", f"{crm.secret_env if crm else 'crm_webhook'} is not set"
             # Several secrets, comma-separated, while rotating: one signature each.
-            with self._http() as client:
+            with self.http_client() as client:
                 status = post_json(str(crm.url), crm_payload(notice), delivery_id=delivery_id,
                                    secret=[part.strip() for part in secret.split(",")],
                                    client=client)  # fmt: skip
@@ -350,7 +350,7 @@ class SalesActivities:
         return HandoffNotice(
             handoff_id=handoff.id,
             kind=request.kind,
-            rep=_rep_dict(rep),
+            rep=rep_dict(rep),
             lead=lead.profile() | {"id": lead.id},
             score={
                 "total": round(handoff.score, 1),
@@ -360,11 +360,11 @@ class SalesActivities:
                 "stage": lead.stage,
                 "model": card.get("model"),
             },  # fmt: skip
-            reasons=_top_reasons(card, 5),
-            timeline=_timeline(session, lead.id),
+            reasons=top_reasons(card, 5),
+            timeline=recent_timeline(session, lead.id),
             links=links,
             due_at=as_utc(handoff.due_at) if handoff.due_at else None,
-            previous_rep=_rep_dict(other) if other else None,
+            previous_rep=rep_dict(other) if other else None,
             created_at=utcnow(),  # deadlines in the notice count from when it is made
         )
 
@@ -661,7 +661,7 @@ def _event(
     return event
 
 
-def _latest_card(session: Session, lead_id: str) -> dict[str, Any] | None:
+def latest_card(session: Session, lead_id: str) -> dict[str, Any] | None:
     return session.scalars(
         select(ScoreChange.breakdown).where(ScoreChange.lead_id == lead_id,
                                             ScoreChange.breakdown.is_not(None))
@@ -669,7 +669,7 @@ def _latest_card(session: Session, lead_id: str) -> dict[str, Any] | None:
     ).first()  # fmt: skip
 
 
-def _top_reasons(card: dict[str, Any] | None, count: int) -> list[str]:
+def top_reasons(card: dict[str, Any] | None, count: int) -> list[str]:
     """The card's biggest contributions, as a rep reads them; first the predictive
     model's chance of a win and why, when one was active when the card was made."""
     if not card:
@@ -686,7 +686,7 @@ def _top_reasons(card: dict[str, Any] | None, count: int) -> list[str]:
     return reasons
 
 
-def _timeline(session: Session, lead_id: str, limit: int = 10) -> list[TimelineItem]:
+def recent_timeline(session: Session, lead_id: str, limit: int = 10) -> list[TimelineItem]:
     rows = session.scalars(
         select(Response).where(Response.lead_id == lead_id)
         .order_by(Response.occurred_at.desc()).limit(limit)
@@ -702,7 +702,7 @@ def _detail(data: dict[str, Any]) -> str:
     return ", ".join(f"{key}={str(data[key])[:80]}" for key in keys if data.get(key))
 
 
-def _rep_dict(rep: SalesRep) -> dict[str, Any]:
+def rep_dict(rep: SalesRep) -> dict[str, Any]:
     return {"id": rep.id, "name": rep.name, "email": rep.email, "phone": rep.phone,
             "timezone": rep.timezone,
             "webhook_url": str(rep.webhook_url) if rep.webhook_url else None}  # fmt: skip

@@ -425,6 +425,27 @@ class HandoffEvent(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ReplyNotice(Base):
+    """A lead's reply forwarded to its owner (a sequence's `notify_owner: true`), one row
+    per reply and channel: `status` makes each channel's message go once, as a handoff
+    notification's does (sending sent skipped retrying failed unknown)."""
+
+    __tablename__ = "reply_notices"
+    __table_args__ = (UniqueConstraint("lead_id", "event_id", "channel"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    lead_id: Mapped[str] = mapped_column(ForeignKey("leads.id"), index=True)
+    event_id: Mapped[str] = mapped_column(String(200))  # the reply's response
+    sequence_id: Mapped[str | None] = mapped_column(String(100))
+    rep_id: Mapped[str | None] = mapped_column(String(64))  # None: nobody to tell
+    channel: Mapped[str] = mapped_column(String(20))  # email sms webhook, or "none"
+    status: Mapped[str] = mapped_column(String(20), default="sending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class OutcomeEvent(Base):
     """An opportunity event from the CRM, kept as it came (`payload`): the opportunity's
     state is folded from all of them. `key` stores each one once."""

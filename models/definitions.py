@@ -462,6 +462,9 @@ class Sequence(_Definition):
     # at once (nothing more is sent), `pause` holds its sends for `reply_pause` from the
     # last reply (waits go on), `continue` goes on. Automatic replies never count.
     on_reply: Literal["exit", "pause", "continue"] = "exit"
+    # A person's reply is also forwarded to the lead's owner (its rep, else its company's
+    # owner) on their channels, with the lead's summary (docs/definitions.md).
+    notify_owner: bool = False
     reply_pause: int = Field(7 * 86400, gt=0, description="seconds; written as '7d', '48h'")
     # An out-of-office naming the day its sender is back: `defer` holds the sequence's sends
     # until then (waits go on), `ignore` sends as planned.

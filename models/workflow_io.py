@@ -327,6 +327,16 @@ class NotifyRequest(BaseModel):
     other_rep_id: str | None = None  # reassignments: the rep it came from or went to
 
 
+class ReplyForward(BaseModel):
+    """Forward a lead's reply to its owner (`notify_owner: true`): once per reply and channel."""
+
+    lead_id: str
+    event_id: str  # the reply's response
+    sequence_id: str
+    sequence_name: str
+    effect: str  # what the reply did to the sequence: exit pause continue
+
+
 class SlaLapse(BaseModel):
     handoff_id: str
     at: datetime

@@ -284,11 +284,16 @@ def context(notice: HandoffNotice) -> dict[str, Any]:
 
 def render_email(notice: HandoffNotice, templates_dir: Path) -> tuple[str, str, str]:
     """(subject, html, text) from templates/sales/notice{_subject.txt,.html,.txt}."""
+    return render_parts(templates_dir, "notice", context(notice))
+
+
+def render_parts(templates_dir: Path, name: str, data: dict[str, Any]) -> tuple[str, str, str]:
+    """(subject, html, text) of a rep's email from templates/sales/<name>{_subject.txt,
+    .html,.txt}: the subject on one line, the text ending in one newline."""
     env = template_environment(str(templates_dir))
-    data = context(notice)
-    subject = env.get_template("sales/notice_subject.txt").render(data)
-    html = env.get_template("sales/notice.html").render(data)
-    text = env.get_template("sales/notice.txt").render(data)
+    subject = env.get_template(f"sales/{name}_subject.txt").render(data)
+    html = env.get_template(f"sales/{name}.html").render(data)
+    text = env.get_template(f"sales/{name}.txt").render(data)
     return " ".join(subject.split()), html, text.strip() + "\n"
 
 

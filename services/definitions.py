@@ -117,6 +117,7 @@ def inspect_definitions(root: Path | str) -> Inspection:
         if segments is not None:
             known_segments = [s.id for s in segments[0].segments] + [segments[0].default.id]
         problems += _check_sales(*sales, known_segments, sequences, broken)
+        problems += _check_reply_owners(sequences, sources, sales[0])
     delivery: tuple[DeliveryFile, Any] | None = (DeliveryFile(), None)
     if (root / "delivery.yaml").exists():  # optional: the defaults otherwise
         delivery = _load_model(root / "delivery.yaml", DeliveryFile, problems)
@@ -307,6 +308,20 @@ def _check_reply_paths(sequence: Sequence, source: LocatedYaml) -> list[Definiti
             "the default): set `on_reply: continue` on the sequence for this step to act "
             "on it"), severity="warning"))  # fmt: skip
     return problems
+
+
+def _check_reply_owners(
+    sequences: dict[str, Sequence], sources: dict[str, LocatedYaml], team: SalesTeam
+) -> list[DefinitionProblem]:
+    """`notify_owner: true` with no active rep in sales.yaml: nobody could be told."""
+    if any(rep.active for rep in team.reps):
+        return []
+    return [
+        sources[sequence.id].problem(("notify_owner",), (
+            "replies are to be forwarded to the lead's owner, but sales.yaml has no active "
+            "rep: each reply will be recorded as told to nobody"), severity="warning")
+        for sequence in sequences.values() if sequence.notify_owner and sequence.id in sources
+    ]  # fmt: skip
 
 
 def _check_splits(sequence: Sequence, source: LocatedYaml) -> list[DefinitionProblem]:

@@ -7,10 +7,11 @@ scoring/explain.py); the current step and next action time are the lead
 workflow's `state` query through `services.status.workflow_status`, with a short timeout
 (Temporal not answering is said, the rest still shows). The timeline merges sends,
 responses, score and stage changes, consent changes, handoffs and each of their events
-(notifications, reminders, reassignments, answers) and the CRM's outcome events. The
-experiments the lead is in come with its arm of each (experiment_assignments). Each
-source is read newest first, at most a page of it, before the page's cursor: a lead with
-thousands of responses costs what a lead with fifty does.
+(notifications, reminders, reassignments, answers), replies forwarded to the lead's
+owner and the CRM's outcome events. The experiments the lead is in come with its arm of
+each (experiment_assignments). Each source is read newest first, at most a page of it,
+before the page's cursor: a lead with thousands of responses costs what a lead with
+fifty does.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from models.db import (
     Lead,
     Message,
     OutcomeEvent,
+    ReplyNotice,
     Response,
     ScoreChange,
     StageChange,
@@ -65,7 +67,7 @@ class Happening:
     """One line of the timeline."""
 
     at: datetime
-    kind: str  # send response score stage consent handoff handoff_event outcome
+    kind: str  # send response score stage consent handoff handoff_event reply_notice outcome
     title: str
     detail: str = ""
     tone: str = ""  # ok | warn | bad: a badge's colour, or none
@@ -202,7 +204,7 @@ def _timeline(
     cutoff = before.astimezone(UTC) if before else None
     found: list[Happening] = []
     for read in (_sends, _responses, _score_changes, _stage_changes, _consent_changes,
-                 _handoffs, _handoff_events, _outcomes):  # fmt: skip
+                 _handoffs, _handoff_events, _reply_notices, _outcomes):  # fmt: skip
         found.extend(read(session, lead_id, cutoff, limit + 1))
     return found
 
@@ -306,6 +308,22 @@ def _handoff_events(session, lead_id, cutoff, limit) -> list[Happening]:
         else:
             detail = _readable(event.detail)
         found.append(Happening(as_utc(event.created_at), "handoff_event", title, detail, tone))
+    return found
+
+
+def _reply_notices(session, lead_id, cutoff, limit) -> list[Happening]:
+    """Each reply forwarded to the lead's owner, per channel (`notify_owner: true`)."""
+    query = select(ReplyNotice).where(ReplyNotice.lead_id == lead_id)
+    found = []
+    for notice in session.scalars(_newest(query, ReplyNotice.created_at, cutoff, limit)):
+        if notice.channel == "none":
+            title, tone = "reply forwarded to nobody", "warn"
+        else:
+            title = f"reply forwarded to {notice.rep_id} by {notice.channel}: {notice.status}"
+            tone = {"sent": "ok", "failed": "bad", "unknown": "bad"}.get(notice.status, "warn")
+        detail = _joined(notice.detail and notice.detail[:300],
+                         notice.sequence_id and f"sequence {notice.sequence_id}")  # fmt: skip
+        found.append(Happening(as_utc(notice.created_at), "reply_notice", title, detail, tone))
     return found
 
 

@@ -27,6 +27,7 @@ from activities.consent import ConsentActivities
 from activities.crm import CrmActivities
 from activities.lead import LeadActivities
 from activities.registry import Activities
+from activities.reply_notices import ReplyNoticeActivities
 from activities.sales import SalesActivities
 from activities.training import TrainingActivities
 from channels.base import EmailChannel, SmsChannel
@@ -223,6 +224,7 @@ def build_activities(
         consent=ConsentActivities(
             database.sessions, email, links, templates_dir, settings.sender, settings.default_locale
         ),
+        replies=ReplyNoticeActivities(sales, templates_dir, settings.public_url),
     )
 
 

@@ -448,10 +448,10 @@ def isolated_settings(definitions_dir: Path, state_dir: Path) -> Settings:
 def _offline(sales) -> None:
     """Reps' webhooks and the CRM answered in process (200), so nothing leaves the machine;
     the CRM gets a placeholder secret, as if configured (its notices show as sent)."""
-    if not callable(getattr(type(sales), "_http", None)):  # renamed: refuse, never post
+    if not callable(getattr(type(sales), "http_client", None)):  # renamed: refuse, never post
         raise SimulationError("cannot keep the reps' webhooks and the CRM offline")
     answer = httpx.MockTransport(lambda request: httpx.Response(200))
-    sales._http = lambda: httpx.Client(transport=answer)
+    sales.http_client = lambda: httpx.Client(transport=answer)
     crm = sales.team.crm_webhook
     sales.environ = {crm.secret_env: "simulation"} if crm else {}
 

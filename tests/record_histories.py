@@ -140,7 +140,9 @@ async def record() -> None:
                        "month_goal": definitions.sequences["month"].model_copy(update={
                            "id": "month_goal", "goals": [Goal(**g) for g in GOALS]}),
                        "month_hold": definitions.sequences["month"].model_copy(update={
-                           "id": "month_hold", "on_reply": "pause", "reply_pause": 2 * 86400})},
+                           "id": "month_hold", "on_reply": "pause", "reply_pause": 2 * 86400}),
+                       "month_told": definitions.sequences["month"].model_copy(update={
+                           "id": "month_told", "notify_owner": True})},
             segments=Segments.model_validate({
                 "segments": [{"id": "held", "when": "lead.country == 'NL'",
                               "sequence": "month", "holdout": 99.99}],
@@ -353,6 +355,11 @@ async def record() -> None:
             leave = LeadIn(email="w@example.com", phone="+14155550109")
             plan = [(1, "away:11"), (13, None)]
             await scenario("out_of_office_return", leave, plan, "month")
+            # A reply forwarded to the lead's owner (the notify-owner-of-reply patch) as it
+            # ends the sequence.
+            told = LeadIn(email="x@example.com", phone="+14155550110")
+            plan = [(1, "email.reply"), (1, None)]
+            await scenario("reply_forwarded", told, plan, "month_told", experiment_intake)
     await env.shutdown()
 
 

@@ -48,6 +48,7 @@ HISTORY = [
     "0017  consent at intake: each consent change's status, source, time and legal basis; "
     "double opt-in",
     "0018  paused sequences: sequences whose sends are held back until resumed",
+    "0019  reply notices: a lead's reply forwarded to its owner, once per reply and channel",
 ]
 ALL_APPLIED = "".join(f"applied {line}\n" for line in HISTORY)
 

@@ -28,6 +28,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.lead import LeadActivities
+    from activities.reply_notices import ReplyNoticeActivities
     from activities.sales import SalesActivities
     from models.definitions import (
         HOLDOUT_ARM,
@@ -69,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         ReassignRequest,
         ReassignResult,
         RecycleRequest,
+        ReplyForward,
         RescoreRequest,
         ResponseEvent,
         RunningEnrollment,
@@ -140,6 +142,10 @@ REPLY_HOLD_REASON = "replied: sends paused"
 # defer`, the default). Only an automatic reply carrying a `return_date` reaches it, and no
 # response before it carried one, so old histories replay as they were.
 OUT_OF_OFFICE_PATCH = "out-of-office-return"
+# A person's reply is forwarded to the lead's owner (`notify_owner: true`), in an activity
+# of its own. Only a sequence that says so reaches the marker, and no history before it
+# could (validation refused the field), so old histories replay as they were.
+NOTIFY_OWNER_PATCH = "notify-owner-of-reply"
 REPLY_TYPES = frozenset({"email.reply", "sms.reply"})  # not `email.auto_reply`: a machine's
 RESPONSES_PER_RUN = 2_000  # then continue as new, so the history stays small
 # Event IDs handed to the next run for exact de-duplication: this run's and the one's
@@ -539,11 +545,18 @@ class LeadWorkflow:
         `on_reply: pause` its sends wait `reply_pause` from the last reply instead."""
         self._away(events)
         running = self.lead.enrollment
-        if running is None or running.enrollment.sequence.on_reply == "continue":
-            return
-        if not any(event.type in REPLY_TYPES for event in events):
+        replies = [event for event in events if event.type in REPLY_TYPES]
+        if running is None or not replies:
             return
         sequence = running.enrollment.sequence
+        if sequence.notify_owner and workflow.patched(NOTIFY_OWNER_PATCH):
+            for reply in replies:
+                forward = ReplyForward(lead_id=self._lead_id, event_id=reply.event_id,
+                                       sequence_id=sequence.id, sequence_name=sequence.name,
+                                       effect=sequence.on_reply)  # fmt: skip
+                asyncio.create_task(self._forward_reply(forward))
+        if sequence.on_reply == "continue":
+            return
         if sequence.on_reply == "pause":
             if workflow.patched(REPLY_PAUSE_PATCH):
                 hold = timedelta(seconds=sequence.reply_pause)
@@ -663,6 +676,14 @@ class LeadWorkflow:
                                     kind=kind, key=f"{key}:{rep_id}:{channel}",
                                     other_rep_id=other_rep_id)  # fmt: skip
             asyncio.create_task(self._notify_one(request))
+
+    async def _forward_reply(self, request: ReplyForward) -> None:
+        """The owner hears of the reply; a channel that keeps failing is recorded by the
+        activity's last attempt and never holds up the lead."""
+        try:
+            await self._activity(ReplyNoticeActivities.forward_reply, request, NOTIFY)
+        except ActivityError:
+            workflow.logger.warning("reply %s: forwarding to the owner failed", request.event_id)
 
     async def _notify_one(self, request: NotifyRequest) -> None:
         try:
