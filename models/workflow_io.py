@@ -334,7 +334,7 @@ class ReplyForward(BaseModel):
     event_id: str  # the reply's response
     sequence_id: str
     sequence_name: str
-    effect: str  # what the reply did to the sequence: exit pause continue
+    effect: str  # what the reply did to the sequence: exit pause continue, or ended before
 
 
 class SlaLapse(BaseModel):
@@ -549,6 +549,9 @@ class LeadWorkflowState(BaseModel):
     sla_lapses: int = 0  # numbers the lapse notifications' keys
     reassigned_by_hand: int = 0  # numbers a manager's reassignments' keys
     recycle_cycle: int | None = None  # a recycle waits for the end of the cool-down
+    # The sequence that ended last said `notify_owner`: a reply now is forwarded as this
+    # says (with its event ID), until another sequence has ended.
+    reply_owner: ReplyForward | None = None
     # What the `state` query answers, kept up to date: the score, stage, handoff, ...
     state: LeadState
     # Handed on in the next run's input (LeadInput.continuing), not in this JSON.

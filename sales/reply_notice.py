@@ -36,6 +36,7 @@ EFFECTS = {
     "exit": "The reply ended the sequence: nothing more is sent to them.",
     "pause": "The sequence's sends are paused for a while after the reply.",
     "continue": "The sequence goes on.",
+    "ended": "Their sequence had already ended: the reply changed nothing in it.",
 }
 MAX_REPLY_TEXT = 4000  # in the email; Slack shows 2,500, SMS what fits
 MAX_TIMELINE = 10
@@ -50,7 +51,7 @@ class ReplyNotice:
     reasons: list[str]  # the score card's, most important first
     timeline: list[TimelineItem]  # recent engagement, newest first
     sequence: str  # the sequence's name
-    effect: str  # exit pause continue
+    effect: str  # exit pause continue, or ended (the sequence was over before)
     channel: str  # where the lead replied: email or sms
     subject: str | None  # an email reply's
     text: str  # what the lead wrote

@@ -360,6 +360,12 @@ async def record() -> None:
             told = LeadIn(email="x@example.com", phone="+14155550110")
             plan = [(1, "email.reply"), (1, None)]
             await scenario("reply_forwarded", told, plan, "month_told", experiment_intake)
+            # A reply after that, the sequence over (the notify-owner-after-the-end patch):
+            # forwarded as well.
+            again = LeadIn(email="y@example.com", phone="+14155550111")
+            plan = [(1, "email.reply"), (1, "email.reply"), (1, None)]
+            await scenario("reply_forwarded_after_the_end", again, plan, "month_told",
+                           experiment_intake)  # fmt: skip
     await env.shutdown()
 
 

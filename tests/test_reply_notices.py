@@ -161,6 +161,14 @@ async def test_a_reply_goes_to_the_company_owner_with_the_lead_summary(
     (enrollment,) = harness.rows(Enrollment, lead_id)
     assert enrollment.exit_reason == "replied"
 
+    # A second reply, the sequence over: still the owner's to hear, once.
+    await harness.env.sleep(timedelta(days=1))
+    await reply(harness, lead_id, "inbound:ada-2", subject="Re: Welcome", text="3pm works too")
+    emails = await eventually(lambda: rep_emails(harness.providers)[1:], what="the second")
+    assert len(emails) == 1 and "3pm works too" in str(emails[0]["content"])
+    assert "had already ended" in str(emails[0]["content"])
+    assert len(await asyncio.to_thread(sink.wait_for, 2, "/slack/alice", 30)) == 2
+
 
 async def test_an_out_of_office_is_not_forwarded(harness, sink):
     own(harness.database, "away.example", "alice")

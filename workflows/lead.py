@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         NURTURED_ARM,
         BranchStep,
         EmailStep,
+        Sequence,
         SmsStep,
         SplitStep,
         WaitForStep,
@@ -146,6 +147,10 @@ OUT_OF_OFFICE_PATCH = "out-of-office-return"
 # of its own. Only a sequence that says so reaches the marker, and no history before it
 # could (validation refused the field), so old histories replay as they were.
 NOTIFY_OWNER_PATCH = "notify-owner-of-reply"
+# A reply after the sequence ended is forwarded too, while that sequence is the last to
+# have ended (`reply_owner`, set as a `notify_owner` sequence ends). Only a lead whose
+# sequence said so reaches the marker; no history before the previous patch could.
+LATER_REPLIES_PATCH = "notify-owner-after-the-end"
 REPLY_TYPES = frozenset({"email.reply", "sms.reply"})  # not `email.auto_reply`: a machine's
 RESPONSES_PER_RUN = 2_000  # then continue as new, so the history stays small
 # Event IDs handed to the next run for exact de-duplication: this run's and the one's
@@ -546,15 +551,16 @@ class LeadWorkflow:
         self._away(events)
         running = self.lead.enrollment
         replies = [event for event in events if event.type in REPLY_TYPES]
-        if running is None or not replies:
+        if not replies:
+            return
+        if running is None:
+            told = self.lead.reply_owner
+            if told is not None and workflow.patched(LATER_REPLIES_PATCH):
+                self._forward_replies(replies, told.model_copy(update={"effect": "ended"}))
             return
         sequence = running.enrollment.sequence
         if sequence.notify_owner and workflow.patched(NOTIFY_OWNER_PATCH):
-            for reply in replies:
-                forward = ReplyForward(lead_id=self._lead_id, event_id=reply.event_id,
-                                       sequence_id=sequence.id, sequence_name=sequence.name,
-                                       effect=sequence.on_reply)  # fmt: skip
-                asyncio.create_task(self._forward_reply(forward))
+            self._forward_replies(replies, self._reply_forward(sequence))
         if sequence.on_reply == "continue":
             return
         if sequence.on_reply == "pause":
@@ -676,6 +682,17 @@ class LeadWorkflow:
                                     kind=kind, key=f"{key}:{rep_id}:{channel}",
                                     other_rep_id=other_rep_id)  # fmt: skip
             asyncio.create_task(self._notify_one(request))
+
+    def _reply_forward(self, sequence: Sequence) -> ReplyForward:
+        """How the sequence's replies go to the lead's owner (each with its event ID)."""
+        return ReplyForward(lead_id=self._lead_id, event_id="", sequence_id=sequence.id,
+                            sequence_name=sequence.name, effect=sequence.on_reply)  # fmt: skip
+
+    def _forward_replies(self, replies: list[ResponseEvent], told: ReplyForward) -> None:
+        """One `forward_reply` each, in the background: the lead never waits for its owner."""
+        for reply in replies:
+            request = told.model_copy(update={"event_id": reply.event_id})
+            asyncio.create_task(self._forward_reply(request))
 
     async def _forward_reply(self, request: ReplyForward) -> None:
         """The owner hears of the reply; a channel that keeps failing is recorded by the
@@ -827,6 +844,9 @@ class LeadWorkflow:
         finally:
             if self.lead.enrollment is running:
                 self.lead.enrollment = None
+                sequence = running.enrollment.sequence  # as it ended (after any migration)
+                told = self._reply_forward(sequence) if sequence.notify_owner else None
+                self.lead.reply_owner = told  # replies after the end: until the next one
 
     async def _run_sequence(self, running: RunningEnrollment) -> None:
         """Walk the sequence; a `pause` picks it up where a previous run (or a migration)
