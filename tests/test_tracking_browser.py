@@ -170,3 +170,28 @@ async def test_a_browser_sending_global_privacy_control_sends_nothing(browser, w
     assert len(website.collected) == 1
     await context.close()
     await plain.close()
+
+
+async def test_a_single_page_sites_new_addresses_are_views_its_fragments_are_not(
+    browser, website
+):
+    context = await browser.new_context(user_agent=CHROME)
+    page = await website.visit(context, "/site/app")
+    await eventually(lambda: len(website.rows(VisitorView)) == 1, what="the first view")
+    # As a single-page site's router does: a new address, then its title.
+    await page.evaluate("history.pushState({}, '', '/site/plans?utm_source=ads');"
+                        "document.title = 'Plans'")  # fmt: skip
+    await eventually(lambda: len(website.rows(VisitorView)) == 2, what="the pushed view")
+    # A new fragment (an anchor on the same page) is no new view, whichever way it comes.
+    await page.evaluate("location.hash = 'faq'; history.replaceState({}, '', '#answers')")
+    await page.wait_for_timeout(500)  # what it would have sent has arrived by now
+    assert len(website.rows(VisitorView)) == 2
+    await page.evaluate("history.go(-2)")  # back, a popstate: at /site/app again
+    views = await eventually(lambda: len(website.rows(VisitorView)) == 3 and
+                             website.rows(VisitorView), what="the view gone back to")  # fmt: skip
+    first, pushed, back = sorted(views, key=lambda view: view.occurred_at)
+    assert (pushed.url, pushed.title) == (f"{website.url}/site/plans?utm_source=ads", "Plans")
+    assert pushed.referrer == first.url == f"{website.url}/site/app"
+    assert pushed.utm == {"utm_source": "ads"}
+    assert (back.url, back.referrer) == (first.url, pushed.url)  # a referrer has no #
+    await context.close()

@@ -34,15 +34,42 @@
     url.searchParams.delete(PARAM);
     if (w.history && w.history.replaceState) w.history.replaceState(w.history.state, "", url.href);
   }
-  var view = { visitor: id, url: url.href.slice(0, 2000), title: d.title.slice(0, 500) || null,
-    referrer: d.referrer.slice(0, 2000) || null };
-  if (token) view.nt = token.slice(0, 100);
-  var body = JSON.stringify(view), endpoint = base + "collect";
-  // text/plain (what sendBeacon sends a string as): no CORS preflight from another origin.
-  if (!(n.sendBeacon && n.sendBeacon(endpoint, body))) {
-    w.fetch(endpoint, { method: "POST", body: body, keepalive: true, credentials: "omit",
-      headers: { "Content-Type": "text/plain" } });
+  function send(href, referrer, nt) {
+    var view = { visitor: id, url: href.slice(0, 2000), title: d.title.slice(0, 500) || null,
+      referrer: referrer.slice(0, 2000) || null };
+    if (nt) view.nt = nt.slice(0, 100);
+    var body = JSON.stringify(view), endpoint = base + "collect";
+    // text/plain (what sendBeacon sends a string as): no CORS preflight from another origin.
+    if (!(n.sendBeacon && n.sendBeacon(endpoint, body))) {
+      w.fetch(endpoint, { method: "POST", body: body, keepalive: true, credentials: "omit",
+        headers: { "Content-Type": "text/plain" } });
+    }
   }
+  function unhashed(href) { var u = new URL(href); u.hash = ""; return u.href; }
+  send(url.href, d.referrer, token);
+
+  // A single-page site changes the address without loading a page: each new address (not
+  // a new #fragment) is a view, sent a moment later so the page's new title goes with it.
+  var last = unhashed(url.href);
+  function moved() {
+    w.setTimeout(function () {
+      var now = unhashed(w.location.href);
+      if (now === last) return;
+      var previous = last;
+      last = now;
+      send(w.location.href, previous);
+    }, 100);
+  }
+  ["pushState", "replaceState"].forEach(function (name) {
+    var original = w.history && w.history[name];
+    if (typeof original !== "function") return;
+    w.history[name] = function () {
+      var result = original.apply(this, arguments);
+      moved();
+      return result;
+    };
+  });
+  w.addEventListener("popstate", moved);
 
   // Forms posting to Nurture carry the visitor, so their lead gets its earlier views.
   function tag(form) {
