@@ -31,7 +31,6 @@ from channels.template_sets import TemplateVersions
 from experiments.store import assign_arm
 from infra import metrics
 from models.consent import (
-    CONFIRMATION_WAIT,
     ConsentEffect,
     confirmation_recheck,
     opt_out_reason,
@@ -55,6 +54,7 @@ from models.definitions import DeliveryPolicy
 from models.jinja import template_environment
 from models.locales import DEFAULT_LOCALE
 from models.workflow_io import (
+    CONFIRMATION_WAIT,
     PAUSED_REASON,
     PAUSED_RECHECK,
     ArmAssigned,

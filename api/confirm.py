@@ -3,8 +3,9 @@
 Public: the link is in the confirmation email. As with unsubscribe links, a GET changes
 nothing: mail scanners open links, and a confirmation a scanner made would prove no
 consent. The page's button posts; the consent is committed with that answer, and only
-then is the request's workflow told (services/confirmation_client.py: a signal that does
-not arrive costs nothing, the workflow checks the database). Confirming twice is fine.
+then are the request's workflow and the lead's told (a signal that does not arrive costs
+nothing: the request's workflow checks the database, and the lead's email held for the
+confirmation goes at its next recheck instead of at once). Confirming twice is fine.
 
 (No `from __future__ import annotations`: FastAPI resolves the handlers' annotations.)
 """
@@ -25,7 +26,7 @@ from channels.consent_links import read_confirm
 from channels.links import BadToken, Links
 from models.consent import confirm_email
 from models.db import Lead, utcnow
-from services import confirmation_client
+from services import confirmation_client, lead_client
 from services.intake import Intake
 
 log = logging.getLogger("nurture.api.confirm")
@@ -74,11 +75,11 @@ def confirm_router(intake: Intake, links: Links, company: str, db: HandlerDataba
         if outcome is None:
             return page("This link is not valid", "<p>Please use the link in the email you "
                         "received.</p>", 404)  # fmt: skip
-        result, request = outcome
+        result, request, lead_id = outcome
         if result == "ended":
             return page(*GONE, 410)
         if result == "confirmed":
-            await _tell_workflow(intake, request)
+            await _tell_workflows(intake, request, lead_id)
         return page("Thank you: you are confirmed", f"<p>You will get emails from "
                     f"{escape(company)}. Each has a link to unsubscribe.</p>")  # fmt: skip
 
@@ -95,8 +96,9 @@ def _request_of(intake: Intake, links: Links, token: str) -> tuple[Lead, str] | 
     return None if lead is None else (lead, request)
 
 
-def _confirm(intake: Intake, links: Links, token: str) -> tuple[str, str] | None:
-    """(confirmed | already | ended, the request's ID), committed; None for a bad token."""
+def _confirm(intake: Intake, links: Links, token: str) -> tuple[str, str, str] | None:
+    """(confirmed | already | ended, the request's ID, the lead's), committed; None for a
+    bad token."""
     try:
         lead_id, request = read_confirm(links, token)
     except BadToken:
@@ -105,11 +107,17 @@ def _confirm(intake: Intake, links: Links, token: str) -> tuple[str, str] | None
         lead = session.get(Lead, lead_id)
         if lead is None:
             return None
-        return confirm_email(session, lead, request, utcnow()), request
+        return confirm_email(session, lead, request, utcnow()), request, lead.id
 
 
-async def _tell_workflow(intake: Intake, request: str) -> None:
-    """Best effort, bounded: the workflow finds the consent confirmed anyway."""
+async def _tell_workflows(intake: Intake, request: str, lead_id: str) -> None:
+    """Best effort, bounded: the request's workflow stops reminding, and the lead's sends an
+    email held for the confirmation now. Each finds the consent confirmed anyway (the
+    lead's at its next recheck)."""
+    client = intake.client
     with contextlib.suppress(TimeoutError, RPCError):
-        await asyncio.wait_for(confirmation_client.confirmed(intake.client, request),
-                               timeout=SIGNAL_TIMEOUT)  # fmt: skip
+        await asyncio.wait_for(asyncio.gather(
+            confirmation_client.confirmed(client, request),
+            lead_client.consent_confirmed(client, lead_id),
+            return_exceptions=True,
+        ), timeout=SIGNAL_TIMEOUT)  # fmt: skip

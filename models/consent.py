@@ -181,7 +181,6 @@ EXPIRED_REASON = "not confirmed: the double opt-in link expired"
 # within minutes), and one that never does costs about 50 checks in 7 days, not one a
 # minute.
 RECHECK_MIN, RECHECK_MAX = timedelta(minutes=5), timedelta(hours=6)
-CONFIRMATION_WAIT = "waiting for the lead to confirm email consent (double opt-in)"
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,9 @@ class DeferredSend(BaseModel):
 # wakes it (a resume signals every held lead; this only covers a signal that was lost).
 PAUSED_REASON = "sequence paused"
 PAUSED_RECHECK = timedelta(hours=1)
+# An email held for the lead's confirmation (double opt-in): the confirmation's signal
+# wakes it at once; the activity's rechecks only cover a signal that was lost.
+CONFIRMATION_WAIT = "waiting for the lead to confirm email consent (double opt-in)"
 
 
 # --- activity inputs and outputs -------------------------------------------------------

@@ -98,6 +98,12 @@ async def sequence_resumed(client: Client, lead_id: str, sequence_id: str) -> No
     await handle(client, lead_id).signal(LeadWorkflow.sequence_resumed, sequence_id)
 
 
+async def consent_confirmed(client: Client, lead_id: str) -> None:
+    """Wake the lead's email held for its confirmation (RPCError NOT_FOUND if no workflow
+    runs)."""
+    await handle(client, lead_id).signal(LeadWorkflow.consent_confirmed)
+
+
 async def rescore(client: Client, lead_id: str, request: RescoreRequest) -> None:
     """Ask a running workflow to score its lead again (RPCError NOT_FOUND if none runs)."""
     await handle(client, lead_id).signal(LeadWorkflow.rescore, request)

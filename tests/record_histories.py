@@ -20,8 +20,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from infra.binaries import find_binary
 from infra.settings import Settings
+from models.consent import confirm_email
+from models.db import Lead
 from models.definitions import (
     DeliveryPolicy,
+    DoubleOptIn,
     EmailStep,
     FrequencyCap,
     Goal,
@@ -40,6 +43,7 @@ from models.workflow_io import (
 )
 from sales.outcome_store import store_outcomes
 from sales.outcomes import OutcomeEventIn
+from services import lead_client
 from services.definitions import load_definitions
 from services.intake import EventIn, Intake, LeadIn
 from services.runtime import build_activities, build_worker, open_database, sync_sales_reps
@@ -155,6 +159,15 @@ async def record() -> None:
             build_activities(experiment_settings, database, testing),
         )  # fmt: skip
 
+        # Double opt-in for leads in Germany: their emails wait for the confirmation.
+        confirming = dataclasses.replace(definitions, consent=definitions.consent.model_copy(
+            update={"double_opt_in": DoubleOptIn(email=("DE",))}))  # fmt: skip
+        doi_settings = settings.model_copy(update={"task_queue": "record-doi"})
+        doi_intake = Intake(confirming, database.sessions, env.client, "record-doi")
+        doi_worker = build_worker(
+            env.client, doi_settings, build_activities(doi_settings, database, confirming)
+        )
+
         # Runs continue as new every three responses (the default is thousands).
         long_intake = Intake(selling, database.sessions, env.client, "record-sales",
                              responses_per_run=3)  # fmt: skip
@@ -213,6 +226,12 @@ async def record() -> None:
                     events = [EventIn(lead_id=row.id, type="email.auto_reply", occurred_at=at,
                                       data=data)]  # fmt: skip
                     await intake.deliver(intake.store_events(events).stored)
+                elif event_type == "confirm":  # the lead followed its double opt-in link
+                    with database.sessions.begin() as session:
+                        confirmed = session.get(Lead, row.id)
+                        confirm_email(session, confirmed, confirmed.email_confirmation_id,
+                                      await env.get_current_time())  # fmt: skip
+                    await lead_client.consent_confirmed(env.client, row.id)
                 elif event_type == "pause":  # `nurture sequence pause` of its sequence
                     pause(database.sessions, definitions, sequence, "recorder")
                 elif event_type == "resume":
@@ -251,7 +270,7 @@ async def record() -> None:
                 (HISTORIES / f"{name}_first_run.json").write_text(history.to_json())
                 print(f"recorded {name}_first_run: {len(history.events)} events")
 
-        async with worker, strict_worker, decay_worker, sales_worker, experiment_worker:
+        async with worker, strict_worker, decay_worker, sales_worker, experiment_worker, doi_worker:
             month = LeadIn(email="a@example.com", phone="+14155550100")
             await scenario(
                 "month_with_click", month, [(1, "email.click"), (2, "page.view"), (30, None)]
@@ -355,6 +374,12 @@ async def record() -> None:
             leave = LeadIn(email="w@example.com", phone="+14155550109")
             plan = [(1, "away:11"), (13, None)]
             await scenario("out_of_office_return", leave, plan, "month")
+            # The lead confirms its email consent a day in (the wake-on-confirmation patch):
+            # the welcome held for it goes at once.
+            german = LeadIn(email="z@example.de", country="DE", consent={"email": {
+                "status": "given", "basis": "consent", "source": "recorder"}})  # fmt: skip
+            plan = [(1, "confirm"), (1, None)]
+            await scenario("confirmation_wakes_the_send", german, plan, "month", doi_intake)
             # A reply forwarded to the lead's owner (the notify-owner-of-reply patch) as it
             # ends the sequence.
             told = LeadIn(email="x@example.com", phone="+14155550110")

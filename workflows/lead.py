@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.jinja import ConditionError, evaluate_condition
     from models.workflow_io import (
+        CONFIRMATION_WAIT,
         OUTCOME_TYPES,
         PAUSED_REASON,
         REJECT_REASONS,
@@ -146,6 +147,10 @@ OUT_OF_OFFICE_PATCH = "out-of-office-return"
 # A person's reply is forwarded to the lead's owner (`notify_owner: true`), in an activity
 # of its own. Only a sequence that says so reaches the marker, and no history before it
 # could (validation refused the field), so old histories replay as they were.
+# The lead confirmed its email consent (double opt-in): an email held for it is asked for
+# again at once, not at its next recheck (up to 6 hours later). Only a send held for a
+# confirmation reaches the marker, and no history before it had one.
+CONFIRMED_WAKE_PATCH = "wake-on-confirmation"
 NOTIFY_OWNER_PATCH = "notify-owner-of-reply"
 # A reply after the sequence ended is forwarded too, while that sequence is the last to
 # have ended (`reply_owner`, set as a `notify_owner` sequence ends). Only a lead whose
@@ -193,6 +198,7 @@ class LeadWorkflow:
         self._busy = 0  # activities in flight outside the main loop
         self._handled_this_run = 0  # responses, counted towards `_responses_per_run`
         self._resumes: dict[str, int] = {}  # sequence -> resume signals taken in this run
+        self._confirmations = 0  # email consent confirmations signalled in this run
 
     # --- messages in --------------------------------------------------------------------
 
@@ -222,6 +228,12 @@ class LeadWorkflow:
         """A person resumed the sequence (`nurture sequence resume`): a send its pause held
         back is asked for again now (quiet hours and caps are judged then)."""
         self._resumes[sequence_id] = self._resumes.get(sequence_id, 0) + 1
+
+    @workflow.signal
+    def consent_confirmed(self) -> None:
+        """The lead confirmed its email consent (double opt-in): an email held for it is
+        asked for again now."""
+        self._confirmations += 1
 
     @workflow.signal
     def rescore(self, request: RescoreRequest) -> None:
@@ -1000,7 +1012,9 @@ class LeadWorkflow:
             send_options = {**SEND, "task_queue": queue}
         if resume_at is not None:  # a previous run was holding this send back: go on doing so
             reason = state.deferred.reason if state.deferred else None
-            resumed = self._resumed_since(sequence.id, reason, 0)
+            resumed = self._resumed_since(sequence.id, reason, 0) or self._confirmed_since(
+                reason, 0
+            )
             await self._sleep(max((resume_at - workflow.now()).total_seconds(), 1.0),
                               pause=held, until=resumed)  # fmt: skip
             state.deferred = None
@@ -1015,6 +1029,7 @@ class LeadWorkflow:
             if window_at_dispatch:  # what arrives from here on answers this message
                 self.lead.events_since_send.clear()
             resumes = self._resumes.get(sequence.id, 0)  # a resume from here on wakes it
+            confirmations = self._confirmations  # so does a confirmation
             outcome = await self._activity(LeadActivities.send_message, request, send_options)
             if outcome.status != "deferred" or outcome.retry_at is None:
                 break
@@ -1022,7 +1037,9 @@ class LeadWorkflow:
                 step_id=step.id, channel=step.type, until=outcome.retry_at,
                 reason=outcome.reason or "deferred",
             )  # fmt: skip
-            resumed = self._resumed_since(sequence.id, outcome.reason, resumes)
+            resumed = self._resumed_since(
+                sequence.id, outcome.reason, resumes
+            ) or self._confirmed_since(outcome.reason, confirmations)
             await self._sleep(max((outcome.retry_at - workflow.now()).total_seconds(), 1.0),
                               pause=held, until=resumed)  # fmt: skip
             state.deferred = None
@@ -1057,6 +1074,13 @@ class LeadWorkflow:
         if reason != PAUSED_REASON or not workflow.patched(SEQUENCE_PAUSE_PATCH):
             return None
         return lambda: self._resumes.get(sequence_id, 0) > resumes
+
+    def _confirmed_since(self, reason: str | None, confirmations: int):
+        """For an email held for the lead's confirmation: whether a confirmation came after
+        the `confirmations` already counted (None for a send held for anything else)."""
+        if reason != CONFIRMATION_WAIT or not workflow.patched(CONFIRMED_WAKE_PATCH):
+            return None
+        return lambda: self._confirmations > confirmations
 
     async def _sleep(self, seconds: float, pause: SequencePause, until=None) -> bool:
         """A durable timer that ends early on a handoff (or when `until` holds). While it
