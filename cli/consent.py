@@ -6,6 +6,7 @@ import typer
 
 from cli.common import console, errors
 from infra.settings import get_settings
+from models.consent import LEGAL_BASES
 
 
 def consent(
@@ -13,12 +14,16 @@ def consent(
     channel: str = typer.Option(None, help="email or sms"),
     opt_out: bool = typer.Option(None, "--opt-out/--opt-in", help="change consent"),
     reason: str = typer.Option(None, help="why (kept in the consent history)"),
+    source: str = typer.Option(None, help="where it was given or withdrawn, e.g. 'phone call'"),
+    basis: str = typer.Option(None, help="the legal basis: " + ", ".join(LEGAL_BASES)),
 ) -> None:
     """Show a lead's consent per channel and its history, or change it by hand.
 
     Examples:
       nurture consent ada@example.com
       nurture consent ada@example.com --channel sms --opt-out --reason "asked by phone"
+      nurture consent ada@example.com --channel email --opt-in --source "trade fair" \\
+        --basis consent
     """
     from sqlalchemy import select
 
@@ -33,6 +38,12 @@ def consent(
     if channel not in (None, "email", "sms"):
         errors.print(f"--channel must be email or sms, not {channel!r}")
         raise typer.Exit(2)
+    if basis not in (None, *LEGAL_BASES):
+        errors.print(f"--basis must be one of {', '.join(LEGAL_BASES)}, not {basis!r}")
+        raise typer.Exit(2)
+    if (source or basis) and channel is None:
+        errors.print("--source and --basis go with a change: give --channel and --opt-in/--opt-out")
+        raise typer.Exit(2)
     database = open_database(get_settings())
     with database.sessions.begin() as session:
         row = Lead.find(session, lead)
@@ -40,11 +51,12 @@ def consent(
             errors.print(f"no lead {lead!r} (give an email address or a lead ID)")
             raise typer.Exit(1)
         if channel is not None:
-            effect = ConsentEffect(channel, not opt_out, "manual", reason)
+            effect = ConsentEffect(channel, not opt_out, "manual", reason, source, basis)
             changed = set_consent(session, row, effect)
             if changed:
                 record(session, cli_actor(), "consent.change", row.email,
-                       {"channel": channel, "opted_in": not opt_out, "reason": reason})  # fmt: skip
+                       {"channel": channel, "opted_in": not opt_out, "reason": reason,
+                        "source": source, "basis": basis})  # fmt: skip
             verb = "opted out of" if opt_out else "opted in to"
             console.print(f"{row.email} {verb} {channel}" + ("" if changed else " (no change)"))
         for name in ("email", "sms"):
@@ -66,6 +78,7 @@ def consent(
                 + (f" ({change.detail})" if change.detail else "")
                 + _told(change),
                 highlight=False,
+                markup=False,  # the [told] part is text, not rich's markup
             )
 
 

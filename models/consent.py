@@ -57,6 +57,10 @@ class ConsentEffect:
     opted_in: bool
     reason: str
     detail: str | None = None
+    # What a person changing it by hand says of it: where it was given (or withdrawn), on
+    # which legal basis (LEGAL_BASES).
+    source: str | None = None
+    basis: str | None = None
 
 
 def sms_keyword(body: str | None) -> str | None:
@@ -132,6 +136,8 @@ def set_consent(
             detail=effect.detail,
             source_event_id=source_event_id,
             status="given" if effect.opted_in else "withdrawn",
+            source=effect.source,
+            basis=effect.basis,
         )
     )
     return True

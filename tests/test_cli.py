@@ -100,8 +100,16 @@ def test_consent_and_unknown_sends_from_the_command_line(
     assert out.exit_code == 0, out.output
     assert "opted out of sms" in out.output and "manual (asked by phone)" in out.output
     assert activities.send_message(request.model_copy(update={"visit": 2})).status == "skipped"
-    back = runner.invoke(app, ["consent", "ada@example.com", "--channel", "sms", "--opt-in"])
+    back = runner.invoke(app, ["consent", "ada@example.com", "--channel", "sms", "--opt-in",
+                               "--source", "trade fair", "--basis", "consent"])  # fmt: skip
     assert "sms    allowed" in back.output
+    assert "manual [given, basis consent, from trade fair]" in back.output
+    for wrong, said in (
+        (["--basis", "liking"], "--basis must be one of consent, contract"),
+        (["--source", "x"], "--source and --basis go with a change"),
+    ):
+        refused = runner.invoke(app, ["consent", "ada@example.com", *wrong])
+        assert refused.exit_code == 2 and said in refused.output, refused.output
     assert activities.send_message(request.model_copy(update={"visit": 3})).status == "sent"
     missing = runner.invoke(app, ["consent", "nobody@example.com"])
     assert missing.exit_code == 1 and "no lead 'nobody@example.com'" in missing.output
