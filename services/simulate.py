@@ -86,6 +86,7 @@ from models.workflow_io import (
     AssignRequest,
     FinishEnrollment,
     NotifyRequest,
+    ReplyForward,
     SendOutcome,
     SendRequest,
     SlaLapse,
@@ -676,6 +677,7 @@ _WORKFLOW_TASK_EVENTS = frozenset(
 _TRACKED = {
     "send_message": (SendRequest, SendOutcome),
     "notify_rep": (NotifyRequest, str),
+    "forward_reply": (ReplyForward, str),
     "handle_sla_lapse": (SlaLapse, SlaOutcome),
     "finish_enrollment": (FinishEnrollment, None),
     "assign_handoff": (AssignRequest, Assignment),
@@ -949,6 +951,10 @@ class _Collected:
                 channel = request.channel + ("" if item.result == "sent" else f" ({item.result})")
                 group = (request.handoff_id, notice, request.rep_id, request.kind)
                 found.notified.setdefault(group, []).append((item.at, item.order, channel))
+            elif item.name == "forward_reply":
+                self.add(item.at, "notified", self._forwarded(item.result),
+                         {"reply": item.request.event_id, "outcome": item.result},
+                         item.order)  # fmt: skip
             elif item.name == "handle_sla_lapse":
                 outcome: SlaOutcome = item.result
                 self.add(*_lapse_event(item.at, outcome, self.reps, self.offset), item.order)
@@ -957,6 +963,14 @@ class _Collected:
                 found.finished = (request.status, request.reason)
                 self.add(item.at, *_finish_event(request, goals))
         return found
+
+    def _forwarded(self, result: str) -> str:
+        """forward_reply's "alice: email sent" as "reply forwarded to Alice Rep by email
+        sent"; its "nobody told: why" as "reply forwarded to nobody: why"."""
+        who, _, outcomes = result.partition(": ")
+        if who == "nobody told":
+            return f"reply forwarded to nobody: {outcomes}"
+        return f"reply forwarded to {self.rep(who)}: {outcomes}"
 
     def add_experiments(
         self, history: list[_Done], arms: dict[str, ExperimentAssignment]

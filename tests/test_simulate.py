@@ -607,3 +607,23 @@ def test_simulate_command_prints_the_goal_met(runner, tmp_path, monkeypatch):
     assert "+2d 00:00" in line and "goal trial met (trial started): sequence ended" in line
     rows = [line for line in out.stdout.splitlines() if line.startswith("│ +")]
     assert rows[-1] == line and sum("sent " in row for row in rows) == 1  # the welcome alone
+
+
+async def test_a_reply_shows_whom_it_was_forwarded_to(sim_env, tmp_path):
+    root = tmp_path / "definitions"
+    shutil.copytree(FIXTURE_DEFINITIONS, root)
+    month = (root / "sequences" / "month.yaml").read_text()
+    (root / "sequences" / "month.yaml").write_text(month + "notify_owner: true\n")
+    definitions = load_definitions(root)
+    alone = await simulate(definitions, "month", SPLIT_LEAD,
+                           parse_responses("1d: email.reply"), env=sim_env)  # fmt: skip
+    (told,) = [e for e in alone.events if "forwarded" in e.what]
+    assert (told.at, told.what) == (
+        "+1d 00:00", "reply forwarded to nobody: the lead has no rep and its company no owner")
+    # Handed to sales first: the reply after goes to the rep who has the lead.
+    sold = await simulate(definitions, "month", SPLIT_LEAD,
+                          parse_responses("1d: webinar.attended; 1d5m: email.reply"),
+                          env=sim_env)  # fmt: skip
+    (handoff,) = [e for e in sold.events if e.kind == "handoff"]
+    (told,) = [e for e in sold.events if "forwarded" in e.what]
+    assert told.what == f"reply forwarded to {handoff.data['rep_name']}: email sent"
