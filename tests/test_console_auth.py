@@ -237,7 +237,7 @@ async def test_keyboard_only_and_a_phone_screen(browser, console_site):
     await page.keyboard.press("Enter")
     assert page.url.endswith("#content")
     for path in ("/console/", "/console/leads", "/console/sequences", "/console/handoffs",
-                 "/console/operations", "/console/users"):  # fmt: skip
+                 "/console/operations", "/console/users", "/console/website"):  # fmt: skip
         await page.goto(path)
         width = await page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"{path} is {width} px wide on a 390 px screen"

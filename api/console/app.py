@@ -34,6 +34,7 @@ from api.console.pages import (
     sequence_pause,
     sequences,
     users,
+    website,
 )
 from api.console.web import COOKIE, Console, Forbidden, NotSignedIn, page_responses
 from api.database import HandlerDatabase
@@ -49,6 +50,7 @@ PAGES = (
     sequences,
     sequence_pause,
     leads,
+    website,
     handoffs,
     operations,
     models,

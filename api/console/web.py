@@ -53,6 +53,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "models": frozenset({"admin", "marketer", "viewer"}),
     "models.change": frozenset({"admin", "marketer"}),
     "experiments": frozenset({"admin", "marketer", "viewer"}),
+    "website": frozenset({"admin", "marketer", "viewer"}),
     "users": frozenset({"admin"}),
     "audit": frozenset({"admin"}),
 }
@@ -61,6 +62,7 @@ NAV = [
     ("overview", "/console/", "Overview"),
     ("sequences", "/console/sequences", "Sequences"),
     ("leads", "/console/leads", "Leads"),
+    ("website", "/console/website", "Website"),
     ("handoffs", "/console/handoffs", "Handoffs"),
     ("operations", "/console/operations", "Operations"),
     ("models", "/console/models", "Models"),
@@ -233,6 +235,14 @@ def _environment() -> Environment:
         for name in ("console.css", "console.js")
     }
     return env
+
+
+def web_tracking(settings: Settings) -> dict[str, object]:
+    """The tag a website's pages load the tracking snippet with, and who may send views
+    (docs/tracking.md): shown on the Operations and Website pages."""
+    return {"tag": f'<script src="{settings.public_url.rstrip("/")}/t.js" defer></script>',
+            "origins": settings.tracking_origin_list(),
+            "retention": settings.tracking_retention_days}  # fmt: skip
 
 
 def page_responses(*html: int, redirect: str = "not signed in: to the sign-in page") -> dict:

@@ -17,7 +17,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
-from api.console.web import Console, Viewer, page_responses
+from api.console.web import Console, Viewer, page_responses, web_tracking
 from api.errors import error_responses
 from infra.settings import Settings
 from models.db import utcnow
@@ -124,14 +124,6 @@ def endpoints(settings: Settings) -> list[dict[str, str | None]]:
             found.append({"name": name, "url": f"http://{shown}:{port}{path}", "note": None})
     found.append({"name": "API health", "url": "/health", "note": None})
     return found
-
-
-def web_tracking(settings: Settings) -> dict[str, object]:
-    """The tag a website's pages load the tracking snippet with, and who may send views
-    (docs/tracking.md)."""
-    return {"tag": f'<script src="{settings.public_url.rstrip("/")}/t.js" defer></script>',
-            "origins": settings.tracking_origin_list(),
-            "retention": settings.tracking_retention_days}  # fmt: skip
 
 
 def _temporal_ui(settings: Settings) -> str:
