@@ -619,7 +619,9 @@ async def test_a_reply_shows_whom_it_was_forwarded_to(sim_env, tmp_path):
                            parse_responses("1d: email.reply"), env=sim_env)  # fmt: skip
     (told,) = [e for e in alone.events if "forwarded" in e.what]
     assert (told.at, told.what) == (
-        "+1d 00:00", "reply forwarded to nobody: the lead has no rep and its company no owner")
+        "+1d 00:00",
+        "reply forwarded to nobody: the lead has no rep and its company no owner",
+    )
     # Handed to sales first: the reply after goes to the rep who has the lead.
     sold = await simulate(definitions, "month", SPLIT_LEAD,
                           parse_responses("1d: webinar.attended; 1d5m: email.reply"),

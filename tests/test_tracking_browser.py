@@ -172,9 +172,7 @@ async def test_a_browser_sending_global_privacy_control_sends_nothing(browser, w
     await plain.close()
 
 
-async def test_a_single_page_sites_new_addresses_are_views_its_fragments_are_not(
-    browser, website
-):
+async def test_a_single_page_sites_new_addresses_are_views_its_fragments_are_not(browser, website):
     context = await browser.new_context(user_agent=CHROME)
     page = await website.visit(context, "/site/app")
     await eventually(lambda: len(website.rows(VisitorView)) == 1, what="the first view")
