@@ -157,6 +157,24 @@ def describe_step(step, sequence: Sequence | None = None) -> str:
     return f"exit: {step.reason}"
 
 
+def reply_policy(sequence: Sequence) -> str:
+    """What a reply and an out-of-office do to a lead in the sequence, in a sentence."""
+    does = {
+        "exit": "ends the sequence: nothing more is sent",
+        "pause": f"holds its sends for {duration_text(sequence.reply_pause)} from the last "
+                 "reply (waits go on)",
+        "continue": "is scored, and the sequence goes on",
+    }[sequence.on_reply]  # fmt: skip
+    told = (", and is forwarded to the lead's owner (notify_owner)" if sequence.notify_owner
+            else "")  # fmt: skip
+    away = ("holds its sends until then" if sequence.on_out_of_office == "defer"
+            else "changes nothing")  # fmt: skip
+    return (
+        f"A person's reply (on_reply: {sequence.on_reply}) {does}{told}. An out-of-office "
+        f"naming a return date {away}."
+    )
+
+
 def duration_text(seconds: int) -> str:
     """3d, 1d 12h, 90s -> 1m 30s: each unit that is not zero, largest first (days, as
     definitions are mostly written: 14d rather than 2w)."""

@@ -122,6 +122,9 @@ async def test_a_sequence_page_draws_its_steps_with_their_figures(console_site, 
     sms = await page.locator("[data-sms=nudge]").inner_text()
     assert re.fullmatch(r"\d+ characters, GSM-7: 1 segment", sms.strip())
     assert await page.get_by_role("heading", name="Simulate a lead").count() == 0  # a viewer
+    assert await page.locator("#replies").inner_text() == (
+        "A person's reply (on_reply: exit) ends the sequence: nothing more is sent. An "
+        "out-of-office naming a return date holds its sends until then.")  # fmt: skip
     await assert_accessible(page)
 
 

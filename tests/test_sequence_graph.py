@@ -23,6 +23,7 @@ from services.sequence_graph import (
     duration_text,
     layout,
     render_svg,
+    reply_policy,
     sequence_graph,
 )
 from testkit import FIXTURE_DEFINITIONS, REPO
@@ -247,3 +248,22 @@ def test_labels_and_loops_are_drawn():
     # The loop climbs: its last point is above its first.
     loop = lines[-1].get("points").split()
     assert float(loop[-1].split(",")[1]) < float(loop[0].split(",")[1])
+
+
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({}, "A person's reply (on_reply: exit) ends the sequence: nothing more is sent. An "
+             "out-of-office naming a return date holds its sends until then."),
+        ({"on_reply": "pause", "reply_pause": 36 * 3600, "notify_owner": True,
+          "on_out_of_office": "ignore"},
+         "A person's reply (on_reply: pause) holds its sends for 1d 12h from the last reply "
+         "(waits go on), and is forwarded to the lead's owner (notify_owner). An "
+         "out-of-office naming a return date changes nothing."),
+        ({"on_reply": "continue"}, "A person's reply (on_reply: continue) is scored, and the "
+         "sequence goes on. An out-of-office naming a return date holds its sends until then."),
+    ],
+)  # fmt: skip
+def test_the_reply_policy_in_a_sentence(changes, said):
+    month = load_definitions(FIXTURE_DEFINITIONS).sequences["month"]
+    assert reply_policy(month.model_copy(update=changes)) == said

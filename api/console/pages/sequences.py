@@ -40,7 +40,7 @@ from models.definitions import IDENTIFIER, EmailStep, Sequence, SmsStep
 from models.yaml_source import DefinitionProblem
 from services.preview import LeadError, Preview, preview, validate_lead
 from services.reports import ReportFilter, goal_counts, sequence_goal_figures
-from services.sequence_graph import describe_step, render_svg, sequence_graph
+from services.sequence_graph import describe_step, render_svg, reply_policy, sequence_graph
 from services.sequence_pause import pause_of, paused_sequences
 from services.simulate import (
     SAMPLE_FIELDS,
@@ -284,6 +284,7 @@ async def _sequence_context(
     return {
         "sequence": sequence,
         "pause": await console.db.run(pause_of, console.sessions, sequence.id),
+        "replies": reply_policy(sequence),
         "svg": render_svg(graph, _notes(sequence, counted)),
         "steps": steps,
         "counted": counted,
