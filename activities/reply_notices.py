@@ -107,11 +107,7 @@ class ReplyNoticeActivities:
                *, status: str = "sending", detail: str | None = None) -> str:  # fmt: skip
         """The channel's row, made on the first attempt: its status says whether to send.
         A send interrupted on a channel that cannot repeat one safely becomes `unknown`."""
-        row = session.scalars(
-            select(ReplyNotice).where(ReplyNotice.lead_id == request.lead_id,
-                                      ReplyNotice.event_id == request.event_id,
-                                      ReplyNotice.channel == channel)
-        ).first()  # fmt: skip
+        row = _row(session, request, channel)
         if row is None:
             row = ReplyNotice(lead_id=request.lead_id, event_id=request.event_id,
                               sequence_id=request.sequence_id, rep_id=rep_id, channel=channel,
@@ -160,11 +156,7 @@ class ReplyNoticeActivities:
             log.warning("reply %s: %s to %s %s (%s)", request.event_id, channel,
                         notice.rep["id"], status, exc)  # fmt: skip
         with self.sales.sessions.begin() as session:
-            row = session.scalars(
-                select(ReplyNotice).where(ReplyNotice.lead_id == request.lead_id,
-                                          ReplyNotice.event_id == request.event_id,
-                                          ReplyNotice.channel == channel)
-            ).one()  # fmt: skip
+            row = _row(session, request, channel)
             row.status, row.detail, row.updated_at = status, detail[:2000], utcnow()
         return status
 
@@ -198,3 +190,12 @@ class ReplyNoticeActivities:
                                    delivery_id=key, client=client)  # fmt: skip
             return "sent", f"HTTP {status}"
         return "skipped", f"no such channel {channel!r}"
+
+
+def _row(session: Session, request: ReplyForward, channel: str) -> ReplyNotice | None:
+    """The reply's row for `channel`, if made."""
+    return session.scalars(
+        select(ReplyNotice).where(ReplyNotice.lead_id == request.lead_id,
+                                  ReplyNotice.event_id == request.event_id,
+                                  ReplyNotice.channel == channel)
+    ).first()  # fmt: skip
