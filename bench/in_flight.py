@@ -49,30 +49,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from temporalio import activity, workflow
+from sqlalchemy import func, select
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
 
-with workflow.unsafe.imports_passed_through():  # the sandbox need not re-import these
-    from sqlalchemy import func, select
-    from temporalio.api.enums.v1 import EventType
-    from temporalio.client import Client
-    from temporalio.contrib.pydantic import pydantic_data_converter
-    from temporalio.worker import Worker
+from bench.common import count_rows
+from bench.saturation import fresh_postgres
+from bench.sleeper import Sleeper, note_woken
+from devstack.temporal_server import TemporalDevServer, free_port
+from infra.settings import Settings
+from models.db import Lead, Message
+from models.workflow_io import lead_workflow_id
+from services.definitions import load_definitions
+from services.importer import LeadImporter, open_csv, plan_columns
+from services.intake import Intake
+from services.runtime import open_database, sync_sales_reps
+from testkit import FIXTURE_DEFINITIONS
+from testkit.providers import ProviderServer, worker_process_env
+from workflows import sandbox_runner
 
-    from bench.common import count_rows
-    from bench.saturation import fresh_postgres
-    from devstack.temporal_server import TemporalDevServer, free_port
-    from infra.settings import Settings
-    from models.db import Lead, Message
-    from models.workflow_io import lead_workflow_id
-    from services.definitions import load_definitions
-    from services.importer import LeadImporter, open_csv, plan_columns
-    from services.intake import Intake
-    from services.runtime import open_database, sync_sales_reps
-    from testkit import FIXTURE_DEFINITIONS
-    from testkit.providers import ProviderServer, worker_process_env
-    from workflows import sandbox_runner
-
-# No resolve(): the sandbox re-imports this module for Sleeper, and forbids it.
 ROOT = Path(__file__).parent.parent
 OWN_DEFINITIONS = Path(__file__).parent / "definitions_in_flight"
 WAKE_WINDOW = 'hours: "12:00-24:00"'  # in sequences/wake.yaml, rewritten per run
@@ -81,23 +78,6 @@ SAMPLE = 20  # histories fetched per kind of lead
 
 
 # --- the bare Temporal baseline: sleep until a moment, then one no-op activity -------------
-
-
-@activity.defn
-def note_woken(workflow_id: str) -> None:
-    """Appends "<workflow id> <time>" to the notes file: one line per run of it."""
-    with open(os.environ["BENCH_IN_FLIGHT_NOTES"], "a", encoding="utf-8") as notes:
-        notes.write(f"{workflow_id} {time.time():.6f}\n")
-
-
-@workflow.defn
-class Sleeper:
-    @workflow.run
-    async def run(self, wake_at: float) -> None:
-        await workflow.sleep(max(wake_at - workflow.now().timestamp(), 1.0))
-        await workflow.execute_activity(
-            note_woken, workflow.info().workflow_id, start_to_close_timeout=timedelta(seconds=60)
-        )
 
 
 async def bare_worker(address: str, task_queue: str, cache: int) -> None:

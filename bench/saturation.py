@@ -484,14 +484,18 @@ class BarePath:
 
 @contextlib.asynccontextmanager
 async def product_stack(
-    address: str, database_url: str | None, split: bool = False, **settings
+    address: str,
+    database_url: str | None,
+    split: bool = False,
+    definitions: Path = FIXTURE_DEFINITIONS,
+    **settings,
 ) -> AsyncIterator[RunningStack]:
     """testkit.stack.local_stack, with the database a choice (it always takes SQLite);
     `split`: the worker in a process of its own (`python worker.py`), as in production."""
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         values = dict(
-            NURTURE_STATE_DIR=state, NURTURE_DEFINITIONS=FIXTURE_DEFINITIONS,
+            NURTURE_STATE_DIR=state, NURTURE_DEFINITIONS=definitions,
             DATABASE_URL=database_url or f"sqlite:///{state / 'nurture.db'}",
             TEMPORAL_ADDRESS=address, NURTURE_TASK_QUEUE=f"bench-sat-{uuid.uuid4().hex[:8]}",
             NURTURE_API_PORT=free_port(), NURTURE_API_TOKEN="bench", **settings,
