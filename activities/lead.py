@@ -153,13 +153,16 @@ class LeadActivities:
                 enrollment.sequence_version = request.sequence_version
 
     @activity.defn
-    def finish_enrollment(self, request: FinishEnrollment) -> None:
+    def finish_enrollment(self, request: FinishEnrollment) -> FinishEnrollment:
+        """Ends the enrollment's row (once). Answers the request: run as a local activity,
+        its history keeps only the answer, which is how `nurture simulate` reads the end."""
         with self.sessions.begin() as session:
             enrollment = session.get(Enrollment, request.enrollment_id)
             if enrollment is not None and enrollment.ended_at is None:
                 enrollment.status = request.status
                 enrollment.exit_reason = request.reason
                 enrollment.ended_at = utcnow()
+        return request
 
     # --- sends ------------------------------------------------------------------------------
 

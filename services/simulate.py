@@ -702,7 +702,10 @@ async def _history(env: WorkflowEnvironment, handle) -> list[_Done]:
     scheduled: dict[int, tuple[str, Any, datetime]] = {}
     done: list[_Done] = []
     async for event in handle.fetch_history_events():
-        if event.HasField("activity_task_scheduled_event_attributes"):
+        if event.HasField("marker_recorded_event_attributes"):
+            if (local := await _local_activity(converter, event)) is not None:
+                done.append(local)
+        elif event.HasField("activity_task_scheduled_event_attributes"):
             attributes = event.activity_task_scheduled_event_attributes
             at = event.event_time.ToDatetime(tzinfo=UTC)
             scheduled[event.event_id] = (attributes.activity_type.name, attributes.input, at)
@@ -718,6 +721,25 @@ async def _history(env: WorkflowEnvironment, handle) -> list[_Done]:
                 [result] = await converter.decode(attributes.result.payloads, [result_type])
             done.append(_Done(at, attributes.scheduled_event_id, name, request, result))
     return done
+
+
+# Local activities whose history (a marker) keeps only their answer: the answer is the
+# request they were given.
+_LOCAL_ANSWERS_REQUEST = {"finish_enrollment": FinishEnrollment}
+
+
+async def _local_activity(converter, event) -> _Done | None:
+    """A tracked local activity's marker as a _Done: at the workflow task that ran it."""
+    attributes = event.marker_recorded_event_attributes
+    if attributes.marker_name != "core_local_activity":
+        return None
+    [data] = await converter.decode(attributes.details["data"].payloads, [dict])
+    request_type = _LOCAL_ANSWERS_REQUEST.get(data.get("activity_type"))
+    if request_type is None or "result" not in attributes.details:
+        return None
+    [request] = await converter.decode(attributes.details["result"].payloads, [request_type])
+    at = event.event_time.ToDatetime(tzinfo=UTC)
+    return _Done(at, event.event_id, data["activity_type"], request, None)
 
 
 # Same moment: the response first, then its score, stage, handoff, notifications; the

@@ -391,6 +391,10 @@ async def record() -> None:
             plan = [(1, "email.reply"), (1, "email.reply"), (1, None)]
             await scenario("reply_forwarded_after_the_end", again, plan, "month_told",
                            experiment_intake)  # fmt: skip
+            # The enrollment's row started and finished by local activities (the
+            # enrollment-rows-locally patch): a page view takes the early exit.
+            local = LeadIn(email="z@example.com", country="DE")
+            await scenario("enrollment_rows_locally", local, [(1, None), (3, "page.view")])
     await env.shutdown()
 
 

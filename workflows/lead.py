@@ -112,6 +112,11 @@ SEND_QUEUES_PATCH = "send-queues"
 # the history events and one workflow task per response instead of two, and no trip
 # through the task queue. Before this patch it was a regular activity.
 SCORE_LOCALLY_PATCH = "score-locally"
+# The enrollment's row is started and finished by local activities, inside the workflow
+# task that reached them: a woken lead's last send and the end of its sequence take one
+# workflow task and one activity task, not two of each. Before this patch they were
+# regular activities.
+ENROLLMENT_LOCALLY_PATCH = "enrollment-rows-locally"
 # The CRM's news moves the stage in a local activity, beside the scoring of the same task:
 # one workflow task a news, not a second one after an activity task (half Temporal's work).
 OUTCOME_LOCALLY_PATCH = "apply-outcome-locally"
@@ -870,7 +875,7 @@ class LeadWorkflow:
             self._ended(enrollment, "held_out")  # no enrollment row: it was never nurtured
             return
         if pause is None:
-            await self._activity(
+            await self._enrollment_row(
                 LeadActivities.start_enrollment,
                 StartEnrollment(
                     lead_id=self._lead_id,
@@ -880,7 +885,6 @@ class LeadWorkflow:
                     sequence_version=sequence.version,
                     segment=enrollment.segment,
                 ),
-                QUICK,
             )
         visits = running.visits  # carried if the run continues as new mid-sequence
         status, reason = "completed", "reached the end of the sequence"
@@ -930,11 +934,16 @@ class LeadWorkflow:
             status, reason = self._stop_reason(running) or (status, reason)
 
         self._ended(enrollment, status)
-        await self._activity(
+        await self._enrollment_row(
             LeadActivities.finish_enrollment,
             FinishEnrollment(enrollment_id=enrollment.enrollment_id, status=status, reason=reason),
-            QUICK,
         )
+
+    async def _enrollment_row(self, method, argument) -> None:
+        """start_enrollment or finish_enrollment: one idempotent row write, so safe to run
+        (and retry) as a local activity."""
+        local = workflow.patched(ENROLLMENT_LOCALLY_PATCH)
+        await self._activity(method, argument, QUICK, local=local)
 
     def _ended(self, enrollment: EnrollRequest, status: str) -> None:
         state = self.lead.state
