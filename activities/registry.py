@@ -49,3 +49,10 @@ class Activities:
             self.consent.send_confirmation,
             self.consent.expire_confirmation,
         ]
+
+    def local(self) -> list:
+        """What the lead workflow runs as local activities, on the worker holding it: a
+        worker that runs workflows but no activities must still register these."""
+        lead = self.lead
+        return [lead.start_enrollment, lead.finish_enrollment, lead.score_lead,
+                self.sales.apply_outcome]  # fmt: skip

@@ -72,10 +72,11 @@ async def split_workers(env, settings):
 
     def workflow_worker() -> Worker:
         # No cache, so no sticky queue: a stopped worker's tasks go to the next at once.
-        # Scoring runs as a local activity, on the worker holding the workflow.
+        # Scoring and the enrollment rows run as local activities, on the worker holding
+        # the workflow.
         return Worker(env.client, task_queue=settings.task_queue, workflows=[LeadWorkflow],
                       workflow_runner=sandbox_runner(), max_cached_workflows=0,
-                      activities=[activities.lead.score_lead], no_remote_activities=True,
+                      activities=activities.local(), no_remote_activities=True,
                       activity_executor=concurrent.futures.ThreadPoolExecutor(4))  # fmt: skip
 
     from services.intake import Intake  # the harness's own intake, on these definitions
