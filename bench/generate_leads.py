@@ -128,6 +128,7 @@ def _profile(rng: random.Random, pick: dict[str, Callable[[], Any]], n: int) -> 
         "industry": pick["industry"](),
         "country": pick["country"](),
         "timezone": "UTC",
+        "locale": None,  # the definitions' default language (no random draw: same data)
         "source": pick["source"](),
         "attributes": attributes,
     }
