@@ -20,8 +20,7 @@ from types import CodeType
 
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-# The project's own source tree (workflows/, and bench/ for its baselines). No resolve():
-# the sandbox re-imports this module, and forbids it.
+# The project's own source tree (workflows/, and bench/ for its baselines).
 PROJECT = str(Path(__file__).parent.parent) + "/"
 
 
@@ -42,10 +41,13 @@ class CompiledOnce(importlib.abc.MetaPathFinder):
     source file once per process."""
 
     def find_spec(self, fullname, path, target=None):
+        """The project's modules only: anything else (the standard library's frozen
+        modules, the virtualenv's) is left to the finders after this one."""
         spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
         loader = spec.loader if spec is not None else None
-        if type(loader) is importlib.machinery.SourceFileLoader and _own(loader.path):
-            spec.loader = CachedCodeLoader(fullname, loader.path)
+        if type(loader) is not importlib.machinery.SourceFileLoader or not _own(loader.path):
+            return None
+        spec.loader = CachedCodeLoader(fullname, loader.path)
         return spec
 
 
