@@ -70,7 +70,6 @@ from pathlib import Path
 
 import anyio.to_thread
 import httpx
-from cryptography.hazmat.primitives import serialization
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import make_url
 from temporalio.api.enums.v1 import EventType
@@ -666,10 +665,7 @@ class LoadProcess:
         context = multiprocessing.get_context("spawn")  # never fork the Temporal core
         self.signer, self.batch = signer, batch
         self.conn, child = context.Pipe()
-        key = signer.key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )  # fmt: skip
+        key = signer.private_pem()
         self.process = context.Process(target=_load_child, args=(child, api_url, key))
         self.process.start()
         # Its own thread to wait in: not one of the product's to_thread workers.
@@ -699,8 +695,7 @@ def _load_child(conn, api_url: str, key_pem: bytes) -> None:
 
 
 async def _offer_when_asked(conn, api_url: str, key_pem: bytes) -> None:
-    signer = Signer.__new__(Signer)
-    signer.key = serialization.load_pem_private_key(key_pem, None)
+    signer = Signer.from_pem(key_pem)
     http = RawHttp(api_url)
     conn.send("ready")
     while (job := await asyncio.to_thread(conn.recv)) is not None:

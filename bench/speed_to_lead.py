@@ -2,11 +2,11 @@
 rep's Slack-compatible webhook, under a steady background load.
 
 The real stack (worker + API on SQLite, or on a fresh PostgreSQL database with
---database-url; the worker in a process of its own with --split) on an in-memory
-Temporal dev server, with the test definitions (engagement-only scoring: page.view 10 points, email
-open 1, click 5; MQL at 20, SQL at 50) and a sales.yaml of three reps who work around the
-clock, are notified by webhook and email (the outbox), and whose `webhook_url` is a
-WebhookSink: a local HTTP server that records when each request arrives.
+--database-url; the worker in a process of its own with --split) on an in-memory Temporal
+dev server, with the test definitions (engagement-only scoring: page.view 10 points,
+email open 1, click 5; MQL at 20, SQL at 50) and a sales.yaml of three reps who work
+around the clock, are notified by webhook and email (the outbox), and whose `webhook_url`
+is a WebhookSink: a local HTTP server that records when each request arrives.
 
 - Setup: --edge-leads and --background-leads leads via `POST /leads`, in the `month`
   sequence (a welcome email, then a 7-day wait: no sends while we measure). Each edge
@@ -14,10 +14,10 @@ WebhookSink: a local HTTP server that records when each request arrives.
 - Load: --rate events per second for --seconds, one in each 1/rate slot at a random point
   in it (as bench/response_throughput.py offers its load), sent by a process of its own
   (as bench/saturation.py's), so that its signing and HTTP client do not take the API's
-  GIL. The crossings are part of that
-  rate, not on top of it: one slot in every (rate x seconds / edge leads) carries one edge
-  lead's crossing response, the other slots a background `open` (1 point; a background
-  lead never gets near SQL) posted to the signed SendGrid events webhook
+  GIL. The crossings are part of that rate, not on top of it: one slot in every
+  (rate x seconds / edge leads) carries one edge lead's crossing response, the other
+  slots a background `open` (1 point; a background lead never gets near SQL) posted to
+  the signed SendGrid events webhook
   (`/webhooks/sendgrid/events`).
 - The crossing: a `page.view` (+10) posted to our events endpoint (`POST /events`),
   since SendGrid's events webhook carries no page views; with `--crossing click` it is a
@@ -54,7 +54,6 @@ from pathlib import Path
 
 import httpx
 import yaml
-from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
 from bench.common import LogCounter, count_rows, ms, pct, wait_until
@@ -284,11 +283,8 @@ def offered_by_a_process_of_its_own(
     sends go into `results`, its answers' statuses are returned. The clocks (`time.time`,
     `perf_counter`, `monotonic`) are the machine's, the same in both processes."""
     context = multiprocessing.get_context("spawn")  # never fork the Temporal core
-    key = signer.key.private_bytes(serialization.Encoding.PEM,
-                                   serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption())  # fmt: skip
     conn, child = context.Pipe()
-    process = context.Process(target=_load_child, args=(child, api_url, key, job))
+    process = context.Process(target=_load_child, args=(child, api_url, signer.private_pem(), job))
     process.start()
     sent, statuses = conn.recv()
     process.join(30)
@@ -298,8 +294,7 @@ def offered_by_a_process_of_its_own(
 
 def _load_child(conn, api_url: str, key_pem: bytes, job: tuple) -> None:
     crossing, run_id, leads, order, rate, total = job
-    signer = Signer.__new__(Signer)
-    signer.key = serialization.load_pem_private_key(key_pem, None)
+    signer = Signer.from_pem(key_pem)
     load = Load(RawHttp(api_url), signer, crossing, run_id, leads, order, Results())
     asyncio.run(offer(rate, total, load.send))
     conn.send((load.results.sent, dict(load.statuses)))
